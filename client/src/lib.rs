@@ -1,0 +1,8 @@
+//! Enclave client library and the kms CLI (work in progress: see issue #4).
+//!
+//! This crate is a placeholder so the workspace layout is fixed; it re-exports the cryptographic
+//! core it will build on.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub use kms_dkg as dkg;
+pub use kms_proto as proto;

@@ -1,0 +1,8 @@
+//! The KMS node daemon (work in progress: see issue #3).
+//!
+//! This crate is a placeholder so the workspace layout is fixed; it re-exports the cryptographic
+//! core it will build on.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub use kms_dkg as dkg;
+pub use kms_proto as proto;
