@@ -127,21 +127,37 @@ pub trait JsonDocument: Serialize + DeserializeOwned {
     const WHAT: &'static str;
     /// Name of the version field (`"version"` or `"format"`).
     const VERSION_FIELD: &'static str = "version";
+    /// Objects to descend into, from the top, to reach the version field: empty when the field is
+    /// at the top level, `&["manifest"]` for a signed wrapper whose version lives in the signed
+    /// document it wraps.
+    const VERSION_PATH: &'static [&'static str] = &[];
     /// The version this build speaks.
     const VERSION: u64;
 }
 
-/// Decodes a JSON document: size limit, then version, then the typed parse (which refuses unknown
-/// fields).
+/// Decodes a JSON document: size limit, then version (at [`JsonDocument::VERSION_PATH`]), then the
+/// typed parse (which refuses unknown fields).
 pub fn decode_json<T: JsonDocument>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > MAX_JSON_DOCUMENT {
         return Err(CodecError::TooLarge { len: bytes.len(), limit: MAX_JSON_DOCUMENT });
     }
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| CodecError::Malformed { what: T::WHAT, reason: json_reason(&e) })?;
-    let Some(obj) = value.as_object() else {
+    let Some(mut obj) = value.as_object() else {
         return Err(CodecError::Malformed { what: T::WHAT, reason: "expected a JSON object".into() });
     };
+    for &field in T::VERSION_PATH {
+        obj = match obj.get(field) {
+            Some(serde_json::Value::Object(inner)) => inner,
+            Some(_) => {
+                return Err(CodecError::Malformed {
+                    what: T::WHAT,
+                    reason: format!("field `{field}` must be an object"),
+                })
+            }
+            None => return Err(CodecError::Malformed { what: T::WHAT, reason: format!("missing field `{field}`") }),
+        };
+    }
     match obj.get(T::VERSION_FIELD).map(serde_json::Value::as_u64) {
         None => {
             return Err(CodecError::Malformed {

@@ -1,0 +1,245 @@
+//! The two groups the DKG runs over, behind one small trait.
+//!
+//! The DKG code (`crate::dkg`) and the polynomial helpers are generic over [`Suite`]; two
+//! instances exist:
+//!
+//! * [`Bls12381G2`]: scalars in BLS12-381 `Fr`, commitments and public keys in G2 (so that
+//!   `MPK = s·G2` and `VK_i = s_i·G2` pair with `H(id) ∈ G1`). Arithmetic is blst (via blstrs).
+//! * [`Ed25519`]: scalars mod ℓ, points on edwards25519 (curve25519-dalek), so the result is a
+//!   FROST(Ed25519, SHA-512) key (RFC 9591) whose group signatures verify as plain Ed25519.
+//!
+//! Decoders accept only canonical encodings of prime-order, non-identity points and canonical
+//! scalars: everything decoded here comes from the network.
+
+use ff::{Field, PrimeField};
+use group::{Group, GroupEncoding};
+use sha2::{Digest, Sha256, Sha512};
+
+use kms_proto::dkg::SuiteId;
+
+/// A prime-order group with the encodings and hashes the DKG needs.
+pub trait Suite: Clone + Copy + std::fmt::Debug + Send + Sync + 'static {
+    /// Wire identifier.
+    const ID: SuiteId;
+    /// Scalar field.
+    type Scalar: PrimeField + Send + Sync;
+    /// Group element (projective form).
+    type Point: Group<Scalar = Self::Scalar> + GroupEncoding + Send + Sync;
+
+    /// Length of an encoded point.
+    const POINT_LEN: usize;
+    /// Length of an encoded scalar.
+    const SCALAR_LEN: usize;
+
+    /// Canonical point encoding (compressed).
+    fn encode_point(p: &Self::Point) -> Vec<u8>;
+    /// Decodes a point; `None` unless canonical, in the prime-order subgroup and not the identity.
+    fn decode_point(bytes: &[u8]) -> Option<Self::Point>;
+    /// Canonical scalar encoding (big-endian for BLS12-381 as in the test vectors, little-endian
+    /// for Ed25519 as in RFC 8032 / FROST).
+    fn encode_scalar(s: &Self::Scalar) -> Vec<u8>;
+    /// Decodes a canonical scalar (`< order`).
+    fn decode_scalar(bytes: &[u8]) -> Option<Self::Scalar>;
+    /// Hashes to a uniformly distributed scalar (64 bytes of output reduced mod the order).
+    fn hash_to_scalar(domain: &[u8], parts: &[&[u8]]) -> Self::Scalar;
+    /// Multi-scalar multiplication `Σ s_i·P_i`.
+    fn msm(points: &[Self::Point], scalars: &[Self::Scalar]) -> Self::Point;
+
+    /// Overwrites a secret scalar with zero in a way the optimizer keeps.
+    fn zeroize_scalar(s: &mut Self::Scalar) {
+        *s = Self::Scalar::ZERO;
+        std::hint::black_box(s);
+    }
+}
+
+/// BLS12-381 with commitments in G2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bls12381G2;
+
+impl Suite for Bls12381G2 {
+    const ID: SuiteId = SuiteId::Bls12381G2;
+    type Scalar = blstrs::Scalar;
+    type Point = blstrs::G2Projective;
+    const POINT_LEN: usize = 96;
+    const SCALAR_LEN: usize = 32;
+
+    fn encode_point(p: &Self::Point) -> Vec<u8> {
+        p.to_bytes().as_ref().to_vec()
+    }
+
+    fn decode_point(bytes: &[u8]) -> Option<Self::Point> {
+        let arr: &[u8; 96] = bytes.try_into().ok()?;
+        // `from_compressed` checks the encoding, the curve equation and the subgroup.
+        let p: blstrs::G2Affine = Option::from(blstrs::G2Affine::from_compressed(arr))?;
+        let p = blstrs::G2Projective::from(p);
+        (!bool::from(p.is_identity())).then_some(p)
+    }
+
+    fn encode_scalar(s: &Self::Scalar) -> Vec<u8> {
+        s.to_bytes_be().to_vec()
+    }
+
+    fn decode_scalar(bytes: &[u8]) -> Option<Self::Scalar> {
+        let arr: &[u8; 32] = bytes.try_into().ok()?;
+        Option::from(blstrs::Scalar::from_bytes_be(arr))
+    }
+
+    fn hash_to_scalar(domain: &[u8], parts: &[&[u8]]) -> Self::Scalar {
+        let wide = wide_hash(domain, parts);
+        bls_scalar_from_wide(&wide)
+    }
+
+    fn msm(points: &[Self::Point], scalars: &[Self::Scalar]) -> Self::Point {
+        blstrs::G2Projective::multi_exp(points, scalars)
+    }
+}
+
+/// Reduces 64 big-endian bytes modulo the BLS12-381 scalar order: `hi·2^256 + lo`.
+pub(crate) fn bls_scalar_from_wide(wide: &[u8; 64]) -> blstrs::Scalar {
+    // Horner over bytes with field arithmetic: exact reduction, no bias beyond 2^-128.
+    let mut acc = blstrs::Scalar::ZERO;
+    let base = blstrs::Scalar::from(256u64);
+    for byte in wide.iter() {
+        acc = acc * base + blstrs::Scalar::from(u64::from(*byte));
+    }
+    acc
+}
+
+/// Ed25519 (edwards25519, prime-order subgroup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ed25519;
+
+impl Suite for Ed25519 {
+    const ID: SuiteId = SuiteId::Ed25519;
+    type Scalar = curve25519_dalek::Scalar;
+    type Point = curve25519_dalek::EdwardsPoint;
+    const POINT_LEN: usize = 32;
+    const SCALAR_LEN: usize = 32;
+
+    fn encode_point(p: &Self::Point) -> Vec<u8> {
+        p.compress().to_bytes().to_vec()
+    }
+
+    fn decode_point(bytes: &[u8]) -> Option<Self::Point> {
+        let arr: [u8; 32] = bytes.try_into().ok()?;
+        let p = curve25519_dalek::edwards::CompressedEdwardsY(arr).decompress()?;
+        // Refuse non-canonical encodings, small-order points and torsion components.
+        let canonical = p.compress().to_bytes() == arr;
+        (canonical && p.is_torsion_free() && !p.is_small_order()).then_some(p)
+    }
+
+    fn encode_scalar(s: &Self::Scalar) -> Vec<u8> {
+        s.to_bytes().to_vec()
+    }
+
+    fn decode_scalar(bytes: &[u8]) -> Option<Self::Scalar> {
+        let arr: [u8; 32] = bytes.try_into().ok()?;
+        Option::from(curve25519_dalek::Scalar::from_canonical_bytes(arr))
+    }
+
+    fn hash_to_scalar(domain: &[u8], parts: &[&[u8]]) -> Self::Scalar {
+        let mut h = Sha512::new();
+        h.update((domain.len() as u64).to_be_bytes());
+        h.update(domain);
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        curve25519_dalek::Scalar::from_hash(h)
+    }
+
+    fn msm(points: &[Self::Point], scalars: &[Self::Scalar]) -> Self::Point {
+        use curve25519_dalek::traits::VartimeMultiscalarMul;
+        // Variable time is fine: the DKG only runs MSMs over public values (commitments and
+        // public indices).
+        curve25519_dalek::EdwardsPoint::vartime_multiscalar_mul(scalars.iter(), points.iter())
+    }
+}
+
+/// SHA-512 over length-prefixed parts (for BLS: reduced by [`bls_scalar_from_wide`]).
+fn wide_hash(domain: &[u8], parts: &[&[u8]]) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update((domain.len() as u64).to_be_bytes());
+    h.update(domain);
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// `k·P` for a small public integer `k` (a node index), by double-and-add over its bits: ~16
+/// group operations instead of a full 255-bit scalar multiplication.
+pub(crate) fn mul_small<P: Group>(p: &P, k: u64) -> P {
+    let mut acc = P::identity();
+    for bit in (0..64 - k.leading_zeros()).rev() {
+        acc = acc.double();
+        if (k >> bit) & 1 == 1 {
+            acc += p;
+        }
+    }
+    acc
+}
+
+/// SHA-256 helper used for digests across the crate.
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::OsRng;
+
+    fn roundtrip<S: Suite>() {
+        let s = S::Scalar::random(OsRng);
+        assert_eq!(S::decode_scalar(&S::encode_scalar(&s)), Some(s));
+        let p = S::Point::generator() * s;
+        let enc = S::encode_point(&p);
+        assert_eq!(enc.len(), S::POINT_LEN);
+        assert_eq!(S::decode_point(&enc), Some(p));
+        assert_eq!(S::decode_point(&S::encode_point(&S::Point::identity())), None);
+        assert_eq!(S::decode_point(&enc[1..]), None);
+        assert_eq!(mul_small(&p, 1000), p * S::Scalar::from(1000u64));
+        assert_eq!(mul_small(&p, 0), S::Point::identity());
+    }
+
+    #[test]
+    fn bls_roundtrip() {
+        roundtrip::<Bls12381G2>();
+    }
+
+    #[test]
+    fn ed25519_roundtrip() {
+        roundtrip::<Ed25519>();
+    }
+
+    #[test]
+    fn ed25519_refuses_small_order_and_noncanonical() {
+        // The identity and a small-order point (order 2: y = -1).
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        assert_eq!(Ed25519::decode_point(&minus_one), None);
+        // Non-canonical scalar (ℓ itself).
+        let mut ell = [0u8; 32];
+        ell[..16].copy_from_slice(&[
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+        ]);
+        ell[31] = 0x10;
+        assert_eq!(Ed25519::decode_scalar(&ell), None);
+    }
+
+    #[test]
+    fn bls_wide_reduction_matches_field_arithmetic() {
+        let mut wide = [0u8; 64];
+        wide[63] = 5;
+        wide[31] = 1; // 2^256
+        let two_256 = blstrs::Scalar::from(2u64).pow_vartime([256u64]);
+        assert_eq!(bls_scalar_from_wide(&wide), two_256 + blstrs::Scalar::from(5u64));
+    }
+}

@@ -1,0 +1,278 @@
+//! Threshold app keys (DESIGN §2): `σ = s·H(id)` computed from any t partials `σ_i = s_i·H(id)`.
+//!
+//! `H` is RFC 9380 hash-to-curve `BLS12381G1_XMD:SHA-256_SSWU_RO_` with DST
+//! [`HASH_TO_G1_DST`]. `σ` is the Boneh–Franklin IBE private key of `id` under `MPK = s·G2`, and
+//! a BLS signature on `id`: partials are checked with one pairing equation each, or many at once
+//! with random 128-bit weights (a single 2-pairing check); on a failed batch every partial is
+//! checked alone so each bad one is named.
+
+use std::collections::BTreeSet;
+
+use blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Prepared, Scalar};
+use ff::PrimeField;
+use group::{prime::PrimeCurveAffine, Curve, Group};
+use pairing::{MillerLoopResult, MultiMillerLoop};
+use rand_core::{CryptoRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::kdf::hkdf;
+use crate::error::{BadPartial, PartialFault, ThresholdError};
+use crate::poly::lagrange_at_zero;
+use crate::share::{KeyShare, PublicKeySet};
+use crate::suite::Bls12381G2;
+
+/// Hash-to-G1 domain separation tag.
+pub const HASH_TO_G1_DST: &[u8] = b"KMS-V1-APP-KEY_BLS12381G1_XMD:SHA-256_SSWU_RO_";
+/// Prefix of every key identity.
+pub const KEY_ID_PREFIX: &[u8] = b"kms/v1/key";
+/// HKDF salt of the app root secret.
+pub const APP_ROOT_SALT: &[u8] = b"kms/v1/app-root";
+/// HKDF salt of purpose sub-keys derived from the root secret.
+pub const SUBKEY_SALT: &[u8] = b"kms/v1/app-subkey";
+/// Label used when none is given.
+pub const DEFAULT_LABEL: &str = "root";
+/// Longest label, in bytes.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// The BLS12-381 public key set of a cluster (`MPK`, `VK_i`).
+pub type BlsPublicKeys = PublicKeySet<Bls12381G2>;
+/// A node's BLS12-381 key share.
+pub type BlsKeyShare = KeyShare<Bls12381G2>;
+
+/// Which key: an app and a label within it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyId {
+    app_id: [u8; 32],
+    label: String,
+}
+
+impl KeyId {
+    /// A key identity; the label must be 1..=64 bytes of UTF-8.
+    pub fn new(app_id: [u8; 32], label: &str) -> Result<Self, ThresholdError> {
+        if label.is_empty() || label.len() > MAX_LABEL_LEN {
+            return Err(ThresholdError::InvalidLabel(label.len()));
+        }
+        Ok(KeyId { app_id, label: label.to_owned() })
+    }
+
+    /// The app.
+    pub fn app_id(&self) -> &[u8; 32] {
+        &self.app_id
+    }
+
+    /// The label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// `"kms/v1/key" ‖ app_id ‖ label` (unambiguous: the prefix and app_id have fixed length).
+    pub fn identity(&self) -> Vec<u8> {
+        [KEY_ID_PREFIX, &self.app_id[..], self.label.as_bytes()].concat()
+    }
+
+    /// `H(id) ∈ G1`.
+    pub fn hash(&self) -> G1Projective {
+        G1Projective::hash_to_curve(&self.identity(), HASH_TO_G1_DST, &[])
+    }
+}
+
+/// A node's partial key `σ_i = s_i·H(id)`. It is one t-th of a secret: `Debug` shows only the
+/// index.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PartialKey {
+    /// The node that computed it.
+    pub index: u16,
+    /// `σ_i`.
+    pub point: G1Affine,
+}
+
+impl PartialKey {
+    /// 48-byte compressed encoding of `σ_i`.
+    pub fn to_bytes(&self) -> [u8; 48] {
+        self.point.to_compressed()
+    }
+
+    /// Decodes `σ_i` (subgroup-checked, non-identity).
+    pub fn from_bytes(index: u16, bytes: &[u8]) -> Result<Self, BadPartial> {
+        let malformed = BadPartial { index, fault: PartialFault::Malformed };
+        let arr: &[u8; 48] = bytes.try_into().map_err(|_| malformed)?;
+        let point: G1Affine = Option::from(G1Affine::from_compressed(arr)).ok_or(malformed)?;
+        if bool::from(point.is_identity()) {
+            return Err(malformed);
+        }
+        Ok(PartialKey { index, point })
+    }
+}
+
+impl std::fmt::Debug for PartialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartialKey").field("index", &self.index).field("point", &"<redacted>").finish()
+    }
+}
+
+/// Computes this node's partial key for `id`.
+pub fn partial_key(share: &BlsKeyShare, id: &KeyId) -> PartialKey {
+    partial_key_for_hash(share, &id.hash())
+}
+
+/// Computes the partial key for an already hashed identity.
+pub fn partial_key_for_hash(share: &BlsKeyShare, h: &G1Projective) -> PartialKey {
+    PartialKey { index: share.index(), point: (h * share.secret()).to_affine() }
+}
+
+/// `e(a, G2) == e(h, b)`, as `e(a, -G2)·e(h, b) == 1` with one multi-Miller loop.
+pub(crate) fn pairing_eq(a: &G1Affine, h: &G1Affine, b: &G2Affine) -> bool {
+    let neg_g2 = G2Prepared::from(-G2Affine::generator());
+    let b = G2Prepared::from(*b);
+    let r = Bls12::multi_miller_loop(&[(a, &neg_g2), (h, &b)]).final_exponentiation();
+    bool::from(r.is_identity())
+}
+
+/// Checks one partial: `e(σ_i, G2) == e(H(id), VK_i)`.
+pub fn verify_partial(keys: &BlsPublicKeys, h: &G1Projective, partial: &PartialKey) -> Result<(), BadPartial> {
+    let vk = keys
+        .verification_key(partial.index)
+        .ok_or(BadPartial { index: partial.index, fault: PartialFault::UnknownIndex })?;
+    if pairing_eq(&partial.point, &h.to_affine(), &vk.to_affine()) {
+        Ok(())
+    } else {
+        Err(BadPartial { index: partial.index, fault: PartialFault::PairingCheckFailed })
+    }
+}
+
+/// Checks many partials at once: with random 128-bit weights `r_i`,
+/// `e(Σ r_i σ_i, G2) == e(H(id), Σ r_i VK_i)`. If the batch fails, each partial is checked on its
+/// own and every bad one is returned (sorted by index), so the caller can name the nodes.
+///
+/// A wrong partial passes the batch with probability at most 2^-128.
+pub fn verify_partials(
+    keys: &BlsPublicKeys,
+    h: &G1Projective,
+    partials: &[PartialKey],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<(), Vec<BadPartial>> {
+    let mut bad = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut points = Vec::with_capacity(partials.len());
+    let mut vks = Vec::with_capacity(partials.len());
+    let mut candidates = Vec::with_capacity(partials.len());
+    for p in partials {
+        if !seen.insert(p.index) {
+            bad.push(BadPartial { index: p.index, fault: PartialFault::DuplicateIndex });
+            continue;
+        }
+        match keys.verification_key(p.index) {
+            Some(vk) => {
+                points.push(G1Projective::from(p.point));
+                vks.push(*vk);
+                candidates.push(*p);
+            }
+            None => bad.push(BadPartial { index: p.index, fault: PartialFault::UnknownIndex }),
+        }
+    }
+    if !candidates.is_empty() {
+        let weights: Vec<Scalar> = candidates
+            .iter()
+            .map(|_| {
+                // Non-zero 128-bit weight.
+                let w = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+                Scalar::from_u128(w.max(1))
+            })
+            .collect();
+        let s = G1Projective::multi_exp(&points, &weights);
+        let v = blstrs::G2Projective::multi_exp(&vks, &weights);
+        if !pairing_eq(&s.to_affine(), &h.to_affine(), &v.to_affine()) {
+            bad.extend(candidates.iter().filter_map(|p| verify_partial(keys, h, p).err()));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        bad.sort_by_key(|b| b.index);
+        Err(bad)
+    }
+}
+
+/// Combines the first t partials (distinct indices) by Lagrange interpolation in the exponent,
+/// as one multi-scalar multiplication, and checks the result against `MPK`.
+///
+/// The partials should have been verified (see [`verify_partials`]); if they were not and one is
+/// wrong, the final check fails with [`ThresholdError::CombinedKeyInvalid`].
+pub fn combine(keys: &BlsPublicKeys, id: &KeyId, partials: &[PartialKey]) -> Result<AppKey, ThresholdError> {
+    let t = usize::from(keys.threshold());
+    let mut seen = BTreeSet::new();
+    let chosen: Vec<&PartialKey> = partials.iter().filter(|p| seen.insert(p.index)).take(t).collect();
+    if chosen.len() < t {
+        return Err(ThresholdError::NotEnoughPartials { needed: keys.threshold(), have: chosen.len() });
+    }
+    let indices: Vec<u16> = chosen.iter().map(|p| p.index).collect();
+    let lambdas: Vec<Scalar> = lagrange_at_zero(&indices).ok_or(ThresholdError::InvalidPartials(
+        indices.iter().filter(|&&i| i == 0).map(|&index| BadPartial { index, fault: PartialFault::UnknownIndex }).collect(),
+    ))?;
+    let points: Vec<G1Projective> = chosen.iter().map(|p| G1Projective::from(p.point)).collect();
+    let sigma = G1Projective::multi_exp(&points, &lambdas).to_affine();
+    let h = id.hash().to_affine();
+    if !pairing_eq(&sigma, &h, &keys.public_key().to_affine()) {
+        return Err(ThresholdError::CombinedKeyInvalid);
+    }
+    Ok(AppKey::from_parts(id.clone(), &sigma))
+}
+
+/// An app's key `σ = s·H(id)` (BF-IBE private key of `id`). Zeroized on drop; `Debug` redacts.
+pub struct AppKey {
+    id: KeyId,
+    sigma: Zeroizing<[u8; 48]>,
+}
+
+impl AppKey {
+    fn from_parts(id: KeyId, sigma: &G1Affine) -> Self {
+        AppKey { id, sigma: Zeroizing::new(sigma.to_compressed()) }
+    }
+
+    /// Rebuilds an app key from its 48-byte encoding, checking it against `MPK`.
+    pub fn from_bytes(keys: &BlsPublicKeys, id: KeyId, bytes: &[u8; 48]) -> Result<Self, ThresholdError> {
+        let sigma: G1Affine =
+            Option::from(G1Affine::from_compressed(bytes)).ok_or(ThresholdError::CombinedKeyInvalid)?;
+        if !pairing_eq(&sigma, &id.hash().to_affine(), &keys.public_key().to_affine()) {
+            return Err(ThresholdError::CombinedKeyInvalid);
+        }
+        Ok(AppKey::from_parts(id, &sigma))
+    }
+
+    /// Which key this is.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The 48-byte compressed `σ`. Secret.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 48]> {
+        self.sigma.clone()
+    }
+
+    /// `σ` as a curve point (for envelope decryption).
+    pub(crate) fn point(&self) -> Option<G1Affine> {
+        Option::from(G1Affine::from_compressed(&self.sigma))
+    }
+
+    /// The app root secret: `HKDF-SHA256(ikm = σ, salt = "kms/v1/app-root", info = app_id ‖ label)`.
+    pub fn root_secret(&self) -> Zeroizing<[u8; 32]> {
+        let info = [&self.id.app_id[..], self.id.label.as_bytes()].concat();
+        hkdf::<32>(APP_ROOT_SALT, &self.sigma[..], &info)
+    }
+
+    /// A purpose-bound sub-key: `HKDF-SHA256(ikm = root_secret, salt = "kms/v1/app-subkey",
+    /// info = purpose)`.
+    pub fn derive(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
+        hkdf::<32>(SUBKEY_SALT, &self.root_secret()[..], purpose)
+    }
+}
+
+impl std::fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppKey")
+            .field("app_id", &hex::encode(self.id.app_id))
+            .field("label", &self.id.label)
+            .field("sigma", &"<redacted>")
+            .finish()
+    }
+}
