@@ -16,7 +16,9 @@ pub(crate) fn hkdf<const N: usize>(salt: &[u8], ikm: &[u8], info: &[u8]) -> Zero
 }
 
 /// Splits a 44-byte HKDF output into an AES-256 key and a 96-bit nonce.
-pub(crate) fn aead_key_nonce(okm: &[u8; 44]) -> (aes_gcm::Key<aes_gcm::Aes256Gcm>, aes_gcm::Nonce<aes_gcm::aead::consts::U12>) {
+pub(crate) fn aead_key_nonce(
+    okm: &[u8; 44],
+) -> (aes_gcm::Key<aes_gcm::Aes256Gcm>, aes_gcm::Nonce<aes_gcm::aead::consts::U12>) {
     let key = *aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(&okm[..32]);
     let nonce = *aes_gcm::Nonce::from_slice(&okm[32..]);
     (key, nonce)

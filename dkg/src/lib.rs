@@ -14,12 +14,15 @@
 //!   ECIES).
 //! * [`frost`]: FROST(Ed25519) key packages from the Ed25519 DKG.
 
+pub mod dkg;
 pub mod envelope;
 pub mod error;
+pub mod frost;
 mod kdf;
 pub mod poly;
 pub mod share;
 pub mod suite;
+pub mod testing;
 pub mod threshold;
 
 pub use error::{BadPartial, EnvelopeError, PartialFault, ShareError, ThresholdError};

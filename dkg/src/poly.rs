@@ -63,10 +63,7 @@ impl<S: Suite> std::fmt::Debug for Polynomial<S> {
 /// `Σ_k C_k · x^k` for a small public `x` (Horner with double-and-add): the public value a
 /// commitment vector gives at `x`, i.e. `f(x)·G`.
 pub fn eval_commitments<S: Suite>(commitments: &[S::Point], x: u16) -> S::Point {
-    commitments
-        .iter()
-        .rev()
-        .fold(S::Point::identity(), |acc, c| mul_small(&acc, u64::from(x)) + c)
+    commitments.iter().rev().fold(S::Point::identity(), |acc, c| mul_small(&acc, u64::from(x)) + c)
 }
 
 /// Whether `share·G == Σ C_k · index^k`.
@@ -87,10 +84,11 @@ pub fn lagrange_at_zero<F: Field + From<u64>>(indices: &[u16]) -> Option<Vec<F>>
     xs.iter()
         .enumerate()
         .map(|(i, xi)| {
-            let (num, den) = xs.iter().enumerate().filter(|(j, _)| *j != i).fold(
-                (F::ONE, F::ONE),
-                |(num, den), (_, xj)| (num * xj, den * (*xj - xi)),
-            );
+            let (num, den) = xs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .fold((F::ONE, F::ONE), |(num, den), (_, xj)| (num * xj, den * (*xj - xi)));
             Option::<F>::from(den.invert()).map(|inv| num * inv)
         })
         .collect()

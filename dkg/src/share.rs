@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use group::Group;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use kms_proto::codec::{decode_p2p_raw, encode_p2p};
@@ -85,7 +85,12 @@ pub struct KeyShare<S: Suite> {
 
 impl<S: Suite> KeyShare<S> {
     /// Assembles a share, checking that `secret·G` equals this node's verification key.
-    pub fn new(epoch: u64, index: u16, secret: S::Scalar, public: PublicKeySet<S>) -> Result<Self, ShareError> {
+    pub fn new(
+        epoch: u64,
+        index: u16,
+        secret: S::Scalar,
+        public: PublicKeySet<S>,
+    ) -> Result<Self, ShareError> {
         let share = KeyShare { epoch, index, secret, public };
         match share.public.verification_key(index) {
             Some(vk) if S::Point::generator() * share.secret == *vk => Ok(share),
@@ -124,7 +129,12 @@ impl<S: Suite> KeyShare<S> {
             threshold: self.public.threshold,
             secret: S::encode_scalar(&self.secret),
             public_key: S::encode_point(&self.public.public_key),
-            verification_keys: self.public.verification_keys.iter().map(|(i, p)| (*i, S::encode_point(p))).collect(),
+            verification_keys: self
+                .public
+                .verification_keys
+                .iter()
+                .map(|(i, p)| (*i, S::encode_point(p)))
+                .collect(),
         };
         Zeroizing::new(encode_p2p(&stored))
     }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256, Sha512};
 use kms_proto::dkg::SuiteId;
 
 /// A prime-order group with the encodings and hashes the DKG needs.
-pub trait Suite: Clone + Copy + std::fmt::Debug + Send + Sync + 'static {
+pub trait Suite: Clone + Copy + PartialEq + Eq + std::fmt::Debug + Send + Sync + 'static {
     /// Wire identifier.
     const ID: SuiteId;
     /// Scalar field.

@@ -15,8 +15,8 @@ use pairing::{MillerLoopResult, MultiMillerLoop};
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::kdf::hkdf;
 use crate::error::{BadPartial, PartialFault, ThresholdError};
+use crate::kdf::hkdf;
 use crate::poly::lagrange_at_zero;
 use crate::share::{KeyShare, PublicKeySet};
 use crate::suite::Bls12381G2;
@@ -129,7 +129,11 @@ pub(crate) fn pairing_eq(a: &G1Affine, h: &G1Affine, b: &G2Affine) -> bool {
 }
 
 /// Checks one partial: `e(σ_i, G2) == e(H(id), VK_i)`.
-pub fn verify_partial(keys: &BlsPublicKeys, h: &G1Projective, partial: &PartialKey) -> Result<(), BadPartial> {
+pub fn verify_partial(
+    keys: &BlsPublicKeys,
+    h: &G1Projective,
+    partial: &PartialKey,
+) -> Result<(), BadPartial> {
     let vk = keys
         .verification_key(partial.index)
         .ok_or(BadPartial { index: partial.index, fault: PartialFault::UnknownIndex })?;
@@ -205,17 +209,34 @@ pub fn combine(keys: &BlsPublicKeys, id: &KeyId, partials: &[PartialKey]) -> Res
     if chosen.len() < t {
         return Err(ThresholdError::NotEnoughPartials { needed: keys.threshold(), have: chosen.len() });
     }
-    let indices: Vec<u16> = chosen.iter().map(|p| p.index).collect();
-    let lambdas: Vec<Scalar> = lagrange_at_zero(&indices).ok_or(ThresholdError::InvalidPartials(
-        indices.iter().filter(|&&i| i == 0).map(|&index| BadPartial { index, fault: PartialFault::UnknownIndex }).collect(),
-    ))?;
-    let points: Vec<G1Projective> = chosen.iter().map(|p| G1Projective::from(p.point)).collect();
-    let sigma = G1Projective::multi_exp(&points, &lambdas).to_affine();
+    let owned: Vec<PartialKey> = chosen.into_iter().copied().collect();
+    let sigma = interpolate(&owned)?;
     let h = id.hash().to_affine();
     if !pairing_eq(&sigma, &h, &keys.public_key().to_affine()) {
         return Err(ThresholdError::CombinedKeyInvalid);
     }
     Ok(AppKey::from_parts(id.clone(), &sigma))
+}
+
+/// Lagrange interpolation at zero in the exponent, `Σ λ_i σ_i`, as one multi-scalar
+/// multiplication. No threshold check and no verification: [`combine`] is the safe entry point.
+pub fn interpolate(partials: &[PartialKey]) -> Result<G1Affine, ThresholdError> {
+    let indices: Vec<u16> = partials.iter().map(|p| p.index).collect();
+    let lambdas: Vec<Scalar> = lagrange_at_zero(&indices).ok_or_else(|| {
+        let mut seen = BTreeSet::new();
+        ThresholdError::InvalidPartials(
+            indices
+                .iter()
+                .filter(|&&i| i == 0 || !seen.insert(i))
+                .map(|&index| BadPartial {
+                    index,
+                    fault: if index == 0 { PartialFault::UnknownIndex } else { PartialFault::DuplicateIndex },
+                })
+                .collect(),
+        )
+    })?;
+    let points: Vec<G1Projective> = partials.iter().map(|p| G1Projective::from(p.point)).collect();
+    Ok(G1Projective::multi_exp(&points, &lambdas).to_affine())
 }
 
 /// An app's key `σ = s·H(id)` (BF-IBE private key of `id`). Zeroized on drop; `Debug` redacts.

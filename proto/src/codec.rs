@@ -56,10 +56,7 @@ pub enum CodecError {
 }
 
 fn p2p_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<MAX_P2P_MESSAGE>()
+    bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<MAX_P2P_MESSAGE>()
 }
 
 /// A p2p message: knows its own version and the name used in errors.
@@ -155,7 +152,12 @@ pub fn decode_json<T: JsonDocument>(bytes: &[u8]) -> Result<T, CodecError> {
                     reason: format!("field `{field}` must be an object"),
                 })
             }
-            None => return Err(CodecError::Malformed { what: T::WHAT, reason: format!("missing field `{field}`") }),
+            None => {
+                return Err(CodecError::Malformed {
+                    what: T::WHAT,
+                    reason: format!("missing field `{field}`"),
+                })
+            }
         };
     }
     match obj.get(T::VERSION_FIELD).map(serde_json::Value::as_u64) {
@@ -176,7 +178,8 @@ pub fn decode_json<T: JsonDocument>(bytes: &[u8]) -> Result<T, CodecError> {
         }
         Some(Some(_)) => {}
     }
-    serde_json::from_value(value).map_err(|e| CodecError::Malformed { what: T::WHAT, reason: json_reason(&e) })
+    serde_json::from_value(value)
+        .map_err(|e| CodecError::Malformed { what: T::WHAT, reason: json_reason(&e) })
 }
 
 /// Encodes a JSON document (compact).

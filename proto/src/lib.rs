@@ -3,9 +3,24 @@
 //! Types only: no I/O and no key math (DESIGN §4). Peer-to-peer messages are encoded with bincode
 //! under a hard size limit ([`codec::decode_p2p`]); HTTP bodies and files are JSON that refuses
 //! unknown fields and unknown versions ([`codec::decode_json`]). Every format carries a version.
+//!
+//! * [`dkg`]: DKG p2p messages.
+//! * [`app`]: app identity, labels, owner-signed manifests and their policy.
+//! * [`api`]: HTTP bodies of `POST /v1/keys`, errors, health; the attestation binding.
+//! * [`error_code`]: stable API error codes.
+//! * [`cluster`]: the cluster descriptor signed by the cluster's group key.
+//! * [`hex_bytes`]: fixed-size byte strings as lowercase hex in JSON.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod api;
+pub mod app;
+pub mod cluster;
 pub mod codec;
 pub mod dkg;
+pub mod error_code;
+pub mod hex_bytes;
 
+pub use app::{AppId, Label};
 pub use codec::CodecError;
+pub use error_code::ErrorCode;
+pub use hex_bytes::HexBytes;

@@ -1,0 +1,351 @@
+//! Joint-Feldman distributed key generation with complaints, justifications and agreement
+//! (DESIGN §3; Gennaro–Jarecki–Krawczyk–Rabin, "Secure Distributed Key Generation for
+//! Discrete-Log Based Cryptosystems", J. Cryptology 2007, protocol JF-DKG, plus a Schnorr proof
+//! of knowledge of each dealer's constant term and a signed-transcript quorum).
+//!
+//! The machine is sans-I/O: [`Dkg::new`], [`Dkg::handle_message`] and [`Dkg::handle_timeout`]
+//! take inputs and `now` and return [`Action`]s (messages to broadcast or send, a timer to set,
+//! and finally [`Action::Completed`] or [`Action::Failed`]). One generic implementation serves
+//! both groups ([`crate::Bls12381G2`] for the master key, [`crate::Ed25519`] for the FROST
+//! cluster key).
+//!
+//! Rounds:
+//! 1. **Deal** — broadcast signed Feldman commitments and a proof of knowledge; send `f_i(j)` to
+//!    each node j directly.
+//! 2. **Respond** — broadcast complaints (missing or invalid shares) and a digest of every deal
+//!    received.
+//! 3. **Justify** — an accused dealer reveals the disputed shares; a node that sees another node
+//!    report a different deal digest re-broadcasts the signed deal it holds (two differently
+//!    signed deals prove equivocation); complaints are relayed so the accused learns of them.
+//! 4. **Finalize and agree** — compute QUAL, the share, `MPK`, `VK_*`; broadcast a signed
+//!    transcript hash; complete once `q > (n + f)/2` nodes signed the same hash.
+
+mod machine;
+pub mod pok;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use kms_proto::dkg::{DkgMessage, Signed, SignedPayload};
+
+use crate::share::KeyShare;
+use crate::suite::Suite;
+
+pub use machine::Dkg;
+
+/// Largest supported cluster.
+pub const MAX_NODES: u16 = 1024;
+
+/// How long each round waits for messages before moving on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Round 1: deals and shares.
+    pub deal: Duration,
+    /// Round 2: responses.
+    pub respond: Duration,
+    /// Round 3: justifications and evidence.
+    pub justify: Duration,
+    /// Round 4: transcript confirmations.
+    pub confirm: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            deal: Duration::from_secs(10),
+            respond: Duration::from_secs(5),
+            justify: Duration::from_secs(5),
+            confirm: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Parameters of one DKG run.
+#[derive(Clone)]
+pub struct DkgConfig {
+    /// Cluster identifier (e.g. a hash of the roster); bound into every signature.
+    pub session: [u8; 32],
+    /// Key epoch of this run; a retry uses a new epoch.
+    pub epoch: u64,
+    /// Shares needed to use the key (`t`).
+    pub threshold: u16,
+    /// This node's index (1..=n).
+    pub me: u16,
+    /// Identity keys of all nodes; node `i` is `roster[i - 1]`, so `n = roster.len()`.
+    pub roster: Vec<VerifyingKey>,
+    /// Dealers not accepted in this run (culprits of an earlier failed epoch).
+    pub excluded: BTreeSet<u16>,
+    /// Byzantine nodes tolerated by the agreement (`f`); `None` means `⌊(n-1)/3⌋`.
+    pub max_faulty: Option<u16>,
+    /// Round timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl DkgConfig {
+    /// Number of nodes.
+    pub fn n(&self) -> u16 {
+        u16::try_from(self.roster.len()).unwrap_or(u16::MAX)
+    }
+
+    /// `f`.
+    pub fn faulty(&self) -> u16 {
+        self.max_faulty.unwrap_or(self.n().saturating_sub(1) / 3)
+    }
+
+    /// Matching confirmations needed: the least `q` with `q > (n + f) / 2`.
+    pub fn quorum(&self) -> u16 {
+        (self.n() + self.faulty()) / 2 + 1
+    }
+
+    pub(crate) fn validate(&self, identity: &SigningKey) -> Result<(), ConfigError> {
+        let n = self.n();
+        if n == 0 || n > MAX_NODES {
+            return Err(ConfigError::BadSize(n));
+        }
+        if self.threshold == 0 || self.threshold > n {
+            return Err(ConfigError::BadThreshold { threshold: self.threshold, n });
+        }
+        if self.me == 0 || self.me > n {
+            return Err(ConfigError::NotInRoster(self.me));
+        }
+        if self.roster[usize::from(self.me - 1)] != identity.verifying_key() {
+            return Err(ConfigError::IdentityMismatch);
+        }
+        if self.quorum() > n {
+            return Err(ConfigError::QuorumUnreachable { quorum: self.quorum(), n });
+        }
+        let distinct: BTreeSet<[u8; 32]> = self.roster.iter().map(|k| k.to_bytes()).collect();
+        if distinct.len() != self.roster.len() {
+            return Err(ConfigError::DuplicateIdentity);
+        }
+        Ok(())
+    }
+}
+
+/// The configuration cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// n is 0 or above [`MAX_NODES`].
+    #[error("roster size {0} out of range 1..={MAX_NODES}")]
+    BadSize(u16),
+    /// t is 0 or above n.
+    #[error("threshold {threshold} out of range 1..={n}")]
+    BadThreshold {
+        /// t.
+        threshold: u16,
+        /// n.
+        n: u16,
+    },
+    /// `me` is not a roster index.
+    #[error("index {0} is not in the roster")]
+    NotInRoster(u16),
+    /// The identity key is not the roster's key for `me`.
+    #[error("identity key does not match the roster entry for this node")]
+    IdentityMismatch,
+    /// Two roster entries share a key.
+    #[error("the roster lists the same identity key twice")]
+    DuplicateIdentity,
+    /// `f` so large that the quorum exceeds n.
+    #[error("quorum {quorum} exceeds n = {n}; lower max_faulty")]
+    QuorumUnreachable {
+        /// q.
+        quorum: u16,
+        /// n.
+        n: u16,
+    },
+}
+
+/// What a node did wrong, as seen by this node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Fault {
+    /// No deal arrived from this dealer.
+    MissingDeal,
+    /// The deal does not decode (wrong number of commitments, invalid point or scalar).
+    MalformedDeal,
+    /// The proof of knowledge of the constant term is invalid.
+    InvalidProof,
+    /// Two different signed deals from the same dealer.
+    EquivocatedDeal,
+    /// Two different signed responses from the same node.
+    EquivocatedResponse,
+    /// Accused by `accuser` and revealed no valid share for it.
+    UnansweredComplaint {
+        /// The complaining node.
+        accuser: u16,
+    },
+    /// Complained about `dealer`, whose public justification showed a valid share.
+    FalseComplaint {
+        /// The dealer complained about.
+        dealer: u16,
+    },
+    /// Reported a digest for `dealer`'s deal that no signed deal supports.
+    InconsistentDigest {
+        /// The dealer concerned.
+        dealer: u16,
+    },
+    /// Signed a different transcript.
+    TranscriptMismatch,
+    /// Sent no transcript confirmation in time.
+    NoConfirmation,
+}
+
+/// A node and what it did.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Culprit {
+    /// Node index.
+    pub node: u16,
+    /// Its fault.
+    pub fault: Fault,
+}
+
+impl Culprit {
+    /// Whether this fault disqualifies the node as a dealer (as opposed to a noted anomaly).
+    pub fn disqualifies(&self) -> bool {
+        matches!(
+            self.fault,
+            Fault::MissingDeal
+                | Fault::MalformedDeal
+                | Fault::InvalidProof
+                | Fault::EquivocatedDeal
+                | Fault::UnansweredComplaint { .. }
+        )
+    }
+}
+
+/// A finished DKG from this node's point of view.
+pub struct DkgOutput<S: Suite> {
+    /// This node's share and the public key set; ready to persist.
+    pub share: KeyShare<S>,
+    /// The qualified dealers.
+    pub qual: BTreeSet<u16>,
+    /// Transcript hash over (session, suite, epoch, t, n, QUAL, public key, VKs).
+    pub transcript: [u8; 32],
+    /// `q` or more Ed25519 signatures over the transcript confirmation, by node index.
+    pub certificate: BTreeMap<u16, Signed<kms_proto::dkg::Confirm>>,
+    /// Misbehaviour observed during the run (disqualified dealers, false complaints, ...).
+    pub culprits: Vec<Culprit>,
+}
+
+impl<S: Suite> std::fmt::Debug for DkgOutput<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkgOutput")
+            .field("share", &self.share)
+            .field("qual", &self.qual)
+            .field("transcript", &hex::encode(self.transcript))
+            .field("certificate", &self.certificate.keys().collect::<Vec<_>>())
+            .field("culprits", &self.culprits)
+            .finish()
+    }
+}
+
+/// Why an epoch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// Fewer than t dealers qualified.
+    NotEnoughQualified {
+        /// |QUAL|.
+        qualified: usize,
+        /// t.
+        threshold: u16,
+    },
+    /// No transcript reached the quorum of matching signatures.
+    NoQuorum {
+        /// Signatures matching this node's transcript (including its own).
+        matching: u16,
+        /// q.
+        quorum: u16,
+    },
+}
+
+/// An epoch that failed, with the culprits to exclude from the retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("DKG epoch {epoch} failed: {reason:?}; culprits {culprits:?}")]
+pub struct DkgFailure {
+    /// The failed epoch.
+    pub epoch: u64,
+    /// What went wrong.
+    pub reason: FailureReason,
+    /// Who misbehaved, as far as this node can tell.
+    pub culprits: Vec<Culprit>,
+}
+
+impl DkgFailure {
+    /// Nodes to exclude as dealers from the retry.
+    pub fn exclude(&self) -> BTreeSet<u16> {
+        self.culprits.iter().map(|c| c.node).collect()
+    }
+}
+
+/// An effect for the driver to carry out.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Action<S: Suite> {
+    /// Send to every other node.
+    Broadcast(DkgMessage),
+    /// Send to one node over the encrypted channel.
+    Send {
+        /// Recipient index.
+        to: u16,
+        /// The message.
+        message: DkgMessage,
+    },
+    /// Call [`Dkg::handle_timeout`] at (or after) this time.
+    Timer(Duration),
+    /// The run completed: persist the share, activate after the driver's own checks.
+    Completed(Box<DkgOutput<S>>),
+    /// The run failed; retry with a new epoch excluding [`DkgFailure::exclude`].
+    Failed(DkgFailure),
+}
+
+/// A message that was not taken into account, and why. Log it; it changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Ignored {
+    /// For another cluster, epoch or group.
+    #[error("message for another session, epoch or suite")]
+    WrongContext,
+    /// Sender index outside the roster.
+    #[error("sender {0} is not in the roster")]
+    UnknownSender(u16),
+    /// Signature does not verify under the sender's identity key.
+    #[error("bad signature on a message claiming to be from node {0}")]
+    BadSignature(u16),
+    /// A direct message whose transport sender is not its author, or not for this node.
+    #[error("direct message from {from} claims author {author} / recipient {recipient}")]
+    Misrouted {
+        /// Transport-level sender.
+        from: u16,
+        /// Claimed author.
+        author: u16,
+        /// Claimed recipient.
+        recipient: u16,
+    },
+    /// Arrived after the round that uses it.
+    #[error("late message from node {0}")]
+    Late(u16),
+    /// Already had this exact message.
+    #[error("duplicate message from node {0}")]
+    Duplicate(u16),
+    /// The run has finished.
+    #[error("the run has finished")]
+    Finished,
+}
+
+/// Signs a payload with an identity key (used by the machine; public for test harnesses that
+/// play byzantine nodes).
+pub fn sign<T: SignedPayload + Clone>(key: &SigningKey, payload: T) -> Signed<T> {
+    let signature = key.sign(&Signed::signing_bytes(&payload)).to_bytes().to_vec();
+    Signed { payload, signature }
+}
+
+/// Verifies a signed payload under the given identity key.
+pub fn verify_signed<T: SignedPayload>(key: &VerifyingKey, signed: &Signed<T>) -> bool {
+    let Ok(sig) = ed25519_dalek::Signature::from_slice(&signed.signature) else {
+        return false;
+    };
+    key.verify_strict(&Signed::signing_bytes(&signed.payload), &sig).is_ok()
+}

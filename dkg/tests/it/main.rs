@@ -1,0 +1,7 @@
+//! Integration tests of the cryptographic core (one test binary, several modules).
+
+mod dkg_runs;
+mod envelopes;
+mod harness;
+mod threshold;
+mod vectors;

@@ -1,0 +1,300 @@
+//! HTTP JSON bodies of the node API (DESIGN §5): `POST /v1/keys`, errors, health and readiness.
+//!
+//! Binary fields are lowercase hex when they have a fixed size and standard base64 (RFC 4648 §4,
+//! with padding) when they do not.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::app::{AppId, Label, SignedManifest};
+use crate::codec::JsonDocument;
+use crate::error_code::ErrorCode;
+use crate::hex_bytes::HexBytes;
+
+/// Version of every HTTP body in this module.
+pub const API_VERSION: u64 = 1;
+
+/// Domain-separation prefix of [`binding`].
+pub const BINDING_DOMAIN: &[u8] = b"kms/v1/key-request";
+
+/// Largest Confidential Space token accepted, in bytes (16 KiB).
+pub const MAX_CS_TOKEN: usize = 16 << 10;
+
+/// Largest TDX quote accepted, in decoded bytes (64 KiB).
+pub const MAX_TDX_QUOTE: usize = 64 << 10;
+
+/// Length of the base64 encoding of [`MAX_TDX_QUOTE`] bytes.
+const MAX_TDX_QUOTE_BASE64: usize = MAX_TDX_QUOTE.div_ceil(3) * 4;
+
+/// The value the enclave's evidence must carry, tying it to one request:
+///
+/// `SHA-256("kms/v1/key-request" ‖ app_id(32) ‖ len(label)(1) ‖ label ‖ client_x25519_pub(32) ‖
+/// request_nonce(32))`
+///
+/// The label, the only variable-length field, is preceded by its length in bytes as one byte (a
+/// [`Label`] is at most 64 bytes). This refines the plain concatenation written in DESIGN §2:
+/// every field is then self-delimiting, so the encoding stays unambiguous even if a field is
+/// ever added after the label.
+///
+/// Confidential Space: `eat_nonce` = lowercase hex of the binding. TDX: `report_data[0..32]` =
+/// binding, `report_data[32..64]` = 0.
+pub fn binding(app_id: &AppId, label: &Label, client_pub: &[u8; 32], nonce: &[u8; 32]) -> [u8; 32] {
+    let label = label.as_str().as_bytes();
+    // A Label is at most 64 bytes, so its length fits in one byte.
+    let len = u8::try_from(label.len()).unwrap_or(u8::MAX);
+    let mut h = Sha256::new();
+    h.update(BINDING_DOMAIN);
+    h.update(app_id.as_bytes());
+    h.update([len]);
+    h.update(label);
+    h.update(client_pub);
+    h.update(nonce);
+    h.finalize().into()
+}
+
+/// Why a body that parsed is still not acceptable. Never echoes the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// A field is larger than its limit.
+    #[error("{field} is {len} bytes, limit {max}")]
+    TooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Size found, in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field is empty.
+    #[error("{field} is empty")]
+    Empty {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A base64 field is not standard, padded base64.
+    #[error("{field} is not valid base64")]
+    BadBase64 {
+        /// Which field.
+        field: &'static str,
+    },
+}
+
+impl BodyError {
+    /// The API error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BodyError::TooLarge { .. } => ErrorCode::BodyTooLarge,
+            _ => ErrorCode::MalformedRequest,
+        }
+    }
+}
+
+/// Evidence that the requester runs in an attested enclave, carrying the request's [`binding`].
+///
+/// JSON: `{"type":"confidential_space","token":"<JWT>"}` or `{"type":"tdx_quote","quote":"<base64>"}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Evidence {
+    /// A Google Confidential Space attestation token (a JWT, OIDC or PKI flavour).
+    ConfidentialSpace {
+        /// The compact JWT, at most [`MAX_CS_TOKEN`] bytes.
+        token: String,
+    },
+    /// A raw Intel TDX quote (DCAP), base64.
+    TdxQuote {
+        /// The quote, at most [`MAX_TDX_QUOTE`] bytes before encoding.
+        quote: String,
+    },
+}
+
+impl Evidence {
+    /// A TDX quote evidence from raw quote bytes.
+    pub fn tdx_quote(quote: &[u8]) -> Self {
+        Evidence::TdxQuote { quote: BASE64.encode(quote) }
+    }
+
+    /// Checks sizes and encoding: the token is non-empty and at most [`MAX_CS_TOKEN`] bytes; the
+    /// quote is non-empty valid base64 of at most [`MAX_TDX_QUOTE`] bytes.
+    pub fn validate(&self) -> Result<(), BodyError> {
+        match self {
+            Evidence::ConfidentialSpace { token } => {
+                let field = "evidence.token";
+                if token.is_empty() {
+                    return Err(BodyError::Empty { field });
+                }
+                if token.len() > MAX_CS_TOKEN {
+                    return Err(BodyError::TooLarge { field, len: token.len(), max: MAX_CS_TOKEN });
+                }
+                Ok(())
+            }
+            Evidence::TdxQuote { .. } => self.tdx_quote_bytes().map(|_| ()),
+        }
+    }
+
+    /// The decoded TDX quote, checked as in [`Evidence::validate`]; `Ok(None)` for Confidential
+    /// Space evidence.
+    pub fn tdx_quote_bytes(&self) -> Result<Option<Vec<u8>>, BodyError> {
+        let Evidence::TdxQuote { quote } = self else {
+            return Ok(None);
+        };
+        let field = "evidence.quote";
+        if quote.is_empty() {
+            return Err(BodyError::Empty { field });
+        }
+        if quote.len() > MAX_TDX_QUOTE_BASE64 {
+            // Report the decoded size the string stands for, to match the limit's unit.
+            let padding = quote.bytes().rev().take(2).take_while(|&b| b == b'=').count();
+            let len = (quote.len() / 4 * 3).saturating_sub(padding);
+            return Err(BodyError::TooLarge { field, len, max: MAX_TDX_QUOTE });
+        }
+        let bytes = BASE64.decode(quote).map_err(|_| BodyError::BadBase64 { field })?;
+        if bytes.len() > MAX_TDX_QUOTE {
+            return Err(BodyError::TooLarge { field, len: bytes.len(), max: MAX_TDX_QUOTE });
+        }
+        Ok(Some(bytes))
+    }
+}
+
+impl fmt::Debug for Evidence {
+    /// Prints the kind and size only: tokens and quotes are long and belong in no log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Evidence::ConfidentialSpace { token } => {
+                write!(f, "ConfidentialSpace {{ token: <{} bytes> }}", token.len())
+            }
+            Evidence::TdxQuote { quote } => write!(f, "TdxQuote {{ quote: <{} base64 chars> }}", quote.len()),
+        }
+    }
+}
+
+/// Body of `POST /v1/keys`: an enclave asks one node for its share of an app key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// Always [`API_VERSION`].
+    pub version: u64,
+    /// The app whose key is requested.
+    pub app_id: AppId,
+    /// Which of the app's keys; `"root"` when absent.
+    #[serde(default)]
+    pub label: Label,
+    /// The enclave's ephemeral X25519 public key; the node encrypts its share to it.
+    pub client_public_key: HexBytes<32>,
+    /// A fresh random nonce chosen by the enclave.
+    pub nonce: HexBytes<32>,
+    /// Attestation evidence carrying [`KeyRequest::binding`].
+    pub evidence: Evidence,
+    /// The app's owner-signed manifest, if the enclave brings one (the node keeps the newest it
+    /// has seen).
+    pub manifest: Option<SignedManifest>,
+}
+
+impl KeyRequest {
+    /// The [`binding`] of this request's fields.
+    pub fn binding(&self) -> [u8; 32] {
+        binding(&self.app_id, &self.label, self.client_public_key.as_bytes(), self.nonce.as_bytes())
+    }
+
+    /// Checks what the JSON shape cannot: evidence sizes and encoding.
+    pub fn validate(&self) -> Result<(), BodyError> {
+        self.evidence.validate()
+    }
+}
+
+impl JsonDocument for KeyRequest {
+    const WHAT: &'static str = "key request";
+    const VERSION: u64 = API_VERSION;
+}
+
+/// Successful answer to `POST /v1/keys`: this node's partial key in a response envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyResponse {
+    /// Always [`API_VERSION`].
+    pub version: u64,
+    /// Index (1..=n) of the answering node; selects its verification key and Lagrange weight.
+    pub node_index: u16,
+    /// Key epoch the share belongs to.
+    pub epoch: u64,
+    /// The response envelope bytes (X25519 ECIES over the partial key), base64.
+    pub envelope: String,
+}
+
+impl KeyResponse {
+    /// A response carrying `envelope`, base64-encoded.
+    pub fn new(node_index: u16, epoch: u64, envelope: &[u8]) -> Self {
+        KeyResponse { version: API_VERSION, node_index, epoch, envelope: BASE64.encode(envelope) }
+    }
+
+    /// The decoded envelope bytes.
+    pub fn envelope_bytes(&self) -> Result<Vec<u8>, BodyError> {
+        BASE64.decode(&self.envelope).map_err(|_| BodyError::BadBase64 { field: "envelope" })
+    }
+}
+
+impl JsonDocument for KeyResponse {
+    const WHAT: &'static str = "key response";
+    const VERSION: u64 = API_VERSION;
+}
+
+/// Body of every error response: a stable code and a human-readable reason that reveals nothing
+/// internal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Always [`API_VERSION`].
+    pub version: u64,
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub reason: String,
+}
+
+impl ErrorBody {
+    /// An error body in the current version.
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        ErrorBody { version: API_VERSION, code, reason: reason.into() }
+    }
+}
+
+impl JsonDocument for ErrorBody {
+    const WHAT: &'static str = "error body";
+    const VERSION: u64 = API_VERSION;
+}
+
+/// Body of `GET /v1/health` (liveness): the process is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthBody {
+    /// Always [`API_VERSION`].
+    pub version: u64,
+    /// Index (1..=n) of this node.
+    pub node_index: u16,
+}
+
+impl JsonDocument for HealthBody {
+    const WHAT: &'static str = "health body";
+    const VERSION: u64 = API_VERSION;
+}
+
+/// Body of `GET /v1/ready` (readiness): whether the node can serve key requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyBody {
+    /// Always [`API_VERSION`].
+    pub version: u64,
+    /// The node holds an active key share and serves `POST /v1/keys`.
+    pub ready: bool,
+    /// Epoch of the active key, if any.
+    pub epoch: Option<u64>,
+}
+
+impl JsonDocument for ReadyBody {
+    const WHAT: &'static str = "ready body";
+    const VERSION: u64 = API_VERSION;
+}

@@ -1,0 +1,170 @@
+//! Stable error codes of the HTTP API (DESIGN §5 step 3: "each refusal carries a stable error code
+//! and reason").
+//!
+//! The strings are part of the API: clients and dashboards match on them. A code is never renamed
+//! or reused; new ones may be added.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::CodecError;
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $s:literal => $status:literal,)*) => {
+        /// Why a request was refused. JSON: the snake_case string of [`ErrorCode::as_str`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $($(#[$doc])* #[serde(rename = $s)] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The stable string, as in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $s,)*
+                }
+            }
+
+            /// The HTTP status sent with this code.
+            ///
+            /// 400 the request cannot be processed as sent; 403 the evidence or the app's policy
+            /// refuses it; 404 the app is unknown; 409 it conflicts with state the node holds (a
+            /// newer manifest, a used nonce); 413/429/503 transient or size limits; 500 a node bug.
+            pub fn http_status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$variant => $status,)*
+                }
+            }
+        }
+
+        impl std::str::FromStr for ErrorCode {
+            type Err = UnknownErrorCode;
+            fn from_str(s: &str) -> Result<Self, UnknownErrorCode> {
+                match s {
+                    $($s => Ok(ErrorCode::$variant),)*
+                    _ => Err(UnknownErrorCode),
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The body is not a valid request (bad JSON, unknown field, bad hex, bad label, ...).
+    MalformedRequest = "malformed_request" => 400,
+    /// The request (or an embedded document) has a version this node does not speak.
+    UnsupportedVersion = "unsupported_version" => 400,
+    /// The body or a field in it exceeds its size limit.
+    BodyTooLarge = "body_too_large" => 413,
+    /// Too many requests; retry later.
+    RateLimited = "rate_limited" => 429,
+    /// The node has no active key yet (DKG not finished); retry later.
+    NotReady = "not_ready" => 503,
+    /// The node holds no manifest for this app and none was supplied.
+    UnknownApp = "unknown_app" => 404,
+    /// The app's latest manifest is revoked.
+    AppRevoked = "app_revoked" => 403,
+    /// The supplied manifest's signature does not verify (or its owner key is invalid).
+    ManifestBadSignature = "manifest_bad_signature" => 400,
+    /// The supplied manifest's app_id does not match its owner key and name, or the request's app_id.
+    ManifestAppIdMismatch = "manifest_app_id_mismatch" => 400,
+    /// The supplied manifest is older than the one the node holds.
+    ManifestStaleSeq = "manifest_stale_seq" => 409,
+    /// The attestation token's signature does not verify.
+    AttestationBadSignature = "attestation_bad_signature" => 403,
+    /// The token's `kid` is not in the pinned key set.
+    AttestationUnknownKid = "attestation_unknown_kid" => 403,
+    /// The token's algorithm is not RS256.
+    AttestationBadAlgorithm = "attestation_bad_algorithm" => 403,
+    /// The token has expired (`exp`).
+    AttestationExpired = "attestation_expired" => 403,
+    /// The token is not valid yet (`nbf`).
+    AttestationNotYetValid = "attestation_not_yet_valid" => 403,
+    /// The token was issued too long ago (`iat` older than the maximum age).
+    AttestationTooOld = "attestation_too_old" => 403,
+    /// The token's `iss` is not the expected issuer.
+    AttestationWrongIssuer = "attestation_wrong_issuer" => 403,
+    /// The token's `aud` is not this cluster's audience.
+    AttestationWrongAudience = "attestation_wrong_audience" => 403,
+    /// The evidence does not carry this request's binding.
+    AttestationNonceMismatch = "attestation_nonce_mismatch" => 403,
+    /// The enclave runs a debug image and the policy does not allow debug.
+    AttestationDebugImage = "attestation_debug_image" => 403,
+    /// The image digest is not allowed by the policy.
+    AttestationImageNotAllowed = "attestation_image_not_allowed" => 403,
+    /// The hardware model is not allowed by the policy.
+    AttestationHwmodelNotAllowed = "attestation_hwmodel_not_allowed" => 403,
+    /// The Confidential Space software version is below the policy minimum.
+    AttestationSwversionTooOld = "attestation_swversion_too_old" => 403,
+    /// The policy requires `STABLE` support and the token lacks it.
+    AttestationMissingStable = "attestation_missing_stable" => 403,
+    /// The operator overrode environment variables the policy does not allow.
+    AttestationEnvOverride = "attestation_env_override" => 403,
+    /// The operator overrode the command or arguments and the policy does not allow it.
+    AttestationCmdOverride = "attestation_cmd_override" => 403,
+    /// The token's certificate chain does not end in the pinned root.
+    AttestationBadChain = "attestation_bad_chain" => 403,
+    /// The token or its claims cannot be parsed.
+    AttestationMalformed = "attestation_malformed" => 400,
+    /// The TDX quote fails verification.
+    TdxQuoteInvalid = "tdx_quote_invalid" => 403,
+    /// The TDX platform's TCB status is not accepted.
+    TdxTcbStatus = "tdx_tcb_status" => 403,
+    /// The TDX measurements are not allowed by the policy.
+    TdxMeasurementNotAllowed = "tdx_measurement_not_allowed" => 403,
+    /// This request (nonce) was already served.
+    RequestReplayed = "request_replayed" => 409,
+    /// The node failed; the reason is not disclosed.
+    Internal = "internal" => 500,
+}
+
+impl ErrorCode {
+    /// Whether the same request may succeed if retried later (against this node).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::RateLimited | ErrorCode::NotReady | ErrorCode::Internal)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not a known [`ErrorCode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown error code")]
+pub struct UnknownErrorCode;
+
+impl CodecError {
+    /// The API error code for a body that failed to decode.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CodecError::TooLarge { .. } => ErrorCode::BodyTooLarge,
+            CodecError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            _ => ErrorCode::MalformedRequest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_agree_with_serde() {
+        for &c in ErrorCode::ALL {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+            assert_eq!(c.to_string(), c.as_str());
+            assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
+            assert!((400..600).contains(&c.http_status()));
+        }
+        assert_eq!(ErrorCode::ALL.len(), 33);
+    }
+}
