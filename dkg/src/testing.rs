@@ -29,3 +29,65 @@ pub fn trusted_dealer<S: Suite>(
         })
         .collect()
 }
+
+/// Runs a complete DKG among `n` honest in-memory nodes (FIFO delivery, no faults) and returns
+/// every node's output, in index order. For examples and benchmarks; the test suite has a
+/// harness with fault injection, and `kms-simnet` a full simulator.
+pub fn run_dkg_in_memory<S: Suite>(
+    n: u16,
+    t: u16,
+    epoch: u64,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Vec<crate::dkg::DkgOutput<S>>, String> {
+    use crate::dkg::{Action, Dkg, DkgConfig, Timeouts};
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    let keys: Vec<ed25519_dalek::SigningKey> =
+        (0..n).map(|_| ed25519_dalek::SigningKey::generate(rng)).collect();
+    let roster: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
+    let mut nodes = Vec::new();
+    let mut queue: VecDeque<(u16, u16, kms_proto::dkg::DkgMessage)> = VecDeque::new();
+    let mut outputs: Vec<Option<crate::dkg::DkgOutput<S>>> = (0..n).map(|_| None).collect();
+    let route = |from: u16, actions: Vec<Action<S>>, queue: &mut VecDeque<_>, outputs: &mut Vec<_>| {
+        for a in actions {
+            match a {
+                Action::Broadcast(m) => {
+                    queue.extend((1..=n).filter(|&to| to != from).map(|to| (from, to, m.clone())));
+                }
+                Action::Send { to, message } => queue.push_back((from, to, message)),
+                Action::Completed(out) => outputs[usize::from(from - 1)] = Some(*out),
+                Action::Failed(f) => return Err(format!("node {from}: {f}")),
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    for (i, key) in keys.iter().enumerate() {
+        let me = u16::try_from(i + 1).map_err(|e| e.to_string())?;
+        let cfg = DkgConfig {
+            session: [0x5e; 32],
+            epoch,
+            threshold: t,
+            me,
+            roster: roster.clone(),
+            excluded: Default::default(),
+            max_faulty: None,
+            timeouts: Timeouts::default(),
+        };
+        let (dkg, actions) =
+            Dkg::<S>::new(cfg, key.clone(), Duration::ZERO, rng).map_err(|e| e.to_string())?;
+        nodes.push(dkg);
+        route(me, actions, &mut queue, &mut outputs)?;
+    }
+    while let Some((from, to, msg)) = queue.pop_front() {
+        let node = &mut nodes[usize::from(to - 1)];
+        if node.is_finished() {
+            continue;
+        }
+        if let Ok(actions) = node.handle_message(from, msg, Duration::ZERO) {
+            route(to, actions, &mut queue, &mut outputs)?;
+        }
+    }
+    outputs.into_iter().enumerate().map(|(i, o)| o.ok_or(format!("node {} did not finish", i + 1))).collect()
+}

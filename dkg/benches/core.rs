@@ -1,0 +1,128 @@
+//! Criterion benchmarks of the cryptographic core, each next to its physical floor (raw blst
+//! operations measured in the same run). Results: `docs/BENCHMARKS.md`.
+//!
+//! Run: `cargo bench -p kms-dkg --bench core`
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Projective, Scalar};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use ff::Field;
+use group::{Curve, Group};
+use kms_dkg::envelope::{response, secret};
+use kms_dkg::testing::{run_dkg_in_memory, trusted_dealer};
+use kms_dkg::threshold::{combine, partial_key, verify_partial, verify_partials, KeyId, PartialKey};
+use kms_dkg::{Bls12381G2, Ed25519};
+use pairing::Engine;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+fn floor(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let s = Scalar::random(&mut rng);
+    let p1 = G1Projective::random(&mut rng);
+    let p2 = G2Projective::random(&mut rng);
+    let (a1, a2) = (p1.to_affine(), p2.to_affine());
+    let mut g = c.benchmark_group("floor");
+    g.bench_function("blst G1 scalar mul", |b| b.iter(|| black_box(p1) * black_box(s)));
+    g.bench_function("blst G2 scalar mul", |b| b.iter(|| black_box(p2) * black_box(s)));
+    g.bench_function("blst hash_to_G1", |b| {
+        b.iter(|| G1Projective::hash_to_curve(black_box(b"kms/v1/key-0123456789"), b"DST", &[]))
+    });
+    g.bench_function("blst pairing", |b| b.iter(|| Bls12::pairing(black_box(&a1), black_box(&a2))));
+    g.bench_function("blst G1 decompress", |b| {
+        let bytes = a1.to_compressed();
+        b.iter(|| G1Affine::from_compressed(black_box(&bytes)))
+    });
+    g.bench_function("blst G2 decompress", |b| {
+        let bytes = a2.to_compressed();
+        b.iter(|| G2Affine::from_compressed(black_box(&bytes)))
+    });
+    g.finish();
+}
+
+fn threshold(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let id = KeyId::new([7; 32], "root").expect("label");
+    let mut g = c.benchmark_group("threshold");
+    for (t, n) in [(3u16, 5u16), (11, 16)] {
+        let shares = trusted_dealer::<Bls12381G2>(t, n, None, &mut rng);
+        let keys = shares[0].public().clone();
+        let partials: Vec<PartialKey> = shares.iter().map(|s| partial_key(s, &id)).collect();
+        let h = id.hash();
+        let some = &partials[..usize::from(t)];
+        if t == 3 {
+            g.bench_function("partial_key (hash_to_G1 + G1 mul)", |b| {
+                b.iter(|| partial_key(&shares[0], &id))
+            });
+            g.bench_function("verify_partial (one 2-pairing)", |b| {
+                b.iter(|| verify_partial(&keys, &h, &some[0]))
+            });
+        }
+        g.bench_function(format!("verify_partials batch t={t}"), |b| {
+            b.iter(|| verify_partials(&keys, &h, some, &mut rng).expect("valid"))
+        });
+        g.bench_function(format!("verify t={t} one by one"), |b| {
+            b.iter(|| some.iter().all(|p| verify_partial(&keys, &h, p).is_ok()))
+        });
+        g.bench_function(format!("combine t={t} (MSM + MPK check)"), |b| {
+            b.iter(|| combine(&keys, &id, some).expect("combine"))
+        });
+    }
+    g.finish();
+}
+
+fn envelopes(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let shares = trusted_dealer::<Bls12381G2>(1, 1, None, &mut rng);
+    let keys = shares[0].public();
+    let id = KeyId::new([7; 32], "root").expect("label");
+    let key = combine(keys, &id, &[partial_key(&shares[0], &id)]).expect("key");
+    let plaintext = vec![0x42u8; 1024];
+    let env = secret::encrypt(keys.public_key(), &id, &plaintext, &mut rng).expect("encrypt");
+    let client = x25519_dalek::StaticSecret::random_from_rng(&mut rng);
+    let client_pub = x25519_dalek::PublicKey::from(&client).to_bytes();
+    let sealed = response::seal(&client_pub, &[1; 32], 1, &[9; 48], &mut rng).expect("seal");
+    let mut g = c.benchmark_group("envelopes");
+    g.bench_function("secret envelope encrypt 1 KiB", |b| {
+        b.iter(|| secret::encrypt(keys.public_key(), &id, &plaintext, &mut rng).expect("encrypt"))
+    });
+    g.bench_function("secret envelope decrypt 1 KiB", |b| {
+        b.iter(|| secret::decrypt(&key, Some(keys), &env).expect("decrypt"))
+    });
+    g.bench_function("response envelope seal", |b| {
+        b.iter(|| response::seal(&client_pub, &[1; 32], 1, &[9; 48], &mut rng).expect("seal"))
+    });
+    g.bench_function("response envelope open", |b| {
+        b.iter(|| response::open(&client, &[1; 32], 1, &sealed).expect("open"))
+    });
+    g.finish();
+}
+
+fn dkg(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dkg (all nodes, one process)");
+    g.sample_size(10);
+    for (n, t) in [(5u16, 3u16), (16, 11)] {
+        g.bench_function(format!("BLS12-381 n={n} t={t}"), |b| {
+            b.iter_batched(
+                || ChaCha20Rng::seed_from_u64(4),
+                |mut rng| run_dkg_in_memory::<Bls12381G2>(n, t, 1, &mut rng).expect("dkg"),
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(format!("Ed25519 n={n} t={t}"), |b| {
+            b.iter_batched(
+                || ChaCha20Rng::seed_from_u64(5),
+                |mut rng| run_dkg_in_memory::<Ed25519>(n, t, 1, &mut rng).expect("dkg"),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, floor, threshold, envelopes, dkg);
+criterion_main!(benches);
