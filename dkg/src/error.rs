@@ -75,9 +75,9 @@ pub enum ThresholdError {
     /// The combined key does not verify against `MPK` (only possible with unverified partials).
     #[error("combined key does not verify against the master public key")]
     CombinedKeyInvalid,
-    /// Label empty or longer than 64 bytes.
-    #[error("label must be 1..=64 bytes, got {0}")]
-    InvalidLabel(usize),
+    /// The label breaks the label rules of `kms_proto::app::Label`.
+    #[error("invalid label: {0}")]
+    InvalidLabel(String),
 }
 
 /// An envelope could not be opened or built. Deliberately coarse on decryption failures.

@@ -6,7 +6,7 @@ use group::Group;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use kms_proto::codec::{decode_p2p_raw, encode_p2p};
+use kms_proto::codec::{decode_p2p_raw, encode_p2p_into};
 use kms_proto::dkg::SuiteId;
 
 use crate::error::ShareError;
@@ -136,16 +136,23 @@ impl<S: Suite> KeyShare<S> {
                 .map(|(i, p)| (*i, S::encode_point(p)))
                 .collect(),
         };
-        Zeroizing::new(encode_p2p(&stored))
+        // Pre-sized so the encoder never reallocates and leaves a copy of the secret behind.
+        let capacity = 64 + S::SCALAR_LEN + (1 + self.public.verification_keys.len()) * (16 + S::POINT_LEN);
+        let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+        encode_p2p_into(&stored, &mut out);
+        out
     }
 
     /// Decodes and checks a share written by [`KeyShare::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ShareError> {
+        // Version first, so a newer format is reported as such rather than as garbage.
+        match bytes.first() {
+            Some(&SHARE_FORMAT_VERSION) => {}
+            Some(&v) => return Err(ShareError::UnsupportedVersion(v)),
+            None => return Err(ShareError::Malformed("empty".into())),
+        }
         let stored: StoredShare =
             decode_p2p_raw("key share", bytes).map_err(|e| ShareError::Malformed(e.to_string()))?;
-        if stored.version != SHARE_FORMAT_VERSION {
-            return Err(ShareError::UnsupportedVersion(stored.version));
-        }
         if stored.suite != S::ID {
             return Err(ShareError::WrongSuite { expected: S::ID, found: stored.suite });
         }
@@ -158,6 +165,12 @@ impl<S: Suite> KeyShare<S> {
             .map(|(i, p)| S::decode_point(p).map(|p| (*i, p)))
             .collect::<Option<BTreeMap<_, _>>>()
             .ok_or_else(|| bad("verification key"))?;
+        if verification_keys.len() != stored.verification_keys.len() {
+            return Err(ShareError::Malformed("duplicate verification key index".into()));
+        }
+        if stored.threshold == 0 || usize::from(stored.threshold) > verification_keys.len() {
+            return Err(bad("threshold"));
+        }
         let public = PublicKeySet { threshold: stored.threshold, public_key, verification_keys };
         KeyShare::new(stored.epoch, stored.index, secret, public)
     }

@@ -31,7 +31,7 @@ pub const APP_ROOT_SALT: &[u8] = b"kms/v1/app-root";
 pub const SUBKEY_SALT: &[u8] = b"kms/v1/app-subkey";
 /// Label used when none is given.
 pub const DEFAULT_LABEL: &str = "root";
-/// Longest label, in bytes.
+/// Longest label, in bytes (the rule lives in `kms_proto::app::Label`).
 pub const MAX_LABEL_LEN: usize = 64;
 
 /// The BLS12-381 public key set of a cluster (`MPK`, `VK_i`).
@@ -47,12 +47,13 @@ pub struct KeyId {
 }
 
 impl KeyId {
-    /// A key identity; the label must be 1..=64 bytes of UTF-8.
+    /// A key identity. The label follows the rules of [`kms_proto::app::Label`] (1..=64 bytes of
+    /// UTF-8, no control characters, no surrounding whitespace), so every key that can be
+    /// encrypted to can also be requested.
     pub fn new(app_id: [u8; 32], label: &str) -> Result<Self, ThresholdError> {
-        if label.is_empty() || label.len() > MAX_LABEL_LEN {
-            return Err(ThresholdError::InvalidLabel(label.len()));
-        }
-        Ok(KeyId { app_id, label: label.to_owned() })
+        let label =
+            kms_proto::app::Label::new(label).map_err(|e| ThresholdError::InvalidLabel(e.to_string()))?;
+        Ok(KeyId { app_id, label: label.as_str().to_owned() })
     }
 
     /// The app.

@@ -411,8 +411,9 @@ impl Manifest {
     /// The bytes the owner signs: `"kms/v1/manifest" ‖ 0x00 ‖ canonical JSON`.
     ///
     /// Canonical JSON is the compact `serde_json` encoding of this struct: fields in declaration
-    /// order, no whitespace, hex in lowercase, integers in decimal, strings with only `"` and `\`
-    /// escaped (names cannot hold control characters), `null` for absent options. Because every
+    /// order, no whitespace, hex in lowercase, integers in decimal, strings escaped as serde_json
+    /// does (`"`, `\\`, and control characters as `\n`-style or `\u00XX` escapes; nothing
+    /// else), `null` for absent options. Because every
     /// field type has exactly one encoding, a verifier re-encodes the parsed manifest and gets the
     /// bytes the owner signed.
     pub fn signing_bytes(&self) -> Vec<u8> {

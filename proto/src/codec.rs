@@ -71,10 +71,20 @@ pub trait P2pMessage: Serialize + DeserializeOwned {
 
 /// Encodes a value in the p2p encoding (also used for canonical signing bytes).
 pub fn encode_p2p<T: Serialize>(value: &T) -> Vec<u8> {
-    // Encoding into a Vec cannot fail for our types (no maps with non-string keys, no
-    // sequences of unknown length); the limit only applies to decoding sizes we produce, which
-    // are bounded by construction. Fall back to an empty vector rather than panic.
-    bincode::serde::encode_to_vec(value, p2p_config()).unwrap_or_default()
+    // Our p2p types have a fixed shape (structs, enums, byte vectors, integers): encoding into a
+    // Vec cannot fail. If a future type made it fail, signing an empty or partial encoding would
+    // be worse than stopping, so this is the one place a bug panics instead of returning.
+    #[allow(clippy::expect_used)]
+    bincode::serde::encode_to_vec(value, p2p_config()).expect("BUG: p2p types always encode")
+}
+
+/// Appends the p2p encoding of `value` to `out` without reallocating when `out` has enough
+/// capacity: for secrets, encode into a pre-sized `Zeroizing<Vec<u8>>` so no copy is left behind
+/// in freed memory.
+pub fn encode_p2p_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    // See `encode_p2p` on why this cannot fail.
+    #[allow(clippy::expect_used)]
+    bincode::serde::encode_into_std_write(value, out, p2p_config()).expect("BUG: p2p types always encode");
 }
 
 /// Decodes a p2p value of type `T`, without version check (for nested payloads).
@@ -178,13 +188,17 @@ pub fn decode_json<T: JsonDocument>(bytes: &[u8]) -> Result<T, CodecError> {
         }
         Some(Some(_)) => {}
     }
-    serde_json::from_value(value)
+    // The typed parse reads the original bytes, not the `Value`: it refuses duplicate keys, which
+    // a `Value` would silently merge (last one wins).
+    serde_json::from_slice(bytes)
         .map_err(|e| CodecError::Malformed { what: T::WHAT, reason: json_reason(&e) })
 }
 
 /// Encodes a JSON document (compact).
 pub fn encode_json<T: JsonDocument>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+    // JSON documents have string keys only, so encoding cannot fail (see `encode_p2p`).
+    #[allow(clippy::expect_used)]
+    serde_json::to_vec(value).expect("BUG: JSON documents always encode")
 }
 
 fn json_reason(e: &serde_json::Error) -> String {

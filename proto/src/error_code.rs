@@ -17,6 +17,10 @@ macro_rules! error_codes {
         #[non_exhaustive]
         pub enum ErrorCode {
             $($(#[$doc])* #[serde(rename = $s)] $variant,)*
+            /// A code this build does not know, sent by a newer node. Clients treat it like
+            /// `internal`; it is never sent (it encodes as `"unknown"`).
+            #[serde(other, rename = "unknown")]
+            Unknown,
         }
 
         impl ErrorCode {
@@ -27,6 +31,7 @@ macro_rules! error_codes {
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(ErrorCode::$variant => $s,)*
+                    ErrorCode::Unknown => "unknown",
                 }
             }
 
@@ -38,6 +43,7 @@ macro_rules! error_codes {
             pub fn http_status(self) -> u16 {
                 match self {
                     $(ErrorCode::$variant => $status,)*
+                    ErrorCode::Unknown => 500,
                 }
             }
         }

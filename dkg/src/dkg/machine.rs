@@ -665,7 +665,8 @@ fn deal_digest(signed: &Signed<Deal>) -> [u8; 32] {
     sha256(&[DEAL_DIGEST_DOMAIN, &Signed::signing_bytes(&signed.payload)])
 }
 
-/// `SHA-256("kms/v1/dkg/transcript" ‖ session ‖ suite ‖ epoch ‖ t ‖ n ‖ |QUAL| ‖ QUAL ‖ PK ‖ VK_1..VK_n)`
+/// `SHA-256("kms/v1/dkg/transcript" ‖ session ‖ suite ‖ epoch ‖ t ‖ n ‖ |excluded| ‖ excluded ‖
+/// |QUAL| ‖ QUAL ‖ PK ‖ VK_1..VK_n)`
 /// with integers big-endian (u64 epoch, u16 otherwise).
 fn transcript_hash<S: Suite>(cfg: &DkgConfig, qual: &BTreeSet<u16>, public: &PublicKeySet<S>) -> [u8; 32] {
     let mut bytes = Vec::new();
@@ -675,6 +676,10 @@ fn transcript_hash<S: Suite>(cfg: &DkgConfig, qual: &BTreeSet<u16>, public: &Pub
     bytes.extend_from_slice(&cfg.epoch.to_be_bytes());
     bytes.extend_from_slice(&cfg.threshold.to_be_bytes());
     bytes.extend_from_slice(&cfg.n().to_be_bytes());
+    bytes.extend_from_slice(&u16::try_from(cfg.excluded.len()).unwrap_or(u16::MAX).to_be_bytes());
+    for d in &cfg.excluded {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
     bytes.extend_from_slice(&u16::try_from(qual.len()).unwrap_or(u16::MAX).to_be_bytes());
     for d in qual {
         bytes.extend_from_slice(&d.to_be_bytes());

@@ -60,6 +60,11 @@ pub fn seal(
     if plaintext.len() > MAX_PLAINTEXT {
         return Err(EnvelopeError::TooLarge(plaintext.len()));
     }
+    // A canonical X25519 key has bit 255 clear; refusing others keeps node and client deriving
+    // from the same bytes.
+    if client_public[31] & 0x80 != 0 {
+        return Err(EnvelopeError::InvalidPoint);
+    }
     let client = PublicKey::from(*client_public);
     let eph_secret = EphemeralSecret::random_from_rng(rng);
     let eph = PublicKey::from(&eph_secret);

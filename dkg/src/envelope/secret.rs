@@ -157,7 +157,10 @@ fn parse(envelope: &[u8]) -> Result<Parsed<'_>, EnvelopeError> {
         return Err(EnvelopeError::Malformed("too short"));
     }
     let label = std::str::from_utf8(&envelope[fixed..fixed + label_len])
-        .map_err(|_| EnvelopeError::Malformed("label is not UTF-8"))?
+        .ok()
+        .and_then(|l| kms_proto::app::Label::new(l).ok())
+        .ok_or(EnvelopeError::Malformed("invalid label"))?
+        .as_str()
         .to_owned();
     let u: &[u8; G2_LEN] = envelope[fixed + label_len..header_len]
         .try_into()

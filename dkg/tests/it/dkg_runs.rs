@@ -469,3 +469,31 @@ fn debug_output_redacts_secrets() {
     assert_eq!(back.public(), outs[0].share.public());
     assert!(kms_dkg::KeyShare::<Ed25519>::from_bytes(&stored).is_err());
 }
+
+#[test]
+fn stored_share_decoding_refuses_bad_records() {
+    use kms_dkg::ShareError;
+    let shares = kms_dkg::testing::trusted_dealer::<Ed25519>(2, 3, None, &mut seeded(15));
+    let bytes = shares[0].to_bytes();
+    let mut v = bytes.to_vec();
+    v[0] = 2;
+    assert_eq!(kms_dkg::KeyShare::<Ed25519>::from_bytes(&v).err(), Some(ShareError::UnsupportedVersion(2)));
+    assert!(matches!(kms_dkg::KeyShare::<Ed25519>::from_bytes(&[]), Err(ShareError::Malformed(_))));
+    assert!(matches!(
+        kms_dkg::KeyShare::<Ed25519>::from_bytes(&bytes[..bytes.len() - 1]),
+        Err(ShareError::Malformed(_))
+    ));
+    // Threshold is the u16 after version(1) suite(4) epoch(8) index(2).
+    let mut v = bytes.to_vec();
+    v[15] = 9;
+    assert!(matches!(kms_dkg::KeyShare::<Ed25519>::from_bytes(&v), Err(ShareError::Malformed(_))));
+    // Another node's secret under this index.
+    let other = shares[1].to_bytes();
+    let mut v = bytes.to_vec();
+    // secret = u64le(32) at 17..25, then 32 bytes at 25..57.
+    v[25..57].copy_from_slice(&other[25..57]);
+    assert_eq!(
+        kms_dkg::KeyShare::<Ed25519>::from_bytes(&v).err(),
+        Some(ShareError::SecretDoesNotMatchVerificationKey { index: 1 })
+    );
+}

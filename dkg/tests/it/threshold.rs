@@ -143,8 +143,9 @@ fn partial_decoding_refuses_garbage() {
 
 #[test]
 fn labels_are_bounded_and_keys_differ_by_app_and_label() {
-    assert_eq!(KeyId::new([0; 32], "").err(), Some(ThresholdError::InvalidLabel(0)));
-    assert_eq!(KeyId::new([0; 32], &"x".repeat(65)).err(), Some(ThresholdError::InvalidLabel(65)));
+    for bad in ["", &"x".repeat(65), " root", "a\nb"] {
+        assert!(matches!(KeyId::new([0; 32], bad), Err(ThresholdError::InvalidLabel(_))), "{bad:?} accepted");
+    }
     let (_, shares) = setup(2, 3, 79);
     let key = |app: u8, label: &str| {
         let id = KeyId::new([app; 32], label).expect("label");

@@ -284,9 +284,11 @@ fn json_unknown_enum_variants() {
     v["evidence"] = json!({"type": "sev_snp", "report": "AA=="});
     assert_malformed(decode::<KeyRequest>(&v), "key request", "unknown variant `sev_snp`");
 
+    // An error code from a newer node still decodes, as `Unknown`, so old clients can report it.
     let mut v = tree(&fixtures::error_body());
     v["code"] = json!("teapot");
-    assert_malformed(decode::<kms_proto::api::ErrorBody>(&v), "error body", "unknown variant `teapot`");
+    let body = decode::<kms_proto::api::ErrorBody>(&v).expect("unknown codes decode");
+    assert_eq!(body.code, kms_proto::error_code::ErrorCode::Unknown);
 
     let mut v = tree(&fixtures::manifest());
     v["policy"]["env_override"] = json!({"mode": "allow_some"});
@@ -468,4 +470,13 @@ fn cluster_roster_rules() {
     let mut d = fixtures::cluster_descriptor();
     d.version = 2;
     assert_eq!(check(d), Err(ClusterError::UnsupportedVersion { found: 2, supported: 1 }));
+}
+
+#[test]
+fn json_duplicate_keys_are_refused() {
+    // A `Value` would keep the last "label"; the typed parse refuses the document.
+    let body = encode_json(&fixtures::key_request_cs());
+    let text = String::from_utf8(body).unwrap();
+    let doubled = text.replacen('{', "{\"label\":\"other\",", 1);
+    assert_malformed(decode_json::<KeyRequest>(doubled.as_bytes()), "key request", "duplicate field `label`");
 }
