@@ -91,3 +91,14 @@ pub fn run_dkg_in_memory<S: Suite>(
     }
     outputs.into_iter().enumerate().map(|(i, o)| o.ok_or(format!("node {} did not finish", i + 1))).collect()
 }
+
+/// A cryptographic RNG for tests and fuzzing (not for production keys).
+pub trait TestRng: RngCore + CryptoRng {}
+impl<R: RngCore + CryptoRng> TestRng for R {}
+
+/// A deterministic RNG from a seed, for reproducible tests, vectors and fuzz targets. ChaCha20
+/// keyed with the seed; never use for production keys.
+pub fn seeded_rng(seed: u64) -> impl TestRng {
+    use rand_core::SeedableRng;
+    rand_chacha::ChaCha20Rng::seed_from_u64(seed)
+}

@@ -1,8 +1,23 @@
-//! The KMS node daemon (work in progress: see issue #3).
+//! kms-node: the KMS node daemon (DESIGN §4–§6).
 //!
-//! This crate is a placeholder so the workspace layout is fixed; it re-exports the cryptographic
-//! core it will build on.
+//! The I/O shell around the pure core in `kms-dkg`: the libp2p swarm that carries the DKG, the
+//! sealed share store, the attestation verifiers and policy engine, and the HTTP API.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod api_error;
+pub mod apps;
+pub mod attestation;
+pub mod config;
+pub mod descriptor;
+pub mod driver;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod p2p;
+pub mod run;
+pub mod seal;
+pub mod service;
+pub mod store;
 
 pub use kms_dkg as dkg;
 pub use kms_proto as proto;

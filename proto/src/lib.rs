@@ -10,6 +10,7 @@
 //! * [`error_code`]: stable API error codes.
 //! * [`cluster`]: the cluster descriptor signed by the cluster's group key.
 //! * [`hex_bytes`]: fixed-size byte strings as lowercase hex in JSON.
+//! * [`p2p`]: node-to-node requests (DKG transport, manifest gossip, FROST signing).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod dkg;
 pub mod error_code;
 pub mod hex_bytes;
+pub mod p2p;
 
 pub use app::{AppId, Label};
 pub use codec::CodecError;

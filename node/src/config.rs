@@ -1,0 +1,285 @@
+//! The node's TOML configuration (reference: `docs/node-config.md`).
+//!
+//! Every check names the field it refuses, e.g. `cluster.threshold: 6 exceeds the 5 nodes of
+//! cluster.nodes`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration that cannot run, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field (`cluster.nodes[2].peer_id`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), reason: reason.into() }
+}
+
+/// Top-level configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding `identity.key`, `seal.key` and the database (made by `kms-node init`).
+    pub data_dir: PathBuf,
+    /// This node.
+    pub node: NodeSection,
+    /// The cluster.
+    pub cluster: ClusterSection,
+    /// Attestation trust anchors.
+    pub attestation: AttestationSection,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// DKG timing.
+    #[serde(default)]
+    pub dkg: DkgSection,
+}
+
+/// This node's own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's roster index (1..=n).
+    pub index: u16,
+    /// libp2p listen multiaddress, e.g. `/ip4/0.0.0.0/tcp/7001`.
+    pub listen_p2p: String,
+    /// HTTP listen address, e.g. `0.0.0.0:8001`.
+    pub listen_http: SocketAddr,
+}
+
+/// The roster and thresholds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Shares needed for a key (t).
+    pub threshold: u16,
+    /// Byzantine nodes tolerated by DKG agreement (f); default `⌊(n-1)/3⌋`.
+    #[serde(default)]
+    pub max_faulty: Option<u16>,
+    /// Every node, including this one.
+    pub nodes: Vec<RosterEntry>,
+}
+
+/// One roster entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RosterEntry {
+    /// Index (1..=n), unique.
+    pub index: u16,
+    /// libp2p peer id (printed by `kms-node init`).
+    pub peer_id: String,
+    /// libp2p multiaddress where the node listens.
+    pub p2p_addr: String,
+    /// Base URL of the node's HTTP API (for clients and the cluster descriptor).
+    pub http_url: String,
+}
+
+/// Attestation trust anchors and claim limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationSection {
+    /// Audience tokens must carry (this cluster's name).
+    pub audience: String,
+    /// Expected OIDC issuer.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// JWKS document (JSON file) of the OIDC issuer.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// PEM of the pinned Confidential Space root CA for PKI tokens.
+    #[serde(default)]
+    pub pki_root_pem: Option<PathBuf>,
+    /// Oldest token accepted, seconds since `iat`.
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// Clock skew allowed on `exp`/`nbf`, seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// DCAP collateral (JSON) for TDX quotes, held offline by the node.
+    #[serde(default)]
+    pub tdx_collateral_file: Option<PathBuf>,
+}
+
+fn default_issuer() -> String {
+    "https://confidentialcomputing.googleapis.com".into()
+}
+fn default_max_age() -> u64 {
+    3600
+}
+fn default_leeway() -> u64 {
+    60
+}
+
+/// Resource limits of the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Requests processed at once.
+    pub max_concurrency: usize,
+    /// Sustained requests per second per source IP.
+    pub rate_per_sec: u32,
+    /// Burst per source IP.
+    pub rate_burst: u32,
+    /// Per-request timeout, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Time given to in-flight requests on SIGTERM, milliseconds.
+    pub drain_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 128 << 10,
+            max_concurrency: 256,
+            rate_per_sec: 200,
+            rate_burst: 400,
+            request_timeout_ms: 5_000,
+            drain_ms: 5_000,
+        }
+    }
+}
+
+/// DKG timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkgSection {
+    /// Timeout of each DKG round, milliseconds.
+    pub round_timeout_ms: u64,
+    /// Start the DKG once this many roster peers (besides this node) are connected; default
+    /// all of them.
+    pub min_peers: Option<u16>,
+}
+
+impl Default for DkgSection {
+    fn default() -> Self {
+        DkgSection { round_timeout_ms: 5_000, min_peers: None }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file; relative paths resolve against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(path.display().to_string(), e.to_string()))?;
+        let mut cfg = Self::parse(&text)?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_paths(base);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let span = e.span().map(|s| format!(" at bytes {}..{}", s.start, s.end)).unwrap_or_default();
+            err("config", format!("{}{span}", e.message()))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        for p in [
+            &mut self.attestation.jwks_file,
+            &mut self.attestation.pki_root_pem,
+            &mut self.attestation.tdx_collateral_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+    }
+
+    /// Checks everything that TOML types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.cluster.nodes.len();
+        if n == 0 {
+            return Err(err("cluster.nodes", "the roster is empty"));
+        }
+        if n > usize::from(kms_dkg::dkg::MAX_NODES) {
+            return Err(err(
+                "cluster.nodes",
+                format!("{n} nodes exceed the limit of {}", kms_dkg::dkg::MAX_NODES),
+            ));
+        }
+        let t = usize::from(self.cluster.threshold);
+        if t == 0 || t > n {
+            return Err(err(
+                "cluster.threshold",
+                format!("{t} is not in 1..={n} (the number of cluster.nodes)"),
+            ));
+        }
+        let f = self.cluster.max_faulty.map(usize::from).unwrap_or((n - 1) / 3);
+        if (n + f) / 2 + 1 > n {
+            return Err(err("cluster.max_faulty", format!("{f} makes the DKG quorum exceed n = {n}")));
+        }
+        let mut seen_idx = std::collections::BTreeSet::new();
+        let mut seen_peer = std::collections::BTreeSet::new();
+        for (i, node) in self.cluster.nodes.iter().enumerate() {
+            let field = |name: &str| format!("cluster.nodes[{i}].{name}");
+            if node.index == 0 || usize::from(node.index) > n || !seen_idx.insert(node.index) {
+                return Err(err(field("index"), format!("{} must be unique and in 1..={n}", node.index)));
+            }
+            if node.peer_id.parse::<libp2p::PeerId>().is_err() {
+                return Err(err(field("peer_id"), "not a libp2p peer id"));
+            }
+            if !seen_peer.insert(node.peer_id.clone()) {
+                return Err(err(field("peer_id"), "appears twice in the roster"));
+            }
+            if node.p2p_addr.parse::<libp2p::Multiaddr>().is_err() {
+                return Err(err(field("p2p_addr"), "not a multiaddress"));
+            }
+            if !(node.http_url.starts_with("http://") || node.http_url.starts_with("https://")) {
+                return Err(err(field("http_url"), "must start with http:// or https://"));
+            }
+        }
+        if !seen_idx.contains(&self.node.index) {
+            return Err(err("node.index", format!("{} is not an index of cluster.nodes", self.node.index)));
+        }
+        if self.node.listen_p2p.parse::<libp2p::Multiaddr>().is_err() {
+            return Err(err("node.listen_p2p", "not a multiaddress"));
+        }
+        if self.attestation.audience.is_empty() {
+            return Err(err("attestation.audience", "must not be empty"));
+        }
+        if self.attestation.jwks_file.is_none() && self.attestation.pki_root_pem.is_none() {
+            return Err(err(
+                "attestation",
+                "set jwks_file, pki_root_pem or both: no token could be verified",
+            ));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(err("limits.max_body_bytes", "below 1024 bytes no key request fits"));
+        }
+        if self.limits.max_concurrency == 0 {
+            return Err(err("limits.max_concurrency", "must be at least 1"));
+        }
+        if self.dkg.round_timeout_ms == 0 {
+            return Err(err("dkg.round_timeout_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The roster sorted by index.
+    pub fn roster(&self) -> Vec<RosterEntry> {
+        let mut r = self.cluster.nodes.clone();
+        r.sort_by_key(|e| e.index);
+        r
+    }
+}

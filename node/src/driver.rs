@@ -1,0 +1,408 @@
+//! The DKG driver: runs the two `kms-dkg` state machines (BLS12-381 master key, Ed25519 cluster
+//! key) over libp2p, persists the result sealed, and retries failed attempts.
+//!
+//! Attempts: the DKG epoch is an attempt number, persisted before anything is sent, so a node
+//! restarted mid-ceremony never deals twice in one attempt. It starts attempt `a + 1`; a node
+//! that receives a message of a higher attempt while it has no active key abandons its own
+//! attempt and joins the higher one. Nodes with an active key ignore DKG traffic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand_core::OsRng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use kms_dkg::dkg::{Action, Dkg, DkgConfig, DkgOutput, Timeouts};
+use kms_dkg::{Bls12381G2, Ed25519, Suite};
+use kms_proto::dkg::{DkgMessage, SuiteId};
+use kms_proto::p2p::{NodeRequest, NodeResponse, RequestBody, ResponseBody};
+
+use crate::p2p::{Inbound, P2pHandle, PeerEvent};
+use crate::store::{ActiveKeys, NodeStore};
+
+/// Where the node is, for `/v1/ready`, `/v1/health` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DkgStatus {
+    /// Waiting for enough roster peers.
+    WaitingForPeers {
+        /// Connected roster peers.
+        connected: usize,
+        /// Needed to start.
+        needed: usize,
+    },
+    /// A ceremony is running.
+    Running {
+        /// The attempt.
+        attempt: u64,
+    },
+    /// Keys are active.
+    Active {
+        /// The epoch.
+        epoch: u64,
+    },
+}
+
+/// State shared with the HTTP API.
+pub struct Shared {
+    /// The active keys, once the DKG completed (or loaded from the store).
+    pub active: RwLock<Option<Arc<ActiveKeys>>>,
+    /// DKG progress.
+    pub status: RwLock<DkgStatus>,
+    /// Connected roster peers.
+    pub connected: RwLock<BTreeSet<u16>>,
+    /// Bumped whenever keys become active (the descriptor signer waits on it).
+    pub activated: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Empty state.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            active: RwLock::new(None),
+            status: RwLock::new(DkgStatus::WaitingForPeers { connected: 0, needed: 0 }),
+            connected: RwLock::new(BTreeSet::new()),
+            activated: watch::channel(0).0,
+        })
+    }
+
+    /// The active keys, if any.
+    pub fn active(&self) -> Option<Arc<ActiveKeys>> {
+        self.active.read().ok().and_then(|a| a.clone())
+    }
+
+    fn set_status(&self, s: DkgStatus) {
+        if let Ok(mut st) = self.status.write() {
+            *st = s;
+        }
+    }
+}
+
+/// Static inputs of the driver.
+pub struct DriverConfig {
+    /// Cluster id (hash of the roster), the DKG session.
+    pub session: [u8; 32],
+    /// This node's index.
+    pub me: u16,
+    /// Threshold.
+    pub threshold: u16,
+    /// `f`.
+    pub max_faulty: Option<u16>,
+    /// Identity keys of all nodes, by index order.
+    pub roster: Vec<ed25519_dalek::VerifyingKey>,
+    /// This node's identity.
+    pub identity: ed25519_dalek::SigningKey,
+    /// Round timeout.
+    pub round_timeout: Duration,
+    /// Roster peers that must be connected before a ceremony starts.
+    pub min_peers: usize,
+}
+
+/// Handler for non-DKG inbound requests (manifests, FROST, descriptor).
+pub type OtherHandler =
+    Arc<dyn Fn(u16, RequestBody) -> futures::future::BoxFuture<'static, NodeResponse> + Send + Sync>;
+
+struct Ceremony {
+    attempt: u64,
+    bls: Dkg<Bls12381G2>,
+    ed: Dkg<Ed25519>,
+    bls_out: Option<Box<DkgOutput<Bls12381G2>>>,
+    ed_out: Option<Box<DkgOutput<Ed25519>>>,
+    deadlines: BTreeMap<SuiteId, Duration>,
+}
+
+/// Where a ceremony keeps the output of the run over group `S`.
+trait Slot: Suite {
+    fn slot(c: &mut Ceremony) -> &mut Option<Box<DkgOutput<Self>>>;
+}
+
+impl Slot for Bls12381G2 {
+    fn slot(c: &mut Ceremony) -> &mut Option<Box<DkgOutput<Self>>> {
+        &mut c.bls_out
+    }
+}
+
+impl Slot for Ed25519 {
+    fn slot(c: &mut Ceremony) -> &mut Option<Box<DkgOutput<Self>>> {
+        &mut c.ed_out
+    }
+}
+
+/// Runs the driver until the inbound channel closes.
+pub async fn run(
+    cfg: DriverConfig,
+    store: Arc<NodeStore>,
+    shared: Arc<Shared>,
+    p2p: P2pHandle,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    mut peers: mpsc::UnboundedReceiver<PeerEvent>,
+    other: OtherHandler,
+) {
+    let origin = Instant::now();
+    let mut driver = Driver { cfg, store, shared, p2p, ceremony: None, origin, retry_at: None };
+    match driver.store.active() {
+        Ok(Some(keys)) => driver.install(keys),
+        Ok(None) => {}
+        Err(e) => error!(error = %e, "cannot read the store; refusing to start a DKG over existing state"),
+    }
+    driver.update_waiting();
+    loop {
+        let next = driver.next_deadline();
+        tokio::select! {
+            msg = inbound.recv() => {
+                let Some(Inbound { from, request, reply }) = msg else { return };
+                match request.body {
+                    RequestBody::Dkg(m) => {
+                        let _ = reply.send(NodeResponse::new(ResponseBody::Ack));
+                        driver.on_dkg(from, m);
+                    }
+                    body => {
+                        let fut = other(from, body);
+                        tokio::spawn(async move { let _ = reply.send(fut.await); });
+                    }
+                }
+            }
+            ev = peers.recv() => {
+                let Some(ev) = ev else { return };
+                if let Ok(mut c) = driver.shared.connected.write() {
+                    match ev {
+                        PeerEvent::Connected(i) => { c.insert(i); }
+                        PeerEvent::Disconnected(i) => { c.remove(&i); }
+                    }
+                }
+                driver.maybe_start();
+            }
+            _ = sleep_until(next) => driver.on_timer(),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
+    }
+}
+
+struct Driver {
+    cfg: DriverConfig,
+    store: Arc<NodeStore>,
+    shared: Arc<Shared>,
+    p2p: P2pHandle,
+    ceremony: Option<Ceremony>,
+    origin: Instant,
+    retry_at: Option<Instant>,
+}
+
+impl Driver {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn install(&mut self, keys: ActiveKeys) {
+        let epoch = keys.epoch;
+        if let Ok(mut a) = self.shared.active.write() {
+            *a = Some(Arc::new(keys));
+        }
+        self.shared.set_status(DkgStatus::Active { epoch });
+        self.shared.activated.send_replace(epoch);
+        self.ceremony = None;
+    }
+
+    fn connected(&self) -> usize {
+        self.shared.connected.read().map(|c| c.len()).unwrap_or(0)
+    }
+
+    fn update_waiting(&self) {
+        if self.shared.active().is_none() && self.ceremony.is_none() {
+            self.shared.set_status(DkgStatus::WaitingForPeers {
+                connected: self.connected(),
+                needed: self.cfg.min_peers,
+            });
+        }
+    }
+
+    fn maybe_start(&mut self) {
+        self.update_waiting();
+        if self.shared.active().is_some() || self.ceremony.is_some() || self.retry_at.is_some() {
+            return;
+        }
+        if self.connected() >= self.cfg.min_peers {
+            match self.store.dkg_attempt() {
+                Ok(last) => self.start(last + 1),
+                Err(e) => error!(error = %e, "cannot read DKG progress"),
+            }
+        }
+    }
+
+    fn dkg_config(&self, attempt: u64) -> DkgConfig {
+        let t = self.cfg.round_timeout;
+        DkgConfig {
+            session: self.cfg.session,
+            epoch: attempt,
+            threshold: self.cfg.threshold,
+            me: self.cfg.me,
+            roster: self.cfg.roster.clone(),
+            excluded: BTreeSet::new(),
+            max_faulty: self.cfg.max_faulty,
+            timeouts: Timeouts { deal: t, respond: t, justify: t, confirm: t * 2 },
+        }
+    }
+
+    fn start(&mut self, attempt: u64) {
+        // Persist first: after a crash this attempt is never dealt again.
+        if let Err(e) = self.store.set_dkg_attempt(attempt) {
+            error!(error = %e, "cannot persist DKG progress; not starting");
+            return;
+        }
+        self.p2p.cancel_below(attempt);
+        self.retry_at = None;
+        let now = self.now();
+        let cfg = self.dkg_config(attempt);
+        let made = Dkg::<Bls12381G2>::new(cfg.clone(), self.cfg.identity.clone(), now, &mut OsRng).and_then(
+            |(bls, a1)| {
+                Dkg::<Ed25519>::new(cfg, self.cfg.identity.clone(), now, &mut OsRng)
+                    .map(|(ed, a2)| (bls, a1, ed, a2))
+            },
+        );
+        let (bls, a1, ed, a2) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                error!(error = %e, "invalid DKG configuration");
+                return;
+            }
+        };
+        info!(attempt, n = self.cfg.roster.len(), t = self.cfg.threshold, "DKG started");
+        self.shared.set_status(DkgStatus::Running { attempt });
+        self.ceremony =
+            Some(Ceremony { attempt, bls, ed, bls_out: None, ed_out: None, deadlines: BTreeMap::new() });
+        self.apply(SuiteId::Bls12381G2, a1);
+        self.apply(SuiteId::Ed25519, a2);
+    }
+
+    fn on_dkg(&mut self, from: u16, msg: DkgMessage) {
+        if self.shared.active().is_some() {
+            return;
+        }
+        let header = *msg.header();
+        let current = self.ceremony.as_ref().map(|c| c.attempt);
+        match current {
+            Some(a) if header.epoch < a => return,
+            Some(a) if header.epoch == a => {}
+            _ => {
+                // A peer is at a higher attempt (or we have none yet): join it. The sender's
+                // messages are authenticated by the DKG machine; a forged attempt number only
+                // makes us restart.
+                if header.epoch > self.store.dkg_attempt().unwrap_or(u64::MAX) || current.is_some() {
+                    info!(attempt = header.epoch, from, "joining DKG attempt started by a peer");
+                    self.start(header.epoch);
+                } else {
+                    return;
+                }
+            }
+        }
+        let now = self.now();
+        let Some(c) = self.ceremony.as_mut() else { return };
+        match header.suite {
+            SuiteId::Bls12381G2 => match c.bls.handle_message(from, msg, now) {
+                Ok(actions) => self.apply(SuiteId::Bls12381G2, actions),
+                Err(why) => tracing::debug!(from, %why, "DKG message ignored"),
+            },
+            SuiteId::Ed25519 => match c.ed.handle_message(from, msg, now) {
+                Ok(actions) => self.apply(SuiteId::Ed25519, actions),
+                Err(why) => tracing::debug!(from, %why, "DKG message ignored"),
+            },
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let dkg =
+            self.ceremony.as_ref().and_then(|c| c.deadlines.values().min().copied()).map(|d| self.origin + d);
+        match (dkg, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timer(&mut self) {
+        if let Some(at) = self.retry_at {
+            if Instant::now() >= at {
+                self.retry_at = None;
+                self.maybe_start();
+                return;
+            }
+        }
+        let now = self.now();
+        let Some(c) = self.ceremony.as_mut() else { return };
+        let due: Vec<SuiteId> = c.deadlines.iter().filter(|(_, d)| **d <= now).map(|(s, _)| *s).collect();
+        for suite in due {
+            let Some(c) = self.ceremony.as_mut() else { return };
+            c.deadlines.remove(&suite);
+            match suite {
+                SuiteId::Bls12381G2 => {
+                    let a = c.bls.handle_timeout(now);
+                    self.apply(suite, a);
+                }
+                SuiteId::Ed25519 => {
+                    let a = c.ed.handle_timeout(now);
+                    self.apply(suite, a);
+                }
+            }
+        }
+    }
+
+    fn apply<S: Slot>(&mut self, suite: SuiteId, actions: Vec<Action<S>>) {
+        let Some(attempt) = self.ceremony.as_ref().map(|c| c.attempt) else { return };
+        let n = u16::try_from(self.cfg.roster.len()).unwrap_or(u16::MAX);
+        for action in actions {
+            match action {
+                Action::Broadcast(m) => {
+                    for to in (1..=n).filter(|&j| j != self.cfg.me) {
+                        self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(m.clone())), attempt);
+                    }
+                }
+                Action::Send { to, message } => {
+                    self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), attempt)
+                }
+                Action::Timer(d) => {
+                    if let Some(c) = self.ceremony.as_mut() {
+                        c.deadlines.insert(suite, d);
+                    }
+                }
+                Action::Completed(out) => self.completed(out),
+                Action::Failed(f) => {
+                    warn!(attempt, ?suite, reason = ?f.reason, culprits = ?f.culprits, "DKG attempt failed; retrying");
+                    self.ceremony = None;
+                    self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.finish_if_done();
+    }
+
+    fn completed<S: Slot>(&mut self, out: Box<DkgOutput<S>>) {
+        let Some(c) = self.ceremony.as_mut() else { return };
+        info!(attempt = c.attempt, suite = ?S::ID, qual = ?out.qual, culprits = ?out.culprits, "DKG completed");
+        *S::slot(c) = Some(out);
+    }
+
+    fn finish_if_done(&mut self) {
+        let done = self.ceremony.as_ref().is_some_and(|c| c.bls_out.is_some() && c.ed_out.is_some());
+        if !done {
+            return;
+        }
+        let Some(c) = self.ceremony.take() else { return };
+        let (Some(bls), Some(ed)) = (c.bls_out, c.ed_out) else { return };
+        let keys = ActiveKeys { epoch: c.attempt, bls: bls.share, ed25519: ed.share };
+        if let Err(e) = self.store.activate(&keys) {
+            error!(error = %e, "cannot persist the key shares; keys NOT activated");
+            return;
+        }
+        info!(epoch = keys.epoch, mpk = %hex::encode(Bls12381G2::encode_point(keys.bls.public().public_key())), "keys active");
+        self.install(keys);
+    }
+}

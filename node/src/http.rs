@@ -1,0 +1,269 @@
+//! The HTTP API (reference: `docs/api.md`). Every refusal is JSON `{"code", "reason"}` with a
+//! stable code; internals never leak.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use kms_proto::api::{ErrorBody, HealthBody, ReadyBody};
+use kms_proto::app::{AppId, SignedManifest};
+use kms_proto::codec::{decode_json, encode_json, JsonDocument};
+use kms_proto::ErrorCode;
+
+use crate::api_error::ApiError;
+use crate::apps::Apps;
+use crate::driver::{DkgStatus, Shared};
+use crate::metrics::Metrics;
+use crate::service::{decode_error, KeyService};
+use crate::store::NodeStore;
+
+/// Shared state of the handlers.
+pub struct AppState {
+    /// This node's index.
+    pub me: u16,
+    /// Key requests.
+    pub keys: KeyService,
+    /// Manifests.
+    pub apps: Arc<Apps>,
+    /// Store (audit log, descriptor).
+    pub store: Arc<NodeStore>,
+    /// DKG state.
+    pub shared: Arc<Shared>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Request bodies above this are refused.
+    pub max_body: usize,
+    /// Requests in flight.
+    pub inflight: Arc<Semaphore>,
+    /// Per-source token buckets.
+    pub limiter: RateLimiter,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn json<T: JsonDocument>(status: StatusCode, body: &T) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], encode_json(body)).into_response()
+}
+
+fn refusal(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, &ErrorBody::new(e.code, e.reason.clone()))
+}
+
+/// A token bucket per source IP.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// `rate` tokens per second, at most `burst` saved.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        let Ok(mut b) = self.buckets.lock() else { return false };
+        if b.len() > 100_000 {
+            // Bound memory under a flood of sources: forget everyone (they start full again).
+            b.clear();
+        }
+        let now = Instant::now();
+        let (tokens, last) = b.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/keys", post(keys))
+        .route("/v1/apps", post(post_app))
+        .route("/v1/apps/{app_id}", get(get_app))
+        .route("/v1/audit", get(audit))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { refusal(&ApiError::new(ErrorCode::MalformedRequest, "no such endpoint")) })
+        .with_state(state)
+}
+
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, state.max_body).await.map_err(|_| {
+        ApiError::new(ErrorCode::BodyTooLarge, format!("request body exceeds {} bytes", state.max_body))
+    })
+}
+
+/// Admission: rate limit per source, then the concurrency limit.
+fn admit(state: &AppState, peer: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    if !state.limiter.allow(peer.ip()) {
+        return Err(ApiError::new(ErrorCode::RateLimited, "too many requests from this source"));
+    }
+    state
+        .inflight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::new(ErrorCode::RateLimited, "the node is at its concurrency limit"))
+}
+
+fn finish(state: &AppState, endpoint: &str, started: Instant, r: Result<Response, ApiError>) -> Response {
+    let (outcome, resp) = match r {
+        Ok(resp) => ("ok".to_string(), resp),
+        Err(e) => (e.code.as_str().to_string(), refusal(&e)),
+    };
+    state.metrics.observe(endpoint, &outcome, started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    json(StatusCode::OK, &HealthBody { version: 1, node_index: s.me })
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let epoch = s.shared.active().map(|k| k.epoch);
+    let status = if epoch.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, &ReadyBody { version: 1, ready: epoch.is_some(), epoch })
+}
+
+async fn cluster(State(s): State<Arc<AppState>>) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let keys =
+            s.shared.active().ok_or_else(|| ApiError::new(ErrorCode::NotReady, "no active key yet"))?;
+        let doc =
+            s.store.get_public("descriptor", keys.epoch).map_err(ApiError::internal)?.ok_or_else(|| {
+                ApiError::new(ErrorCode::NotReady, "the cluster descriptor is not signed yet")
+            })?;
+        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], doc).into_response())
+    })();
+    finish(&s, "/v1/cluster", started, r)
+}
+
+async fn keys(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let r = async {
+        let _permit = admit(&s, peer)?;
+        let bytes = read_body(&s, body).await?;
+        let resp = s.keys.handle(&bytes, unix_now())?;
+        Ok(json(StatusCode::OK, &resp))
+    }
+    .await;
+    finish(&s, "/v1/keys", started, r)
+}
+
+async fn post_app(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let r = async {
+        let _permit = admit(&s, peer)?;
+        let bytes = read_body(&s, body).await?;
+        let m: SignedManifest = decode_json(&bytes).map_err(decode_error)?;
+        let offer = s.apps.offer(&m, true)?;
+        let body = serde_json::json!({
+            "app_id": m.manifest.app_id,
+            "seq": m.manifest.seq,
+            "status": match offer { crate::apps::Offer::Accepted => "accepted", crate::apps::Offer::AlreadyHeld => "already_held" },
+        });
+        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
+    }
+    .await;
+    finish(&s, "/v1/apps", started, r)
+}
+
+fn parse_app_id(s: &str) -> Result<AppId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::new(ErrorCode::MalformedRequest, "app_id must be 64 lowercase hex characters"))
+}
+
+async fn get_app(State(s): State<Arc<AppState>>, Path(app_id): Path<String>) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let app = parse_app_id(&app_id)?;
+        let m = s
+            .apps
+            .get(&app)?
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownApp, format!("no manifest for {app}")))?;
+        Ok(json(StatusCode::OK, &m))
+    })();
+    finish(&s, "/v1/apps/{app_id}", started, r)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    app_id: Option<String>,
+}
+
+async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let app = parse_app_id(q.app_id.as_deref().unwrap_or(""))?;
+        let entries = s.store.audit_log(&app).map_err(ApiError::internal)?;
+        let body = serde_json::json!({ "app_id": app, "entries": entries });
+        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
+    })();
+    finish(&s, "/v1/audit", started, r)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let status = s.shared.status.read().map(|st| st.clone()).ok();
+    let (state, epoch) = match status {
+        Some(DkgStatus::Active { epoch }) => (2, epoch),
+        Some(DkgStatus::Running { .. }) => (1, 0),
+        _ => (0, 0),
+    };
+    s.metrics.dkg_state.set(state);
+    s.metrics.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    s.metrics.peers.set(s.shared.connected.read().map(|c| c.len() as i64).unwrap_or(0));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.encode())
+        .into_response()
+}
+
+/// Time given to in-flight requests on shutdown.
+pub fn drain_timeout(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// A minimal blocking HTTP/1.1 GET against a local node (for `kms-node status` and tests):
+/// returns the body. No TLS, no redirects.
+pub fn get_local(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}

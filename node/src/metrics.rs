@@ -1,0 +1,85 @@
+//! Prometheus metrics (`GET /metrics`): requests by endpoint and outcome (refusal code), latency
+//! histograms, DKG state, epoch and connected peers.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route, e.g. `/v1/keys`.
+    pub endpoint: String,
+    /// `ok` or the refusal code.
+    pub outcome: String,
+}
+
+/// Labels of latency metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Route.
+    pub endpoint: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+}
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by endpoint and outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Latency by endpoint.
+    pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    /// 0 waiting for peers, 1 DKG running, 2 keys active.
+    pub dkg_state: Gauge<i64, AtomicI64>,
+    /// Active epoch (0 before the first DKG).
+    pub epoch: Gauge<i64, AtomicI64>,
+    /// Connected roster peers.
+    pub peers: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kms");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency =
+            Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let dkg_state = Gauge::default();
+        let epoch = Gauge::default();
+        let peers = Gauge::default();
+        registry.register("requests", "HTTP requests by endpoint and outcome", requests.clone());
+        registry.register("request_duration_seconds", "HTTP request latency", latency.clone());
+        registry.register(
+            "dkg_state",
+            "0 waiting for peers, 1 DKG running, 2 keys active",
+            dkg_state.clone(),
+        );
+        registry.register("epoch", "Active key epoch", epoch.clone());
+        registry.register("peers_connected", "Connected roster peers", peers.clone());
+        Metrics { registry, requests, latency, dkg_state, epoch, peers }
+    }
+}
+
+impl Metrics {
+    /// Records one request.
+    pub fn observe(&self, endpoint: &str, outcome: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint: endpoint.into(), outcome: outcome.into() })
+            .inc();
+        self.latency.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(seconds);
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

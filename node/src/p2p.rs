@@ -1,0 +1,372 @@
+//! The libp2p swarm: TCP + Noise + Yamux, connections only with roster peers, one
+//! request-response protocol (`/kms/1`) carrying [`NodeRequest`]s, and reliable delivery (a
+//! failed request is retried with backoff until it is acknowledged or cancelled).
+//!
+//! The swarm runs in its own task; [`P2pHandle`] sends to it, and inbound requests arrive on a
+//! channel as [`Inbound`] with a one-shot to answer them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::time::Duration;
+
+use futures::prelude::*;
+use futures::stream::FuturesUnordered;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{allow_block_list, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use kms_proto::codec::{decode_p2p, encode_p2p, MAX_P2P_MESSAGE};
+use kms_proto::p2p::{NodeRequest, NodeResponse, ResponseBody, PROTOCOL};
+
+/// Codec: `u32` big-endian length ‖ p2p encoding, at most [`MAX_P2P_MESSAGE`] bytes.
+#[derive(Clone, Default)]
+pub struct KmsCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_P2P_MESSAGE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame exceeds the p2p size limit"));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+fn invalid(e: kms_proto::CodecError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+#[async_trait::async_trait]
+impl request_response::Codec for KmsCodec {
+    type Protocol = StreamProtocol;
+    type Request = NodeRequest;
+    type Response = NodeResponse;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<NodeRequest> {
+        decode_p2p(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<NodeResponse> {
+        decode_p2p(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: NodeRequest,
+    ) -> io::Result<()> {
+        write_frame(io, &encode_p2p(&req)).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: NodeResponse,
+    ) -> io::Result<()> {
+        write_frame(io, &encode_p2p(&res)).await
+    }
+}
+
+/// The composed libp2p behaviour.
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    rpc: request_response::Behaviour<KmsCodec>,
+}
+
+/// A request from a roster peer, with the channel to answer it.
+pub struct Inbound {
+    /// Roster index of the sender (authenticated by Noise).
+    pub from: u16,
+    /// The request.
+    pub request: NodeRequest,
+    /// Answer here; dropping it answers `Refused`.
+    pub reply: oneshot::Sender<NodeResponse>,
+}
+
+/// Connectivity changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// First connection to a roster peer established.
+    Connected(u16),
+    /// Last connection to a roster peer closed.
+    Disconnected(u16),
+}
+
+enum Command {
+    /// Deliver reliably: retry until a response arrives (or the request is cancelled with its
+    /// generation).
+    Reliable { to: u16, request: NodeRequest, generation: u64 },
+    /// One attempt; the answer (or error) goes to `reply`.
+    Call { to: u16, request: NodeRequest, reply: oneshot::Sender<Result<NodeResponse, String>> },
+    /// Drop every pending reliable request of an older generation.
+    Cancel { below: u64 },
+}
+
+/// Sends to the swarm task.
+#[derive(Clone)]
+pub struct P2pHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl P2pHandle {
+    /// Queues a request for reliable delivery to node `to`.
+    pub fn send_reliable(&self, to: u16, request: NodeRequest, generation: u64) {
+        let _ = self.tx.send(Command::Reliable { to, request, generation });
+    }
+
+    /// Sends one request and waits for its answer (or `timeout`).
+    pub async fn call(
+        &self,
+        to: u16,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> Result<NodeResponse, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Call { to, request, reply }).map_err(|_| "p2p task stopped".to_string())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("p2p task stopped".into()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Cancels pending reliable requests of generations below `below`.
+    pub fn cancel_below(&self, below: u64) {
+        let _ = self.tx.send(Command::Cancel { below });
+    }
+}
+
+/// Everything the swarm task needs.
+pub struct P2pConfig {
+    /// This node's identity.
+    pub keypair: identity::Keypair,
+    /// Listen address.
+    pub listen: Multiaddr,
+    /// Roster: index → (peer id, address); includes this node.
+    pub roster: BTreeMap<u16, (PeerId, Multiaddr)>,
+    /// This node's index.
+    pub me: u16,
+}
+
+struct Pending {
+    to: u16,
+    request: NodeRequest,
+    generation: u64,
+    attempt: u32,
+}
+
+/// Starts the swarm task. Returns the handle, inbound requests and peer events.
+pub fn spawn(
+    cfg: P2pConfig,
+) -> anyhow::Result<(
+    P2pHandle,
+    mpsc::UnboundedReceiver<Inbound>,
+    mpsc::UnboundedReceiver<PeerEvent>,
+    Multiaddr,
+)> {
+    let mut allowed = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+    for (peer, _) in cfg.roster.values() {
+        allowed.allow_peer(*peer);
+    }
+    let rpc = request_response::Behaviour::with_codec(
+        KmsCodec,
+        [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| Behaviour { allow: allowed, rpc })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    swarm.listen_on(cfg.listen.clone())?;
+    for (i, (peer, addr)) in &cfg.roster {
+        if *i != cfg.me {
+            swarm.add_peer_address(*peer, addr.clone());
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let by_peer: HashMap<PeerId, u16> = cfg.roster.iter().map(|(i, (p, _))| (*p, *i)).collect();
+    let task = SwarmTask {
+        swarm,
+        cfg,
+        by_peer,
+        rx,
+        in_tx,
+        ev_tx,
+        pending: HashMap::new(),
+        calls: HashMap::new(),
+        retry: Vec::new(),
+    };
+    let listen = task.cfg.listen.clone();
+    tokio::spawn(task.run());
+    Ok((P2pHandle { tx }, in_rx, ev_rx, listen))
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    cfg: P2pConfig,
+    by_peer: HashMap<PeerId, u16>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    in_tx: mpsc::UnboundedSender<Inbound>,
+    ev_tx: mpsc::UnboundedSender<PeerEvent>,
+    pending: HashMap<OutboundRequestId, Pending>,
+    calls: HashMap<OutboundRequestId, oneshot::Sender<Result<NodeResponse, String>>>,
+    retry: Vec<(Instant, Pending)>,
+}
+
+type Replies = FuturesUnordered<future::BoxFuture<'static, (ResponseChannel<NodeResponse>, NodeResponse)>>;
+
+impl SwarmTask {
+    async fn run(mut self) {
+        let mut replies: Replies = FuturesUnordered::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
+        let mut min_generation = 0u64;
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    None => return,
+                    Some(Command::Reliable { to, request, generation }) => {
+                        if generation >= min_generation {
+                            self.send(Pending { to, request, generation, attempt: 0 });
+                        }
+                    }
+                    Some(Command::Call { to, request, reply }) => match self.cfg.roster.get(&to) {
+                        Some((peer, _)) => {
+                            let id = self.swarm.behaviour_mut().rpc.send_request(peer, request);
+                            self.calls.insert(id, reply);
+                        }
+                        None => { let _ = reply.send(Err(format!("node {to} is not in the roster"))); }
+                    },
+                    Some(Command::Cancel { below }) => {
+                        min_generation = min_generation.max(below);
+                        self.pending.retain(|_, p| p.generation >= below);
+                        self.retry.retain(|(_, p)| p.generation >= below);
+                    }
+                },
+                Some((channel, response)) = replies.next(), if !replies.is_empty() => {
+                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry).into_iter().partition(|(at, _)| *at <= now);
+                    self.retry = later;
+                    for (_, p) in due {
+                        if p.generation >= min_generation {
+                            self.send(p);
+                        }
+                    }
+                }
+                _ = redial.tick() => self.redial(),
+                event = self.swarm.select_next_some() => self.on_event(event, &mut replies),
+            }
+        }
+    }
+
+    fn send(&mut self, p: Pending) {
+        let Some((peer, _)) = self.cfg.roster.get(&p.to) else { return };
+        let id = self.swarm.behaviour_mut().rpc.send_request(peer, p.request.clone());
+        self.pending.insert(id, p);
+    }
+
+    fn redial(&mut self) {
+        for (i, (peer, addr)) in &self.cfg.roster {
+            if *i != self.cfg.me && !self.swarm.is_connected(peer) {
+                let _ = self.swarm.dial(addr.clone());
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>, replies: &mut Replies) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "p2p listening"),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                if let (Some(i), 1) = (self.by_peer.get(&peer_id), num_established.get()) {
+                    info!(node = i, "connected to roster peer");
+                    let _ = self.ev_tx.send(PeerEvent::Connected(*i));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                if let Some(i) = self.by_peer.get(&peer_id) {
+                    info!(node = i, "disconnected from roster peer");
+                    let _ = self.ev_tx.send(PeerEvent::Disconnected(*i));
+                }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                warn!(addr = %send_back_addr, %error, "refused incoming connection (not a roster peer, or handshake failed)");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev, replies),
+            _ => {}
+        }
+    }
+
+    fn on_rpc(&mut self, ev: request_response::Event<NodeRequest, NodeResponse>, replies: &mut Replies) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let Some(&from) = self.by_peer.get(&peer) else {
+                    warn!(%peer, "request from a peer outside the roster dropped");
+                    return;
+                };
+                let (reply, rx) = oneshot::channel();
+                if self.in_tx.send(Inbound { from, request, reply }).is_err() {
+                    return;
+                }
+                replies.push(Box::pin(async move {
+                    let response = rx
+                        .await
+                        .unwrap_or_else(|_| NodeResponse::new(ResponseBody::Refused("not handled".into())));
+                    (channel, response)
+                }));
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                self.pending.remove(&request_id);
+                if let Some(reply) = self.calls.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(reply) = self.calls.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+                if let Some(mut p) = self.pending.remove(&request_id) {
+                    p.attempt += 1;
+                    let backoff = Duration::from_millis((100u64 << p.attempt.min(6)).min(5_000));
+                    debug!(to = p.to, attempt = p.attempt, %error, "retrying");
+                    self.retry.push((Instant::now() + backoff, p));
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `POST /v1/keys`, independent of HTTP: verify the evidence on this node alone, check the app's
+//! newest manifest, refuse replays, compute the partial key and seal it to the enclave.
+
+use std::sync::Arc;
+
+use rand_core::OsRng;
+
+use kms_dkg::envelope::response;
+use kms_dkg::threshold::{partial_key, KeyId};
+use kms_proto::api::{Evidence, KeyRequest, KeyResponse};
+use kms_proto::app::SignedManifest;
+use kms_proto::codec::decode_json;
+use kms_proto::{CodecError, ErrorCode};
+
+use crate::api_error::ApiError;
+use crate::apps::Apps;
+use crate::attestation::{check_policy, ConfidentialSpaceVerifier};
+use crate::driver::Shared;
+use crate::store::{AuditEntry, NodeStore};
+
+/// Everything a key request needs.
+pub struct KeyService {
+    /// This node's index.
+    pub me: u16,
+    /// Sealed storage (replay cache, audit log).
+    pub store: Arc<NodeStore>,
+    /// Active keys.
+    pub shared: Arc<Shared>,
+    /// Manifests.
+    pub apps: Arc<Apps>,
+    /// Confidential Space verifier (OIDC and/or PKI).
+    pub cs: ConfidentialSpaceVerifier,
+    /// TDX quote verification: collateral and acceptable TCB statuses, if configured.
+    pub tdx: Option<TdxTrust>,
+    /// Replay-cache lifetime of a nonce, seconds (≥ the token's maximum age plus leeway).
+    pub replay_window_secs: u64,
+}
+
+/// What a node trusts for TDX quotes.
+pub struct TdxTrust {
+    /// DCAP collateral held offline by the node.
+    pub collateral: dcap_qvl::QuoteCollateralV3,
+}
+
+/// Maps a JSON decode failure to the API refusal.
+pub fn decode_error(e: CodecError) -> ApiError {
+    let code = match e {
+        CodecError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+        CodecError::TooLarge { .. } => ErrorCode::BodyTooLarge,
+        _ => ErrorCode::MalformedRequest,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+impl KeyService {
+    /// Handles one request body at time `now` (unix seconds). Every outcome is audited.
+    pub fn handle(&self, body: &[u8], now: u64) -> Result<KeyResponse, ApiError> {
+        let req: KeyRequest = decode_json(body).map_err(decode_error)?;
+        let binding = req.binding();
+        let result = self.process(&req, &binding, now);
+        let (outcome, workload, seq) = match &result {
+            Ok((_, w, seq)) => ("released".to_string(), w.clone(), Some(*seq)),
+            Err(e) => (e.code.as_str().to_string(), None, None),
+        };
+        let entry = AuditEntry {
+            id: 0,
+            time: now,
+            app_id: req.app_id,
+            label: req.label.as_str().to_owned(),
+            outcome,
+            workload,
+            binding: hex::encode(binding),
+            manifest_seq: seq,
+        };
+        if let Err(e) = self.store.audit(entry) {
+            // A release that cannot be audited is not released.
+            if result.is_ok() {
+                return Err(ApiError::internal(e));
+            }
+        }
+        result.map(|(r, _, _)| r)
+    }
+
+    fn manifest(&self, req: &KeyRequest) -> Result<SignedManifest, ApiError> {
+        if let Some(m) = &req.manifest {
+            if m.manifest.app_id != req.app_id {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestAppIdMismatch,
+                    "the supplied manifest is for another app_id",
+                ));
+            }
+            // A newer manifest is taken (and gossiped); the same or an older one is fine, the
+            // newest held is applied either way.
+            match self.apps.offer(m, true) {
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::ManifestStaleSeq => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.apps.get(&req.app_id)?.ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {}", req.app_id))
+        })
+    }
+
+    fn process(
+        &self,
+        req: &KeyRequest,
+        binding: &[u8; 32],
+        now: u64,
+    ) -> Result<(KeyResponse, Option<String>, u64), ApiError> {
+        req.validate().map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        let keys = self
+            .shared
+            .active()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotReady, "the cluster key is not active yet"))?;
+        let manifest = self.manifest(req)?;
+        let policy = &manifest.manifest.policy;
+        if policy.revoked {
+            return Err(ApiError::new(
+                ErrorCode::AppRevoked,
+                format!("app {} is revoked by its owner", req.app_id),
+            ));
+        }
+        let workload = match &req.evidence {
+            Evidence::ConfidentialSpace { token } => {
+                let claims = self
+                    .cs
+                    .verify(token, &hex::encode(binding), now)
+                    .map_err(|e| ApiError::new(e.code(), e.reason()))?;
+                check_policy(&claims, policy).map_err(|e| ApiError::new(e.code(), e.reason()))?;
+                claims.image_digest.map(|d| d.to_string())
+            }
+            Evidence::TdxQuote { .. } => {
+                let Some(tdx) = &self.tdx else {
+                    return Err(ApiError::new(
+                        ErrorCode::TdxQuoteInvalid,
+                        "this node holds no TDX collateral",
+                    ));
+                };
+                let quote = req
+                    .evidence
+                    .tdx_quote_bytes()
+                    .map_err(|e| ApiError::new(e.code(), e.to_string()))?
+                    .unwrap_or_default();
+                let expected = crate::attestation::tdx_report_data(binding);
+                let claims = crate::attestation::verify_tdx_quote(
+                    &quote,
+                    &tdx.collateral,
+                    now,
+                    &expected,
+                    &policy.allowed_tdx_measurements,
+                    crate::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES,
+                )
+                .map_err(|e| ApiError::new(e.code(), e.reason()))?;
+                Some(format!("mrtd:{}", hex::encode(claims.mrtd)))
+            }
+        };
+        // Replay check last: a refused request does not burn its nonce.
+        let fresh = self
+            .store
+            .use_nonce(&req.app_id, req.nonce.as_bytes(), now + self.replay_window_secs)
+            .map_err(ApiError::internal)?;
+        if !fresh {
+            return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
+        }
+        let id = KeyId::new(*req.app_id.as_bytes(), req.label.as_str())
+            .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.to_string()))?;
+        let partial = partial_key(&keys.bls, &id);
+        let envelope = response::seal(
+            req.client_public_key.as_bytes(),
+            binding,
+            self.me,
+            &partial.to_bytes(),
+            &mut OsRng,
+        )
+        .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, format!("client public key: {e}")))?;
+        Ok((KeyResponse::new(self.me, keys.epoch, &envelope), workload, manifest.manifest.seq))
+    }
+}

@@ -1,0 +1,383 @@
+//! Persistent state behind a small key-value trait: sealed key shares, DKG progress, the newest
+//! manifest of each app, the replay cache and the append-only audit log.
+//!
+//! [`Kv`] is the storage seam (sled in production, a map in tests); [`NodeStore`] holds the
+//! typed logic and does all sealing, so no backend ever sees a share in plaintext.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rand_core::OsRng;
+use serde::{Deserialize, Serialize};
+
+use kms_dkg::{Bls12381G2, Ed25519, KeyShare};
+use kms_proto::app::{AppId, SignedManifest};
+
+use crate::seal::{SealError, SealKey};
+
+/// The key spaces of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Space {
+    /// DKG progress and the active epoch.
+    Meta,
+    /// Sealed key shares and the cluster descriptor, by epoch.
+    Keys,
+    /// Newest signed manifest per app.
+    Manifests,
+    /// Used request nonces with their expiry.
+    Replay,
+    /// Append-only audit log of key releases and refusals, by app.
+    Audit,
+}
+
+impl Space {
+    fn name(self) -> &'static str {
+        match self {
+            Space::Meta => "meta",
+            Space::Keys => "keys",
+            Space::Manifests => "manifests",
+            Space::Replay => "replay",
+            Space::Audit => "audit",
+        }
+    }
+}
+
+/// Storage failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend reported an error.
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A sealed record does not open.
+    #[error("sealed record {name}: {source}")]
+    Seal {
+        /// Record name.
+        name: String,
+        /// Why.
+        source: SealError,
+    },
+    /// A record does not decode.
+    #[error("corrupt record {0}")]
+    Corrupt(String),
+}
+
+/// The storage seam: ordered byte keys and values in a few spaces, durable after `flush`.
+pub trait Kv: Send + Sync + 'static {
+    /// Reads a value.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes a value.
+    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Writes only if the key is absent; returns whether it wrote.
+    fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError>;
+    /// Removes a key.
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError>;
+    /// All entries whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// A new, strictly increasing id (for the audit log).
+    fn next_id(&self) -> Result<u64, StoreError>;
+    /// Makes every previous write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// sled-backed storage.
+pub struct SledKv {
+    db: sled::Db,
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledKv {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
+        Ok(SledKv { db })
+    }
+
+    fn tree(&self, space: Space) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(space.name()).map_err(backend)
+    }
+}
+
+impl Kv for SledKv {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(space)?.get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree(space)?.insert(key, value).map_err(backend)?;
+        Ok(())
+    }
+
+    fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let r =
+            self.tree(space)?.compare_and_swap(key, None as Option<&[u8]>, Some(value)).map_err(backend)?;
+        Ok(r.is_ok())
+    }
+
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError> {
+        self.tree(space)?.remove(key).map_err(backend)?;
+        Ok(())
+    }
+
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.tree(space)?
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(backend)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+}
+
+/// In-memory storage for tests.
+#[derive(Default)]
+pub struct MemKv {
+    inner: Mutex<BTreeMap<(Space, Vec<u8>), Vec<u8>>>,
+    ids: Mutex<u64>,
+}
+
+impl MemKv {
+    fn map(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(Space, Vec<u8>), Vec<u8>>>, StoreError> {
+        self.inner.lock().map_err(|_| StoreError::Backend("poisoned".into()))
+    }
+}
+
+impl Kv for MemKv {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map()?.get(&(space, key.to_vec())).cloned())
+    }
+    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.map()?.insert((space, key.to_vec()), value.to_vec());
+        Ok(())
+    }
+    fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let mut m = self.map()?;
+        if m.contains_key(&(space, key.to_vec())) {
+            return Ok(false);
+        }
+        m.insert((space, key.to_vec()), value.to_vec());
+        Ok(true)
+    }
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError> {
+        self.map()?.remove(&(space, key.to_vec()));
+        Ok(())
+    }
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .map()?
+            .range((space, prefix.to_vec())..)
+            .take_while(|((s, k), _)| *s == space && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+    fn next_id(&self) -> Result<u64, StoreError> {
+        let mut id = self.ids.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
+        *id += 1;
+        Ok(*id)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The active key material of one epoch.
+pub struct ActiveKeys {
+    /// Epoch (the DKG attempt that succeeded).
+    pub epoch: u64,
+    /// BLS12-381 share (app keys).
+    pub bls: KeyShare<Bls12381G2>,
+    /// Ed25519 share (FROST cluster key).
+    pub ed25519: KeyShare<Ed25519>,
+}
+
+impl std::fmt::Debug for ActiveKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKeys").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+/// One audit log entry (no secrets: the partial key itself is never logged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Strictly increasing id within this node.
+    pub id: u64,
+    /// Unix seconds.
+    pub time: u64,
+    /// The app.
+    pub app_id: AppId,
+    /// The label requested.
+    pub label: String,
+    /// `released` or the refusal code.
+    pub outcome: String,
+    /// Image digest or TDX MRTD of the requester, when known.
+    pub workload: Option<String>,
+    /// Hex of the request binding (identifies the request without revealing anything).
+    pub binding: String,
+    /// Manifest sequence number applied.
+    pub manifest_seq: Option<u64>,
+}
+
+/// Typed, sealed access to a [`Kv`].
+pub struct NodeStore {
+    kv: Box<dyn Kv>,
+    seal: SealKey,
+}
+
+const META_ATTEMPT: &[u8] = b"dkg/attempt";
+const META_ACTIVE: &[u8] = b"active-epoch";
+
+fn share_name(suite: &str, epoch: u64) -> String {
+    format!("share/{suite}/{epoch}")
+}
+
+impl NodeStore {
+    /// Wraps a backend with the node's seal key.
+    pub fn new(kv: Box<dyn Kv>, seal: SealKey) -> Self {
+        NodeStore { kv, seal }
+    }
+
+    fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        self.kv
+            .get(Space::Meta, key)?
+            .map(|v| {
+                v.try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into()))
+            })
+            .transpose()
+    }
+
+    /// The last DKG attempt this node started (0 if none).
+    pub fn dkg_attempt(&self) -> Result<u64, StoreError> {
+        Ok(self.get_u64(META_ATTEMPT)?.unwrap_or(0))
+    }
+
+    /// Records (durably) that attempt `attempt` has started, before any message of it is sent:
+    /// a node restarted mid-ceremony never deals twice in one attempt.
+    pub fn set_dkg_attempt(&self, attempt: u64) -> Result<(), StoreError> {
+        self.kv.put(Space::Meta, META_ATTEMPT, &attempt.to_be_bytes())?;
+        self.kv.flush()
+    }
+
+    /// Seals and stores both shares of `epoch` and marks it active, durably.
+    pub fn activate(&self, keys: &ActiveKeys) -> Result<(), StoreError> {
+        let bls_name = share_name("bls12381g2", keys.epoch);
+        let ed_name = share_name("ed25519", keys.epoch);
+        let bls = self.seal.seal(&bls_name, &keys.bls.to_bytes(), &mut OsRng);
+        let ed = self.seal.seal(&ed_name, &keys.ed25519.to_bytes(), &mut OsRng);
+        self.kv.put(Space::Keys, bls_name.as_bytes(), &bls)?;
+        self.kv.put(Space::Keys, ed_name.as_bytes(), &ed)?;
+        self.kv.flush()?;
+        self.kv.put(Space::Meta, META_ACTIVE, &keys.epoch.to_be_bytes())?;
+        self.kv.flush()
+    }
+
+    fn open_share(&self, name: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+        let Some(sealed) = self.kv.get(Space::Keys, name.as_bytes())? else { return Ok(None) };
+        self.seal
+            .open(name, &sealed)
+            .map(Some)
+            .map_err(|source| StoreError::Seal { name: name.to_owned(), source })
+    }
+
+    /// The active epoch's shares, if any.
+    pub fn active(&self) -> Result<Option<ActiveKeys>, StoreError> {
+        let Some(epoch) = self.get_u64(META_ACTIVE)? else { return Ok(None) };
+        let bls_name = share_name("bls12381g2", epoch);
+        let ed_name = share_name("ed25519", epoch);
+        let (Some(bls), Some(ed)) = (self.open_share(&bls_name)?, self.open_share(&ed_name)?) else {
+            return Err(StoreError::Corrupt(format!("active epoch {epoch} has no shares")));
+        };
+        let bls = KeyShare::from_bytes(&bls).map_err(|e| StoreError::Corrupt(format!("{bls_name}: {e}")))?;
+        let ed25519 =
+            KeyShare::from_bytes(&ed).map_err(|e| StoreError::Corrupt(format!("{ed_name}: {e}")))?;
+        Ok(Some(ActiveKeys { epoch, bls, ed25519 }))
+    }
+
+    /// Stores a public document of an epoch (e.g. the signed cluster descriptor).
+    pub fn put_public(&self, name: &str, epoch: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.kv.put(Space::Keys, format!("public/{name}/{epoch}").as_bytes(), bytes)?;
+        self.kv.flush()
+    }
+
+    /// Reads a public document of an epoch.
+    pub fn get_public(&self, name: &str, epoch: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(Space::Keys, format!("public/{name}/{epoch}").as_bytes())
+    }
+
+    /// The newest manifest held for `app`.
+    pub fn manifest(&self, app: &AppId) -> Result<Option<SignedManifest>, StoreError> {
+        self.kv
+            .get(Space::Manifests, app.as_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt(format!("manifest {app}"))))
+            .transpose()
+    }
+
+    /// Stores a manifest (the caller checked signature and `seq`).
+    pub fn put_manifest(&self, m: &SignedManifest) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.kv.put(Space::Manifests, m.manifest.app_id.as_bytes(), &bytes)?;
+        self.kv.flush()
+    }
+
+    /// Every manifest held.
+    pub fn manifests(&self) -> Result<Vec<SignedManifest>, StoreError> {
+        self.kv
+            .scan_prefix(Space::Manifests, &[])?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt("manifest".into())))
+            .collect()
+    }
+
+    /// Records a request nonce; `false` if it was seen before (a replay).
+    pub fn use_nonce(&self, app: &AppId, nonce: &[u8; 32], expires: u64) -> Result<bool, StoreError> {
+        let key = [&app.as_bytes()[..], &nonce[..]].concat();
+        self.kv.put_if_absent(Space::Replay, &key, &expires.to_be_bytes())
+    }
+
+    /// Drops replay entries that expired before `now`; returns how many.
+    pub fn purge_nonces(&self, now: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (k, v) in self.kv.scan_prefix(Space::Replay, &[])? {
+            let expires = v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if expires < now {
+                self.kv.remove(Space::Replay, &k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Appends an audit entry (its `id` is assigned here) and returns it.
+    pub fn audit(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        entry.id = self.kv.next_id()?;
+        let key = [&entry.app_id.as_bytes()[..], &entry.id.to_be_bytes()].concat();
+        let bytes = serde_json::to_vec(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.kv.put(Space::Audit, &key, &bytes)?;
+        Ok(entry)
+    }
+
+    /// The audit log of one app, oldest first.
+    pub fn audit_log(&self, app: &AppId) -> Result<Vec<AuditEntry>, StoreError> {
+        self.kv
+            .scan_prefix(Space::Audit, app.as_bytes())?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt("audit entry".into())))
+            .collect()
+    }
+
+    /// Flushes everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+}

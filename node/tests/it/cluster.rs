@@ -1,0 +1,430 @@
+//! Five real `kms-node` processes on 127.0.0.1: DKG, signed descriptor, key fetches, replay
+//! refusal, kill -9 and restart, manifest upgrade enforced everywhere, an outsider refused.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use kms_dkg::envelope::response;
+use kms_dkg::threshold::{combine, verify_partials, BlsPublicKeys, KeyId, PartialKey};
+use kms_dkg::{Bls12381G2, PublicKeySet, Suite};
+use kms_proto::api::{Evidence, KeyRequest, KeyResponse, API_VERSION};
+use kms_proto::app::{AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
+use kms_proto::cluster::SignedClusterDescriptor;
+use kms_proto::codec::{decode_json, encode_json};
+use kms_proto::{ErrorCode, HexBytes};
+use rand_core::{OsRng, RngCore};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
+const AUDIENCE: &str = "kms-e2e";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A blocking HTTP/1.1 exchange; returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(out.len());
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, out.get(split + 4..).unwrap_or_default().to_vec()))
+}
+
+struct Node {
+    index: u16,
+    dir: PathBuf,
+    config: PathBuf,
+    http: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http(self.http, "GET", path, b"").unwrap_or((0, Vec::new()))
+    }
+
+    fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        http(self.http, "POST", path, body).unwrap_or((0, Vec::new()))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+fn init(dir: &Path) -> String {
+    let out = Command::new(BIN).args(["init", "--data-dir"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn write_config(node: &Node, index: u16, t: u16, roster: &[(u16, String, u16, u16)], p2p_port: u16) {
+    let mut toml = format!(
+        "data_dir = {:?}\n\n[node]\nindex = {index}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p_port}\"\nlisten_http = \"{}\"\n\n\
+         [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\npki_root_pem = {:?}\n\n\
+         [dkg]\nround_timeout_ms = 3000\n\n[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n",
+        node.dir.join("data"),
+        node.http,
+        fixtures().join("oidc/jwks.json"),
+        fixtures().join("confidential-space/confidential-space-root.pem"),
+    );
+    for (i, peer, p2p, http) in roster {
+        toml.push_str(&format!(
+            "\n[[cluster.nodes]]\nindex = {i}\npeer_id = \"{peer}\"\np2p_addr = \"/ip4/127.0.0.1/tcp/{p2p}\"\nhttp_url = \"http://127.0.0.1:{http}\"\n"
+        ));
+    }
+    std::fs::write(&node.config, toml).unwrap();
+}
+
+impl Cluster {
+    fn start(n: u16, t: u16) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut roster = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let dir = tmp.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let peer = init(&dir.join("data"));
+            let (p2p, http) = (free_port(), free_port());
+            roster.push((i, peer, p2p, http));
+            nodes.push(Node {
+                index: i,
+                config: dir.join("node.toml"),
+                dir,
+                http: SocketAddr::from(([127, 0, 0, 1], http)),
+                child: None,
+            });
+        }
+        for (node, (i, _, p2p, _)) in nodes.iter().zip(&roster) {
+            write_config(node, *i, t, &roster, *p2p);
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        Cluster { _tmp: tmp, nodes }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("---- node {} ----\n{}", n.index, tail(&n.log()))).collect()
+    }
+
+    fn wait_ready(&self, which: &[usize], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut epochs = Vec::new();
+        for &i in which {
+            loop {
+                let (status, body) = self.nodes[i].get("/v1/ready");
+                if status == 200 {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    epochs.push(v["epoch"].as_u64().unwrap());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} not ready\n{}", i + 1, self.logs());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        assert!(epochs.windows(2).all(|w| w[0] == w[1]), "epochs differ: {epochs:?}");
+        epochs[0]
+    }
+
+    fn descriptor(&self, i: usize, timeout: Duration) -> SignedClusterDescriptor {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.nodes[i].get("/v1/cluster");
+            if status == 200 {
+                return decode_json(&body).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no descriptor at node {}\n{}", i + 1, self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n") + "\n"
+}
+
+/// An enclave: its X25519 key, a fresh nonce, and an OIDC-style token binding both.
+struct Enclave {
+    secret: x25519_dalek::StaticSecret,
+    nonce: [u8; 32],
+}
+
+fn digest(byte: u8) -> ImageDigest {
+    format!("sha256:{}", hex::encode([byte; 32])).parse().unwrap()
+}
+
+fn token(binding: &[u8; 32], image: &ImageDigest) -> String {
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixtures().join("oidc/signer.pem")).unwrap())
+            .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("kms-test-oidc-1".into());
+    let t = now();
+    let claims = json!({
+        "iss": "https://confidentialcomputing.googleapis.com", "aud": AUDIENCE, "sub": "enclave",
+        "iat": t, "nbf": t, "exp": t + 3600, "eat_nonce": hex::encode(binding),
+        "swname": "CONFIDENTIAL_SPACE", "swversion": ["250301"], "hwmodel": "GCP_INTEL_TDX", "secboot": true,
+        "dbgstat": "disabled-since-boot",
+        "submods": {
+            "confidential_space": {"support_attributes": ["LATEST", "STABLE", "USABLE"]},
+            "container": {"image_digest": image.to_string(), "image_reference": "example/app", "restart_policy": "Never",
+                          "args": ["/app"], "env_override": {}, "cmd_override": []},
+        },
+    });
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+impl Enclave {
+    fn new() -> Self {
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        Enclave { secret: x25519_dalek::StaticSecret::random_from_rng(OsRng), nonce }
+    }
+
+    fn request(&self, app: &kms_proto::AppId, image: &ImageDigest) -> (KeyRequest, [u8; 32]) {
+        let public = x25519_dalek::PublicKey::from(&self.secret).to_bytes();
+        let label = Label::default();
+        let binding = kms_proto::api::binding(app, &label, &public, &self.nonce);
+        let req = KeyRequest {
+            version: API_VERSION,
+            app_id: *app,
+            label,
+            client_public_key: HexBytes(public),
+            nonce: HexBytes(self.nonce),
+            evidence: Evidence::ConfidentialSpace { token: token(&binding, image) },
+            manifest: None,
+        };
+        (req, binding)
+    }
+
+    fn open(&self, binding: &[u8; 32], body: &[u8]) -> PartialKey {
+        let resp: KeyResponse = decode_json(body).unwrap();
+        let env = resp.envelope_bytes().unwrap();
+        let bytes = response::open(&self.secret, binding, resp.node_index, &env).unwrap();
+        PartialKey::from_bytes(resp.node_index, &bytes).unwrap()
+    }
+}
+
+fn bls_keys(d: &SignedClusterDescriptor) -> BlsPublicKeys {
+    let point = |b: &[u8]| Bls12381G2::decode_point(b).unwrap();
+    let vks = d.descriptor.nodes.iter().map(|e| (e.index, point(e.vk.as_bytes()))).collect();
+    PublicKeySet::new(d.descriptor.threshold, point(d.descriptor.mpk.as_bytes()), vks)
+}
+
+fn error_code(body: &[u8]) -> ErrorCode {
+    let e: kms_proto::api::ErrorBody = decode_json(body)
+        .unwrap_or_else(|e| panic!("not an error body ({e}): {}", String::from_utf8_lossy(body)));
+    e.code
+}
+
+fn manifest(owner: &SigningKey, seq: u64, images: &[ImageDigest]) -> SignedManifest {
+    let policy = Policy {
+        allowed_image_digests: images.to_vec(),
+        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
+        ..Policy::default()
+    };
+    let m =
+        Manifest::new(owner.verifying_key().to_bytes(), AppName::new("payments-api").unwrap(), seq, policy);
+    SignedManifest::sign(m, owner)
+}
+
+fn wait_manifest_everywhere(c: &Cluster, app: &kms_proto::AppId, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &c.nodes {
+        loop {
+            let (status, body) = n.get(&format!("/v1/apps/{app}"));
+            if status == 200 && decode_json::<SignedManifest>(&body).unwrap().manifest.seq == seq {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "manifest seq {seq} did not reach node {}\n{}",
+                n.index,
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn five_nodes_on_loopback() {
+    let mut c = Cluster::start(5, 3);
+    let all: Vec<usize> = (0..5).collect();
+    let started = Instant::now();
+    let epoch = c.wait_ready(&all, Duration::from_secs(60));
+    eprintln!("DKG of 5 nodes: keys active {:.2?} after process start", started.elapsed());
+
+    // Every node serves the same FROST-signed descriptor; it verifies as plain Ed25519.
+    let d0 = c.descriptor(0, Duration::from_secs(30));
+    d0.verify(None).expect("descriptor signature");
+    assert_eq!(d0.descriptor.epoch, epoch);
+    for i in 1..5 {
+        let d = c.descriptor(i, Duration::from_secs(30));
+        assert_eq!(d.descriptor, d0.descriptor, "node {} has another descriptor", i + 1);
+    }
+    let keys = bls_keys(&d0);
+
+    // The owner registers the app at node 1; gossip brings it to every node.
+    let owner = SigningKey::generate(&mut OsRng);
+    let (image_a, image_b) = (digest(0xaa), digest(0xbb));
+    let m1 = manifest(&owner, 1, std::slice::from_ref(&image_a));
+    let app = m1.manifest.app_id;
+    let (status, body) = c.nodes[0].post("/v1/apps", &encode_json(&m1));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    wait_manifest_everywhere(&c, &app, 1);
+
+    // An attested enclave fetches its key from all five nodes and combines any three.
+    let id = KeyId::new(*app.as_bytes(), "root").unwrap();
+    let fetch = |c: &Cluster, which: &[usize], image: &ImageDigest| -> Vec<PartialKey> {
+        let enclave = Enclave::new();
+        let (req, binding) = enclave.request(&app, image);
+        let body = encode_json(&req);
+        which
+            .iter()
+            .map(|&i| {
+                let (status, resp) = c.nodes[i].post("/v1/keys", &body);
+                assert_eq!(status, 200, "node {}: {}", i + 1, String::from_utf8_lossy(&resp));
+                enclave.open(&binding, &resp)
+            })
+            .collect()
+    };
+    let partials = fetch(&c, &all, &image_a);
+    verify_partials(&keys, &id.hash(), &partials, &mut OsRng).expect("every partial verifies against its VK");
+    let key = combine(&keys, &id, &partials[..3]).unwrap();
+    let again = combine(&keys, &id, &partials[2..]).unwrap();
+    assert_eq!(*key.to_bytes(), *again.to_bytes());
+    let second = fetch(&c, &[1, 3, 4], &image_a);
+    assert_eq!(*combine(&keys, &id, &second).unwrap().to_bytes(), *key.to_bytes(), "same app, same key");
+
+    // The same request again is refused as a replay.
+    let enclave = Enclave::new();
+    let (req, _) = enclave.request(&app, &image_a);
+    let body = encode_json(&req);
+    assert_eq!(c.nodes[1].post("/v1/keys", &body).0, 200);
+    let (status, resp) = c.nodes[1].post("/v1/keys", &body);
+    assert_eq!((status, error_code(&resp)), (409, ErrorCode::RequestReplayed));
+
+    // kill -9 node 2 and restart it: it serves the same share.
+    let before = partials[1];
+    c.nodes[1].kill9();
+    c.nodes[1].start();
+    assert_eq!(c.wait_ready(&[1], Duration::from_secs(30)), epoch);
+    let after = fetch(&c, &[1], &image_a)[0];
+    assert_eq!(after, before, "restarted node serves another share");
+
+    // The owner upgrades to image B at node 3; every node enforces it.
+    let m2 = manifest(&owner, 2, std::slice::from_ref(&image_b));
+    let (status, body) = c.nodes[2].post("/v1/apps", &encode_json(&m2));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    wait_manifest_everywhere(&c, &app, 2);
+    let enclave = Enclave::new();
+    let (req, _) = enclave.request(&app, &image_a);
+    let body = encode_json(&req);
+    for n in &c.nodes {
+        let (status, resp) = n.post("/v1/keys", &body);
+        assert_eq!(
+            (status, error_code(&resp)),
+            (403, ErrorCode::AttestationImageNotAllowed),
+            "node {}",
+            n.index
+        );
+    }
+    let upgraded = fetch(&c, &[0, 2, 4], &image_b);
+    assert_eq!(*combine(&keys, &id, &upgraded).unwrap().to_bytes(), *key.to_bytes(), "upgrade keeps the key");
+    // A stale manifest is refused.
+    let (status, resp) = c.nodes[4].post("/v1/apps", &encode_json(&m1));
+    assert_eq!((status, error_code(&resp)), (409, ErrorCode::ManifestStaleSeq));
+
+    // A node outside the roster cannot connect.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("outsider");
+    std::fs::create_dir_all(&dir).unwrap();
+    let peer = init(&dir.join("data"));
+    let mut outsider = Node {
+        index: 6,
+        config: dir.join("node.toml"),
+        dir,
+        http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        child: None,
+    };
+    let p2p = free_port();
+    let mut roster: Vec<(u16, String, u16, u16)> = d0
+        .descriptor
+        .nodes
+        .iter()
+        .map(|e| {
+            let port = |s: &str| s.rsplit(['/', ':']).next().unwrap().parse::<u16>().unwrap();
+            (e.index, e.peer_id.clone(), port(&e.p2p_addr), port(&e.http_url))
+        })
+        .collect();
+    roster.push((6, peer, p2p, outsider.http.port()));
+    write_config(&outsider, 6, 3, &roster, p2p);
+    outsider.start();
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, metrics) = outsider.get("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert!(metrics.contains("kms_peers_connected 0"), "outsider connected:\n{metrics}\n{}", outsider.log());
+    assert_eq!(outsider.get("/v1/ready").0, 503);
+    assert!(
+        c.nodes.iter().any(|n| n.log().contains("refused incoming connection")),
+        "no roster node logged the refusal\n{}",
+        c.logs()
+    );
+}

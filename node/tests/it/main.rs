@@ -1,0 +1,5 @@
+//! Integration tests of kms-node (one test binary, several modules).
+
+mod attestation;
+mod cluster;
+mod store;

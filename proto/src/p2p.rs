@@ -1,0 +1,102 @@
+//! Node-to-node requests on the `/kms/1` request-response protocol (besides the DKG messages
+//! themselves, which travel inside [`NodeRequest::Dkg`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::P2pMessage;
+use crate::dkg::DkgMessage;
+
+/// Version of the node-to-node protocol.
+pub const P2P_VERSION: u8 = 1;
+
+/// The libp2p protocol name.
+pub const PROTOCOL: &str = "/kms/1";
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRequest {
+    /// Always [`P2P_VERSION`].
+    pub version: u8,
+    /// The request.
+    pub body: RequestBody,
+}
+
+/// What a node asks of another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// A DKG message; answered with [`ResponseBody::Ack`].
+    Dkg(DkgMessage),
+    /// An owner-signed manifest (JSON of `SignedManifest`) to gossip; answered with `Ack`.
+    Manifest(Vec<u8>),
+    /// FROST round 1: commit to nonces for signing the descriptor whose signing bytes hash to
+    /// `digest`; answered with [`ResponseBody::FrostCommitment`].
+    FrostCommit {
+        /// Key epoch.
+        epoch: u64,
+        /// SHA-256 of the descriptor's signing bytes.
+        digest: [u8; 32],
+    },
+    /// FROST round 2: sign with the committed nonces; answered with
+    /// [`ResponseBody::FrostShare`].
+    FrostSign {
+        /// Key epoch.
+        epoch: u64,
+        /// The serialized frost-ed25519 `SigningPackage`.
+        package: Vec<u8>,
+    },
+    /// The FROST-signed cluster descriptor (JSON of `SignedClusterDescriptor`); answered with
+    /// `Ack`.
+    Descriptor(Vec<u8>),
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    /// Received.
+    Ack,
+    /// Serialized frost-ed25519 `SigningCommitments`.
+    FrostCommitment(Vec<u8>),
+    /// Serialized frost-ed25519 `SignatureShare`.
+    FrostShare(Vec<u8>),
+    /// Refused, with a reason (no secrets).
+    Refused(String),
+}
+
+/// The response envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResponse {
+    /// Always [`P2P_VERSION`].
+    pub version: u8,
+    /// The answer.
+    pub body: ResponseBody,
+}
+
+impl NodeRequest {
+    /// Wraps a body with the current version.
+    pub fn new(body: RequestBody) -> Self {
+        NodeRequest { version: P2P_VERSION, body }
+    }
+}
+
+impl NodeResponse {
+    /// Wraps a body with the current version.
+    pub fn new(body: ResponseBody) -> Self {
+        NodeResponse { version: P2P_VERSION, body }
+    }
+}
+
+impl P2pMessage for NodeRequest {
+    const WHAT: &'static str = "node request";
+    const VERSION: u8 = P2P_VERSION;
+    fn version(&self) -> u8 {
+        self.version
+    }
+}
+
+impl P2pMessage for NodeResponse {
+    const WHAT: &'static str = "node response";
+    const VERSION: u8 = P2P_VERSION;
+    fn version(&self) -> u8 {
+        self.version
+    }
+}
