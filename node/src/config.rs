@@ -111,10 +111,10 @@ fn default_issuer() -> String {
     "https://confidentialcomputing.googleapis.com".into()
 }
 fn default_max_age() -> u64 {
-    3600
+    crate::attestation::confidential_space::DEFAULT_MAX_AGE_SECS
 }
 fn default_leeway() -> u64 {
-    60
+    crate::attestation::confidential_space::DEFAULT_LEEWAY_SECS
 }
 
 /// Resource limits of the HTTP API.

@@ -63,6 +63,11 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Key-value pairs returned by a scan.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+type MemMap = BTreeMap<(Space, Vec<u8>), Vec<u8>>;
+
 /// The storage seam: ordered byte keys and values in a few spaces, durable after `flush`.
 pub trait Kv: Send + Sync + 'static {
     /// Reads a value.
@@ -74,7 +79,7 @@ pub trait Kv: Send + Sync + 'static {
     /// Removes a key.
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError>;
     /// All entries whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError>;
     /// A new, strictly increasing id (for the audit log).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every previous write durable.
@@ -123,7 +128,7 @@ impl Kv for SledKv {
         Ok(())
     }
 
-    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError> {
         self.tree(space)?
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
@@ -142,12 +147,12 @@ impl Kv for SledKv {
 /// In-memory storage for tests.
 #[derive(Default)]
 pub struct MemKv {
-    inner: Mutex<BTreeMap<(Space, Vec<u8>), Vec<u8>>>,
+    inner: Mutex<MemMap>,
     ids: Mutex<u64>,
 }
 
 impl MemKv {
-    fn map(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(Space, Vec<u8>), Vec<u8>>>, StoreError> {
+    fn map(&self) -> Result<std::sync::MutexGuard<'_, MemMap>, StoreError> {
         self.inner.lock().map_err(|_| StoreError::Backend("poisoned".into()))
     }
 }
@@ -172,7 +177,7 @@ impl Kv for MemKv {
         self.map()?.remove(&(space, key.to_vec()));
         Ok(())
     }
-    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError> {
         Ok(self
             .map()?
             .range((space, prefix.to_vec())..)

@@ -22,7 +22,7 @@ pub const API_VERSION: u64 = 1;
 pub const BINDING_DOMAIN: &[u8] = b"kms/v1/key-request";
 
 /// Largest Confidential Space token accepted, in bytes (16 KiB).
-pub const MAX_CS_TOKEN: usize = 16 << 10;
+pub const MAX_CS_TOKEN: usize = 64 << 10;
 
 /// Largest TDX quote accepted, in decoded bytes (64 KiB).
 pub const MAX_TDX_QUOTE: usize = 64 << 10;

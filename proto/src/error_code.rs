@@ -103,6 +103,10 @@ error_codes! {
     AttestationDebugImage = "attestation_debug_image" => 403,
     /// The image digest is not allowed by the policy.
     AttestationImageNotAllowed = "attestation_image_not_allowed" => 403,
+    /// The token's `swname` is not `CONFIDENTIAL_SPACE`.
+    AttestationWrongSwname = "attestation_wrong_swname" => 403,
+    /// The token says Secure Boot was not enabled (`secboot` is not true).
+    AttestationSecureBootOff = "attestation_secure_boot_off" => 403,
     /// The hardware model is not allowed by the policy.
     AttestationHwmodelNotAllowed = "attestation_hwmodel_not_allowed" => 403,
     /// The Confidential Space software version is below the policy minimum.
@@ -171,6 +175,6 @@ mod tests {
             assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
             assert!((400..600).contains(&c.http_status()));
         }
-        assert_eq!(ErrorCode::ALL.len(), 33);
+        assert_eq!(ErrorCode::ALL.len(), 35);
     }
 }

@@ -204,11 +204,6 @@ pub enum AttestationError {
 
 impl AttestationError {
     /// The stable API code sent with this refusal.
-    ///
-    /// Two refusals have no code of their own yet and share the nearest one: `swname` other
-    /// than `CONFIDENTIAL_SPACE` is reported as a platform the policy does not allow
-    /// ([`ErrorCode::AttestationHwmodelNotAllowed`]), and `secboot` not true as a non-production
-    /// image ([`ErrorCode::AttestationDebugImage`]). The reason text tells them apart.
     pub fn code(&self) -> ErrorCode {
         use AttestationError as E;
         match self {
@@ -224,10 +219,10 @@ impl AttestationError {
             E::WrongIssuer { .. } => ErrorCode::AttestationWrongIssuer,
             E::WrongAudience { .. } => ErrorCode::AttestationWrongAudience,
             E::NonceMismatch { .. } | E::ReportDataMismatch => ErrorCode::AttestationNonceMismatch,
-            E::NotConfidentialSpace { .. } | E::HwmodelNotAllowed { .. } => {
-                ErrorCode::AttestationHwmodelNotAllowed
-            }
-            E::SecureBootOff | E::DebugImage { .. } => ErrorCode::AttestationDebugImage,
+            E::NotConfidentialSpace { .. } => ErrorCode::AttestationWrongSwname,
+            E::HwmodelNotAllowed { .. } => ErrorCode::AttestationHwmodelNotAllowed,
+            E::SecureBootOff => ErrorCode::AttestationSecureBootOff,
+            E::DebugImage { .. } => ErrorCode::AttestationDebugImage,
             E::ImageNotAllowed { .. } => ErrorCode::AttestationImageNotAllowed,
             E::SwversionTooOld { .. } => ErrorCode::AttestationSwversionTooOld,
             E::MissingStable => ErrorCode::AttestationMissingStable,

@@ -5,33 +5,24 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use kms_dkg::envelope::response;
 use kms_dkg::threshold::{combine, verify_partials, BlsPublicKeys, KeyId, PartialKey};
 use kms_dkg::{Bls12381G2, PublicKeySet, Suite};
 use kms_proto::api::{Evidence, KeyRequest, KeyResponse, API_VERSION};
-use kms_proto::app::{AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
+use kms_proto::app::{ImageDigest, Label, SignedManifest};
 use kms_proto::cluster::SignedClusterDescriptor;
 use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::{ErrorCode, HexBytes};
 use rand_core::{OsRng, RngCore};
-use serde_json::json;
+
+use crate::common::{digest, fixtures, manifest, token, AUDIENCE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
-const AUDIENCE: &str = "kms-e2e";
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// A blocking HTTP/1.1 exchange; returns (status, body).
@@ -205,31 +196,6 @@ struct Enclave {
     nonce: [u8; 32],
 }
 
-fn digest(byte: u8) -> ImageDigest {
-    format!("sha256:{}", hex::encode([byte; 32])).parse().unwrap()
-}
-
-fn token(binding: &[u8; 32], image: &ImageDigest) -> String {
-    let key =
-        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixtures().join("oidc/signer.pem")).unwrap())
-            .unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("kms-test-oidc-1".into());
-    let t = now();
-    let claims = json!({
-        "iss": "https://confidentialcomputing.googleapis.com", "aud": AUDIENCE, "sub": "enclave",
-        "iat": t, "nbf": t, "exp": t + 3600, "eat_nonce": hex::encode(binding),
-        "swname": "CONFIDENTIAL_SPACE", "swversion": ["250301"], "hwmodel": "GCP_INTEL_TDX", "secboot": true,
-        "dbgstat": "disabled-since-boot",
-        "submods": {
-            "confidential_space": {"support_attributes": ["LATEST", "STABLE", "USABLE"]},
-            "container": {"image_digest": image.to_string(), "image_reference": "example/app", "restart_policy": "Never",
-                          "args": ["/app"], "env_override": {}, "cmd_override": []},
-        },
-    });
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
-}
-
 impl Enclave {
     fn new() -> Self {
         let mut nonce = [0u8; 32];
@@ -271,17 +237,6 @@ fn error_code(body: &[u8]) -> ErrorCode {
     let e: kms_proto::api::ErrorBody = decode_json(body)
         .unwrap_or_else(|e| panic!("not an error body ({e}): {}", String::from_utf8_lossy(body)));
     e.code
-}
-
-fn manifest(owner: &SigningKey, seq: u64, images: &[ImageDigest]) -> SignedManifest {
-    let policy = Policy {
-        allowed_image_digests: images.to_vec(),
-        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
-        ..Policy::default()
-    };
-    let m =
-        Manifest::new(owner.verifying_key().to_bytes(), AppName::new("payments-api").unwrap(), seq, policy);
-    SignedManifest::sign(m, owner)
 }
 
 fn wait_manifest_everywhere(c: &Cluster, app: &kms_proto::AppId, seq: u64) {
@@ -360,6 +315,14 @@ fn five_nodes_on_loopback() {
     assert_eq!(c.nodes[1].post("/v1/keys", &body).0, 200);
     let (status, resp) = c.nodes[1].post("/v1/keys", &body);
     assert_eq!((status, error_code(&resp)), (409, ErrorCode::RequestReplayed));
+
+    // Over real HTTP: an oversized body and malformed JSON get JSON refusals with stable codes.
+    let (status, resp) = c.nodes[0].post("/v1/keys", &vec![b'{'; 200 << 10]);
+    assert_eq!((status, error_code(&resp)), (413, ErrorCode::BodyTooLarge));
+    let (status, resp) = c.nodes[0].post("/v1/keys", b"{\"version\": 1,");
+    assert_eq!((status, error_code(&resp)), (400, ErrorCode::MalformedRequest));
+    let (status, resp) = c.nodes[0].get("/v1/nowhere");
+    assert_eq!((status, error_code(&resp)), (400, ErrorCode::MalformedRequest));
 
     // kill -9 node 2 and restart it: it serves the same share.
     let before = partials[1];

@@ -2,4 +2,6 @@
 
 mod attestation;
 mod cluster;
+mod common;
+mod service;
 mod store;

@@ -292,22 +292,18 @@ fn nonce_array_form() {
 
 #[test]
 fn swname_not_confidential_space_is_refused() {
-    assert_refused(
-        verify(&with("swname", json!("GCE"))),
-        ErrorCode::AttestationHwmodelNotAllowed,
-        "swname `GCE`",
-    );
-    assert_refused(verify(&without("swname")), ErrorCode::AttestationHwmodelNotAllowed, "swname `<missing>`");
+    assert_refused(verify(&with("swname", json!("GCE"))), ErrorCode::AttestationWrongSwname, "swname `GCE`");
+    assert_refused(verify(&without("swname")), ErrorCode::AttestationWrongSwname, "swname `<missing>`");
 }
 
 #[test]
 fn secboot_not_true_is_refused() {
     assert_refused(
         verify(&with("secboot", json!(false))),
-        ErrorCode::AttestationDebugImage,
+        ErrorCode::AttestationSecureBootOff,
         "secure boot is off",
     );
-    assert_refused(verify(&without("secboot")), ErrorCode::AttestationDebugImage, "secure boot is off");
+    assert_refused(verify(&without("secboot")), ErrorCode::AttestationSecureBootOff, "secure boot is off");
 }
 
 // --- malformed and oversized ---

@@ -197,7 +197,7 @@ fn real_token_with_reordered_chain_is_refused() {
 fn real_token_over_a_small_limit_is_refused() {
     let mut cfg = CsConfig::new(DYM_AUD);
     cfg.pki_root_der = Some(cs_root_der());
-    cfg.max_token_bytes = kms_proto::api::MAX_CS_TOKEN;
+    cfg.max_token_bytes = 16 << 10;
     assert_refused(
         ConfidentialSpaceVerifier::new(cfg).verify(DYM.trim(), DYM_NONCE, DYM_IAT + 60),
         ErrorCode::BodyTooLarge,

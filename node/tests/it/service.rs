@@ -1,0 +1,251 @@
+//! The key-request path in process (no network): every refusal with its code and reason, the
+//! release itself, replay protection and the audit trail.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use kms_dkg::envelope::response;
+use kms_dkg::testing::{seeded_rng, trusted_dealer};
+use kms_dkg::threshold::{verify_partial, KeyId, PartialKey};
+use kms_dkg::{Bls12381G2, Ed25519};
+use kms_node::api_error::ApiError;
+use kms_node::apps::Apps;
+use kms_node::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
+use kms_node::driver::Shared;
+use kms_node::seal::SealKey;
+use kms_node::service::KeyService;
+use kms_node::store::{ActiveKeys, MemKv, NodeStore};
+use kms_proto::api::{Evidence, KeyRequest, KeyResponse, API_VERSION};
+use kms_proto::app::{ImageDigest, Label, Policy, SignedManifest};
+use kms_proto::codec::{decode_json, encode_json};
+use kms_proto::{AppId, ErrorCode, HexBytes};
+use rand_core::{OsRng, RngCore};
+use serde_json::{json, Value};
+
+use crate::common::{claims, digest, fixtures, manifest, manifest_with, mint, now, policy, AUDIENCE};
+
+struct Fixture {
+    service: KeyService,
+    apps: Arc<Apps>,
+    owner: SigningKey,
+    app: AppId,
+    image: ImageDigest,
+    bls: kms_dkg::threshold::BlsPublicKeys,
+}
+
+fn fixture(active: bool) -> Fixture {
+    let store = Arc::new(NodeStore::new(Box::new(MemKv::default()), SealKey::from_bytes([1; 32])));
+    let shared = Shared::new();
+    let mut rng = seeded_rng(3);
+    let bls = trusted_dealer::<Bls12381G2>(2, 3, None, &mut rng).remove(1);
+    let ed = trusted_dealer::<Ed25519>(2, 3, None, &mut rng).remove(1);
+    let public = bls.public().clone();
+    if active {
+        *shared.active.write().unwrap() = Some(Arc::new(ActiveKeys { epoch: 4, bls, ed25519: ed }));
+    }
+    let apps = Arc::new(Apps::new(store.clone(), None, vec![1, 2, 3], 2));
+    let mut cs = CsConfig::new(AUDIENCE);
+    cs.jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
+    let service = KeyService {
+        me: 2,
+        store,
+        shared,
+        apps: apps.clone(),
+        cs: ConfidentialSpaceVerifier::new(cs),
+        tdx: None,
+        replay_window_secs: 600,
+    };
+    let owner = SigningKey::generate(&mut OsRng);
+    let image = digest(0xaa);
+    let m = manifest(&owner, 1, std::slice::from_ref(&image));
+    let app = m.manifest.app_id;
+    apps.offer(&m, false).unwrap();
+    Fixture { service, apps, owner, app, image, bls: public }
+}
+
+struct Request {
+    secret: x25519_dalek::StaticSecret,
+    req: KeyRequest,
+    binding: [u8; 32],
+}
+
+impl Fixture {
+    /// A request whose token claims are `edit`ed before signing.
+    fn request_with(&self, edit: impl FnOnce(&mut Value)) -> Request {
+        let secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        let label = Label::default();
+        let binding = kms_proto::api::binding(&self.app, &label, &public, &nonce);
+        let mut c = claims(&binding, &self.image, now());
+        edit(&mut c);
+        let req = KeyRequest {
+            version: API_VERSION,
+            app_id: self.app,
+            label,
+            client_public_key: HexBytes(public),
+            nonce: HexBytes(nonce),
+            evidence: Evidence::ConfidentialSpace { token: mint(&c) },
+            manifest: None,
+        };
+        Request { secret, req, binding }
+    }
+
+    fn request(&self) -> Request {
+        self.request_with(|_| {})
+    }
+
+    fn send(&self, r: &Request) -> Result<KeyResponse, ApiError> {
+        self.service.handle(&encode_json(&r.req), now())
+    }
+}
+
+#[track_caller]
+fn refused<T: std::fmt::Debug>(r: Result<T, ApiError>, code: ErrorCode, fragment: &str) {
+    let e = r.expect_err("must be refused");
+    assert_eq!(e.code, code, "{}", e.reason);
+    assert!(e.reason.contains(fragment), "reason {:?} lacks {fragment:?}", e.reason);
+}
+
+#[test]
+fn a_valid_request_releases_a_partial_bound_to_the_enclave() {
+    let f = fixture(true);
+    let r = f.request();
+    let resp = f.send(&r).unwrap();
+    assert_eq!((resp.node_index, resp.epoch), (2, 4));
+    let bytes = response::open(&r.secret, &r.binding, 2, &resp.envelope_bytes().unwrap()).unwrap();
+    let partial = PartialKey::from_bytes(2, &bytes).unwrap();
+    let id = KeyId::new(*f.app.as_bytes(), "root").unwrap();
+    verify_partial(&f.bls, &id.hash(), &partial).expect("partial verifies against VK_2");
+    // Another enclave cannot open it.
+    let other = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+    assert!(response::open(&other, &r.binding, 2, &resp.envelope_bytes().unwrap()).is_err());
+    let log = f.service.store.audit_log(&f.app).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].outcome, "released");
+    assert_eq!(log[0].workload.as_deref(), Some(f.image.to_string().as_str()));
+    assert!(!format!("{log:?}").contains(&hex::encode(&bytes[..])), "the partial must not be audited");
+}
+
+#[test]
+fn body_refusals() {
+    let f = fixture(true);
+    refused(f.service.handle(b"{not json", now()), ErrorCode::MalformedRequest, "key request");
+    refused(f.service.handle(b"[]", now()), ErrorCode::MalformedRequest, "JSON object");
+    let mut v: Value = serde_json::from_slice(&encode_json(&f.request().req)).unwrap();
+    v["extra"] = json!(1);
+    refused(
+        f.service.handle(v.to_string().as_bytes(), now()),
+        ErrorCode::MalformedRequest,
+        "unknown field `extra`",
+    );
+    v.as_object_mut().unwrap().remove("extra");
+    v["version"] = json!(2);
+    refused(f.service.handle(v.to_string().as_bytes(), now()), ErrorCode::UnsupportedVersion, "version 2");
+    let huge = vec![b' '; kms_proto::codec::MAX_JSON_DOCUMENT + 1];
+    refused(f.service.handle(&huge, now()), ErrorCode::BodyTooLarge, "too large");
+    let mut r = f.request();
+    r.req.evidence = Evidence::ConfidentialSpace { token: "x".repeat(kms_proto::api::MAX_CS_TOKEN + 1) };
+    refused(f.send(&r), ErrorCode::BodyTooLarge, "evidence.token");
+}
+
+#[test]
+fn state_and_manifest_refusals() {
+    refused(fixture(false).send(&fixture(false).request()), ErrorCode::NotReady, "not active");
+
+    let f = fixture(true);
+    // Unknown app: no manifest held, none supplied.
+    let stranger = SigningKey::generate(&mut OsRng);
+    let mut r = f.request();
+    r.req.app_id = manifest(&stranger, 1, &[]).manifest.app_id;
+    refused(f.send(&r), ErrorCode::UnknownApp, "no manifest");
+
+    // A supplied manifest with a bad signature.
+    let mut bad = manifest(&f.owner, 2, std::slice::from_ref(&f.image));
+    bad.signature = HexBytes([7; 64]);
+    let mut r = f.request();
+    r.req.manifest = Some(bad);
+    refused(f.send(&r), ErrorCode::ManifestBadSignature, "signature");
+
+    // A supplied manifest for another app.
+    let mut r = f.request();
+    r.req.manifest = Some(manifest(&stranger, 1, &[]));
+    refused(f.send(&r), ErrorCode::ManifestAppIdMismatch, "another app_id");
+
+    // A stale manifest offered directly.
+    refused(f.apps.offer(&manifest(&f.owner, 1, &[]), false), ErrorCode::ManifestStaleSeq, "not above");
+
+    // Revocation by the owner.
+    let revoked =
+        manifest_with(&f.owner, 5, Policy { revoked: true, ..policy(std::slice::from_ref(&f.image)) });
+    let mut r = f.request();
+    r.req.manifest = Some(revoked);
+    refused(f.send(&r), ErrorCode::AppRevoked, "revoked");
+    assert_eq!(f.apps.get(&f.app).unwrap().unwrap().manifest.seq, 5, "the supplied newer manifest was kept");
+}
+
+#[test]
+fn attestation_refusals_reach_the_api_with_their_codes() {
+    let f = fixture(true);
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, ErrorCode, &str)> = vec![
+        (Box::new(|c| c["exp"] = json!(now() - 3600)), ErrorCode::AttestationExpired, "expired"),
+        (Box::new(|c| c["aud"] = json!("other-cluster")), ErrorCode::AttestationWrongAudience, "audience"),
+        (Box::new(|c| c["iss"] = json!("https://evil.example")), ErrorCode::AttestationWrongIssuer, "issuer"),
+        (Box::new(|c| c["eat_nonce"] = json!("00".repeat(32))), ErrorCode::AttestationNonceMismatch, "nonce"),
+        (Box::new(|c| c["dbgstat"] = json!("enabled")), ErrorCode::AttestationDebugImage, "debug"),
+        (
+            Box::new(|c| {
+                c["submods"]["container"]["image_digest"] = json!(format!("sha256:{}", "cc".repeat(32)))
+            }),
+            ErrorCode::AttestationImageNotAllowed,
+            "sha256:cccc",
+        ),
+        (
+            Box::new(|c| c["submods"]["container"]["env_override"] = json!({"DEBUG": "1"})),
+            ErrorCode::AttestationEnvOverride,
+            "DEBUG",
+        ),
+        (
+            Box::new(|c| c["hwmodel"] = json!("GCP_AMD_SEV")),
+            ErrorCode::AttestationHwmodelNotAllowed,
+            "GCP_AMD_SEV",
+        ),
+    ];
+    for (edit, code, fragment) in cases {
+        refused(f.send(&f.request_with(edit)), code, fragment);
+    }
+    // Every refusal is in the audit log, with its code and without any release.
+    let log = f.service.store.audit_log(&f.app).unwrap();
+    assert_eq!(log.len(), 8);
+    assert!(log.iter().all(|e| e.outcome.starts_with("attestation_") && e.manifest_seq.is_none()));
+}
+
+#[test]
+fn replayed_requests_are_refused_and_refusals_do_not_burn_nonces() {
+    let f = fixture(true);
+    let r = f.request();
+    f.send(&r).unwrap();
+    refused(f.send(&r), ErrorCode::RequestReplayed, "already used");
+
+    // A refused request (debug image) leaves its nonce usable.
+    let f2 = fixture(true);
+    let mut r = f2.request_with(|c| c["dbgstat"] = json!("enabled"));
+    refused(f2.send(&r), ErrorCode::AttestationDebugImage, "debug");
+    let public = x25519_dalek::PublicKey::from(&r.secret).to_bytes();
+    let binding = kms_proto::api::binding(&f2.app, &r.req.label, &public, r.req.nonce.as_bytes());
+    r.req.evidence = Evidence::ConfidentialSpace { token: mint(&claims(&binding, &f2.image, now())) };
+    assert!(f2.send(&r).is_ok());
+}
+
+#[test]
+fn errors_never_echo_the_token() {
+    let f = fixture(true);
+    let r = f.request_with(|c| c["aud"] = json!("other"));
+    let Evidence::ConfidentialSpace { token } = &r.req.evidence else { unreachable!() };
+    let e = f.send(&r).unwrap_err();
+    assert!(!e.reason.contains(&token[..40]));
+    let resp: Result<SignedManifest, _> = decode_json(b"{}");
+    assert!(resp.is_err());
+}
