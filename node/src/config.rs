@@ -1,7 +1,7 @@
 //! The node's TOML configuration (reference: `docs/node-config.md`).
 //!
-//! Every check names the field it refuses, e.g. `cluster.threshold: 6 exceeds the 5 nodes of
-//! cluster.nodes`.
+//! Every check names the field it refuses, e.g. `cluster.threshold: 6 is not in 1..=5 (the
+//! number of cluster.nodes)`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -258,10 +258,11 @@ impl Config {
         if self.attestation.audience.is_empty() {
             return Err(err("attestation.audience", "must not be empty"));
         }
-        if self.attestation.jwks_file.is_none() && self.attestation.pki_root_pem.is_none() {
+        let a = &self.attestation;
+        if a.jwks_file.is_none() && a.pki_root_pem.is_none() && a.tdx_collateral_file.is_none() {
             return Err(err(
                 "attestation",
-                "set jwks_file, pki_root_pem or both: no token could be verified",
+                "set jwks_file, pki_root_pem and/or tdx_collateral_file: no evidence could be verified",
             ));
         }
         if self.limits.max_body_bytes < 1024 {
@@ -273,6 +274,20 @@ impl Config {
         if self.dkg.round_timeout_ms == 0 {
             return Err(err("dkg.round_timeout_ms", "must be at least 1"));
         }
+        if let Some(m) = self.dkg.min_peers {
+            if usize::from(m) > n - 1 {
+                return Err(err(
+                    "dkg.min_peers",
+                    format!("{m} exceeds the {} other nodes: the DKG would never start", n - 1),
+                ));
+            }
+        }
+        if self.limits.request_timeout_ms == 0 {
+            return Err(err("limits.request_timeout_ms", "must be at least 1"));
+        }
+        if self.limits.rate_per_sec == 0 || self.limits.rate_burst == 0 {
+            return Err(err("limits.rate_per_sec", "rate_per_sec and rate_burst must be at least 1"));
+        }
         Ok(())
     }
 
@@ -281,5 +296,52 @@ impl Config {
         let mut r = self.cluster.nodes.clone();
         r.sort_by_key(|e| e.index);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+
+    fn base() -> String {
+        format!(
+            "data_dir = \"d\"\n[node]\nindex = 1\nlisten_p2p = \"/ip4/127.0.0.1/tcp/1\"\nlisten_http = \"127.0.0.1:2\"\n\
+             [cluster]\nthreshold = 1\n[attestation]\naudience = \"a\"\njwks_file = \"j\"\n\
+             [[cluster.nodes]]\nindex = 1\npeer_id = \"{PEER}\"\np2p_addr = \"/ip4/127.0.0.1/tcp/1\"\nhttp_url = \"http://x\"\n"
+        )
+    }
+
+    fn refused(text: &str) -> ConfigError {
+        Config::parse(text).expect_err("must be refused")
+    }
+
+    #[test]
+    fn valid_config_parses() {
+        let cfg = Config::parse(&base()).unwrap();
+        assert_eq!(cfg.cluster.threshold, 1);
+        assert_eq!(
+            cfg.attestation.max_age_secs,
+            crate::attestation::confidential_space::DEFAULT_MAX_AGE_SECS
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(refused(&base().replace("threshold = 1", "threshold = 2")).field, "cluster.threshold");
+        assert_eq!(refused(&base().replace("index = 1\nlisten", "index = 7\nlisten")).field, "node.index");
+        assert_eq!(refused(&base().replace(PEER, "not-a-peer")).field, "cluster.nodes[0].peer_id");
+        assert_eq!(refused(&base().replace("http://x", "ftp://x")).field, "cluster.nodes[0].http_url");
+        assert_eq!(
+            refused(&base().replace("audience = \"a\"", "audience = \"\"")).field,
+            "attestation.audience"
+        );
+        assert_eq!(refused(&base().replace("jwks_file = \"j\"\n", "")).field, "attestation");
+        assert_eq!(refused(&(base() + "[dkg]\nmin_peers = 1\n")).field, "dkg.min_peers");
+        assert_eq!(refused(&(base() + "[limits]\nrate_per_sec = 0\n")).field, "limits.rate_per_sec");
+        let unknown = refused(&(base() + "[extra]\nx = 1\n"));
+        assert_eq!(unknown.field, "config");
+        assert!(unknown.reason.contains("unknown field"), "{}", unknown.reason);
     }
 }

@@ -55,6 +55,9 @@ pub struct Shared {
     pub connected: RwLock<BTreeSet<u16>>,
     /// Bumped whenever keys become active (the descriptor signer waits on it).
     pub activated: watch::Sender<u64>,
+    /// How long the last successful ceremony took, from its start (all required peers
+    /// connected) to keys active.
+    pub dkg_duration: RwLock<Option<Duration>>,
 }
 
 impl Shared {
@@ -65,6 +68,7 @@ impl Shared {
             status: RwLock::new(DkgStatus::WaitingForPeers { connected: 0, needed: 0 }),
             connected: RwLock::new(BTreeSet::new()),
             activated: watch::channel(0).0,
+            dkg_duration: RwLock::new(None),
         })
     }
 
@@ -106,6 +110,7 @@ pub type OtherHandler =
 
 struct Ceremony {
     attempt: u64,
+    started: Instant,
     bls: Dkg<Bls12381G2>,
     ed: Dkg<Ed25519>,
     bls_out: Option<Box<DkgOutput<Bls12381G2>>>,
@@ -141,13 +146,20 @@ pub async fn run(
     other: OtherHandler,
 ) {
     let origin = Instant::now();
-    let mut driver = Driver { cfg, store, shared, p2p, ceremony: None, origin, retry_at: None };
+    let mut driver =
+        Driver { cfg, store, shared, p2p, ceremony: None, origin, retry_at: None, broken: false };
     match driver.store.active() {
         Ok(Some(keys)) => driver.install(keys),
         Ok(None) => {}
-        Err(e) => error!(error = %e, "cannot read the store; refusing to start a DKG over existing state"),
+        Err(e) => {
+            // Never run a DKG over state we cannot read (e.g. a wrong seal key): that would
+            // replace this node's share.
+            error!(error = %e, "cannot read the stored shares; this node will not take part in any DKG");
+            driver.broken = true;
+        }
     }
-    driver.update_waiting();
+    // A cluster of one, or `min_peers = 0`, starts at once.
+    driver.maybe_start();
     loop {
         let next = driver.next_deadline();
         tokio::select! {
@@ -194,6 +206,8 @@ struct Driver {
     ceremony: Option<Ceremony>,
     origin: Instant,
     retry_at: Option<Instant>,
+    /// The store could not be read: stay out of every ceremony.
+    broken: bool,
 }
 
 impl Driver {
@@ -226,7 +240,8 @@ impl Driver {
 
     fn maybe_start(&mut self) {
         self.update_waiting();
-        if self.shared.active().is_some() || self.ceremony.is_some() || self.retry_at.is_some() {
+        if self.broken || self.shared.active().is_some() || self.ceremony.is_some() || self.retry_at.is_some()
+        {
             return;
         }
         if self.connected() >= self.cfg.min_peers {
@@ -276,14 +291,21 @@ impl Driver {
         };
         info!(attempt, n = self.cfg.roster.len(), t = self.cfg.threshold, "DKG started");
         self.shared.set_status(DkgStatus::Running { attempt });
-        self.ceremony =
-            Some(Ceremony { attempt, bls, ed, bls_out: None, ed_out: None, deadlines: BTreeMap::new() });
+        self.ceremony = Some(Ceremony {
+            attempt,
+            started: Instant::now(),
+            bls,
+            ed,
+            bls_out: None,
+            ed_out: None,
+            deadlines: BTreeMap::new(),
+        });
         self.apply(SuiteId::Bls12381G2, a1);
         self.apply(SuiteId::Ed25519, a2);
     }
 
     fn on_dkg(&mut self, from: u16, msg: DkgMessage) {
-        if self.shared.active().is_some() {
+        if self.broken || self.shared.active().is_some() {
             return;
         }
         let header = *msg.header();
@@ -402,7 +424,16 @@ impl Driver {
             error!(error = %e, "cannot persist the key shares; keys NOT activated");
             return;
         }
-        info!(epoch = keys.epoch, mpk = %hex::encode(Bls12381G2::encode_point(keys.bls.public().public_key())), "keys active");
+        let took = c.started.elapsed();
+        if let Ok(mut d) = self.shared.dkg_duration.write() {
+            *d = Some(took);
+        }
+        info!(
+            epoch = keys.epoch,
+            dkg_ms = took.as_millis() as u64,
+            mpk = %hex::encode(Bls12381G2::encode_point(keys.bls.public().public_key())),
+            "keys active"
+        );
         self.install(keys);
     }
 }

@@ -247,7 +247,14 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     s.metrics.dkg_state.set(state);
     s.metrics.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
     s.metrics.peers.set(s.shared.connected.read().map(|c| c.len() as i64).unwrap_or(0));
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.encode())
+    if let Some(d) = s.shared.dkg_duration.read().ok().and_then(|d| *d) {
+        s.metrics.dkg_seconds.set(d.as_secs_f64());
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.encode(),
+    )
         .into_response()
 }
 
@@ -266,4 +273,22 @@ pub fn get_local(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_the_burst_then_refuses_per_source() {
+        let l = RateLimiter::new(1, 3);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        assert!((0..3).all(|_| l.allow(a)));
+        assert!(!l.allow(a), "burst exhausted");
+        assert!(l.allow(b), "another source has its own bucket");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(l.allow(a), "refilled at the sustained rate");
+        assert!(!l.allow(a));
+    }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics (`GET /metrics`): requests by endpoint and outcome (refusal code), latency
 //! histograms, DKG state, epoch and connected peers.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +43,8 @@ pub struct Metrics {
     pub epoch: Gauge<i64, AtomicI64>,
     /// Connected roster peers.
     pub peers: Gauge<i64, AtomicI64>,
+    /// Duration of the last successful DKG, seconds (0 if none ran in this process).
+    pub dkg_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -54,6 +56,7 @@ impl Default for Metrics {
         let dkg_state = Gauge::default();
         let epoch = Gauge::default();
         let peers = Gauge::default();
+        let dkg_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register("requests", "HTTP requests by endpoint and outcome", requests.clone());
         registry.register("request_duration_seconds", "HTTP request latency", latency.clone());
         registry.register(
@@ -63,7 +66,12 @@ impl Default for Metrics {
         );
         registry.register("epoch", "Active key epoch", epoch.clone());
         registry.register("peers_connected", "Connected roster peers", peers.clone());
-        Metrics { registry, requests, latency, dkg_state, epoch, peers }
+        registry.register(
+            "dkg_duration_seconds",
+            "Last successful DKG in this process, from start to keys active",
+            dkg_seconds.clone(),
+        );
+        Metrics { registry, requests, latency, dkg_state, epoch, peers, dkg_seconds }
     }
 }
 

@@ -94,6 +94,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let kv = SledKv::open(&cfg.data_dir.join(DB_DIR)).context("opening the database")?;
     let store = Arc::new(NodeStore::new(Box::new(kv), seal));
     let cluster_id = cluster_id(&cfg);
+    store.bind_cluster(&cluster_id).context("cluster.nodes / cluster.threshold")?;
 
     let mut p2p_roster = std::collections::BTreeMap::new();
     let mut roster_keys = Vec::new();

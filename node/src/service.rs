@@ -77,6 +77,7 @@ impl KeyService {
             if result.is_ok() {
                 return Err(ApiError::internal(e));
             }
+            tracing::error!(error = %e, "cannot audit a refusal");
         }
         result.map(|(r, _, _)| r)
     }
@@ -155,14 +156,6 @@ impl KeyService {
                 Some(format!("mrtd:{}", hex::encode(claims.mrtd)))
             }
         };
-        // Replay check last: a refused request does not burn its nonce.
-        let fresh = self
-            .store
-            .use_nonce(&req.app_id, req.nonce.as_bytes(), now + self.replay_window_secs)
-            .map_err(ApiError::internal)?;
-        if !fresh {
-            return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
-        }
         let id = KeyId::new(*req.app_id.as_bytes(), req.label.as_str())
             .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.to_string()))?;
         let partial = partial_key(&keys.bls, &id);
@@ -174,6 +167,14 @@ impl KeyService {
             &mut OsRng,
         )
         .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, format!("client public key: {e}")))?;
+        // Replay check last: a refused request does not burn its nonce.
+        let fresh = self
+            .store
+            .use_nonce(&req.app_id, req.nonce.as_bytes(), now + self.replay_window_secs)
+            .map_err(ApiError::internal)?;
+        if !fresh {
+            return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
+        }
         Ok((KeyResponse::new(self.me, keys.epoch, &envelope), workload, manifest.manifest.seq))
     }
 }

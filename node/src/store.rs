@@ -240,6 +240,7 @@ pub struct NodeStore {
 
 const META_ATTEMPT: &[u8] = b"dkg/attempt";
 const META_ACTIVE: &[u8] = b"active-epoch";
+const META_CLUSTER: &[u8] = b"cluster-id";
 
 fn share_name(suite: &str, epoch: u64) -> String {
     format!("share/{suite}/{epoch}")
@@ -260,6 +261,24 @@ impl NodeStore {
                     .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into()))
             })
             .transpose()
+    }
+
+    /// Binds the store to a cluster id on first use; refuses a store made for another cluster
+    /// (another roster or threshold), whose shares must not be served under this configuration.
+    pub fn bind_cluster(&self, cluster_id: &[u8; 32]) -> Result<(), StoreError> {
+        match self.kv.get(Space::Meta, META_CLUSTER)? {
+            Some(held) if held.as_slice() == cluster_id => Ok(()),
+            Some(held) => Err(StoreError::Corrupt(format!(
+                "this data directory belongs to cluster {}, but the configuration defines cluster {}; \
+                 a changed roster or threshold needs a new data directory (resharing is not supported yet)",
+                hex::encode(held),
+                hex::encode(cluster_id)
+            ))),
+            None => {
+                self.kv.put(Space::Meta, META_CLUSTER, cluster_id)?;
+                self.kv.flush()
+            }
+        }
     }
 
     /// The last DKG attempt this node started (0 if none).

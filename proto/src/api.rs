@@ -21,7 +21,8 @@ pub const API_VERSION: u64 = 1;
 /// Domain-separation prefix of [`binding`].
 pub const BINDING_DOMAIN: &[u8] = b"kms/v1/key-request";
 
-/// Largest Confidential Space token accepted, in bytes (16 KiB).
+/// Largest Confidential Space token accepted, in bytes (64 KiB: real debug tokens with
+/// `env_override` reach ~47 KB).
 pub const MAX_CS_TOKEN: usize = 64 << 10;
 
 /// Largest TDX quote accepted, in decoded bytes (64 KiB).

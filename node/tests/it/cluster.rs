@@ -355,6 +355,21 @@ fn five_nodes_on_loopback() {
     let (status, resp) = c.nodes[4].post("/v1/apps", &encode_json(&m1));
     assert_eq!((status, error_code(&resp)), (409, ErrorCode::ManifestStaleSeq));
 
+    // SIGTERM: the node drains and exits cleanly.
+    let pid = c.nodes[4].child.as_ref().unwrap().id();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = c.nodes[4].child.as_mut().unwrap().try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "node 5 did not stop on SIGTERM\n{}", c.nodes[4].log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(c.nodes[4].log().contains("stopped"));
+    c.nodes[4].child = None;
+
     // A node outside the roster cannot connect.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("outsider");

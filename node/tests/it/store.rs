@@ -102,3 +102,15 @@ fn replay_cache_and_audit_log() {
     );
     assert!(store.audit_log(&kms_proto::app::AppId([6u8; 32])).unwrap().is_empty());
 }
+
+#[test]
+fn a_store_is_bound_to_its_cluster() {
+    use kms_node::store::MemKv;
+    let store = NodeStore::new(Box::new(MemKv::default()), SealKey::from_bytes([3u8; 32]));
+    store.bind_cluster(&[1; 32]).unwrap();
+    store.bind_cluster(&[1; 32]).unwrap();
+    match store.bind_cluster(&[2; 32]) {
+        Err(StoreError::Corrupt(why)) => assert!(why.contains("belongs to cluster 0101"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
