@@ -7,7 +7,7 @@
 //!   cargo run --release -p kms-node --example keys_bench -- --requests 20000 --concurrency 32
 //!   cargo run --release -p kms-node --example keys_bench -- --dkg 5
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -177,7 +177,7 @@ fn keys_bench() {
     let owner = SigningKey::generate(&mut OsRng);
     let image: ImageDigest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
     let policy = Policy {
-        allowed_image_digests: vec![image.clone()],
+        allowed_image_digests: vec![image],
         allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
         require_stable: true,
         ..Policy::default()
@@ -207,7 +207,6 @@ fn keys_bench() {
         let handles: Vec<_> = (0..threads)
             .map(|k| {
                 let key = key.clone();
-                let image = image.clone();
                 s.spawn(move || {
                     (k..requests)
                         .step_by(threads)
@@ -345,7 +344,6 @@ fn dkg_bench(n: u16) {
         }))
         .unwrap()
     );
-    let _: SocketAddr = "127.0.0.1:0".parse().unwrap();
 }
 
 fn main() {
