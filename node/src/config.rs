@@ -93,6 +93,10 @@ pub struct AttestationSection {
     /// JWKS document (JSON file) of the OIDC issuer.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// JWKS URL of the OIDC issuer (https; http only to loopback), fetched at start, hourly and
+    /// on an unknown `kid` (at most once a minute). Exclusive with `jwks_file`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
     /// PEM of the pinned Confidential Space root CA for PKI tokens.
     #[serde(default)]
     pub pki_root_pem: Option<PathBuf>,
@@ -259,11 +263,21 @@ impl Config {
             return Err(err("attestation.audience", "must not be empty"));
         }
         let a = &self.attestation;
-        if a.jwks_file.is_none() && a.pki_root_pem.is_none() && a.tdx_collateral_file.is_none() {
+        if a.jwks_file.is_none()
+            && a.jwks_url.is_none()
+            && a.pki_root_pem.is_none()
+            && a.tdx_collateral_file.is_none()
+        {
             return Err(err(
                 "attestation",
-                "set jwks_file, pki_root_pem and/or tdx_collateral_file: no evidence could be verified",
+                "set jwks_file or jwks_url, pki_root_pem and/or tdx_collateral_file: no evidence could be verified",
             ));
+        }
+        if a.jwks_file.is_some() && a.jwks_url.is_some() {
+            return Err(err("attestation.jwks_url", "set either jwks_file or jwks_url, not both"));
+        }
+        if let Some(url) = &a.jwks_url {
+            crate::jwks_source::check_url(url).map_err(|e| err("attestation.jwks_url", e))?;
         }
         if self.limits.max_body_bytes < 1024 {
             return Err(err("limits.max_body_bytes", "below 1024 bytes no key request fits"));

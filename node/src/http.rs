@@ -174,7 +174,7 @@ async fn keys(
     let r = async {
         let _permit = admit(&s, peer)?;
         let bytes = read_body(&s, body).await?;
-        let resp = s.keys.handle(&bytes, unix_now())?;
+        let resp = s.keys.handle(&bytes, unix_now()).await?;
         Ok(json(StatusCode::OK, &resp))
     }
     .await;

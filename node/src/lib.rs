@@ -12,6 +12,7 @@ pub mod descriptor;
 pub mod driver;
 pub mod http;
 pub mod identity;
+pub mod jwks_source;
 pub mod metrics;
 pub mod p2p;
 pub mod run;

@@ -19,6 +19,7 @@ use crate::descriptor::DescriptorSigner;
 use crate::driver::{self, DriverConfig, OtherHandler, Shared};
 use crate::http::{self, AppState, RateLimiter};
 use crate::identity::{self, peer_verifying_key, DB_DIR};
+use crate::jwks_source::JwksSource;
 use crate::metrics::Metrics;
 use crate::p2p::{self, P2pConfig};
 use crate::service::{KeyService, TdxTrust};
@@ -49,11 +50,6 @@ fn verifier(cfg: &Config) -> anyhow::Result<ConfidentialSpaceVerifier> {
     cs.issuer = a.issuer.clone();
     cs.max_age_secs = a.max_age_secs;
     cs.leeway_secs = a.leeway_secs;
-    if let Some(path) = &a.jwks_file {
-        let doc = std::fs::read(path)
-            .with_context(|| format!("attestation.jwks_file: reading {}", path.display()))?;
-        cs.jwks = Jwks::from_json(&doc).map_err(|e| anyhow::anyhow!("attestation.jwks_file: {e}"))?;
-    }
     if let Some(path) = &a.pki_root_pem {
         let pem = std::fs::read(path)
             .with_context(|| format!("attestation.pki_root_pem: reading {}", path.display()))?;
@@ -63,6 +59,21 @@ fn verifier(cfg: &Config) -> anyhow::Result<ConfidentialSpaceVerifier> {
         );
     }
     Ok(ConfidentialSpaceVerifier::new(cs))
+}
+
+fn jwks_source(cfg: &Config) -> anyhow::Result<JwksSource> {
+    let a = &cfg.attestation;
+    if let Some(path) = &a.jwks_file {
+        let doc = std::fs::read(path)
+            .with_context(|| format!("attestation.jwks_file: reading {}", path.display()))?;
+        let jwks = Jwks::from_json(&doc).map_err(|e| anyhow::anyhow!("attestation.jwks_file: {e}"))?;
+        return Ok(JwksSource::fixed(jwks));
+    }
+    match &a.jwks_url {
+        Some(url) => JwksSource::url(url.clone(), Jwks::default())
+            .map_err(|e| anyhow::anyhow!("attestation.jwks_url: {e}")),
+        None => Ok(JwksSource::fixed(Jwks::default())),
+    }
 }
 
 fn tdx_trust(cfg: &Config) -> anyhow::Result<Option<TdxTrust>> {
@@ -90,6 +101,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         );
     }
     let cs = verifier(&cfg)?;
+    let jwks = Arc::new(jwks_source(&cfg)?);
+    jwks.refresh(http::unix_now()).await;
+    {
+        let jwks = jwks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::jwks_source::REFRESH_PERIOD).await;
+                jwks.refresh(http::unix_now()).await;
+            }
+        });
+    }
     let tdx = tdx_trust(&cfg)?;
     let kv = SledKv::open(&cfg.data_dir.join(DB_DIR)).context("opening the database")?;
     let store = Arc::new(NodeStore::new(Box::new(kv), seal));
@@ -175,6 +197,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             shared: shared.clone(),
             apps: apps.clone(),
             cs,
+            jwks,
             tdx,
             replay_window_secs,
         },

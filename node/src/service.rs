@@ -16,6 +16,7 @@ use crate::api_error::ApiError;
 use crate::apps::Apps;
 use crate::attestation::{check_policy, ConfidentialSpaceVerifier};
 use crate::driver::Shared;
+use crate::jwks_source::JwksSource;
 use crate::store::{AuditEntry, NodeStore};
 
 /// Everything a key request needs.
@@ -30,6 +31,8 @@ pub struct KeyService {
     pub apps: Arc<Apps>,
     /// Confidential Space verifier (OIDC and/or PKI).
     pub cs: ConfidentialSpaceVerifier,
+    /// The OIDC issuer's keys (file or URL).
+    pub jwks: Arc<JwksSource>,
     /// TDX quote verification: collateral and acceptable TCB statuses, if configured.
     pub tdx: Option<TdxTrust>,
     /// Replay-cache lifetime of a nonce, seconds (≥ the token's maximum age plus leeway).
@@ -54,8 +57,19 @@ pub fn decode_error(e: CodecError) -> ApiError {
 
 impl KeyService {
     /// Handles one request body at time `now` (unix seconds). Every outcome is audited.
-    pub fn handle(&self, body: &[u8], now: u64) -> Result<KeyResponse, ApiError> {
+    pub async fn handle(&self, body: &[u8], now: u64) -> Result<KeyResponse, ApiError> {
         let req: KeyRequest = decode_json(body).map_err(decode_error)?;
+        // An OIDC token naming a key we do not hold may mean the issuer rotated its keys:
+        // re-fetch (rate-limited) before verifying. PKI tokens (`x5c`) carry their own chain.
+        if let Evidence::ConfidentialSpace { token } = &req.evidence {
+            if let Ok(header) = jsonwebtoken::decode_header(token) {
+                if let (Some(kid), None) = (&header.kid, &header.x5c) {
+                    if kid.len() <= 256 {
+                        self.jwks.ensure_kid(kid, now).await;
+                    }
+                }
+            }
+        }
         let binding = req.binding();
         let result = self.process(&req, &binding, now);
         let (outcome, workload, seq) = match &result {
@@ -125,8 +139,8 @@ impl KeyService {
         let workload = match &req.evidence {
             Evidence::ConfidentialSpace { token } => {
                 let claims = self
-                    .cs
-                    .verify(token, &hex::encode(binding), now)
+                    .jwks
+                    .with(|jwks| self.cs.verify_with_jwks(token, jwks, &hex::encode(binding), now))
                     .map_err(|e| ApiError::new(e.code(), e.reason()))?;
                 check_policy(&claims, policy).map_err(|e| ApiError::new(e.code(), e.reason()))?;
                 claims.image_digest.map(|d| d.to_string())

@@ -248,6 +248,16 @@ impl JwksCache {
         Ok(true)
     }
 
+    /// Records a refetch attempt at `now` if the rate limit allows one; returns whether it did.
+    /// For callers whose fetch is asynchronous: call this, fetch, then [`JwksCache::install`].
+    pub fn begin_refetch(&mut self, now: u64) -> bool {
+        if !self.can_refetch(now) {
+            return false;
+        }
+        self.last_fetch = Some(now);
+        true
+    }
+
     /// Installs a set fetched on the node's own schedule (a periodic refresh), counting it as a
     /// fetch at `now`. An empty set is ignored.
     pub fn install(&mut self, jwks: Jwks, now: u64) {

@@ -12,6 +12,7 @@ use kms_node::api_error::ApiError;
 use kms_node::apps::Apps;
 use kms_node::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
 use kms_node::driver::Shared;
+use kms_node::jwks_source::JwksSource;
 use kms_node::seal::SealKey;
 use kms_node::service::KeyService;
 use kms_node::store::{ActiveKeys, MemKv, NodeStore};
@@ -25,6 +26,7 @@ use serde_json::{json, Value};
 use crate::common::{claims, digest, fixtures, manifest, manifest_with, mint, now, policy, AUDIENCE};
 
 struct Fixture {
+    rt: tokio::runtime::Runtime,
     service: KeyService,
     apps: Arc<Apps>,
     owner: SigningKey,
@@ -34,6 +36,11 @@ struct Fixture {
 }
 
 fn fixture(active: bool) -> Fixture {
+    let jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
+    fixture_with(active, Arc::new(JwksSource::fixed(jwks)))
+}
+
+fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
     let store = Arc::new(NodeStore::new(Box::new(MemKv::default()), SealKey::from_bytes([1; 32])));
     let shared = Shared::new();
     let mut rng = seeded_rng(3);
@@ -44,14 +51,13 @@ fn fixture(active: bool) -> Fixture {
         *shared.active.write().unwrap() = Some(Arc::new(ActiveKeys { epoch: 4, bls, ed25519: ed }));
     }
     let apps = Arc::new(Apps::new(store.clone(), None, vec![1, 2, 3], 2));
-    let mut cs = CsConfig::new(AUDIENCE);
-    cs.jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
     let service = KeyService {
         me: 2,
         store,
         shared,
         apps: apps.clone(),
-        cs: ConfidentialSpaceVerifier::new(cs),
+        cs: ConfidentialSpaceVerifier::new(CsConfig::new(AUDIENCE)),
+        jwks,
         tdx: None,
         replay_window_secs: 600,
     };
@@ -60,7 +66,8 @@ fn fixture(active: bool) -> Fixture {
     let m = manifest(&owner, 1, std::slice::from_ref(&image));
     let app = m.manifest.app_id;
     apps.offer(&m, false).unwrap();
-    Fixture { service, apps, owner, app, image, bls: public }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    Fixture { rt, service, apps, owner, app, image, bls: public }
 }
 
 struct Request {
@@ -96,8 +103,12 @@ impl Fixture {
         self.request_with(|_| {})
     }
 
+    fn handle(&self, body: &[u8]) -> Result<KeyResponse, ApiError> {
+        self.rt.block_on(self.service.handle(body, now()))
+    }
+
     fn send(&self, r: &Request) -> Result<KeyResponse, ApiError> {
-        self.service.handle(&encode_json(&r.req), now())
+        self.handle(&encode_json(&r.req))
     }
 }
 
@@ -131,20 +142,16 @@ fn a_valid_request_releases_a_partial_bound_to_the_enclave() {
 #[test]
 fn body_refusals() {
     let f = fixture(true);
-    refused(f.service.handle(b"{not json", now()), ErrorCode::MalformedRequest, "key request");
-    refused(f.service.handle(b"[]", now()), ErrorCode::MalformedRequest, "JSON object");
+    refused(f.handle(b"{not json"), ErrorCode::MalformedRequest, "key request");
+    refused(f.handle(b"[]"), ErrorCode::MalformedRequest, "JSON object");
     let mut v: Value = serde_json::from_slice(&encode_json(&f.request().req)).unwrap();
     v["extra"] = json!(1);
-    refused(
-        f.service.handle(v.to_string().as_bytes(), now()),
-        ErrorCode::MalformedRequest,
-        "unknown field `extra`",
-    );
+    refused(f.handle(v.to_string().as_bytes()), ErrorCode::MalformedRequest, "unknown field `extra`");
     v.as_object_mut().unwrap().remove("extra");
     v["version"] = json!(2);
-    refused(f.service.handle(v.to_string().as_bytes(), now()), ErrorCode::UnsupportedVersion, "version 2");
+    refused(f.handle(v.to_string().as_bytes()), ErrorCode::UnsupportedVersion, "version 2");
     let huge = vec![b' '; kms_proto::codec::MAX_JSON_DOCUMENT + 1];
-    refused(f.service.handle(&huge, now()), ErrorCode::BodyTooLarge, "too large");
+    refused(f.handle(&huge), ErrorCode::BodyTooLarge, "too large");
     let mut r = f.request();
     r.req.evidence = Evidence::ConfidentialSpace { token: "x".repeat(kms_proto::api::MAX_CS_TOKEN + 1) };
     refused(f.send(&r), ErrorCode::BodyTooLarge, "evidence.token");
@@ -248,4 +255,52 @@ fn errors_never_echo_the_token() {
     assert!(!e.reason.contains(&token[..40]));
     let resp: Result<SignedManifest, _> = decode_json(b"{}");
     assert!(resp.is_err());
+}
+
+#[test]
+fn jwks_url_is_fetched_and_refetched_on_unknown_kid_at_a_bounded_rate() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let serving = Arc::new(std::sync::Mutex::new(b"{\"keys\": []}".to_vec()));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    {
+        let (hits, serving) = (hits.clone(), serving.clone());
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (hits, serving) = (hits.clone(), serving.clone());
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    serving.lock().unwrap().clone()
+                }
+            }),
+        );
+        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    let source = Arc::new(JwksSource::url(format!("http://{addr}/jwks"), Jwks::default()).unwrap());
+    rt.block_on(source.refresh(now()));
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched at start");
+    let f = fixture_with(true, source.clone());
+
+    // The issuer rotates in its key: a token naming it triggers a re-fetch... but the start-up
+    // fetch was just now, so the rate limit holds it back and the token is refused.
+    *serving.lock().unwrap() = std::fs::read(fixtures().join("oidc/jwks.json")).unwrap();
+    refused(f.send(&f.request()), ErrorCode::AttestationUnknownKid, "kms-test-oidc-1");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "rate-limited");
+
+    // A minute later the unknown kid triggers one fetch and the token is accepted.
+    let later = now() + kms_node::jwks_source::REFETCH_INTERVAL_SECS;
+    assert!(rt.block_on(source.ensure_kid("kms-test-oidc-1", later)));
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    f.send(&f.request()).expect("accepted with the fetched key");
+
+    // Random kids do not cause fetches within the interval.
+    for i in 0..5 {
+        assert!(!rt.block_on(source.ensure_kid(&format!("random-{i}"), later + 1)));
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "bounded re-fetch rate");
+    assert!(kms_node::jwks_source::check_url("http://example.com/jwks").is_err());
+    assert!(kms_node::jwks_source::check_url("https://www.googleapis.com/oauth2/v3/certs").is_ok());
 }
