@@ -72,6 +72,7 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,libp2p=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = kms_node::config::Config::load(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

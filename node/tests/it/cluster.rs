@@ -104,10 +104,21 @@ fn init(dir: &Path) -> String {
 }
 
 fn write_config(node: &Node, index: u16, t: u16, roster: &[(u16, String, u16, u16)], p2p_port: u16) {
+    write_config_with(node, index, t, roster, p2p_port, "")
+}
+
+fn write_config_with(
+    node: &Node,
+    index: u16,
+    t: u16,
+    roster: &[(u16, String, u16, u16)],
+    p2p_port: u16,
+    dkg_extra: &str,
+) {
     let mut toml = format!(
         "data_dir = {:?}\n\n[node]\nindex = {index}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p_port}\"\nlisten_http = \"{}\"\n\n\
          [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\npki_root_pem = {:?}\n\n\
-         [dkg]\nround_timeout_ms = 3000\n\n[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n",
+         [dkg]\nround_timeout_ms = 3000\n{dkg_extra}\n[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n",
         node.dir.join("data"),
         node.http,
         fixtures().join("oidc/jwks.json"),
@@ -123,6 +134,19 @@ fn write_config(node: &Node, index: u16, t: u16, roster: &[(u16, String, u16, u1
 
 impl Cluster {
     fn start(n: u16, t: u16) -> Cluster {
+        let c = Self::prepare(n, t, "");
+        c.start_all()
+    }
+
+    fn start_all(mut self) -> Cluster {
+        for node in &mut self.nodes {
+            node.start();
+        }
+        self
+    }
+
+    /// Creates data dirs and configs without starting anything.
+    fn prepare(n: u16, t: u16, dkg_extra: &str) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let mut roster = Vec::new();
         let mut nodes = Vec::new();
@@ -141,10 +165,7 @@ impl Cluster {
             });
         }
         for (node, (i, _, p2p, _)) in nodes.iter().zip(&roster) {
-            write_config(node, *i, t, &roster, *p2p);
-        }
-        for node in &mut nodes {
-            node.start();
+            write_config_with(node, *i, t, &roster, *p2p, dkg_extra);
         }
         Cluster { _tmp: tmp, nodes }
     }
@@ -405,4 +426,36 @@ fn five_nodes_on_loopback() {
         "no roster node logged the refusal\n{}",
         c.logs()
     );
+}
+
+/// A node killed mid-ceremony restarts it cleanly: it never deals twice in one attempt, starts the
+/// next attempt, and the others (and a late node) join that attempt; all five end with one key.
+#[test]
+fn restart_mid_ceremony_restarts_the_attempt_cleanly() {
+    // Nodes start the DKG once 3 peers are up, so 1, 2, 3 and 5 begin attempt 1 without node 4,
+    // and wait for its deal until the round timeout (3 s): a window to kill node 5 mid-ceremony.
+    let mut c = Cluster::prepare(5, 3, "min_peers = 3\n");
+    for i in [0, 1, 2, 4] {
+        c.nodes[i].start();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.nodes[4].log().contains("DKG started") {
+        assert!(Instant::now() < deadline, "node 5 never started the DKG\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.nodes[0].get("/v1/ready").0, 503, "attempt 1 cannot finish without node 4 this fast");
+    c.nodes[4].kill9();
+    c.nodes[4].start();
+    c.nodes[3].start();
+    let epoch = c.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
+    assert!(epoch >= 2, "the key comes from a later attempt, got epoch {epoch}");
+    assert!(c.nodes[4].log().contains("attempt=2"), "node 5 restarted with attempt 2\n{}", c.logs());
+    // All five hold shares of one key: the descriptor lists every node and verifies.
+    let d = c.descriptor(0, Duration::from_secs(30));
+    d.verify(None).unwrap();
+    assert_eq!(d.descriptor.nodes.len(), 5);
+    for i in 1..5 {
+        assert_eq!(c.descriptor(i, Duration::from_secs(30)).descriptor, d.descriptor);
+    }
 }
