@@ -1,8 +1,24 @@
-//! Enclave client library and the kms CLI (work in progress: see issue #4).
+//! The enclave client library of the threshold KMS (DESIGN §5), and the `kms` CLI.
 //!
-//! This crate is a placeholder so the workspace layout is fixed; it re-exports the cryptographic
-//! core it will build on.
+//! ```text
+//! let cluster = Cluster::from_json(&descriptor_json, Pin::GroupKey(pinned))?;   // FROST-signed
+//! let fetched = fetch_key(&cluster, &app_id, &label, &provider, &FetchOptions::default()).await?;
+//! let secret = secret::decrypt(&fetched.key, Some(cluster.keys()), &envelope)?;
+//! ```
+//!
+//! * [`cluster`]: load and verify the signed cluster descriptor.
+//! * [`fetch`]: ask every node at once, verify each partial, combine t, check against `MPK`,
+//!   report what every node did.
+//! * [`provider`]: attestation evidence bound to a request (Confidential Space launcher socket,
+//!   Linux TDX configfs-tsm, a local dev issuer).
+//! * [`secrets`]: encrypt to an app offline and decrypt with a fetched key.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub use kms_dkg as dkg;
-pub use kms_proto as proto;
+pub mod cluster;
+pub mod fetch;
+pub mod provider;
+pub mod secrets;
+
+pub use cluster::{Cluster, ClusterError, Pin};
+pub use fetch::{fetch_key, FetchError, FetchOptions, Fetched, NodeOutcome};
+pub use provider::{AttestationProvider, ProviderError};

@@ -1,3 +1,283 @@
-//! End-to-end tests across real processes and containers (the test modules live in `tests/e2e/`).
+//! Shared harness for end-to-end tests: real `kms-node` processes on 127.0.0.1, each with its
+//! own data directory, config and log, driven over plain HTTP.
 //!
-//! Empty until the node exists (issue #3); the cryptographic core is tested in `dkg/tests/`.
+//! Used by `node/tests/it/cluster.rs` and this crate's own tests in `tests/e2e/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kms_proto::cluster::SignedClusterDescriptor;
+use kms_proto::codec::decode_json;
+
+/// Audience of every test cluster.
+pub const AUDIENCE: &str = "kms-e2e";
+
+/// `node/tests/fixtures` (test-only OIDC keys, real Confidential Space tokens).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node/tests/fixtures")
+}
+
+/// A workspace binary of this build profile (`kms-node`, `kms`), built on first use.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> or target/<profile>/examples/<example> → target/<profile>/<name>
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    // `cargo test --workspace` builds the binaries already; building again with another feature
+    // set would rebuild dependencies back and forth. Build only when missing or older than the
+    // sources.
+    if bin.exists() && !sources_newer_than(&bin) {
+        return bin;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", package, "--bin", name]);
+    if bin.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "building {name} failed");
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}
+
+fn sources_newer_than(bin: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return true };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stack: Vec<PathBuf> =
+        ["proto/src", "dkg/src", "node/src", "client/src"].iter().map(|d| root.join(d)).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > built) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The `kms-node` binary.
+pub fn node_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| binary("kms-node", "kms-node")).clone()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A blocking HTTP/1.1 exchange; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(out.len());
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, out.get(split + 4..).unwrap_or_default().to_vec()))
+}
+
+pub struct Node {
+    /// Roster index.
+    pub index: u16,
+    /// Its directory (config, log, data).
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// The running process.
+    pub child: Option<Child>,
+    /// The kms-node binary.
+    pub bin: PathBuf,
+}
+
+impl Node {
+    /// Starts the process (stderr appended to `node.log`).
+    pub fn start(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    /// GET; (status, body), (0, empty) if unreachable.
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http(self.http, "GET", path, b"").unwrap_or((0, Vec::new()))
+    }
+
+    /// POST; (status, body).
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        http(self.http, "POST", path, body).unwrap_or((0, Vec::new()))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    /// Keeps the directories alive.
+    pub tmp: tempfile::TempDir,
+    /// The nodes, index order.
+    pub nodes: Vec<Node>,
+}
+
+pub fn init(bin: &Path, dir: &Path) -> String {
+    let out = Command::new(bin).args(["init", "--data-dir"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn write_config(node: &Node, index: u16, t: u16, roster: &[(u16, String, u16, u16)], p2p_port: u16) {
+    write_config_with(node, index, t, roster, p2p_port, "")
+}
+
+pub fn write_config_with(
+    node: &Node,
+    index: u16,
+    t: u16,
+    roster: &[(u16, String, u16, u16)],
+    p2p_port: u16,
+    dkg_extra: &str,
+) {
+    let mut toml = format!(
+        "data_dir = {:?}\n\n[node]\nindex = {index}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p_port}\"\nlisten_http = \"{}\"\n\n\
+         [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\npki_root_pem = {:?}\n\n\
+         [dkg]\nround_timeout_ms = 3000\n{dkg_extra}\n[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n",
+        node.dir.join("data"),
+        node.http,
+        fixtures().join("oidc/jwks.json"),
+        fixtures().join("confidential-space/confidential-space-root.pem"),
+    );
+    for (i, peer, p2p, http) in roster {
+        toml.push_str(&format!(
+            "\n[[cluster.nodes]]\nindex = {i}\npeer_id = \"{peer}\"\np2p_addr = \"/ip4/127.0.0.1/tcp/{p2p}\"\nhttp_url = \"http://127.0.0.1:{http}\"\n"
+        ));
+    }
+    std::fs::write(&node.config, toml).unwrap();
+}
+
+impl Cluster {
+    /// Prepares and starts n nodes with threshold t.
+    pub fn start(bin: &Path, n: u16, t: u16) -> Cluster {
+        let c = Self::prepare(bin, n, t, "");
+        c.start_all()
+    }
+
+    /// Starts every node.
+    pub fn start_all(mut self) -> Cluster {
+        for node in &mut self.nodes {
+            node.start();
+        }
+        self
+    }
+
+    /// Creates data dirs and configs without starting anything.
+    pub fn prepare(bin: &Path, n: u16, t: u16, dkg_extra: &str) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut roster = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let dir = tmp.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let peer = init(bin, &dir.join("data"));
+            let (p2p, http) = (free_port(), free_port());
+            roster.push((i, peer, p2p, http));
+            nodes.push(Node {
+                index: i,
+                config: dir.join("node.toml"),
+                dir,
+                http: SocketAddr::from(([127, 0, 0, 1], http)),
+                child: None,
+                bin: bin.to_path_buf(),
+            });
+        }
+        for (node, (i, _, p2p, _)) in nodes.iter().zip(&roster) {
+            write_config_with(node, *i, t, &roster, *p2p, dkg_extra);
+        }
+        Cluster { tmp, nodes }
+    }
+
+    /// The tail of every node's log.
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("---- node {} ----\n{}", n.index, tail(&n.log()))).collect()
+    }
+
+    /// Waits until the given nodes (0-based) are ready; returns their common epoch.
+    pub fn wait_ready(&self, which: &[usize], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut epochs = Vec::new();
+        for &i in which {
+            loop {
+                let (status, body) = self.nodes[i].get("/v1/ready");
+                if status == 200 {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    epochs.push(v["epoch"].as_u64().unwrap());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} not ready\n{}", i + 1, self.logs());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        assert!(epochs.windows(2).all(|w| w[0] == w[1]), "epochs differ: {epochs:?}");
+        epochs[0]
+    }
+
+    /// Waits for node `i`'s signed descriptor.
+    pub fn descriptor(&self, i: usize, timeout: Duration) -> SignedClusterDescriptor {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.nodes[i].get("/v1/cluster");
+            if status == 200 {
+                return decode_json(&body).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no descriptor at node {}\n{}", i + 1, self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Last 30 lines.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n") + "\n"
+}

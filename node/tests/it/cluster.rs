@@ -1,10 +1,9 @@
 //! Five real `kms-node` processes on 127.0.0.1: DKG, signed descriptor, key fetches, replay
 //! refusal, kill -9 and restart, manifest upgrade enforced everywhere, an outsider refused.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -18,199 +17,11 @@ use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::{ErrorCode, HexBytes};
 use rand_core::{OsRng, RngCore};
 
-use crate::common::{digest, fixtures, manifest, token, AUDIENCE};
+use crate::common::{digest, manifest, token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
-/// A blocking HTTP/1.1 exchange; returns (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(out.len());
-    let head = String::from_utf8_lossy(&out[..split]).to_string();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, out.get(split + 4..).unwrap_or_default().to_vec()))
-}
-
-struct Node {
-    index: u16,
-    dir: PathBuf,
-    config: PathBuf,
-    http: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info,libp2p=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        http(self.http, "GET", path, b"").unwrap_or((0, Vec::new()))
-    }
-
-    fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        http(self.http, "POST", path, body).unwrap_or((0, Vec::new()))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-struct Cluster {
-    _tmp: tempfile::TempDir,
-    nodes: Vec<Node>,
-}
-
-fn init(dir: &Path) -> String {
-    let out = Command::new(BIN).args(["init", "--data-dir"]).arg(dir).output().unwrap();
-    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn write_config(node: &Node, index: u16, t: u16, roster: &[(u16, String, u16, u16)], p2p_port: u16) {
-    write_config_with(node, index, t, roster, p2p_port, "")
-}
-
-fn write_config_with(
-    node: &Node,
-    index: u16,
-    t: u16,
-    roster: &[(u16, String, u16, u16)],
-    p2p_port: u16,
-    dkg_extra: &str,
-) {
-    let mut toml = format!(
-        "data_dir = {:?}\n\n[node]\nindex = {index}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p_port}\"\nlisten_http = \"{}\"\n\n\
-         [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\npki_root_pem = {:?}\n\n\
-         [dkg]\nround_timeout_ms = 3000\n{dkg_extra}\n[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n",
-        node.dir.join("data"),
-        node.http,
-        fixtures().join("oidc/jwks.json"),
-        fixtures().join("confidential-space/confidential-space-root.pem"),
-    );
-    for (i, peer, p2p, http) in roster {
-        toml.push_str(&format!(
-            "\n[[cluster.nodes]]\nindex = {i}\npeer_id = \"{peer}\"\np2p_addr = \"/ip4/127.0.0.1/tcp/{p2p}\"\nhttp_url = \"http://127.0.0.1:{http}\"\n"
-        ));
-    }
-    std::fs::write(&node.config, toml).unwrap();
-}
-
-impl Cluster {
-    fn start(n: u16, t: u16) -> Cluster {
-        let c = Self::prepare(n, t, "");
-        c.start_all()
-    }
-
-    fn start_all(mut self) -> Cluster {
-        for node in &mut self.nodes {
-            node.start();
-        }
-        self
-    }
-
-    /// Creates data dirs and configs without starting anything.
-    fn prepare(n: u16, t: u16, dkg_extra: &str) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut roster = Vec::new();
-        let mut nodes = Vec::new();
-        for i in 1..=n {
-            let dir = tmp.path().join(format!("node{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let peer = init(&dir.join("data"));
-            let (p2p, http) = (free_port(), free_port());
-            roster.push((i, peer, p2p, http));
-            nodes.push(Node {
-                index: i,
-                config: dir.join("node.toml"),
-                dir,
-                http: SocketAddr::from(([127, 0, 0, 1], http)),
-                child: None,
-            });
-        }
-        for (node, (i, _, p2p, _)) in nodes.iter().zip(&roster) {
-            write_config_with(node, *i, t, &roster, *p2p, dkg_extra);
-        }
-        Cluster { _tmp: tmp, nodes }
-    }
-
-    fn logs(&self) -> String {
-        self.nodes.iter().map(|n| format!("---- node {} ----\n{}", n.index, tail(&n.log()))).collect()
-    }
-
-    fn wait_ready(&self, which: &[usize], timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        let mut epochs = Vec::new();
-        for &i in which {
-            loop {
-                let (status, body) = self.nodes[i].get("/v1/ready");
-                if status == 200 {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    epochs.push(v["epoch"].as_u64().unwrap());
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {} not ready\n{}", i + 1, self.logs());
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        assert!(epochs.windows(2).all(|w| w[0] == w[1]), "epochs differ: {epochs:?}");
-        epochs[0]
-    }
-
-    fn descriptor(&self, i: usize, timeout: Duration) -> SignedClusterDescriptor {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (status, body) = self.nodes[i].get("/v1/cluster");
-            if status == 200 {
-                return decode_json(&body).unwrap();
-            }
-            assert!(Instant::now() < deadline, "no descriptor at node {}\n{}", i + 1, self.logs());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n") + "\n"
-}
-
+use kms_tests::{free_port, init, write_config, Cluster, Node};
 /// An enclave: its X25519 key, a fresh nonce, and an OIDC-style token binding both.
 struct Enclave {
     secret: x25519_dalek::StaticSecret,
@@ -281,7 +92,7 @@ fn wait_manifest_everywhere(c: &Cluster, app: &kms_proto::AppId, seq: u64) {
 
 #[test]
 fn five_nodes_on_loopback() {
-    let mut c = Cluster::start(5, 3);
+    let mut c = Cluster::start(Path::new(BIN), 5, 3);
     let all: Vec<usize> = (0..5).collect();
     let started = Instant::now();
     let epoch = c.wait_ready(&all, Duration::from_secs(60));
@@ -395,13 +206,14 @@ fn five_nodes_on_loopback() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("outsider");
     std::fs::create_dir_all(&dir).unwrap();
-    let peer = init(&dir.join("data"));
+    let peer = init(Path::new(BIN), &dir.join("data"));
     let mut outsider = Node {
         index: 6,
         config: dir.join("node.toml"),
         dir,
         http: SocketAddr::from(([127, 0, 0, 1], free_port())),
         child: None,
+        bin: PathBuf::from(BIN),
     };
     let p2p = free_port();
     let mut roster: Vec<(u16, String, u16, u16)> = d0
@@ -434,7 +246,7 @@ fn five_nodes_on_loopback() {
 fn restart_mid_ceremony_restarts_the_attempt_cleanly() {
     // Nodes start the DKG once 3 peers are up, so 1, 2, 3 and 5 begin attempt 1 without node 4,
     // and wait for its deal until the round timeout (3 s): a window to kill node 5 mid-ceremony.
-    let mut c = Cluster::prepare(5, 3, "min_peers = 3\n");
+    let mut c = Cluster::prepare(Path::new(BIN), 5, 3, "min_peers = 3\n");
     for i in [0, 1, 2, 4] {
         c.nodes[i].start();
     }

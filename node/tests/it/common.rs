@@ -1,18 +1,12 @@
 //! Helpers shared by the service and cluster tests: test tokens and manifests.
 
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use kms_proto::app::{AppName, ImageDigest, Manifest, Policy, SignedManifest};
 use serde_json::{json, Value};
 
-/// Audience of every test cluster.
-pub const AUDIENCE: &str = "kms-e2e";
-
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+pub use kms_tests::{fixtures, AUDIENCE};
 
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()

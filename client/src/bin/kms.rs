@@ -1,0 +1,604 @@
+//! `kms`: app owners and developers manage apps and encrypt secrets; enclaves fetch keys and
+//! decrypt. Every command takes `--json`. Exit codes: 0 success, 1 error (usage, I/O, network),
+//! 2 verification failed (descriptor, envelope), 3 not enough key shares, 4 refused by nodes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ed25519_dalek::SigningKey;
+use rand_core::OsRng;
+use serde_json::json;
+
+use kms_client::provider::{ConfidentialSpace, DevIssuer, TdxConfigfs, TokenType};
+use kms_client::{fetch, secrets, AttestationProvider, Cluster, FetchError, FetchOptions, Pin};
+use kms_proto::app::{
+    AppId, AppName, EnvPolicy, ImageDigest, Label, Manifest, Policy, SignedManifest, TdxMeasurement,
+};
+use kms_proto::codec::{decode_json, encode_json};
+use kms_proto::HexBytes;
+
+#[derive(Parser)]
+#[command(name = "kms", version, about = "Threshold KMS client")]
+struct Cli {
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create and manage apps (owner side).
+    #[command(subcommand)]
+    App(AppCmd),
+    /// Encrypt a file to an app, offline (needs only the cluster descriptor).
+    Encrypt {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// App id (hex).
+        #[arg(long)]
+        app: String,
+        /// Key label.
+        #[arg(long, default_value = "root")]
+        label: String,
+        /// Plaintext file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Envelope file to write.
+        #[arg(long = "out")]
+        output: PathBuf,
+    },
+    /// Decrypt an envelope inside an enclave: fetch the key, then decrypt.
+    Decrypt {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// Envelope file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Plaintext file to write (mode 0600).
+        #[arg(long = "out")]
+        output: PathBuf,
+    },
+    /// Fetch an app key inside an enclave and print its fingerprint (or write the root secret).
+    FetchKey {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// App id (hex).
+        #[arg(long)]
+        app: String,
+        /// Key label.
+        #[arg(long, default_value = "root")]
+        label: String,
+        /// Write the 32-byte app root secret here (mode 0600).
+        #[arg(long)]
+        out_root_secret: Option<PathBuf>,
+    },
+    /// Fetch, show and verify cluster descriptors.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// Create an app: an owner key (0600) and its app id, in a directory.
+    Create {
+        /// App name.
+        #[arg(long)]
+        name: String,
+        /// Directory for owner.key and manifest.json.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Allow workloads: adds to the policy, bumps seq, signs manifest.json.
+    Allow {
+        /// The app directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Image digest to allow (`sha256:…`), repeatable.
+        #[arg(long = "image")]
+        images: Vec<String>,
+        /// TDX MRTD to allow (96 hex chars), repeatable.
+        #[arg(long = "tdx-mrtd")]
+        mrtds: Vec<String>,
+        /// Hardware model to allow (e.g. GCP_INTEL_TDX), repeatable.
+        #[arg(long = "hwmodel")]
+        hwmodels: Vec<String>,
+        /// Allow debug images (never in production).
+        #[arg(long)]
+        debug: Option<bool>,
+        /// Environment overrides: `deny`, `any`, or a comma-separated list of names.
+        #[arg(long)]
+        env: Option<String>,
+        /// Allow command overrides.
+        #[arg(long)]
+        cmd_override: Option<bool>,
+        /// Require the STABLE support attribute.
+        #[arg(long)]
+        require_stable: Option<bool>,
+        /// Lowest Confidential Space software version.
+        #[arg(long)]
+        min_swversion: Option<u64>,
+        /// Revoke the app (all key requests refused).
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Publish manifest.json to every node of the cluster.
+    Publish {
+        /// The app directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Show the manifest each node holds for an app.
+    Show {
+        /// App id (hex).
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Download a node's signed descriptor.
+    Fetch {
+        /// Node base URL.
+        #[arg(long)]
+        node: String,
+        /// Where to write it.
+        #[arg(long = "out")]
+        output: PathBuf,
+        /// Pinned group key (hex) to check it against.
+        #[arg(long)]
+        pin_group_key: Option<String>,
+    },
+    /// Print a descriptor.
+    Show {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Verify a descriptor's FROST signature (exit 2 if it does not verify).
+    Verify {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Signed cluster descriptor (JSON).
+    #[arg(long = "cluster", default_value = "cluster.json")]
+    path: PathBuf,
+    /// Pinned Ed25519 group key (hex); also `KMS_PIN_GROUP_KEY`.
+    #[arg(long, env = "KMS_PIN_GROUP_KEY")]
+    pin_group_key: Option<String>,
+    /// Pinned master public key (hex); also `KMS_PIN_MPK`.
+    #[arg(long, env = "KMS_PIN_MPK")]
+    pin_mpk: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProviderKind {
+    /// The Confidential Space launcher socket.
+    ConfidentialSpace,
+    /// Linux configfs-tsm TDX quotes.
+    Tdx,
+    /// The local development issuer (simnet; never in production).
+    Dev,
+}
+
+#[derive(Args)]
+struct ProviderArgs {
+    /// Where the evidence comes from.
+    #[arg(long, value_enum, default_value = "confidential-space")]
+    provider: ProviderKind,
+    /// The cluster's audience (Confidential Space and dev).
+    #[arg(long, default_value = "")]
+    audience: String,
+    /// PKI instead of OIDC tokens (Confidential Space).
+    #[arg(long)]
+    pki: bool,
+    /// Launcher socket (Confidential Space).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// configfs-tsm report directory (TDX).
+    #[arg(long)]
+    configfs: Option<PathBuf>,
+    /// Dev issuer RSA key (PEM).
+    #[arg(long)]
+    dev_key: Option<PathBuf>,
+    /// Dev issuer key id.
+    #[arg(long, default_value = "kms-dev-1")]
+    dev_kid: String,
+    /// Image digest the dev issuer claims.
+    #[arg(long, default_value = "")]
+    image: String,
+    /// Dev issuer claims a debug image.
+    #[arg(long)]
+    dev_debug: bool,
+    /// Per-node timeout, milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+/// An error with an exit code.
+struct Exit(u8, anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Exit {
+    fn from(e: E) -> Self {
+        Exit(1, e.into())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kms: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit(code, e)) => {
+            eprintln!("kms: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn out(json_mode: bool, value: serde_json::Value, text: String) {
+    if json_mode {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+fn hex_array<const N: usize>(s: &str, what: &str) -> anyhow::Result<[u8; N]> {
+    let v = hex::decode(s.trim()).with_context(|| format!("{what}: not hex"))?;
+    v.try_into().map_err(|_| anyhow!("{what}: expected {N} bytes"))
+}
+
+fn load_cluster(args: &ClusterArgs) -> Result<Cluster, Exit> {
+    let bytes = std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
+    let pin = match (&args.pin_group_key, &args.pin_mpk) {
+        (Some(k), _) => Pin::GroupKey(hex_array(k, "--pin-group-key")?),
+        (None, Some(m)) => Pin::Mpk(hex_array(m, "--pin-mpk")?),
+        (None, None) => Pin::None,
+    };
+    Cluster::from_json(&bytes, pin).map_err(|e| Exit(2, e.into()))
+}
+
+fn provider(args: &ProviderArgs) -> anyhow::Result<Box<dyn AttestationProvider>> {
+    Ok(match args.provider {
+        ProviderKind::ConfidentialSpace => {
+            if args.audience.is_empty() {
+                bail!("--audience is required for the Confidential Space provider");
+            }
+            let mut p = ConfidentialSpace::new(
+                &args.audience,
+                if args.pki { TokenType::Pki } else { TokenType::Oidc },
+            );
+            if let Some(s) = &args.socket {
+                p.socket = s.clone();
+            }
+            Box::new(p)
+        }
+        ProviderKind::Tdx => Box::new(TdxConfigfs {
+            root: args.configfs.clone().unwrap_or_else(|| TdxConfigfs::default().root),
+        }),
+        ProviderKind::Dev => {
+            let path =
+                args.dev_key.as_ref().ok_or_else(|| anyhow!("--dev-key is required for the dev provider"))?;
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut p = DevIssuer::new(&pem, &args.dev_kid, &args.audience, &args.image)?;
+            p.debug = args.dev_debug;
+            Box::new(p)
+        }
+    })
+}
+
+async fn fetch(
+    cluster: &Cluster,
+    app: &AppId,
+    label: &Label,
+    args: &ProviderArgs,
+    json_mode: bool,
+) -> Result<fetch::Fetched, Exit> {
+    let p = provider(args)?;
+    let opts = FetchOptions { timeout: Duration::from_millis(args.timeout_ms), ..FetchOptions::default() };
+    match kms_client::fetch_key(cluster, app, label, p.as_ref(), &opts).await {
+        Ok(f) => {
+            if !json_mode {
+                eprintln!("{}", fetch::format_report(&f.report));
+            }
+            Ok(f)
+        }
+        Err(e @ FetchError::NotEnoughShares { .. }) => Err(Exit(3, e.into())),
+        Err(e) => Err(Exit(1, e.into())),
+    }
+}
+
+fn report_json(report: &[fetch::NodeReport]) -> serde_json::Value {
+    json!(report
+        .iter()
+        .map(|r| json!({"index": r.index, "url": r.url, "outcome": r.outcome.to_string(), "ms": r.elapsed.as_secs_f64() * 1e3}))
+        .collect::<Vec<_>>())
+}
+
+fn app_dir_manifest(dir: &Path) -> PathBuf {
+    dir.join("manifest.json")
+}
+
+async fn run(cli: Cli) -> Result<(), Exit> {
+    let json_mode = cli.json;
+    match cli.cmd {
+        Cmd::App(AppCmd::Create { name, dir }) => {
+            let name = AppName::new(name).map_err(|e| anyhow!("--name: {e}"))?;
+            std::fs::create_dir_all(&dir)?;
+            let key_path = dir.join("owner.key");
+            if key_path.exists() {
+                return Err(Exit(
+                    1,
+                    anyhow!("{} exists: refusing to overwrite an owner key", key_path.display()),
+                ));
+            }
+            let owner = SigningKey::generate(&mut OsRng);
+            write_private(&key_path, &owner.to_bytes())?;
+            let m = Manifest::new(owner.verifying_key().to_bytes(), name, 0, Policy::default());
+            let signed = SignedManifest::sign(m, &owner);
+            std::fs::write(app_dir_manifest(&dir), encode_json(&signed))?;
+            let app = signed.manifest.app_id;
+            out(json_mode, json!({"app_id": app, "owner_key": dir.join("owner.key")}), app.to_string());
+        }
+        Cmd::App(AppCmd::Allow {
+            dir,
+            images,
+            mrtds,
+            hwmodels,
+            debug,
+            env,
+            cmd_override,
+            require_stable,
+            min_swversion,
+            revoke,
+        }) => {
+            let key: [u8; 32] = std::fs::read(dir.join("owner.key"))
+                .context("reading owner.key")?
+                .try_into()
+                .map_err(|_| anyhow!("owner.key must hold 32 bytes"))?;
+            let owner = SigningKey::from_bytes(&key);
+            let current: SignedManifest =
+                decode_json(&std::fs::read(app_dir_manifest(&dir)).context("reading manifest.json")?)
+                    .map_err(|e| anyhow!("manifest.json: {e}"))?;
+            let mut m = current.manifest;
+            for i in images {
+                let d: ImageDigest = i.parse().map_err(|e| anyhow!("--image {i}: {e:?}"))?;
+                if !m.policy.allowed_image_digests.contains(&d) {
+                    m.policy.allowed_image_digests.push(d);
+                }
+            }
+            for h in mrtds {
+                let mrtd = HexBytes(hex_array::<48>(&h, "--tdx-mrtd")?);
+                m.policy.allowed_tdx_measurements.push(TdxMeasurement {
+                    mrtd,
+                    rtmr0: None,
+                    rtmr1: None,
+                    rtmr2: None,
+                    rtmr3: None,
+                });
+            }
+            for h in hwmodels {
+                if !m.policy.allowed_hwmodels.contains(&h) {
+                    m.policy.allowed_hwmodels.push(h);
+                }
+            }
+            if let Some(d) = debug {
+                m.policy.allow_debug = d;
+            }
+            if let Some(e) = env {
+                m.policy.env_override = match e.as_str() {
+                    "deny" => EnvPolicy::Deny,
+                    "any" => EnvPolicy::AllowAny,
+                    list => EnvPolicy::AllowList { names: list.split(',').map(str::to_owned).collect() },
+                };
+            }
+            if let Some(c) = cmd_override {
+                m.policy.allow_cmd_override = c;
+            }
+            if let Some(s) = require_stable {
+                m.policy.require_stable = s;
+            }
+            if min_swversion.is_some() {
+                m.policy.min_swversion = min_swversion;
+            }
+            m.policy.revoked = revoke;
+            m.seq += 1;
+            let signed = SignedManifest::sign(m, &owner);
+            std::fs::write(app_dir_manifest(&dir), encode_json(&signed))?;
+            out(
+                json_mode,
+                json!({"app_id": signed.manifest.app_id, "seq": signed.manifest.seq}),
+                format!("manifest seq {} signed for app {}", signed.manifest.seq, signed.manifest.app_id),
+            );
+        }
+        Cmd::App(AppCmd::Publish { dir, cluster }) => {
+            let c = load_cluster(&cluster)?;
+            let body = std::fs::read(app_dir_manifest(&dir)).context("reading manifest.json")?;
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+            let mut results = Vec::new();
+            let mut ok = 0;
+            for n in c.nodes() {
+                let r = client
+                    .post(format!("{}/v1/apps", n.http_url.trim_end_matches('/')))
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let (status, text) = match r {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                };
+                if status == 200 {
+                    ok += 1;
+                }
+                results.push(json!({"index": n.index, "status": status, "body": text}));
+            }
+            out(
+                json_mode,
+                json!({"accepted": ok, "nodes": results}),
+                format!("accepted by {ok} of {} nodes", c.nodes().len()),
+            );
+            if ok == 0 {
+                return Err(Exit(4, anyhow!("no node accepted the manifest")));
+            }
+        }
+        Cmd::App(AppCmd::Show { app, cluster }) => {
+            let c = load_cluster(&cluster)?;
+            let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+            let mut seen = Vec::new();
+            for n in c.nodes() {
+                let r =
+                    client.get(format!("{}/v1/apps/{app}", n.http_url.trim_end_matches('/'))).send().await;
+                let v = match r {
+                    Ok(r) if r.status() == 200 => match decode_json::<SignedManifest>(&r.bytes().await?) {
+                        Ok(m) => {
+                            json!({"index": n.index, "seq": m.manifest.seq, "verified": m.verify().is_ok(), "manifest": m})
+                        }
+                        Err(e) => json!({"index": n.index, "error": e.to_string()}),
+                    },
+                    Ok(r) => {
+                        json!({"index": n.index, "status": r.status().as_u16(), "body": r.text().await.unwrap_or_default()})
+                    }
+                    Err(e) => json!({"index": n.index, "error": e.to_string()}),
+                };
+                seen.push(v);
+            }
+            let text = seen
+                .iter()
+                .map(|v| format!("node {}: seq {}", v["index"], v["seq"]))
+                .collect::<Vec<_>>()
+                .join("\n");
+            out(json_mode, json!({"app_id": app, "nodes": seen}), text);
+        }
+        Cmd::Encrypt { cluster, app, label, input, output } => {
+            let c = load_cluster(&cluster)?;
+            let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
+            let label = Label::new(label).map_err(|e| anyhow!("--label: {e}"))?;
+            let plain = zeroize::Zeroizing::new(
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?,
+            );
+            let env = secrets::encrypt(&c, &app, &label, &plain)?;
+            std::fs::write(&output, &env)?;
+            out(
+                json_mode,
+                json!({"out": output, "bytes": env.len()}),
+                format!("wrote {} ({} bytes)", output.display(), env.len()),
+            );
+        }
+        Cmd::Decrypt { cluster, provider: p, input, output } => {
+            let c = load_cluster(&cluster)?;
+            let env = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let (app, label) = secrets::envelope_key(&env).map_err(|e| Exit(2, e.into()))?;
+            let f = fetch(&c, &app, &label, &p, json_mode).await?;
+            let plain = secrets::decrypt(&f.key, &c, &env).map_err(|e| Exit(2, e.into()))?;
+            write_private(&output, &plain)?;
+            out(
+                json_mode,
+                json!({"out": output, "bytes": plain.len(), "nodes": report_json(&f.report)}),
+                format!("wrote {}", output.display()),
+            );
+        }
+        Cmd::FetchKey { cluster, provider: p, app, label, out_root_secret } => {
+            let c = load_cluster(&cluster)?;
+            let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
+            let label = Label::new(label).map_err(|e| anyhow!("--label: {e}"))?;
+            let f = fetch(&c, &app, &label, &p, json_mode).await?;
+            let fingerprint = hex::encode(&secrets::derive(&f.key, "kms/fingerprint")[..8]);
+            if let Some(path) = out_root_secret {
+                write_private(&path, &f.key.root_secret()[..])?;
+            }
+            out(
+                json_mode,
+                json!({"app_id": app, "label": label.as_str(), "fingerprint": fingerprint, "nodes": report_json(&f.report)}),
+                format!("key fetched; fingerprint {fingerprint}"),
+            );
+        }
+        Cmd::Cluster(ClusterCmd::Fetch { node, output, pin_group_key }) => {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+            let bytes = client
+                .get(format!("{}/v1/cluster", node.trim_end_matches('/')))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            let pin = match &pin_group_key {
+                Some(k) => Pin::GroupKey(hex_array(k, "--pin-group-key")?),
+                None => Pin::None,
+            };
+            let c = Cluster::from_json(&bytes, pin).map_err(|e| Exit(2, e.into()))?;
+            std::fs::write(&output, &bytes)?;
+            let d = c.descriptor();
+            out(
+                json_mode,
+                json!({"out": output, "epoch": d.epoch, "group_key": d.group_key}),
+                format!("wrote {} (epoch {}, group key {})", output.display(), d.epoch, d.group_key),
+            );
+        }
+        Cmd::Cluster(ClusterCmd::Show { cluster }) => {
+            let c = load_cluster(&cluster)?;
+            let d = c.descriptor();
+            let text = format!(
+                "cluster {}\nepoch {}, t = {} of n = {}\nmpk {}\ngroup key {}\n{}",
+                d.cluster_id,
+                d.epoch,
+                d.threshold,
+                d.nodes.len(),
+                d.mpk,
+                d.group_key,
+                d.nodes
+                    .iter()
+                    .map(|n| format!("  node {}: {} {}", n.index, n.http_url, n.peer_id))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            out(json_mode, serde_json::to_value(d)?, text);
+        }
+        Cmd::Cluster(ClusterCmd::Verify { cluster }) => {
+            let c = load_cluster(&cluster)?;
+            out(
+                json_mode,
+                json!({"verified": true, "group_key": c.descriptor().group_key}),
+                "descriptor verifies".into(),
+            );
+        }
+    }
+    Ok(())
+}

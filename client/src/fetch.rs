@@ -1,0 +1,304 @@
+//! `fetch_key`: one request to every node at once; stop when t partials have verified; name
+//! every node that failed and why.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+use tokio::task::JoinSet;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use kms_dkg::envelope::response;
+use kms_dkg::threshold::{combine, verify_partials, AppKey, KeyId, PartialKey};
+use kms_proto::api::{binding, ErrorBody, KeyRequest, KeyResponse, API_VERSION};
+use kms_proto::app::{AppId, Label, SignedManifest};
+use kms_proto::codec::{decode_json, encode_json};
+use kms_proto::{ErrorCode, HexBytes};
+
+use crate::cluster::Cluster;
+use crate::provider::{AttestationProvider, ProviderError};
+
+/// Options of a fetch.
+#[derive(Clone)]
+pub struct FetchOptions {
+    /// Per-node timeout (connect + response).
+    pub timeout: Duration,
+    /// HTTP client to reuse (connection pooling across fetches).
+    pub client: Option<reqwest::Client>,
+    /// The owner-signed manifest to present, if the enclave carries one.
+    pub manifest: Option<SignedManifest>,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions { timeout: Duration::from_secs(5), client: None, manifest: None }
+    }
+}
+
+/// What one node did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// Returned a partial that verified against its `VK_i`.
+    Valid,
+    /// Not needed: t valid partials had already arrived (its request was cancelled).
+    NotNeeded,
+    /// Refused the request.
+    Refused {
+        /// Stable code.
+        code: ErrorCode,
+        /// Its reason.
+        reason: String,
+    },
+    /// Returned a partial that does not verify (a faulty or lying node).
+    InvalidPartial {
+        /// What was wrong.
+        fault: String,
+    },
+    /// Returned something that is not a valid response (bad JSON, wrong node index, envelope
+    /// that does not open).
+    InvalidResponse {
+        /// What was wrong.
+        reason: String,
+    },
+    /// No answer in time.
+    Timeout,
+    /// Could not be reached.
+    Unreachable {
+        /// The transport error.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for NodeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeOutcome::Valid => write!(f, "ok"),
+            NodeOutcome::NotNeeded => write!(f, "not needed"),
+            NodeOutcome::Refused { code, reason } => write!(f, "refused: {code}: {reason}"),
+            NodeOutcome::InvalidPartial { fault } => write!(f, "invalid partial key: {fault}"),
+            NodeOutcome::InvalidResponse { reason } => write!(f, "invalid response: {reason}"),
+            NodeOutcome::Timeout => write!(f, "timed out"),
+            NodeOutcome::Unreachable { error } => write!(f, "unreachable: {error}"),
+        }
+    }
+}
+
+/// One node's line in the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    /// Node index.
+    pub index: u16,
+    /// Its URL.
+    pub url: String,
+    /// What it did.
+    pub outcome: NodeOutcome,
+    /// Time to its answer (zero for `NotNeeded`).
+    pub elapsed: Duration,
+}
+
+/// A fetched key with the report of every node.
+pub struct Fetched {
+    /// The app key (zeroized on drop).
+    pub key: AppKey,
+    /// Every node's outcome, by index.
+    pub report: Vec<NodeReport>,
+}
+
+/// The fetch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No evidence could be obtained.
+    #[error("attestation provider: {0}")]
+    Provider(#[from] ProviderError),
+    /// The label or app is not valid.
+    #[error("invalid key id: {0}")]
+    InvalidKeyId(String),
+    /// Fewer than t nodes returned valid partials.
+    #[error("{valid} valid partial keys, {needed} needed:\n{}", format_report(.report))]
+    NotEnoughShares {
+        /// t.
+        needed: u16,
+        /// Valid partials received.
+        valid: usize,
+        /// Every node's outcome.
+        report: Vec<NodeReport>,
+    },
+    /// t partials verified but their combination did not (cannot happen with verified partials).
+    #[error("combination failed: {0}")]
+    Combine(String),
+}
+
+/// One line per node.
+pub fn format_report(report: &[NodeReport]) -> String {
+    report
+        .iter()
+        .map(|r| format!("  node {} ({}): {} [{:.1?}]", r.index, r.url, r.outcome, r.elapsed))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+enum Answer {
+    Partial(PartialKey),
+    Failed(NodeOutcome),
+}
+
+async fn ask(
+    client: reqwest::Client,
+    url: String,
+    index: u16,
+    body: Vec<u8>,
+    secret: StaticSecret,
+    binding: [u8; 32],
+) -> Answer {
+    let resp = match client.post(format!("{}/v1/keys", url.trim_end_matches('/'))).body(body).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Answer::Failed(NodeOutcome::Timeout),
+        Err(e) => return Answer::Failed(NodeOutcome::Unreachable { error: e.to_string() }),
+    };
+    let status = resp.status();
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) if e.is_timeout() => return Answer::Failed(NodeOutcome::Timeout),
+        Err(e) => return Answer::Failed(NodeOutcome::Unreachable { error: e.to_string() }),
+    };
+    if !status.is_success() {
+        return Answer::Failed(match decode_json::<ErrorBody>(&bytes) {
+            Ok(e) => NodeOutcome::Refused { code: e.code, reason: e.reason },
+            Err(_) => NodeOutcome::InvalidResponse { reason: format!("HTTP {status} without an error body") },
+        });
+    }
+    let invalid = |reason: String| Answer::Failed(NodeOutcome::InvalidResponse { reason });
+    let r: KeyResponse = match decode_json(&bytes) {
+        Ok(r) => r,
+        Err(e) => return invalid(e.to_string()),
+    };
+    if r.node_index != index {
+        return invalid(format!("answered as node {}", r.node_index));
+    }
+    let envelope = match r.envelope_bytes() {
+        Ok(e) => e,
+        Err(e) => return invalid(e.to_string()),
+    };
+    let plain = match response::open(&secret, &binding, index, &envelope) {
+        Ok(p) => p,
+        Err(e) => return invalid(format!("envelope: {e}")),
+    };
+    match PartialKey::from_bytes(index, &plain) {
+        Ok(p) => Answer::Partial(p),
+        Err(b) => Answer::Failed(NodeOutcome::InvalidPartial { fault: format!("{:?}", b.fault) }),
+    }
+}
+
+/// Fetches the key `(app, label)` from the cluster as the attested enclave `provider` speaks
+/// for. Every node is asked at once; partials are verified (in a batch, falling back to one by
+/// one to name the bad ones) and the first t valid ones are combined and checked against `MPK`.
+pub async fn fetch_key(
+    cluster: &Cluster,
+    app: &AppId,
+    label: &Label,
+    provider: &dyn AttestationProvider,
+    opts: &FetchOptions,
+) -> Result<Fetched, FetchError> {
+    let id =
+        KeyId::new(*app.as_bytes(), label.as_str()).map_err(|e| FetchError::InvalidKeyId(e.to_string()))?;
+    let secret = StaticSecret::random_from_rng(OsRng);
+    let public = PublicKey::from(&secret).to_bytes();
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let binding = binding(app, label, &public, &nonce);
+    let evidence = provider.evidence(&binding).await?;
+    let request = KeyRequest {
+        version: API_VERSION,
+        app_id: *app,
+        label: label.clone(),
+        client_public_key: HexBytes(public),
+        nonce: HexBytes(nonce),
+        evidence,
+        manifest: opts.manifest.clone(),
+    };
+    let body = encode_json(&request);
+    let client = match &opts.client {
+        Some(c) => c.clone(),
+        None => reqwest::Client::builder().build().map_err(|e| FetchError::Combine(e.to_string()))?,
+    };
+
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    let mut urls = BTreeMap::new();
+    for node in cluster.nodes() {
+        urls.insert(node.index, node.http_url.clone());
+        let (client, url, body, secret) =
+            (client.clone(), node.http_url.clone(), body.clone(), secret.clone());
+        let index = node.index;
+        let timeout = opts.timeout;
+        tasks.spawn(async move {
+            let answer =
+                match tokio::time::timeout(timeout, ask(client, url, index, body, secret, binding)).await {
+                    Ok(a) => a,
+                    Err(_) => Answer::Failed(NodeOutcome::Timeout),
+                };
+            (index, answer)
+        });
+    }
+
+    let t = usize::from(cluster.threshold());
+    let h = id.hash();
+    let mut outcomes: BTreeMap<u16, (NodeOutcome, Duration)> = BTreeMap::new();
+    let mut valid: Vec<PartialKey> = Vec::new();
+    let mut pending: Vec<PartialKey> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((index, answer)) = joined else { continue };
+        let elapsed = started.elapsed();
+        match answer {
+            Answer::Partial(p) => {
+                pending.push(p);
+                outcomes.insert(index, (NodeOutcome::Valid, elapsed));
+            }
+            Answer::Failed(o) => {
+                outcomes.insert(index, (o, elapsed));
+            }
+        }
+        if valid.len() + pending.len() >= t {
+            match verify_partials(cluster.keys(), &h, &pending, &mut OsRng) {
+                Ok(()) => valid.append(&mut pending),
+                Err(bad) => {
+                    for b in &bad {
+                        if let Some(entry) = outcomes.get_mut(&b.index) {
+                            entry.0 = NodeOutcome::InvalidPartial { fault: format!("{:?}", b.fault) };
+                        }
+                    }
+                    valid.extend(pending.drain(..).filter(|p| !bad.iter().any(|b| b.index == p.index)));
+                }
+            }
+            if valid.len() >= t {
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    // Partials that arrived but were never needed in a batch (fewer than t in all): check
+    // them anyway so the report does not call a bad partial "ok".
+    if !pending.is_empty() {
+        let bad = verify_partials(cluster.keys(), &h, &pending, &mut OsRng).err().unwrap_or_default();
+        for b in &bad {
+            if let Some(entry) = outcomes.get_mut(&b.index) {
+                entry.0 = NodeOutcome::InvalidPartial { fault: format!("{:?}", b.fault) };
+            }
+        }
+        valid.extend(pending.drain(..).filter(|p| !bad.iter().any(|b| b.index == p.index)));
+    }
+    let report: Vec<NodeReport> = urls
+        .into_iter()
+        .map(|(index, url)| {
+            let (outcome, elapsed) =
+                outcomes.remove(&index).unwrap_or((NodeOutcome::NotNeeded, Duration::ZERO));
+            NodeReport { index, url, outcome, elapsed }
+        })
+        .collect();
+    if valid.len() < t {
+        return Err(FetchError::NotEnoughShares { needed: cluster.threshold(), valid: valid.len(), report });
+    }
+    let key = combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?;
+    Ok(Fetched { key, report })
+}

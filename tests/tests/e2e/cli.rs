@@ -1,0 +1,129 @@
+//! The `kms` CLI against five real nodes: cluster fetch/verify, app create/allow/publish/show,
+//! encrypt offline, decrypt as an attested enclave, refusals with meaningful exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use kms_tests::{binary, fixtures, node_binary, Cluster as Procs, AUDIENCE};
+
+fn kms(args: &[&str]) -> Output {
+    let out = Command::new(binary("kms-client", "kms")).args(args).output().unwrap();
+    eprintln!("kms {}: {}\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn ok(args: &[&str]) -> serde_json::Value {
+    let out = kms(args);
+    assert!(out.status.success(), "kms {args:?} failed");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn kms_cli_end_to_end() {
+    let procs = Procs::start(&node_binary(), 5, 3);
+    procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
+    procs.descriptor(0, Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cluster = d.join("cluster.json");
+    let node1 = format!("http://{}", procs.nodes[0].http);
+
+    let v = ok(&["cluster", "fetch", "--node", &node1, "--out", s(&cluster), "--json"]);
+    let group_key = v["group_key"].as_str().unwrap().to_string();
+    ok(&["cluster", "verify", "--cluster", s(&cluster), "--pin-group-key", &group_key, "--json"]);
+    let bad = kms(&["cluster", "verify", "--cluster", s(&cluster), "--pin-group-key", &"00".repeat(32)]);
+    assert_eq!(bad.status.code(), Some(2), "a wrong pin is a verification failure");
+
+    let app_dir = d.join("app");
+    let v = ok(&["app", "create", "--name", "demo-app", "--dir", s(&app_dir), "--json"]);
+    let app = v["app_id"].as_str().unwrap().to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(app_dir.join("owner.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let image = format!("sha256:{}", "aa".repeat(32));
+    let v = ok(&[
+        "app",
+        "allow",
+        "--dir",
+        s(&app_dir),
+        "--image",
+        &image,
+        "--hwmodel",
+        "GCP_INTEL_TDX",
+        "--json",
+    ]);
+    assert_eq!(v["seq"], 1);
+    let v = ok(&["app", "publish", "--dir", s(&app_dir), "--cluster", s(&cluster), "--json"]);
+    assert_eq!(v["accepted"], 5);
+    let v = ok(&["app", "show", "--app", &app, "--cluster", s(&cluster), "--json"]);
+    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["seq"] == 1 && n["verified"] == true), "{v}");
+
+    let secret = d.join("secret.txt");
+    std::fs::write(&secret, "API_TOKEN=hunter2\n").unwrap();
+    let sealed = d.join("secret.kms");
+    ok(&[
+        "encrypt",
+        "--cluster",
+        s(&cluster),
+        "--app",
+        &app,
+        "--in",
+        s(&secret),
+        "--out",
+        s(&sealed),
+        "--json",
+    ]);
+    assert!(!std::fs::read(&sealed).unwrap().windows(7).any(|w| w == b"hunter2"));
+
+    let key = fixtures().join("oidc/signer.pem");
+    let enclave = [
+        "--provider",
+        "dev",
+        "--dev-key",
+        s(&key),
+        "--dev-kid",
+        "kms-test-oidc-1",
+        "--audience",
+        AUDIENCE,
+        "--image",
+        &image,
+    ];
+    let plain = d.join("plain.txt");
+    let mut args =
+        vec!["decrypt", "--cluster", s(&cluster), "--in", s(&sealed), "--out", s(&plain), "--json"];
+    args.extend(enclave);
+    let v = ok(&args);
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "API_TOKEN=hunter2\n");
+    assert!(v["nodes"].as_array().unwrap().len() == 5);
+
+    let mut args = vec!["fetch-key", "--cluster", s(&cluster), "--app", &app, "--json"];
+    args.extend(enclave);
+    let a = ok(&args)["fingerprint"].clone();
+    assert_eq!(ok(&args)["fingerprint"], a, "same key every time");
+
+    // A debug image is refused by every node: exit 3, and the reason is in the report.
+    let junk = d.join("x");
+    let mut args = vec!["decrypt", "--cluster", s(&cluster), "--in", s(&sealed), "--out", s(&junk)];
+    args.extend(enclave);
+    args.push("--dev-debug");
+    let out = kms(&args);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attestation_debug_image"));
+
+    // Revocation by the owner reaches every node.
+    ok(&["app", "allow", "--dir", s(&app_dir), "--revoke", "--json"]);
+    ok(&["app", "publish", "--dir", s(&app_dir), "--cluster", s(&cluster), "--json"]);
+    let mut args = vec!["fetch-key", "--cluster", s(&cluster), "--app", &app];
+    args.extend(enclave);
+    let out = kms(&args);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("app_revoked"));
+}

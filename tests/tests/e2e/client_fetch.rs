@@ -1,0 +1,221 @@
+//! `fetch_key` against five real nodes: offline encryption, attested fetch, decryption, node
+//! failures, a lying node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use kms_client::fetch::NodeOutcome;
+use kms_client::provider::DevIssuer;
+use kms_client::{fetch_key, secrets, Cluster, FetchError, FetchOptions, Pin};
+use kms_proto::app::{AppId, AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
+use kms_proto::codec::{decode_json, encode_json};
+use kms_proto::ErrorCode;
+use kms_tests::{fixtures, node_binary, Cluster as Procs, AUDIENCE};
+use rand_core::OsRng;
+
+fn image(byte: u8) -> ImageDigest {
+    format!("sha256:{}", hex::encode([byte; 32])).parse().unwrap()
+}
+
+fn issuer(img: &ImageDigest) -> DevIssuer {
+    let pem = std::fs::read(fixtures().join("oidc/signer.pem")).unwrap();
+    DevIssuer::new(&pem, "kms-test-oidc-1", AUDIENCE, &img.to_string()).unwrap()
+}
+
+fn register(procs: &Procs, name: &str, img: &ImageDigest) -> AppId {
+    let owner = SigningKey::generate(&mut OsRng);
+    let policy = Policy {
+        allowed_image_digests: vec![*img],
+        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
+        ..Policy::default()
+    };
+    let m = SignedManifest::sign(
+        Manifest::new(owner.verifying_key().to_bytes(), AppName::new(name).unwrap(), 1, policy),
+        &owner,
+    );
+    let app = m.manifest.app_id;
+    let (status, body) = procs.nodes[0].post("/v1/apps", &encode_json(&m));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &procs.nodes {
+        while n.child.is_some() && n.get(&format!("/v1/apps/{app}")).0 != 200 {
+            assert!(Instant::now() < deadline, "manifest did not reach node {}", n.index);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    app
+}
+
+fn cluster_of(procs: &Procs) -> (Cluster, [u8; 32]) {
+    let d = procs.descriptor(0, Duration::from_secs(30));
+    let group_key = *d.descriptor.group_key.as_bytes();
+    let bytes = encode_json(&d);
+    let cluster = Cluster::from_json(&bytes, Pin::GroupKey(group_key))
+        .expect("descriptor verifies under its group key");
+    (cluster, group_key)
+}
+
+fn outcomes(report: &[kms_client::fetch::NodeReport]) -> Vec<(u16, NodeOutcome)> {
+    report.iter().map(|r| (r.index, r.outcome.clone())).collect()
+}
+
+#[test]
+fn encrypt_offline_fetch_attested_decrypt_and_survive_two_failures() {
+    let mut procs = Procs::start(&node_binary(), 5, 3);
+    procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
+    let (cluster, group_key) = cluster_of(&procs);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Pins: a wrong group key or MPK is refused.
+    let signed = encode_json(&procs.descriptor(0, Duration::from_secs(5)));
+    let mut wrong = group_key;
+    wrong[0] ^= 1;
+    assert!(Cluster::from_json(&signed, Pin::GroupKey(wrong)).is_err());
+    assert!(matches!(
+        Cluster::from_json(&signed, Pin::Mpk([0x80; 96])),
+        Err(kms_client::ClusterError::MpkMismatch { .. })
+    ));
+
+    let img = image(0xaa);
+    let app = register(&procs, "payments-api", &img);
+    let other_app = register(&procs, "billing", &img);
+    let label = Label::default();
+
+    // The owner encrypts offline, knowing only the descriptor.
+    let envelope = secrets::encrypt(&cluster, &app, &label, b"DATABASE_URL=postgres://prod").unwrap();
+
+    // The enclave fetches its key and decrypts.
+    let provider = issuer(&img);
+    let opts = FetchOptions::default();
+    let fetched = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).expect("fetch");
+    let valid = fetched.report.iter().filter(|r| r.outcome == NodeOutcome::Valid).count();
+    assert!(valid >= 3, "{:?}", outcomes(&fetched.report));
+    assert_eq!(
+        &*secrets::decrypt(&fetched.key, &cluster, &envelope).unwrap(),
+        b"DATABASE_URL=postgres://prod"
+    );
+
+    // The same app gets the same key every time; another app another key.
+    let again = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).unwrap();
+    assert_eq!(*again.key.root_secret(), *fetched.key.root_secret());
+    let other = rt.block_on(fetch_key(&cluster, &other_app, &label, &provider, &opts)).unwrap();
+    assert_ne!(*other.key.root_secret(), *fetched.key.root_secret());
+    assert!(secrets::decrypt(&other.key, &cluster, &envelope).is_err());
+
+    // A workload the manifest does not allow is refused by every node, with the reason.
+    let err =
+        rt.block_on(fetch_key(&cluster, &app, &label, &issuer(&image(0xbb)), &opts)).err().expect("refused");
+    let FetchError::NotEnoughShares { report, valid: 0, needed: 3 } = err else { panic!("unexpected {err}") };
+    assert!(report.iter().all(|r| matches!(
+        &r.outcome,
+        NodeOutcome::Refused { code: ErrorCode::AttestationImageNotAllowed, .. }
+    )));
+
+    // Two nodes down: still works, and the report says which.
+    procs.nodes[3].kill9();
+    procs.nodes[4].kill9();
+    let two_down =
+        rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).expect("works with 2 of 5 down");
+    assert_eq!(*two_down.key.root_secret(), *fetched.key.root_secret());
+    for r in &two_down.report[3..] {
+        assert!(matches!(r.outcome, NodeOutcome::Unreachable { .. }), "node {}: {}", r.index, r.outcome);
+    }
+    assert_eq!(
+        &*secrets::decrypt(&two_down.key, &cluster, &envelope).unwrap(),
+        b"DATABASE_URL=postgres://prod"
+    );
+
+    // Three down: fails, listing every node's outcome.
+    procs.nodes[2].kill9();
+    let err = rt
+        .block_on(fetch_key(&cluster, &app, &label, &provider, &opts))
+        .err()
+        .expect("fails with 3 of 5 down");
+    let text = err.to_string();
+    let FetchError::NotEnoughShares { needed: 3, valid: 2, report } = err else {
+        panic!("unexpected {text}")
+    };
+    assert_eq!(
+        report.iter().map(|r| matches!(r.outcome, NodeOutcome::Unreachable { .. })).collect::<Vec<_>>(),
+        [false, false, true, true, true]
+    );
+    for i in 1..=5 {
+        assert!(text.contains(&format!("node {i} ")), "report lacks node {i}: {text}");
+    }
+}
+
+/// A node that answers with a valid envelope around a wrong partial: named, fetch succeeds.
+#[test]
+fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
+    // Node 2's roster URL points at a liar; the real node 2 listens elsewhere.
+    let mut procs = Procs::prepare(&node_binary(), 5, 3, "");
+    let liar_addr = procs.nodes[1].http;
+    let real_port = kms_tests::free_port();
+    let cfg = std::fs::read_to_string(&procs.nodes[1].config).unwrap();
+    let cfg = cfg.replacen(
+        &format!("listen_http = \"{liar_addr}\""),
+        &format!("listen_http = \"127.0.0.1:{real_port}\""),
+        1,
+    );
+    std::fs::write(&procs.nodes[1].config, cfg).unwrap();
+    procs.nodes[1].http = SocketAddr::from(([127, 0, 0, 1], real_port));
+    let mut procs = procs.start_all();
+    procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
+
+    let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
+    let listener = rt.block_on(tokio::net::TcpListener::bind(liar_addr)).unwrap();
+    rt.spawn(async move {
+        let app = axum::Router::new().route(
+            "/v1/keys",
+            axum::routing::post(|body: axum::body::Bytes| async move {
+                // A well-formed answer, sealed to the enclave, around a partial for another key.
+                let req: kms_proto::api::KeyRequest = decode_json(&body).unwrap();
+                let mut rng = kms_dkg::testing::seeded_rng(9);
+                let share =
+                    kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(1, 2, None, &mut rng).remove(1);
+                let wrong = kms_dkg::threshold::partial_key(
+                    &share,
+                    &kms_dkg::threshold::KeyId::new([0; 32], "root").unwrap(),
+                );
+                let env = kms_dkg::envelope::response::seal(
+                    req.client_public_key.as_bytes(),
+                    &req.binding(),
+                    2,
+                    &wrong.to_bytes(),
+                    &mut OsRng,
+                )
+                .unwrap();
+                encode_json(&kms_proto::api::KeyResponse::new(2, 1, &env))
+            }),
+        );
+        axum::serve(listener, app).await.unwrap();
+    });
+
+    let (cluster, _) = cluster_of(&procs);
+    let img = image(0xaa);
+    let app = register(&procs, "payments-api", &img);
+    let provider = issuer(&img);
+    let opts = FetchOptions::default();
+    let mut named = false;
+    let mut first_key = None;
+    for _ in 0..20 {
+        let f = rt
+            .block_on(fetch_key(&cluster, &app, &Label::default(), &provider, &opts))
+            .expect("fetch succeeds despite the liar");
+        let key = *f.key.root_secret();
+        assert_eq!(*first_key.get_or_insert(key), key);
+        match &f.report[1].outcome {
+            NodeOutcome::InvalidPartial { fault } => {
+                assert!(fault.contains("PairingCheckFailed"), "{fault}");
+                named = true;
+                break;
+            }
+            NodeOutcome::NotNeeded => {}
+            other => panic!("node 2 reported as {other}"),
+        }
+    }
+    assert!(named, "the liar was never named");
+    procs.nodes[4].kill9();
+}
