@@ -1,0 +1,83 @@
+//! End-to-end key fetch latency: five `kms-node` processes on 127.0.0.1 (t = 3), one enclave
+//! client fetching the same app key over and over with fresh attestation each time.
+//!
+//! Run: `cargo run --release -p kms-tests --example fetch_bench -- --fetches 2000`
+
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use kms_client::provider::DevIssuer;
+use kms_client::{fetch_key, AttestationProvider, Cluster, FetchOptions, Pin};
+use kms_proto::app::{AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
+use kms_proto::codec::encode_json;
+use kms_tests::{fixtures, node_binary, Cluster as Procs, AUDIENCE};
+use rand_core::OsRng;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let fetches: usize = args
+        .iter()
+        .position(|a| a == "--fetches")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(1000);
+    let procs = Procs::start(&node_binary(), 5, 3);
+    procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
+    let d = procs.descriptor(0, Duration::from_secs(30));
+    let cluster =
+        Cluster::from_json(&encode_json(&d), Pin::GroupKey(*d.descriptor.group_key.as_bytes())).unwrap();
+
+    let img: ImageDigest = format!("sha256:{}", "aa".repeat(32)).parse().unwrap();
+    let owner = SigningKey::generate(&mut OsRng);
+    let policy = Policy {
+        allowed_image_digests: vec![img],
+        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
+        ..Policy::default()
+    };
+    let m = SignedManifest::sign(
+        Manifest::new(owner.verifying_key().to_bytes(), AppName::new("bench").unwrap(), 1, policy),
+        &owner,
+    );
+    let app = m.manifest.app_id;
+    assert_eq!(procs.nodes[0].post("/v1/apps", &encode_json(&m)).0, 200);
+    for n in &procs.nodes {
+        while n.get(&format!("/v1/apps/{app}")).0 != 200 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let pem = std::fs::read(fixtures().join("oidc/signer.pem")).unwrap();
+    let provider = DevIssuer::new(&pem, "kms-test-oidc-1", AUDIENCE, &img.to_string()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let opts = FetchOptions { client: Some(reqwest::Client::new()), ..FetchOptions::default() };
+    let label = Label::default();
+
+    // The provider's own cost (RS256 signing of a token), for reference.
+    let t0 = Instant::now();
+    for _ in 0..200 {
+        rt.block_on(provider.evidence(&[7; 32])).unwrap();
+    }
+    let provider_ms = t0.elapsed().as_secs_f64() * 1e3 / 200.0;
+
+    for _ in 0..50 {
+        rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).unwrap();
+    }
+    let mut lat = Vec::with_capacity(fetches);
+    let started = Instant::now();
+    for _ in 0..fetches {
+        let t = Instant::now();
+        rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).unwrap();
+        lat.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "nodes": 5, "threshold": 3, "fetches": fetches,
+            "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+            "fetches_per_s": fetches as f64 / total.as_secs_f64(),
+            "provider_token_ms": provider_ms,
+        }))
+        .unwrap()
+    );
+}
