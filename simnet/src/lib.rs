@@ -1,8 +1,12 @@
-//! Deterministic simulation and local network tools (work in progress: see issue #5).
+//! kms-simnet: a local KMS network in one command, with a development attestation issuer.
 //!
-//! This crate is a placeholder so the workspace layout is fixed; it re-exports the cryptographic
-//! core it will build on.
+//! * [`local`]: start N node processes on 127.0.0.1 with a dev issuer whose key and JWKS live
+//!   under `D/attestation/`, wait for the DKG, write `D/cluster.json`.
+//! * [`issuer`]: the dev issuer's key material.
+//!
+//! The deterministic simulator and the load generator of issue #5 are not built yet; the DKG's
+//! seeded fault-injection harness lives in `dkg/tests/it/harness.rs`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub use kms_dkg as dkg;
-pub use kms_proto as proto;
+pub mod issuer;
+pub mod local;

@@ -1,0 +1,182 @@
+//! A local network: N node processes on 127.0.0.1 (this binary re-executed as `node`), each with
+//! its own data directory, config and log under `D/node<i>/`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::issuer;
+
+/// Audience of a local network.
+pub const AUDIENCE: &str = "kms-local";
+
+/// One node of the local network.
+pub struct LocalNode {
+    /// Roster index.
+    pub index: u16,
+    /// `D/node<i>`.
+    pub dir: PathBuf,
+    /// HTTP base URL.
+    pub url: String,
+    /// The process, while running.
+    pub child: Option<Child>,
+}
+
+/// A running local network.
+pub struct LocalNet {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The nodes.
+    pub nodes: Vec<LocalNode>,
+    /// The dev issuer.
+    pub issuer: issuer::IssuerFiles,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalNode {
+    /// Starts (or restarts) the node process.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log"))?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["node", "--config"])
+            .arg(self.dir.join("node.toml"))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a node process")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the node (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LocalNet {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+}
+
+impl LocalNet {
+    /// Creates `dir` with N nodes (threshold t) and a dev issuer, and starts every node.
+    pub fn up(dir: &Path, n: u16, t: u16) -> anyhow::Result<LocalNet> {
+        if n == 0 || t == 0 || t > n {
+            bail!("--threshold must be in 1..={n}");
+        }
+        std::fs::create_dir_all(dir)?;
+        let issuer = issuer::ensure(&dir.join("attestation"))?;
+        let mut roster = Vec::new();
+        for i in 1..=n {
+            let node_dir = dir.join(format!("node{i}"));
+            let data = node_dir.join("data");
+            let id = if data.join(kms_node::identity::IDENTITY_FILE).exists() {
+                kms_node::identity::load(&data)?.0
+            } else {
+                kms_node::identity::init(&data)?
+            };
+            roster.push((i, id.peer_id().to_string(), free_port()?, free_port()?, node_dir));
+        }
+        let mut nodes = Vec::new();
+        for (i, _, p2p, http, node_dir) in &roster {
+            let mut toml = format!(
+                "data_dir = \"data\"\n\n[node]\nindex = {i}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p}\"\nlisten_http = \"127.0.0.1:{http}\"\n\n\
+                 [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n",
+                issuer.jwks
+            );
+            for (j, peer, p, h, _) in &roster {
+                toml.push_str(&format!(
+                    "\n[[cluster.nodes]]\nindex = {j}\npeer_id = \"{peer}\"\np2p_addr = \"/ip4/127.0.0.1/tcp/{p}\"\nhttp_url = \"http://127.0.0.1:{h}\"\n"
+                ));
+            }
+            std::fs::write(node_dir.join("node.toml"), toml)?;
+            nodes.push(LocalNode {
+                index: *i,
+                dir: node_dir.clone(),
+                url: format!("http://127.0.0.1:{http}"),
+                child: None,
+            });
+        }
+        let mut net = LocalNet { dir: dir.to_path_buf(), nodes, issuer };
+        for node in &mut net.nodes {
+            node.start()?;
+        }
+        let pids: Vec<String> =
+            net.nodes.iter().filter_map(|n| n.child.as_ref().map(|c| c.id().to_string())).collect();
+        std::fs::write(dir.join("pids"), pids.join("\n"))?;
+        Ok(net)
+    }
+
+    /// Waits until every running node is ready and the signed descriptor is available, showing
+    /// progress; writes `D/cluster.json` and returns its bytes.
+    pub async fn wait_ready(&self, timeout: Duration, progress: bool) -> anyhow::Result<Vec<u8>> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let deadline = Instant::now() + timeout;
+        let mut shown = usize::MAX;
+        loop {
+            let mut ready = 0;
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Ok(r) = client.get(format!("{}/v1/ready", n.url)).send().await {
+                    if r.status() == 200 {
+                        ready += 1;
+                    }
+                }
+            }
+            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            if progress && ready != shown {
+                eprintln!("   DKG: {ready}/{running} nodes ready");
+                shown = ready;
+            }
+            if ready == running {
+                for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                    if let Ok(r) = client.get(format!("{}/v1/cluster", n.url)).send().await {
+                        if r.status() == 200 {
+                            let bytes = r.bytes().await?.to_vec();
+                            std::fs::write(self.dir.join("cluster.json"), &bytes)?;
+                            if progress {
+                                eprintln!("   cluster descriptor signed");
+                            }
+                            return Ok(bytes);
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the network was not ready within {timeout:?}; see {}/node*/node.log",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `down`: stops the processes listed in `D/pids`.
+pub fn down(dir: &Path) -> anyhow::Result<usize> {
+    let pids = std::fs::read_to_string(dir.join("pids"))
+        .with_context(|| format!("no network at {}", dir.display()))?;
+    let mut stopped = 0;
+    for pid in pids.lines().filter(|l| !l.trim().is_empty()) {
+        if Command::new("kill").args(["-TERM", pid.trim()]).status().is_ok_and(|s| s.success()) {
+            stopped += 1;
+        }
+    }
+    let _ = std::fs::remove_file(dir.join("pids"));
+    Ok(stopped)
+}
