@@ -113,7 +113,21 @@ async fn up(n: u16, t: u16, dir: PathBuf) -> anyhow::Result<()> {
         println!("node {}: {}  log {}", node.index, node.url, node.dir.join("node.log").display());
     }
     println!("running; Ctrl-C (or `kms-simnet down --dir {}`) stops the network", dir.display());
-    let _ = tokio::signal::ctrl_c().await;
+    let mut net = net;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                // `down` from another terminal stops the nodes: then stop too.
+                let alive = net.nodes.iter_mut().filter_map(|n| n.child.as_mut()).any(|c| matches!(c.try_wait(), Ok(None)));
+                if !alive {
+                    println!("all nodes stopped");
+                    break;
+                }
+            }
+        }
+    }
     drop(net);
     let _ = std::fs::remove_file(dir.join("pids"));
     Ok(())
