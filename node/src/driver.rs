@@ -146,8 +146,17 @@ pub async fn run(
     other: OtherHandler,
 ) {
     let origin = Instant::now();
-    let mut driver =
-        Driver { cfg, store, shared, p2p, ceremony: None, origin, retry_at: None, broken: false };
+    let mut driver = Driver {
+        cfg,
+        store,
+        shared,
+        p2p,
+        ceremony: None,
+        listening: BTreeMap::new(),
+        origin,
+        retry_at: None,
+        broken: false,
+    };
     match driver.store.active() {
         Ok(Some(keys)) => driver.install(keys),
         Ok(None) => {}
@@ -158,6 +167,7 @@ pub async fn run(
             driver.broken = true;
         }
     }
+    driver.rejoin_interrupted();
     // A cluster of one, or `min_peers = 0`, starts at once.
     driver.maybe_start();
     loop {
@@ -204,6 +214,9 @@ struct Driver {
     shared: Arc<Shared>,
     p2p: P2pHandle,
     ceremony: Option<Ceremony>,
+    /// Older attempts (failed, abandoned for a higher one, or interrupted by a restart) still
+    /// listening: their quorum may complete them, and then this node adopts the result.
+    listening: BTreeMap<u64, Ceremony>,
     origin: Instant,
     retry_at: Option<Instant>,
     /// The store could not be read: stay out of every ceremony.
@@ -223,6 +236,7 @@ impl Driver {
         self.shared.set_status(DkgStatus::Active { epoch });
         self.shared.activated.send_replace(epoch);
         self.ceremony = None;
+        self.listening.clear();
     }
 
     fn connected(&self) -> usize {
@@ -266,6 +280,58 @@ impl Driver {
         }
     }
 
+    fn ceremony_mut(&mut self, attempt: u64) -> Option<&mut Ceremony> {
+        match &mut self.ceremony {
+            Some(c) if c.attempt == attempt => Some(c),
+            _ => self.listening.get_mut(&attempt),
+        }
+    }
+
+    fn keep_listening(&mut self, c: Ceremony) {
+        self.listening.insert(c.attempt, c);
+        while self.listening.len() > 8 {
+            self.listening.pop_first();
+        }
+    }
+
+    /// After a restart without active keys: the attempt that was running listens again, with
+    /// this node's own deal (from its sealed record) and the messages it had logged.
+    fn rejoin_interrupted(&mut self) {
+        if self.broken || self.shared.active().is_some() {
+            return;
+        }
+        let Ok(attempt) = self.store.dkg_attempt() else { return };
+        if attempt == 0 {
+            return;
+        }
+        let now = self.now();
+        let cfg = self.dkg_config(attempt);
+        let record =
+            |suite: &str| self.store.dkg_record(attempt, suite).ok().flatten().map(kms_dkg::dkg::DkgRecord);
+        let (bls_rec, ed_rec) = (record("bls12381g2"), record("ed25519"));
+        let made = Dkg::<Bls12381G2>::rejoin(cfg.clone(), self.cfg.identity.clone(), now, bls_rec.as_ref())
+            .and_then(|bls| {
+                Dkg::<Ed25519>::rejoin(cfg, self.cfg.identity.clone(), now, ed_rec.as_ref())
+                    .map(|ed| (bls, ed))
+            });
+        let Ok((bls, ed)) = made else { return };
+        info!(attempt, "rejoining the DKG attempt interrupted by the restart");
+        self.keep_listening(Ceremony {
+            attempt,
+            started: Instant::now(),
+            bls,
+            ed,
+            bls_out: None,
+            ed_out: None,
+            deadlines: BTreeMap::new(),
+        });
+        for (from, bytes) in self.store.dkg_messages(attempt).unwrap_or_default() {
+            if let Ok(msg) = kms_proto::codec::decode_p2p::<DkgMessage>(&bytes) {
+                self.dispatch(attempt, from, msg);
+            }
+        }
+    }
+
     fn start(&mut self, attempt: u64) {
         // Persist first: after a crash this attempt is never dealt again.
         if let Err(e) = self.store.set_dkg_attempt(attempt) {
@@ -290,6 +356,9 @@ impl Driver {
             }
         };
         info!(attempt, n = self.cfg.roster.len(), t = self.cfg.threshold, "DKG started");
+        if let Some(old) = self.ceremony.take() {
+            self.keep_listening(old);
+        }
         self.shared.set_status(DkgStatus::Running { attempt });
         self.ceremony = Some(Ceremony {
             attempt,
@@ -300,40 +369,48 @@ impl Driver {
             ed_out: None,
             deadlines: BTreeMap::new(),
         });
-        self.apply(SuiteId::Bls12381G2, a1);
-        self.apply(SuiteId::Ed25519, a2);
+        self.apply(attempt, SuiteId::Bls12381G2, a1);
+        self.apply(attempt, SuiteId::Ed25519, a2);
     }
 
     fn on_dkg(&mut self, from: u16, msg: DkgMessage) {
         if self.broken || self.shared.active().is_some() {
             return;
         }
-        let header = *msg.header();
+        let epoch = msg.header().epoch;
         let current = self.ceremony.as_ref().map(|c| c.attempt);
-        match current {
-            Some(a) if header.epoch < a => return,
-            Some(a) if header.epoch == a => {}
-            _ => {
-                // A peer is at a higher attempt (or we have none yet): join it. The sender's
-                // messages are authenticated by the DKG machine; a forged attempt number only
-                // makes us restart.
-                if header.epoch > self.store.dkg_attempt().unwrap_or(u64::MAX) || current.is_some() {
-                    info!(attempt = header.epoch, from, "joining DKG attempt started by a peer");
-                    self.start(header.epoch);
-                } else {
-                    return;
-                }
+        if current.is_none_or(|a| epoch > a) && !self.listening.contains_key(&epoch) {
+            // A peer is at a higher attempt (or we have none yet): join it. The sender's
+            // messages are authenticated by the DKG machine; a forged attempt number only
+            // makes us restart.
+            if epoch > self.store.dkg_attempt().unwrap_or(u64::MAX) || current.is_some() {
+                info!(attempt = epoch, from, "joining DKG attempt started by a peer");
+                self.start(epoch);
+            } else {
+                return;
             }
         }
+        if self.ceremony_mut(epoch).is_none() {
+            return;
+        }
+        // Logged (sealed) so that a restart can rebuild this attempt.
+        if let Err(e) = self.store.log_dkg_message(epoch, from, &kms_proto::codec::encode_p2p(&msg)) {
+            warn!(error = %e, "cannot log a DKG message");
+        }
+        self.dispatch(epoch, from, msg);
+    }
+
+    fn dispatch(&mut self, attempt: u64, from: u16, msg: DkgMessage) {
         let now = self.now();
-        let Some(c) = self.ceremony.as_mut() else { return };
-        match header.suite {
+        let suite = msg.header().suite;
+        let Some(c) = self.ceremony_mut(attempt) else { return };
+        match suite {
             SuiteId::Bls12381G2 => match c.bls.handle_message(from, msg, now) {
-                Ok(actions) => self.apply(SuiteId::Bls12381G2, actions),
+                Ok(actions) => self.apply(attempt, suite, actions),
                 Err(why) => tracing::debug!(from, %why, "DKG message ignored"),
             },
             SuiteId::Ed25519 => match c.ed.handle_message(from, msg, now) {
-                Ok(actions) => self.apply(SuiteId::Ed25519, actions),
+                Ok(actions) => self.apply(attempt, suite, actions),
                 Err(why) => tracing::debug!(from, %why, "DKG message ignored"),
             },
         }
@@ -364,20 +441,20 @@ impl Driver {
             c.deadlines.remove(&suite);
             match suite {
                 SuiteId::Bls12381G2 => {
-                    let a = c.bls.handle_timeout(now);
-                    self.apply(suite, a);
+                    let (attempt, a) = (c.attempt, c.bls.handle_timeout(now));
+                    self.apply(attempt, suite, a);
                 }
                 SuiteId::Ed25519 => {
-                    let a = c.ed.handle_timeout(now);
-                    self.apply(suite, a);
+                    let (attempt, a) = (c.attempt, c.ed.handle_timeout(now));
+                    self.apply(attempt, suite, a);
                 }
             }
         }
     }
 
-    fn apply<S: Slot>(&mut self, suite: SuiteId, actions: Vec<Action<S>>) {
-        let Some(attempt) = self.ceremony.as_ref().map(|c| c.attempt) else { return };
+    fn apply<S: Slot>(&mut self, attempt: u64, suite: SuiteId, actions: Vec<Action<S>>) {
         let n = u16::try_from(self.cfg.roster.len()).unwrap_or(u16::MAX);
+        let current = self.ceremony.as_ref().map(|c| c.attempt);
         for action in actions {
             match action {
                 Action::Broadcast(m) => {
@@ -389,35 +466,50 @@ impl Driver {
                     self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), attempt)
                 }
                 Action::Timer(d) => {
-                    if let Some(c) = self.ceremony.as_mut() {
+                    if let Some(c) = self.ceremony.as_mut().filter(|c| c.attempt == attempt) {
                         c.deadlines.insert(suite, d);
                     }
                 }
-                Action::Completed(out) => self.completed(out),
-                Action::Failed(f) => {
+                Action::Persist(record) => {
+                    let name = if suite == SuiteId::Bls12381G2 { "bls12381g2" } else { "ed25519" };
+                    if let Err(e) = self.store.put_dkg_record(attempt, name, &record.0) {
+                        error!(error = %e, "cannot persist the DKG record");
+                    }
+                }
+                Action::Completed(out) => self.completed(attempt, out),
+                Action::Failed(f) if current == Some(attempt) => {
                     warn!(attempt, ?suite, reason = ?f.reason, culprits = ?f.culprits, "DKG attempt failed; retrying");
-                    self.ceremony = None;
+                    if let Some(c) = self.ceremony.take() {
+                        self.keep_listening(c);
+                    }
                     self.retry_at = Some(Instant::now() + Duration::from_secs(1));
                     return;
                 }
                 _ => {}
             }
         }
-        self.finish_if_done();
+        self.finish_if_done(attempt);
     }
 
-    fn completed<S: Slot>(&mut self, out: Box<DkgOutput<S>>) {
-        let Some(c) = self.ceremony.as_mut() else { return };
+    fn completed<S: Slot>(&mut self, attempt: u64, out: Box<DkgOutput<S>>) {
+        let Some(c) = self.ceremony_mut(attempt) else { return };
         info!(attempt = c.attempt, suite = ?S::ID, qual = ?out.qual, culprits = ?out.culprits, "DKG completed");
         *S::slot(c) = Some(out);
     }
 
-    fn finish_if_done(&mut self) {
-        let done = self.ceremony.as_ref().is_some_and(|c| c.bls_out.is_some() && c.ed_out.is_some());
+    fn finish_if_done(&mut self, attempt: u64) {
+        let done = self.ceremony_mut(attempt).is_some_and(|c| c.bls_out.is_some() && c.ed_out.is_some());
         if !done {
             return;
         }
-        let Some(c) = self.ceremony.take() else { return };
+        let c = match self.ceremony.take() {
+            Some(c) if c.attempt == attempt => Some(c),
+            other => {
+                self.ceremony = other;
+                self.listening.remove(&attempt)
+            }
+        };
+        let Some(c) = c else { return };
         let (Some(bls), Some(ed)) = (c.bls_out, c.ed_out) else { return };
         let keys = ActiveKeys { epoch: c.attempt, bls: bls.share, ed25519: ed.share };
         if let Err(e) = self.store.activate(&keys) {

@@ -328,6 +328,52 @@ impl NodeStore {
         Ok(Some(ActiveKeys { epoch, bls, ed25519 }))
     }
 
+    /// Seals and stores this node's DKG record of `attempt` for `suite` (its own deal and
+    /// share), durably, before the deal is sent.
+    pub fn put_dkg_record(&self, attempt: u64, suite: &str, record: &[u8]) -> Result<(), StoreError> {
+        let name = format!("dkg/{attempt}/{suite}/record");
+        let sealed = self.seal.seal(&name, record, &mut OsRng);
+        self.kv.put(Space::Meta, name.as_bytes(), &sealed)?;
+        self.kv.flush()
+    }
+
+    /// This node's DKG record of `attempt` for `suite`, if it dealt.
+    pub fn dkg_record(
+        &self,
+        attempt: u64,
+        suite: &str,
+    ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+        let name = format!("dkg/{attempt}/{suite}/record");
+        let Some(sealed) = self.kv.get(Space::Meta, name.as_bytes())? else { return Ok(None) };
+        self.seal.open(&name, &sealed).map(Some).map_err(|source| StoreError::Seal { name, source })
+    }
+
+    /// Logs (sealed: shares travel in DKG messages) a DKG message received in `attempt`.
+    pub fn log_dkg_message(&self, attempt: u64, from: u16, bytes: &[u8]) -> Result<(), StoreError> {
+        let id = self.kv.next_id()?;
+        let name = format!("dkg/{attempt:020}/inbox/{id:020}");
+        let record = [&from.to_be_bytes()[..], bytes].concat();
+        let sealed = self.seal.seal(&name, &record, &mut OsRng);
+        self.kv.put(Space::Meta, name.as_bytes(), &sealed)
+    }
+
+    /// The DKG messages logged in `attempt`, in arrival order.
+    pub fn dkg_messages(&self, attempt: u64) -> Result<Vec<(u16, Vec<u8>)>, StoreError> {
+        let prefix = format!("dkg/{attempt:020}/inbox/");
+        let mut out = Vec::new();
+        for (k, v) in self.kv.scan_prefix(Space::Meta, prefix.as_bytes())? {
+            let name = String::from_utf8_lossy(&k).to_string();
+            let plain = self
+                .seal
+                .open(&name, &v)
+                .map_err(|source| StoreError::Seal { name: name.clone(), source })?;
+            if plain.len() >= 2 {
+                out.push((u16::from_be_bytes([plain[0], plain[1]]), plain[2..].to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Stores a public document of an epoch (e.g. the signed cluster descriptor).
     pub fn put_public(&self, name: &str, epoch: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.kv.put(Space::Keys, format!("public/{name}/{epoch}").as_bytes(), bytes)?;

@@ -97,8 +97,11 @@ impl std::fmt::Debug for Justification {
 pub struct Confirm {
     /// Common fields; `sender` is the confirming node.
     pub header: Header,
-    /// Transcript hash over (session, suite, epoch, t, n, QUAL, MPK, VKs).
+    /// Transcript hash over (session, suite, epoch, t, n, excluded, QUAL, MPK, VKs).
     pub transcript: [u8; 32],
+    /// The qualified dealers the transcript covers (so a node that missed the end of the
+    /// ceremony can rebuild and adopt a transcript a quorum signed).
+    pub qual: Vec<u16>,
 }
 
 /// A payload with the author's Ed25519 signature.

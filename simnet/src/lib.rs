@@ -4,9 +4,10 @@
 //!   under `D/attestation/`, wait for the DKG, write `D/cluster.json`.
 //! * [`issuer`]: the dev issuer's key material.
 //!
-//! The deterministic simulator and the load generator of issue #5 are not built yet; the DKG's
-//! seeded fault-injection harness lives in `dkg/tests/it/harness.rs`.
+//! * [`sim`]: the deterministic simulator of the DKG (virtual time, seeded faults, byzantine
+//!   behaviours, crashes and partitions).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod issuer;
 pub mod local;
+pub mod sim;

@@ -47,6 +47,25 @@ enum Cmd {
     },
     /// The full story on a fresh 5-node network, then clean up.
     Demo,
+    /// Deterministic simulation of the DKG over many seeds (random faults per seed), or one
+    /// seed replayed with details, or a large honest run timed.
+    Sim {
+        /// Number of seeds to run.
+        #[arg(long, default_value_t = 500)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Replay one seed and print its outcome.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run an honest n-node DKG (t = 2n/3 + 1) and report CPU time.
+        #[arg(long)]
+        scale: Option<u16>,
+        /// Group: `ed25519` (fast) or `bls` (the master key group).
+        #[arg(long, default_value = "ed25519")]
+        suite: String,
+    },
     /// (internal) run one node.
     #[command(hide = true)]
     Node {
@@ -62,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Down { dir } => down(&dir).map(|n| println!("stopped {n} node processes")),
         Cmd::Up { nodes, threshold, dir } => runtime().and_then(|rt| rt.block_on(up(nodes, threshold, dir))),
         Cmd::Demo => runtime().and_then(|rt| rt.block_on(demo())),
+        Cmd::Sim { seeds, from, seed, scale, suite } => sim(seeds, from, seed, scale, &suite),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,4 +271,72 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
         bail!("the demo did not behave as expected");
     }
     Ok(())
+}
+
+fn run_seed(seed: u64, bls: bool) -> kms_simnet::sim::Outcome {
+    let sc = kms_simnet::sim::random_scenario(seed);
+    if bls {
+        sc.run::<kms_dkg::Bls12381G2>(seed)
+    } else {
+        sc.run::<kms_dkg::Ed25519>(seed)
+    }
+}
+
+fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>, suite: &str) -> anyhow::Result<()> {
+    let bls = match suite {
+        "bls" => true,
+        "ed25519" => false,
+        other => bail!("--suite: unknown group {other} (ed25519 or bls)"),
+    };
+    if let Some(n) = scale {
+        let t = n * 2 / 3 + 1;
+        let started = Instant::now();
+        let cpu = cpu_seconds();
+        let sc = kms_simnet::sim::Scenario::new(n, t);
+        let out = if bls { sc.run::<kms_dkg::Bls12381G2>(1) } else { sc.run::<kms_dkg::Ed25519>(1) };
+        println!(
+            "{}",
+            serde_json::json!({
+                "n": n, "t": t, "suite": suite, "completed": out.completed.len(), "violation": format!("{:?}", out.violation),
+                "messages": out.delivered, "virtual_ms": out.virtual_ms,
+                "wall_seconds": started.elapsed().as_secs_f64(), "cpu_seconds": cpu_seconds() - cpu,
+            })
+        );
+        if out.violation.is_some() {
+            bail!("violation");
+        }
+        return Ok(());
+    }
+    if let Some(seed) = one {
+        let out = run_seed(seed, bls);
+        println!("{out:#?}");
+        return match out.violation {
+            None => Ok(()),
+            Some(v) => bail!("seed {seed}: {v:?}"),
+        };
+    }
+    let started = Instant::now();
+    let mut failed_attempts = 0;
+    for seed in from..from + seeds {
+        let out = run_seed(seed, bls);
+        failed_attempts += out.failures.len();
+        if let Some(v) = out.violation {
+            bail!("seed {seed} violates the property: {v:?}\nreplay: kms-simnet sim --seed {seed} --suite {suite}");
+        }
+    }
+    println!(
+        "{seeds} seeds ({from}..{}) over {suite}: property holds; {failed_attempts} failed attempts were retried; {:.1?}",
+        from + seeds,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// CPU time of this process so far (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }

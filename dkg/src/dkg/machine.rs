@@ -29,6 +29,9 @@ enum Phase {
     Responding,
     Justifying,
     Confirming,
+    /// This node's own run failed (or it rejoined after a restart): it only listens, and
+    /// completes if it can rebuild a transcript that a quorum signed.
+    Listening,
     Done,
 }
 
@@ -122,9 +125,49 @@ impl<S: Suite> Dkg<S> {
         self.cfg.epoch
     }
 
-    /// Whether the run has completed or failed.
+    /// Whether the run has completed or failed (a failed run still listens, see
+    /// [`Dkg::is_completed`]).
     pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Done | Phase::Listening)
+    }
+
+    /// Whether the run completed (this node holds its share).
+    pub fn is_completed(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// A listener for attempt `cfg.epoch` after a restart: it deals nothing and sends nothing,
+    /// and completes only by adopting a transcript a quorum signed, for which it needs the
+    /// qualified dealers' deals and its shares (which the peers' transports re-deliver).
+    ///
+    /// `record` is the [`Action::Persist`] record of that attempt, if this node had dealt: it
+    /// restores the node's own deal and share, without which it cannot take part in a
+    /// transcript that qualified it. Feed it the messages it had received (which the driver
+    /// logged) and those its peers' transports deliver again.
+    pub fn rejoin(
+        cfg: DkgConfig,
+        identity: SigningKey,
+        now: Duration,
+        record: Option<&super::DkgRecord>,
+    ) -> Result<Self, ConfigError> {
+        let mut rng = NoRng;
+        let mut excluded = cfg.excluded.clone();
+        excluded.insert(cfg.me);
+        let (mut dkg, _) = Dkg::new(DkgConfig { excluded, ..cfg.clone() }, identity, now, &mut rng)?;
+        dkg.cfg = cfg;
+        dkg.phase = Phase::Listening;
+        if let Some(record) = record {
+            let decoded: Option<(Vec<u8>, Signed<Deal>)> =
+                kms_proto::codec::decode_p2p_raw("dkg record", &record.0).ok();
+            if let Some((share, deal)) = decoded {
+                let ok = deal.payload.header.sender == dkg.cfg.me && dkg.check_signature(&deal).is_ok();
+                if let (true, Some(s)) = (ok, S::decode_scalar(&share)) {
+                    dkg.accept_deal(deal);
+                    dkg.shares.insert(dkg.cfg.me, Some(s));
+                }
+            }
+        }
+        Ok(dkg)
     }
 
     fn header(&self) -> Header {
@@ -155,7 +198,11 @@ impl<S: Suite> Dkg<S> {
             let msg = ShareMsg { header, recipient: j, share: S::encode_scalar(&poly.evaluate(j)) };
             actions.push(Action::Send { to: j, message: DkgMessage::new(DkgBody::Share(msg)) });
         }
-        self.shares.insert(self.cfg.me, Some(poly.evaluate(self.cfg.me)));
+        let own = poly.evaluate(self.cfg.me);
+        let mut record = zeroize::Zeroizing::new(Vec::new());
+        kms_proto::codec::encode_p2p_into(&(S::encode_scalar(&own), &signed), &mut record);
+        actions.insert(0, Action::Persist(super::DkgRecord(record)));
+        self.shares.insert(self.cfg.me, Some(own));
         self.poly = Some(poly);
         // Our own deal is valid by construction; record it like any other.
         self.accept_deal(signed);
@@ -172,6 +219,9 @@ impl<S: Suite> Dkg<S> {
         if self.phase == Phase::Done {
             return Err(Ignored::Finished);
         }
+        if self.phase == Phase::Listening && matches!(message.body, DkgBody::Response(_)) {
+            return Err(Ignored::Late(message.header().sender));
+        }
         let header = *message.header();
         if header.session != self.cfg.session || header.epoch != self.cfg.epoch || header.suite != S::ID {
             return Err(Ignored::WrongContext);
@@ -187,6 +237,7 @@ impl<S: Suite> Dkg<S> {
             DkgBody::Confirm(c) => self.on_confirm(c)?,
         };
         actions.extend(self.advance(now));
+        actions.extend(self.try_adopt());
         Ok(actions)
     }
 
@@ -268,9 +319,8 @@ impl<S: Suite> Dkg<S> {
         if from != dealer || msg.recipient != self.cfg.me || dealer == self.cfg.me {
             return Err(Ignored::Misrouted { from, author: dealer, recipient: msg.recipient });
         }
-        if self.phase != Phase::Dealing {
-            return Err(Ignored::Late(dealer));
-        }
+        // Shares arriving after the deal round no longer change this node's complaints, but
+        // they are kept: adopting a quorum transcript later needs them.
         if self.shares.contains_key(&dealer) {
             return Err(Ignored::Duplicate(dealer));
         }
@@ -411,9 +461,7 @@ impl<S: Suite> Dkg<S> {
         if dealer == self.cfg.me {
             return Err(Ignored::Duplicate(dealer));
         }
-        if self.phase > Phase::Justifying {
-            return Err(Ignored::Late(dealer));
-        }
+        // Recorded in any phase: after finalization they only serve adoption.
         self.record_justification(&signed.payload);
         Ok(Vec::new())
     }
@@ -532,7 +580,8 @@ impl<S: Suite> Dkg<S> {
         };
         S::zeroize_scalar(&mut secret);
         self.finalized = Some(Finalized { share, qual, transcript });
-        let confirm = sign(&self.identity, Confirm { header: self.header(), transcript });
+        let qual_list = self.finalized.as_ref().map(|f| f.qual.iter().copied().collect()).unwrap_or_default();
+        let confirm = sign(&self.identity, Confirm { header: self.header(), transcript, qual: qual_list });
         self.confirms.insert(me, confirm.clone());
         self.phase = Phase::Confirming;
         self.deadline = now + self.cfg.timeouts.confirm;
@@ -602,7 +651,7 @@ impl<S: Suite> Dkg<S> {
     }
 
     fn fail(&mut self, reason: FailureReason) -> Vec<Action<S>> {
-        self.phase = Phase::Done;
+        self.phase = Phase::Listening;
         self.finalized = None;
         self.poly = None;
         vec![Action::Failed(DkgFailure {
@@ -610,6 +659,77 @@ impl<S: Suite> Dkg<S> {
             reason,
             culprits: self.culprits.iter().cloned().collect(),
         })]
+    }
+
+    /// Adopts a transcript that a quorum signed but this node did not reach on its own (it was
+    /// partitioned, slow, or restarted): rebuilds the share from the qualified dealers' deals
+    /// and this node's shares, and completes only if the rebuilt transcript hash matches.
+    fn try_adopt(&mut self) -> Vec<Action<S>> {
+        if self.phase == Phase::Done {
+            return Vec::new();
+        }
+        let quorum = usize::from(self.cfg.quorum());
+        type Signers = BTreeMap<u16, Signed<Confirm>>;
+        let mut groups: BTreeMap<([u8; 32], Vec<u16>), Signers> = BTreeMap::new();
+        for (i, c) in &self.confirms {
+            groups.entry((c.payload.transcript, c.payload.qual.clone())).or_default().insert(*i, c.clone());
+        }
+        let own = self.finalized.as_ref().map(|f| f.transcript);
+        let Some(((transcript, qual), certificate)) =
+            groups.into_iter().find(|((t, _), sigs)| sigs.len() >= quorum && Some(*t) != own)
+        else {
+            return Vec::new();
+        };
+        let me = self.cfg.me;
+        let mut secret = S::Scalar::ZERO;
+        let mut commitments: Vec<S::Point> = vec![S::Point::identity(); usize::from(self.cfg.threshold)];
+        for &d in &qual {
+            let Some(c) = self.deals.get(&d).and_then(|r| r.commitments.as_ref()) else { return Vec::new() };
+            let revealed = self.revealed.get(&d).and_then(|r| r.get(&me)).copied().flatten();
+            let direct = self.shares.get(&d).copied().flatten();
+            let Some(s) = [revealed, direct].into_iter().flatten().find(|s| verify_share::<S>(c, me, s))
+            else {
+                S::zeroize_scalar(&mut secret);
+                return Vec::new();
+            };
+            secret += s;
+            for (acc, ck) in commitments.iter_mut().zip(c) {
+                *acc += ck;
+            }
+        }
+        let qual_set: BTreeSet<u16> = qual.iter().copied().collect();
+        let Some(public) = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.n()) else {
+            return Vec::new();
+        };
+        if qual_set.len() != qual.len() || transcript_hash::<S>(&self.cfg, &qual_set, &public) != transcript {
+            S::zeroize_scalar(&mut secret);
+            return Vec::new();
+        }
+        let share = KeyShare::new(self.cfg.epoch, me, secret, public);
+        S::zeroize_scalar(&mut secret);
+        let Ok(share) = share else { return Vec::new() };
+        // Add this node's signature to the transcript it now holds, unless it already signed
+        // another one in this attempt (an honest node never signs two): later laggards may need
+        // it to reach the quorum.
+        let mut actions = Vec::new();
+        if !self.confirms.contains_key(&me) {
+            let confirm =
+                sign(&self.identity, Confirm { header: self.header(), transcript, qual: qual.clone() });
+            self.confirms.insert(me, confirm.clone());
+            actions.push(Action::Broadcast(DkgMessage::new(DkgBody::Confirm(confirm))));
+        }
+        self.phase = Phase::Done;
+        self.poly = None;
+        self.finalized = None;
+        let output = DkgOutput {
+            share,
+            qual: qual_set,
+            transcript,
+            certificate,
+            culprits: self.culprits.iter().cloned().collect(),
+        };
+        actions.push(Action::Completed(Box::new(output)));
+        actions
     }
 
     // ----- driver -----
@@ -639,6 +759,28 @@ impl<S: Suite> Dkg<S> {
         }
     }
 }
+
+/// An RNG for [`Dkg::rejoin`], which never deals: asking it for randomness is a bug, so it
+/// yields zeros and the listener's (unused, unsent) polynomial is never revealed.
+struct NoRng;
+
+impl RngCore for NoRng {
+    fn next_u32(&mut self) -> u32 {
+        0
+    }
+    fn next_u64(&mut self) -> u64 {
+        0
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        dest.fill(0);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        dest.fill(0);
+        Ok(())
+    }
+}
+
+impl CryptoRng for NoRng {}
 
 impl<S: Suite> Drop for Dkg<S> {
     fn drop(&mut self) {

@@ -295,10 +295,25 @@ pub enum Action<S: Suite> {
     },
     /// Call [`Dkg::handle_timeout`] at (or after) this time.
     Timer(Duration),
+    /// Store this record durably (sealed: it holds this node's own share) **before** sending
+    /// the messages that follow it, and hand it to [`Dkg::rejoin`] after a restart. It lets a
+    /// node that crashed mid-ceremony still take its part in a transcript its peers completed.
+    Persist(DkgRecord),
     /// The run completed: persist the share, activate after the driver's own checks.
     Completed(Box<DkgOutput<S>>),
     /// The run failed; retry with a new epoch excluding [`DkgFailure::exclude`].
     Failed(DkgFailure),
+}
+
+/// What a node must keep across a restart during a ceremony: its own signed deal and its own
+/// share `f_i(i)`. Secret; `Debug` redacts; zeroized on drop.
+#[derive(Clone)]
+pub struct DkgRecord(pub zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for DkgRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DkgRecord(<redacted>)")
+    }
 }
 
 /// A message that was not taken into account, and why. Log it; it changes nothing.

@@ -119,6 +119,7 @@ impl<S: Suite> Net<S> {
                 Action::Failed(f) => {
                     self.outcomes.insert(from, Err(f));
                 }
+                Action::Persist(_) => {}
                 _ => panic!("unknown action"),
             }
         }

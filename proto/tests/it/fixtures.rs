@@ -180,7 +180,11 @@ pub fn dkg_messages() -> Vec<(&'static str, DkgMessage)> {
         (
             "dkg_confirm",
             DkgMessage::new(DkgBody::Confirm(Signed {
-                payload: Confirm { header: header(SuiteId::Ed25519, 2), transcript: [0x7c; 32] },
+                payload: Confirm {
+                    header: header(SuiteId::Ed25519, 2),
+                    transcript: [0x7c; 32],
+                    qual: vec![1, 2, 4],
+                },
                 signature: sig,
             })),
         ),

@@ -1,0 +1,65 @@
+//! The simulated network: a time-ordered event queue with seeded link behaviour.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// Something that happens at a virtual time.
+#[derive(Debug)]
+pub enum Event {
+    /// Bytes arrive at `to` from `from` (decoded on arrival; garbage is dropped there).
+    Deliver {
+        /// Sender.
+        from: u16,
+        /// Recipient.
+        to: u16,
+        /// The encoded message.
+        bytes: Vec<u8>,
+    },
+    /// A node's DKG timer fires (if it is still for the same attempt).
+    Timer {
+        /// Node.
+        node: u16,
+        /// Attempt the timer was set in.
+        attempt: u64,
+    },
+    /// A node starts the given attempt (retry after a failure).
+    Start {
+        /// Node.
+        node: u16,
+        /// Attempt.
+        attempt: u64,
+    },
+    /// A node crashes (loses everything not persisted).
+    Crash {
+        /// Node.
+        node: u16,
+    },
+    /// A crashed node restarts from its persisted state.
+    Restart {
+        /// Node.
+        node: u16,
+    },
+}
+
+/// The event queue: ordered by (time, insertion order), so equal times replay identically.
+#[derive(Default)]
+pub struct Queue {
+    heap: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Event>>,
+    seq: u64,
+}
+
+impl Queue {
+    /// Schedules `event` at `at` (ms).
+    pub fn push(&mut self, at: u64, event: Event) {
+        self.events.push(Some(event));
+        self.heap.push(Reverse((at, self.seq, self.events.len() - 1)));
+        self.seq += 1;
+    }
+
+    /// The next event and its time.
+    pub fn pop(&mut self) -> Option<(u64, Event)> {
+        let Reverse((at, _, idx)) = self.heap.pop()?;
+        self.events[idx].take().map(|e| (at, e))
+    }
+}
