@@ -138,14 +138,8 @@ impl Suite for Ed25519 {
     }
 
     fn hash_to_scalar(domain: &[u8], parts: &[&[u8]]) -> Self::Scalar {
-        let mut h = Sha512::new();
-        h.update((domain.len() as u64).to_be_bytes());
-        h.update(domain);
-        for p in parts {
-            h.update((p.len() as u64).to_be_bytes());
-            h.update(p);
-        }
-        curve25519_dalek::Scalar::from_hash(h)
+        // Little-endian reduction of the same 64-byte hash (as `Scalar::from_hash` does).
+        curve25519_dalek::Scalar::from_bytes_mod_order_wide(&wide_hash(domain, parts))
     }
 
     fn msm(points: &[Self::Point], scalars: &[Self::Scalar]) -> Self::Point {

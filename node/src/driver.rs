@@ -118,6 +118,20 @@ struct Ceremony {
     deadlines: BTreeMap<SuiteId, Duration>,
 }
 
+impl Ceremony {
+    fn new(attempt: u64, bls: Dkg<Bls12381G2>, ed: Dkg<Ed25519>) -> Self {
+        Ceremony {
+            attempt,
+            started: Instant::now(),
+            bls,
+            ed,
+            bls_out: None,
+            ed_out: None,
+            deadlines: BTreeMap::new(),
+        }
+    }
+}
+
 /// Where a ceremony keeps the output of the run over group `S`.
 trait Slot: Suite {
     fn slot(c: &mut Ceremony) -> &mut Option<Box<DkgOutput<Self>>>;
@@ -316,15 +330,7 @@ impl Driver {
             });
         let Ok((bls, ed)) = made else { return };
         info!(attempt, "rejoining the DKG attempt interrupted by the restart");
-        self.keep_listening(Ceremony {
-            attempt,
-            started: Instant::now(),
-            bls,
-            ed,
-            bls_out: None,
-            ed_out: None,
-            deadlines: BTreeMap::new(),
-        });
+        self.keep_listening(Ceremony::new(attempt, bls, ed));
         for (from, bytes) in self.store.dkg_messages(attempt).unwrap_or_default() {
             if let Ok(msg) = kms_proto::codec::decode_p2p::<DkgMessage>(&bytes) {
                 self.dispatch(attempt, from, msg);
@@ -360,15 +366,7 @@ impl Driver {
             self.keep_listening(old);
         }
         self.shared.set_status(DkgStatus::Running { attempt });
-        self.ceremony = Some(Ceremony {
-            attempt,
-            started: Instant::now(),
-            bls,
-            ed,
-            bls_out: None,
-            ed_out: None,
-            deadlines: BTreeMap::new(),
-        });
+        self.ceremony = Some(Ceremony::new(attempt, bls, ed));
         self.apply(attempt, SuiteId::Bls12381G2, a1);
         self.apply(attempt, SuiteId::Ed25519, a2);
     }
