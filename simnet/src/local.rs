@@ -96,7 +96,9 @@ impl LocalNet {
         for (i, _, p2p, http, node_dir) in &roster {
             let mut toml = format!(
                 "data_dir = \"data\"\n\n[node]\nindex = {i}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p}\"\nlisten_http = \"127.0.0.1:{http}\"\n\n\
-                 [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n",
+                 [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n\n\
+                 # Every local client is 127.0.0.1: a per-source limit would throttle them all.\n\
+                 [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n",
                 issuer.jwks
             );
             for (j, peer, p, h, _) in &roster {

@@ -47,6 +47,24 @@ enum Cmd {
     },
     /// The full story on a fresh 5-node network, then clean up.
     Demo,
+    /// Load: concurrent key fetches against a running network (`up`), or `--dkg N` to time a DKG.
+    Bench {
+        /// The network's directory.
+        #[arg(long, default_value = "kms-local")]
+        dir: PathBuf,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Concurrent enclaves.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Write the JSON result here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Time a DKG of this many nodes instead (fresh network in a temporary directory).
+        #[arg(long)]
+        dkg: Option<u16>,
+    },
     /// Deterministic simulation of the DKG over many seeds (random faults per seed), or one
     /// seed replayed with details, or a large honest run timed.
     Sim {
@@ -81,6 +99,22 @@ fn main() -> ExitCode {
         Cmd::Down { dir } => down(&dir).map(|n| println!("stopped {n} node processes")),
         Cmd::Up { nodes, threshold, dir } => runtime().and_then(|rt| rt.block_on(up(nodes, threshold, dir))),
         Cmd::Demo => runtime().and_then(|rt| rt.block_on(demo())),
+        Cmd::Bench { dir, duration, concurrency, json, dkg } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let v = match dkg {
+                    Some(n) => kms_simnet::bench::dkg(n).await?,
+                    None => {
+                        kms_simnet::bench::fetches(&dir, Duration::from_secs(duration), concurrency).await?
+                    }
+                };
+                let text = serde_json::to_string_pretty(&v)?;
+                println!("{text}");
+                if let Some(path) = json {
+                    std::fs::write(path, text)?;
+                }
+                Ok(())
+            })
+        }),
         Cmd::Sim { seeds, from, seed, scale, suite } => sim(seeds, from, seed, scale, &suite),
     };
     match result {
