@@ -182,3 +182,53 @@ pub fn down(dir: &Path) -> anyhow::Result<usize> {
     let _ = std::fs::remove_file(dir.join("pids"));
     Ok(stopped)
 }
+
+/// Writes a cluster for containers into `dir`: `attestation/` (dev issuer key and JWKS) and
+/// `node<i>/` (identity, seal key, `node.toml`) for nodes reachable as `<prefix><i>` on a
+/// container network, p2p on port 7000 and HTTP on 8000. Reuses existing keys.
+///
+/// An existing `node.toml` is kept, so a cluster set up once (for example with `min_peers`)
+/// is not rewritten when the setup service runs again.
+pub fn setup_containers(
+    dir: &Path,
+    n: u16,
+    t: u16,
+    prefix: &str,
+    min_peers: Option<u16>,
+) -> anyhow::Result<()> {
+    if n == 0 || t == 0 || t > n {
+        bail!("--threshold must be in 1..={n}");
+    }
+    issuer::ensure(&dir.join("attestation"))?;
+    let mut peers = Vec::new();
+    for i in 1..=n {
+        let data = dir.join(format!("node{i}")).join("data");
+        let id = if data.join(kms_node::identity::IDENTITY_FILE).exists() {
+            kms_node::identity::load(&data)?.0
+        } else {
+            kms_node::identity::init(&data)?
+        };
+        peers.push(id.peer_id().to_string());
+    }
+    for i in 1..=n {
+        let mut toml = format!(
+            "data_dir = \"data\"\n\n[node]\nindex = {i}\nlisten_p2p = \"/ip4/0.0.0.0/tcp/7000\"\nlisten_http = \"0.0.0.0:8000\"\n\n\
+             [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = \"../attestation/jwks.json\"\n\n\
+             [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n"
+        );
+        if let Some(m) = min_peers {
+            toml.push_str(&format!("\n[dkg]\nmin_peers = {m}\n"));
+        }
+        for (j, peer) in peers.iter().enumerate() {
+            let j = j + 1;
+            toml.push_str(&format!(
+                "\n[[cluster.nodes]]\nindex = {j}\npeer_id = \"{peer}\"\np2p_addr = \"/dns4/{prefix}{j}/tcp/7000\"\nhttp_url = \"http://{prefix}{j}:8000\"\n"
+            ));
+        }
+        let path = dir.join(format!("node{i}")).join("node.toml");
+        if !path.exists() {
+            std::fs::write(path, toml)?;
+        }
+    }
+    Ok(())
+}

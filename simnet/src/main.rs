@@ -84,6 +84,34 @@ enum Cmd {
         #[arg(long, default_value = "ed25519")]
         suite: String,
     },
+    /// Write keys and configs for a containerised cluster (used by docker-compose.yml).
+    Setup {
+        /// Output directory (mounted as /cluster by the setup service).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: u16,
+        /// Threshold.
+        #[arg(long, default_value_t = 3)]
+        threshold: u16,
+        /// Host name prefix of the node containers.
+        #[arg(long, default_value = "node")]
+        prefix: String,
+        /// Start the DKG once this many peers are connected (default: all others).
+        #[arg(long)]
+        min_peers: Option<u16>,
+    },
+    /// The enclave side of the demo against a running cluster: register a fixed app, encrypt,
+    /// fetch as an attested enclave, decrypt; prints the key fingerprint and per-node report.
+    Client {
+        /// Any node's base URL.
+        #[arg(long)]
+        node: String,
+        /// The dev issuer's directory (issuer.pem).
+        #[arg(long)]
+        attestation: PathBuf,
+    },
     /// (internal) run one node.
     #[command(hide = true)]
     Node {
@@ -96,6 +124,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Node { config } => node(config),
+        Cmd::Setup { dir, nodes, threshold, prefix, min_peers } => {
+            kms_simnet::local::setup_containers(&dir, nodes, threshold, &prefix, min_peers)
+                .map(|_| println!("cluster of {nodes} (t = {threshold}) written to {}", dir.display()))
+        }
+        Cmd::Client { node, attestation } => runtime().and_then(|rt| rt.block_on(client(node, attestation))),
         Cmd::Down { dir } => down(&dir).map(|n| println!("stopped {n} node processes")),
         Cmd::Up { nodes, threshold, dir } => runtime().and_then(|rt| rt.block_on(up(nodes, threshold, dir))),
         Cmd::Demo => runtime().and_then(|rt| rt.block_on(demo())),
@@ -373,4 +406,47 @@ fn cpu_seconds() -> f64 {
         stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The enclave's side against an existing cluster, with a fixed owner key so every run asks for
+/// the same app key (its fingerprint shows whether shares stayed the same).
+async fn client(node: String, attestation: PathBuf) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let node = node.trim_end_matches('/').to_string();
+    let descriptor = http.get(format!("{node}/v1/cluster")).send().await?.error_for_status()?.bytes().await?;
+    let cluster = Cluster::from_json(&descriptor, Pin::None)?;
+    println!(
+        "cluster epoch {}, t = {} of {}",
+        cluster.descriptor().epoch,
+        cluster.threshold(),
+        cluster.nodes().len()
+    );
+    let owner = SigningKey::from_bytes(&[7u8; 32]);
+    let good = image("registry.example/payments-api:v1")?;
+    let policy = Policy {
+        allowed_image_digests: vec![good],
+        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
+        ..Policy::default()
+    };
+    let m = SignedManifest::sign(
+        Manifest::new(owner.verifying_key().to_bytes(), AppName::new("compose-demo")?, 1, policy),
+        &owner,
+    );
+    let app = m.manifest.app_id;
+    let label = Label::default();
+    let envelope = secrets::encrypt(&cluster, &app, &label, b"hello from the owner")?;
+    let pem = std::fs::read(attestation.join("issuer.pem")).context("reading the dev issuer key")?;
+    let enclave = DevIssuer::new(&pem, DEV_KID, AUDIENCE, &good.to_string())?;
+    // The enclave brings the manifest itself: any node that has not seen it takes it.
+    let opts = FetchOptions { manifest: Some(m), timeout: Duration::from_secs(3), ..FetchOptions::default() };
+    let result = fetch_key(&cluster, &app, &label, &enclave, &opts).await;
+    let f = match result {
+        Ok(f) => f,
+        Err(e) => bail!("{e}"),
+    };
+    println!("{}", format_report(&f.report));
+    let plain = secrets::decrypt(&f.key, &cluster, &envelope)?;
+    println!("decrypted: {}", String::from_utf8_lossy(&plain));
+    println!("fingerprint {}", hex::encode(&secrets::derive(&f.key, "kms/fingerprint")[..8]));
+    Ok(())
 }

@@ -3,3 +3,4 @@
 
 mod cli;
 mod client_fetch;
+mod containers;

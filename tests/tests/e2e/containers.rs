@@ -1,0 +1,201 @@
+//! Fault tests across containers (docker-compose.yml): five nodes from the FROM-scratch image on
+//! a private network, the enclave client in the `demo` service.
+//!
+//! Runs when `KMS_CONTAINER_TESTS=1` and a Docker engine answers (`.ci/run` sets it after
+//! building the image with `scripts/build-image.sh`); otherwise it says why and passes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Compose {
+    project: String,
+}
+
+impl Compose {
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new("docker-compose")
+            .current_dir(root())
+            .args(["-p", &self.project])
+            .args(args)
+            .output()
+            .expect("docker-compose");
+        eprintln!(
+            "docker-compose {}: {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) {
+        assert!(self.run(args).status.success(), "docker-compose {args:?} failed");
+    }
+
+    /// Runs the enclave client once; Ok(fingerprint) or Err(output).
+    fn fetch(&self) -> Result<String, String> {
+        let out = self.run(&["--profile", "demo", "run", "--rm", "demo"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(text);
+        }
+        text.lines().find_map(|l| l.strip_prefix("fingerprint ").map(str::to_owned)).ok_or(text)
+    }
+
+    fn wait_ready(&self, nodes: &[u16]) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for &i in nodes {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 18000 + i));
+            loop {
+                let ready =
+                    kms_tests::http(addr, "GET", "/v1/ready", b"").map(|(s, _)| s == 200).unwrap_or(false);
+                let signed =
+                    kms_tests::http(addr, "GET", "/v1/cluster", b"").map(|(s, _)| s == 200).unwrap_or(false);
+                if ready && signed {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {i} not ready");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.run(&["--profile", "demo", "down", "-v", "--remove-orphans"]);
+    }
+}
+
+fn enabled() -> bool {
+    if std::env::var_os("KMS_CONTAINER_TESTS").is_none() {
+        eprintln!("container tests skipped: set KMS_CONTAINER_TESTS=1 (after scripts/build-image.sh)");
+        return false;
+    }
+    let docker = Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false);
+    if !docker {
+        eprintln!("container tests skipped: no Docker engine answers");
+    }
+    docker
+}
+
+#[test]
+fn containers_survive_node_loss_restarts_and_kill_9() {
+    if !enabled() {
+        return;
+    }
+    let c = Compose { project: format!("kmsct{}", std::process::id()) };
+    c.ok(&["up", "-d"]);
+    c.wait_ready(&[1, 2, 3, 4, 5]);
+    let key = c.fetch().expect("fetch with all five nodes");
+
+    // Two nodes stopped: the key is still served, unchanged.
+    c.ok(&["stop", "node4", "node5"]);
+    assert_eq!(c.fetch().expect("fetch with 2 of 5 down"), key);
+
+    // Three stopped: the fetch fails with the per-node report.
+    c.ok(&["stop", "node3"]);
+    let report = c.fetch().expect_err("3 of 5 down must fail");
+    assert!(report.contains("2 valid partial keys, 3 needed"), "{report}");
+    assert_eq!(report.matches("unreachable").count(), 3, "{report}");
+    c.ok(&["start", "node3", "node4", "node5"]);
+    c.wait_ready(&[3, 4, 5]);
+
+    // kill -9 node 2 and restart it; with 4 and 5 down it must serve, and the key is the same.
+    c.ok(&["kill", "-s", "SIGKILL", "node2"]);
+    c.ok(&["start", "node2"]);
+    c.wait_ready(&[2]);
+    c.ok(&["stop", "node4", "node5"]);
+    assert_eq!(c.fetch().expect("node 2 serves after kill -9"), key);
+    c.ok(&["start", "node4", "node5"]);
+    c.wait_ready(&[4, 5]);
+
+    // Rolling restart, one node at a time, while an enclave keeps fetching: no failed fetch.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fetcher = {
+        let (stop, project) = (stop.clone(), c.project.clone());
+        std::thread::spawn(move || {
+            let c = Compose { project };
+            let mut results = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                results.push(c.fetch());
+            }
+            std::mem::forget(c); // the outer Compose tears down
+            results
+        })
+    };
+    for i in 1..=5u16 {
+        c.ok(&["restart", &format!("node{i}")]);
+        c.wait_ready(&[i]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = fetcher.join().unwrap();
+    assert!(results.len() >= 3, "too few fetches during the rolling restart: {}", results.len());
+    for r in &results {
+        assert_eq!(r.as_ref().expect("no fetch may fail during the rolling restart"), &key);
+    }
+}
+
+/// A node cut off from the network from its start: the other four run the DKG without it and
+/// serve keys; the report names it unreachable.
+#[test]
+fn a_node_cut_off_during_the_dkg_does_not_stop_the_others() {
+    if !enabled() {
+        return;
+    }
+    let c = Compose { project: format!("kmscut{}", std::process::id()) };
+    c.ok(&[
+        "run",
+        "--rm",
+        "setup",
+        "setup",
+        "--dir",
+        "/cluster",
+        "--nodes",
+        "5",
+        "--threshold",
+        "3",
+        "--min-peers",
+        "3",
+    ]);
+    c.ok(&["up", "--no-start", "--no-deps", "node5"]);
+    let net = format!("{}_default", c.project);
+    let node5 = format!("{}_node5_1", c.project);
+    let out = Command::new("docker").args(["network", "disconnect", &net, &node5]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.ok(&["start", "node5"]);
+    c.ok(&["up", "-d", "node1", "node2", "node3", "node4"]);
+    c.wait_ready(&[1, 2, 3, 4]);
+    let fingerprint = c.fetch().expect("four nodes serve the key");
+    assert_eq!(fingerprint.len(), 16);
+}
+
+/// The image is reproducible: packing the same static binary twice gives the same image id.
+#[test]
+fn image_packing_is_deterministic() {
+    let bin = root().join("target/x86_64-unknown-linux-gnu/release/kms-simnet");
+    if !bin.exists() {
+        eprintln!("image test skipped: build the static binary first (scripts/build-static.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pack = |name: &str| {
+        let out = Command::new("python3")
+            .current_dir(root())
+            .args(["scripts/pack-image.py", bin.to_str().unwrap(), "kms-node:dev"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), std::fs::read(dir.path().join(name)).unwrap())
+    };
+    let (id1, tar1) = pack("a.tar");
+    let (id2, tar2) = pack("b.tar");
+    assert_eq!(id1, id2);
+    assert_eq!(tar1, tar2, "the archives are byte-identical");
+}
