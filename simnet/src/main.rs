@@ -228,6 +228,19 @@ fn image(name: &str) -> anyhow::Result<ImageDigest> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
+/// The demo's app: seq 1, allowing one image on GCP_INTEL_TDX. Returns the signed manifest and
+/// the allowed image digest.
+fn demo_app(owner: &SigningKey, name: &str) -> anyhow::Result<(SignedManifest, ImageDigest)> {
+    let good = image("registry.example/payments-api:v1")?;
+    let policy = Policy {
+        allowed_image_digests: vec![good],
+        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
+        ..Policy::default()
+    };
+    let m = Manifest::new(owner.verifying_key().to_bytes(), AppName::new(name)?, 1, policy);
+    Ok((SignedManifest::sign(m, owner), good))
+}
+
 async fn demo() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kms-demo-{}", std::process::id()));
     let started = Instant::now();
@@ -257,17 +270,7 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
     );
 
     println!("== 2. an app owner creates an app and allows one image");
-    let owner = SigningKey::generate(&mut OsRng);
-    let good = image("registry.example/payments-api:v1")?;
-    let policy = Policy {
-        allowed_image_digests: vec![good],
-        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
-        ..Policy::default()
-    };
-    let m = SignedManifest::sign(
-        Manifest::new(owner.verifying_key().to_bytes(), AppName::new("payments-api")?, 1, policy),
-        &owner,
-    );
+    let (m, good) = demo_app(&SigningKey::generate(&mut OsRng), "payments-api")?;
     let app = m.manifest.app_id;
     let http = reqwest::Client::new();
     let r = http.post(format!("{}/v1/apps", net.nodes[0].url)).body(encode_json(&m)).send().await?;
@@ -421,17 +424,7 @@ async fn client(node: String, attestation: PathBuf) -> anyhow::Result<()> {
         cluster.threshold(),
         cluster.nodes().len()
     );
-    let owner = SigningKey::from_bytes(&[7u8; 32]);
-    let good = image("registry.example/payments-api:v1")?;
-    let policy = Policy {
-        allowed_image_digests: vec![good],
-        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
-        ..Policy::default()
-    };
-    let m = SignedManifest::sign(
-        Manifest::new(owner.verifying_key().to_bytes(), AppName::new("compose-demo")?, 1, policy),
-        &owner,
-    );
+    let (m, good) = demo_app(&SigningKey::from_bytes(&[7u8; 32]), "compose-demo")?;
     let app = m.manifest.app_id;
     let label = Label::default();
     let envelope = secrets::encrypt(&cluster, &app, &label, b"hello from the owner")?;
