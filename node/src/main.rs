@@ -102,7 +102,8 @@ fn status(config: PathBuf, json: bool) -> anyhow::Result<()> {
     } else {
         addr
     };
-    let body = kms_node::http::get_local(host, "/v1/ready")?;
+    let body = kms_node::http::get_local(host, "/v1/ready")
+        .map_err(|e| anyhow::anyhow!("node {} at {host} is not answering: {e}", cfg.node.index))?;
     if json {
         println!("{body}");
     } else {
