@@ -190,6 +190,24 @@ async fn ask(
     }
 }
 
+/// Batch-verifies the pending partials (falling back to one by one inside `verify_partials`),
+/// moves the good ones to `valid` and marks each bad node's outcome.
+fn settle(
+    cluster: &Cluster,
+    h: &blstrs::G1Projective,
+    pending: &mut Vec<PartialKey>,
+    valid: &mut Vec<PartialKey>,
+    outcomes: &mut BTreeMap<u16, (NodeOutcome, Duration)>,
+) {
+    let bad = verify_partials(cluster.keys(), h, pending, &mut OsRng).err().unwrap_or_default();
+    for b in &bad {
+        if let Some(entry) = outcomes.get_mut(&b.index) {
+            entry.0 = NodeOutcome::InvalidPartial { fault: format!("{:?}", b.fault) };
+        }
+    }
+    valid.extend(pending.drain(..).filter(|p| !bad.iter().any(|b| b.index == p.index)));
+}
+
 /// Fetches the key `(app, label)` from the cluster as the attested enclave `provider` speaks
 /// for. Every node is asked at once; partials are verified (in a batch, falling back to one by
 /// one to name the bad ones) and the first t valid ones are combined and checked against `MPK`.
@@ -260,17 +278,7 @@ pub async fn fetch_key(
             }
         }
         if valid.len() + pending.len() >= t {
-            match verify_partials(cluster.keys(), &h, &pending, &mut OsRng) {
-                Ok(()) => valid.append(&mut pending),
-                Err(bad) => {
-                    for b in &bad {
-                        if let Some(entry) = outcomes.get_mut(&b.index) {
-                            entry.0 = NodeOutcome::InvalidPartial { fault: format!("{:?}", b.fault) };
-                        }
-                    }
-                    valid.extend(pending.drain(..).filter(|p| !bad.iter().any(|b| b.index == p.index)));
-                }
-            }
+            settle(cluster, &h, &mut pending, &mut valid, &mut outcomes);
             if valid.len() >= t {
                 tasks.abort_all();
                 break;
@@ -280,13 +288,7 @@ pub async fn fetch_key(
     // Partials that arrived but were never needed in a batch (fewer than t in all): check
     // them anyway so the report does not call a bad partial "ok".
     if !pending.is_empty() {
-        let bad = verify_partials(cluster.keys(), &h, &pending, &mut OsRng).err().unwrap_or_default();
-        for b in &bad {
-            if let Some(entry) = outcomes.get_mut(&b.index) {
-                entry.0 = NodeOutcome::InvalidPartial { fault: format!("{:?}", b.fault) };
-            }
-        }
-        valid.extend(pending.drain(..).filter(|p| !bad.iter().any(|b| b.index == p.index)));
+        settle(cluster, &h, &mut pending, &mut valid, &mut outcomes);
     }
     let report: Vec<NodeReport> = urls
         .into_iter()
