@@ -138,6 +138,22 @@ pub fn format_report(report: &[NodeReport]) -> String {
         .join("\n")
 }
 
+/// Largest answer accepted from a node (a key response is ~250 bytes; an error body is small).
+const MAX_NODE_ANSWER: usize = 64 << 10;
+
+/// Reads a body chunk by chunk, giving up (`Ok(None)`) past `max` bytes: a faulty or hostile
+/// node cannot make the client buffer an unbounded answer.
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
 enum Answer {
     Partial(PartialKey),
     Failed(NodeOutcome),
@@ -157,8 +173,13 @@ async fn ask(
         Err(e) => return Answer::Failed(NodeOutcome::Unreachable { error: e.to_string() }),
     };
     let status = resp.status();
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
+    let bytes = match read_limited(resp, MAX_NODE_ANSWER).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Answer::Failed(NodeOutcome::InvalidResponse {
+                reason: format!("answer larger than {MAX_NODE_ANSWER} bytes"),
+            })
+        }
         Err(e) if e.is_timeout() => return Answer::Failed(NodeOutcome::Timeout),
         Err(e) => return Answer::Failed(NodeOutcome::Unreachable { error: e.to_string() }),
     };
@@ -303,4 +324,24 @@ pub async fn fetch_key(
     }
     let key = combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?;
     Ok(Fetched { key, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_oversized_node_answer_is_not_buffered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/big", axum::routing::get(|| async { vec![b'x'; MAX_NODE_ANSWER + 1] }))
+            .route("/small", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = reqwest::Client::new();
+        let big = client.get(format!("http://{addr}/big")).send().await.unwrap();
+        assert_eq!(read_limited(big, MAX_NODE_ANSWER).await.unwrap(), None);
+        let small = client.get(format!("http://{addr}/small")).send().await.unwrap();
+        assert_eq!(read_limited(small, MAX_NODE_ANSWER).await.unwrap(), Some(b"ok".to_vec()));
+    }
 }

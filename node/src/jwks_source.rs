@@ -81,9 +81,14 @@ impl JwksSource {
         if !resp.status().is_success() {
             return Err(format!("GET {url}: status {}", resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(format!("GET {url}: JWKS larger than {MAX_JWKS_BYTES} bytes"));
+        // Read chunk by chunk and stop past the limit, rather than buffer whatever arrives.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("GET {url}: JWKS larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
         }
         Jwks::from_json(&body).map_err(|e| format!("GET {url}: {e}"))
     }
