@@ -75,6 +75,16 @@ pub fn verify_share<S: Suite>(commitments: &[S::Point], index: u16, share: &S::S
 ///
 /// Returns `None` if an index repeats or is zero.
 pub fn lagrange_at_zero<F: Field + From<u64>>(indices: &[u16]) -> Option<Vec<F>> {
+    lagrange_at(0, indices)
+}
+
+/// Lagrange coefficients at node index `x` for distinct non-zero indices:
+/// `λ_i(x) = Π_{j≠i} (x_j - x) / (x_j - x_i)`, so `f(x) = Σ λ_i(x) f(x_i)` for any `f` of degree
+/// below `indices.len()` (share recovery interpolates at the recovering node's index).
+///
+/// Returns `None` if an index repeats or is zero.
+pub fn lagrange_at<F: Field + From<u64>>(x: u16, indices: &[u16]) -> Option<Vec<F>> {
+    let at = F::from(u64::from(x));
     let xs: Vec<F> = indices.iter().map(|&i| F::from(u64::from(i))).collect();
     let mut seen = std::collections::BTreeSet::new();
     if indices.iter().any(|&i| i == 0 || !seen.insert(i)) {
@@ -88,7 +98,7 @@ pub fn lagrange_at_zero<F: Field + From<u64>>(indices: &[u16]) -> Option<Vec<F>>
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .fold((F::ONE, F::ONE), |(num, den), (_, xj)| (num * xj, den * (*xj - xi)));
+                .fold((F::ONE, F::ONE), |(num, den), (_, xj)| (num * (*xj - at), den * (*xj - xi)));
             Option::<F>::from(den.invert()).map(|inv| num * inv)
         })
         .collect()

@@ -5,6 +5,10 @@
 //! [`Signed::signing_bytes`], so they can be relayed and used as evidence (an equivocating dealer
 //! is proven by two differently signed deals). The secret share travels only as a direct message
 //! ([`ShareMsg`]) on the authenticated, encrypted p2p channel and prints as `<redacted>`.
+//!
+//! Share recovery (after a node adopted a transcript but lacks a valid share from one of its
+//! dealers): [`RecoverRequest`], [`BlindingMsg`] between the chosen helpers, and
+//! [`RecoverReply`] back to the requester. See `kms_dkg::dkg::recovery`.
 
 use serde::{Deserialize, Serialize};
 
@@ -182,11 +186,159 @@ impl std::fmt::Debug for ShareMsg {
 
 impl Drop for ShareMsg {
     fn drop(&mut self) {
-        // Best effort: the share bytes are overwritten before the allocation is freed.
-        for b in self.share.iter_mut() {
-            *b = 0;
+        wipe(&mut self.share);
+    }
+}
+
+/// Share recovery, requester → every node: "re-create my share of the key set `keys`, with
+/// these `helpers`". Signed; its digest names the recovery round in every later message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    /// Common fields; `sender` is the node whose share is to be recovered; `epoch` is the key's.
+    pub header: Header,
+    /// Digest of the public key set (group key and every VK) the share belongs to.
+    pub keys: [u8; 32],
+    /// Names one recovery (the requester's clock when it began), so rounds of a recovery begun
+    /// after a restart never collide with the old ones.
+    pub nonce: u64,
+    /// Round number within the recovery (a new round after a helper failed or stayed silent).
+    pub round: u32,
+    /// The t helpers of this round, sorted, without the requester.
+    pub helpers: Vec<u16>,
+}
+
+/// Share recovery, helper k: Feldman commitments to its blinding polynomial `g_k`, which
+/// vanishes at the requester's index. Signed, so an equivocating helper is proven.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blinding {
+    /// Common fields; `sender` is the helper.
+    pub header: Header,
+    /// Digest of the signed [`RecoverRequest`] this blinding serves.
+    pub request: [u8; 32],
+    /// `[b_j·G]` for j = 0..t, each a compressed point.
+    pub commitments: Vec<Vec<u8>>,
+}
+
+/// Share recovery, helper k → helper m: `g_k(m)`. Signed, so a helper that receives a value
+/// that does not match the commitments can prove it to the requester.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlindingShare {
+    /// Common fields; `sender` is the helper that made the blinding.
+    pub header: Header,
+    /// Digest of the signed [`RecoverRequest`].
+    pub request: [u8; 32],
+    /// The helper the value is for.
+    pub recipient: u16,
+    /// `g_k(recipient)`, a canonical scalar encoding.
+    pub share: Vec<u8>,
+}
+
+impl std::fmt::Debug for BlindingShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlindingShare")
+            .field("header", &self.header)
+            .field("recipient", &self.recipient)
+            .field("share", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Drop for BlindingShare {
+    fn drop(&mut self) {
+        wipe(&mut self.share);
+    }
+}
+
+/// Share recovery direct message between helpers: the request (so a helper that has not seen it
+/// yet can act on it), the sender's signed blinding commitments and its value for the recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlindingMsg {
+    /// The requester's signed request.
+    pub request: Signed<RecoverRequest>,
+    /// The sender's blinding commitments.
+    pub blinding: Signed<Blinding>,
+    /// The sender's value for the recipient.
+    pub share: Signed<BlindingShare>,
+}
+
+/// Share recovery, helper m → requester, over the direct channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverReply {
+    /// Common fields; `sender` is the helper.
+    pub header: Header,
+    /// Digest of the signed [`RecoverRequest`] answered.
+    pub request: [u8; 32],
+    /// The blinded share, or a proof that another helper's blinding value was wrong.
+    pub outcome: RecoverOutcome,
+}
+
+/// What a helper answers.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoverOutcome {
+    /// `y_m = s_m + Σ_k g_k(m)`, with the signed blindings of every helper of the round (sorted
+    /// by helper), so the requester can check `y_m·G = VK_m + Σ_k G_k(m)`.
+    Value {
+        /// `y_m`, a canonical scalar encoding.
+        value: Vec<u8>,
+        /// One signed blinding per helper of the round.
+        blindings: Vec<Signed<Blinding>>,
+    },
+    /// Helper `blinding.sender` sent a value that does not match its commitments: both signed.
+    Dispute {
+        /// The accused helper's commitments.
+        blinding: Box<Signed<Blinding>>,
+        /// The accused helper's value for the disputing helper.
+        share: Box<Signed<BlindingShare>>,
+    },
+}
+
+impl std::fmt::Debug for RecoverOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoverOutcome::Value { blindings, .. } => f
+                .debug_struct("Value")
+                .field("value", &"<redacted>")
+                .field("blindings", &blindings.len())
+                .finish(),
+            RecoverOutcome::Dispute { blinding, .. } => {
+                f.debug_struct("Dispute").field("accused", &blinding.payload.header.sender).finish()
+            }
         }
-        std::hint::black_box(&self.share);
+    }
+}
+
+impl Drop for RecoverOutcome {
+    fn drop(&mut self) {
+        if let RecoverOutcome::Value { value, .. } = self {
+            wipe(value);
+        }
+    }
+}
+
+fn wipe(bytes: &mut [u8]) {
+    // Best effort: the bytes are overwritten before the allocation is freed.
+    for b in bytes.iter_mut() {
+        *b = 0;
+    }
+    std::hint::black_box(bytes);
+}
+
+impl SignedPayload for RecoverRequest {
+    const DOMAIN: &'static [u8] = b"kms/v1/dkg/recover-request";
+    fn header(&self) -> &Header {
+        &self.header
+    }
+}
+impl SignedPayload for Blinding {
+    const DOMAIN: &'static [u8] = b"kms/v1/dkg/blinding";
+    fn header(&self) -> &Header {
+        &self.header
+    }
+}
+impl SignedPayload for BlindingShare {
+    const DOMAIN: &'static [u8] = b"kms/v1/dkg/blinding-share";
+    fn header(&self) -> &Header {
+        &self.header
     }
 }
 
@@ -203,6 +355,12 @@ pub enum DkgBody {
     Justification(Signed<Justification>),
     /// Round 4 broadcast.
     Confirm(Signed<Confirm>),
+    /// Share recovery: the requester's broadcast.
+    RecoverRequest(Signed<RecoverRequest>),
+    /// Share recovery: helper to helper, direct.
+    Blinding(Box<BlindingMsg>),
+    /// Share recovery: helper to requester, direct.
+    RecoverReply(Box<RecoverReply>),
 }
 
 /// A DKG p2p message: version byte first.
@@ -228,6 +386,9 @@ impl DkgMessage {
             DkgBody::Response(s) => &s.payload.header,
             DkgBody::Justification(s) => &s.payload.header,
             DkgBody::Confirm(s) => &s.payload.header,
+            DkgBody::RecoverRequest(s) => &s.payload.header,
+            DkgBody::Blinding(b) => &b.blinding.payload.header,
+            DkgBody::RecoverReply(r) => &r.header,
         }
     }
 }

@@ -387,15 +387,18 @@ fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>, suite: &str)
     }
     let started = Instant::now();
     let mut failed_attempts = 0;
+    let mut recovered = 0;
     for seed in from..from + seeds {
         let out = run_seed(seed, bls);
         failed_attempts += out.failures.len();
+        recovered += out.recovery_rounds.len();
         if let Some(v) = out.violation {
             bail!("seed {seed} violates the property: {v:?}\nreplay: kms-simnet sim --seed {seed} --suite {suite}");
         }
     }
     println!(
-        "{seeds} seeds ({from}..{}) over {suite}: property holds; {failed_attempts} failed attempts were retried; {:.1?}",
+        "{seeds} seeds ({from}..{}) over {suite}: property holds; {failed_attempts} failed attempts were retried; \
+         {recovered} nodes recovered their share; {:.1?}",
         from + seeds,
         started.elapsed()
     );

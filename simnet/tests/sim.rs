@@ -83,16 +83,48 @@ fn debug_seed() {
     eprintln!("{:?}", out.violation);
 }
 
-/// Known limit (documented in the issue notes): a node partitioned across the response round
-/// cannot get its complaint heard in time; if the dealer it complains about is byzantine and
-/// withholds the justification, the others qualify that dealer and the partitioned node can never
-/// rebuild its share of their transcript. Safety holds and t honest nodes still serve the key;
-/// giving the node a share needs share recovery (not built).
+/// Seed 1411 of a 5 000-seed run (once the simulator's known limit): node 1 is partitioned
+/// across the response round, so its complaint against a byzantine dealer that sent it a bad
+/// share is never heard, the dealer withholds the justification, and the others qualify it.
+/// Node 1 adopts the quorum transcript and recovers its share from t helpers.
 #[test]
-fn known_limit_late_complaint_against_a_withholding_dealer() {
+fn a_late_complaint_is_healed_by_share_recovery() {
     let out = random_scenario(1411).run::<kms_dkg::Ed25519>(1411);
-    assert_eq!(out.violation, Some(kms_simnet::sim::Violation::NotFinished { nodes: vec![1] }));
+    assert_eq!(out.violation, None);
+    assert!(out.recovery_rounds.contains_key(&1), "node 1 recovered: {:?}", out.recovery_rounds);
+    let honest = usize::from(out.scenario.n) - out.scenario.byzantine.len();
+    assert_eq!(out.completed.len(), honest, "every honest node holds a share");
     let transcripts: std::collections::BTreeSet<_> = out.completed.values().map(|(_, t, _)| *t).collect();
     assert_eq!(transcripts.len(), 1, "no split");
-    assert!(out.completed.len() >= usize::from(out.scenario.t), "the key is still served by t honest nodes");
+}
+
+/// The same late complaint, with two byzantine nodes that lie when asked to help: node 2 (the
+/// withholding dealer) sends blinding values that do not match its commitments, node 3 a wrong
+/// blinded share. Node 1 always recovers; whenever a liar was among its helpers it is named from
+/// its signed evidence, and no honest node is ever named.
+#[test]
+fn share_recovery_names_lying_helpers_and_still_recovers() {
+    let mut named = std::collections::BTreeSet::new();
+    for seed in 1..=8 {
+        let out = Scenario::new(7, 3)
+            .byzantine(2, Behaviour::BadShare)
+            .byzantine(3, Behaviour::BadConfirm)
+            .partition(0, 7_000, &[1])
+            .run::<kms_dkg::Bls12381G2>(seed);
+        assert_eq!(out.violation, None, "seed {seed}: recovery rounds {:?}", out.recovery_rounds);
+        assert_eq!(out.completed.len(), 5, "seed {seed}: every honest node holds a share");
+        assert!(out.recovery_rounds.contains_key(&1), "seed {seed}: {:?}", out.recovery_rounds);
+        for (node, faults) in &out.culprits {
+            for f in faults.iter().filter(|f| f.contains("Blinding") || f.contains("Recovery")) {
+                let expected = match node {
+                    2 => "BadBlinding",
+                    3 => "BadRecoveryReply",
+                    _ => panic!("seed {seed}: honest node {node} named: {f}"),
+                };
+                assert_eq!(f, expected, "seed {seed}");
+                named.insert(*node);
+            }
+        }
+    }
+    assert_eq!(named, [2, 3].into(), "both liars were asked, and named, in some run");
 }

@@ -10,6 +10,7 @@ use rand_core::{CryptoRng, RngCore};
 
 use kms_proto::dkg::{Confirm, Deal, DkgBody, DkgMessage, Header, Justification, Response, ShareMsg, Signed};
 
+use super::recovery::{self, Requester, Step, Target};
 use super::{
     pok, sign, verify_signed, Action, ConfigError, Culprit, DkgConfig, DkgFailure, DkgOutput, FailureReason,
     Fault, Ignored,
@@ -32,6 +33,9 @@ enum Phase {
     /// This node's own run failed (or it rejoined after a restart): it only listens, and
     /// completes if it can rebuild a transcript that a quorum signed.
     Listening,
+    /// A quorum transcript was rebuilt but a qualified dealer's share to this node is missing or
+    /// invalid: the share is being recovered from t other nodes.
+    Recovering,
     Done,
 }
 
@@ -47,6 +51,13 @@ struct Finalized<S: Suite> {
     share: KeyShare<S>,
     qual: BTreeSet<u16>,
     transcript: [u8; 32],
+}
+
+/// A quorum transcript this node is recovering its share of.
+struct Adoption {
+    transcript: [u8; 32],
+    qual: Vec<u16>,
+    certificate: BTreeMap<u16, Signed<Confirm>>,
 }
 
 /// One node's run of the DKG over group `S`.
@@ -74,6 +85,7 @@ pub struct Dkg<S: Suite> {
     finalized: Option<Finalized<S>>,
     confirms: BTreeMap<u16, Signed<Confirm>>,
     culprits: BTreeSet<Culprit>,
+    recovery: Option<(Requester<S>, Adoption)>,
 }
 
 impl<S: Suite> Dkg<S> {
@@ -105,6 +117,7 @@ impl<S: Suite> Dkg<S> {
             finalized: None,
             confirms: BTreeMap::new(),
             culprits: BTreeSet::new(),
+            recovery: None,
         };
         let mut actions = Vec::new();
         if !dkg.cfg.excluded.contains(&dkg.cfg.me) {
@@ -129,6 +142,11 @@ impl<S: Suite> Dkg<S> {
     /// [`Dkg::is_completed`]).
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Done | Phase::Listening)
+    }
+
+    /// Whether this node is recovering its share of a transcript a quorum signed.
+    pub fn is_recovering(&self) -> bool {
+        self.phase == Phase::Recovering
     }
 
     /// Whether the run completed (this node holds its share).
@@ -229,20 +247,34 @@ impl<S: Suite> Dkg<S> {
         if header.sender == 0 || header.sender > self.cfg.n() {
             return Err(Ignored::UnknownSender(header.sender));
         }
+        if recovery::is_for_helper(&message) {
+            return Err(Ignored::NotExpected("recovery requests are served by nodes with an active key"));
+        }
+        if let DkgBody::RecoverReply(reply) = message.body {
+            return self.on_recover_reply(from, *reply, now);
+        }
+        if self.phase == Phase::Recovering {
+            // The transcript is fixed; only the share is missing.
+            return Err(Ignored::Late(header.sender));
+        }
         let mut actions = match message.body {
             DkgBody::Deal(d) => self.on_deal(d)?,
             DkgBody::Share(s) => self.on_share(from, s)?,
             DkgBody::Response(r) => self.on_response(r)?,
             DkgBody::Justification(j) => self.on_justification(j)?,
             DkgBody::Confirm(c) => self.on_confirm(c)?,
+            DkgBody::RecoverRequest(_) | DkgBody::Blinding(_) | DkgBody::RecoverReply(_) => Vec::new(),
         };
         actions.extend(self.advance(now));
-        actions.extend(self.try_adopt());
+        actions.extend(self.try_adopt(now));
         Ok(actions)
     }
 
     /// Handles the expiry of the timer last requested (or any later time).
     pub fn handle_timeout(&mut self, now: Duration) -> Vec<Action<S>> {
+        if let Some((requester, _)) = self.recovery.as_mut() {
+            return requester.handle_timeout(&self.identity, now);
+        }
         self.advance(now)
     }
 
@@ -664,8 +696,8 @@ impl<S: Suite> Dkg<S> {
     /// Adopts a transcript that a quorum signed but this node did not reach on its own (it was
     /// partitioned, slow, or restarted): rebuilds the share from the qualified dealers' deals
     /// and this node's shares, and completes only if the rebuilt transcript hash matches.
-    fn try_adopt(&mut self) -> Vec<Action<S>> {
-        if self.phase == Phase::Done {
+    fn try_adopt(&mut self, now: Duration) -> Vec<Action<S>> {
+        if matches!(self.phase, Phase::Done | Phase::Recovering) {
             return Vec::new();
         }
         let quorum = usize::from(self.cfg.quorum());
@@ -682,35 +714,50 @@ impl<S: Suite> Dkg<S> {
         };
         let me = self.cfg.me;
         let mut secret = S::Scalar::ZERO;
+        let mut missing = false;
         let mut commitments: Vec<S::Point> = vec![S::Point::identity(); usize::from(self.cfg.threshold)];
         for &d in &qual {
-            let Some(c) = self.deals.get(&d).and_then(|r| r.commitments.as_ref()) else { return Vec::new() };
-            let revealed = self.revealed.get(&d).and_then(|r| r.get(&me)).copied().flatten();
-            let direct = self.shares.get(&d).copied().flatten();
-            let Some(s) = [revealed, direct].into_iter().flatten().find(|s| verify_share::<S>(c, me, s))
-            else {
+            let Some(c) = self.deals.get(&d).and_then(|r| r.commitments.as_ref()) else {
                 S::zeroize_scalar(&mut secret);
                 return Vec::new();
             };
-            secret += s;
+            let revealed = self.revealed.get(&d).and_then(|r| r.get(&me)).copied().flatten();
+            let direct = self.shares.get(&d).copied().flatten();
+            match [revealed, direct].into_iter().flatten().find(|s| verify_share::<S>(c, me, s)) {
+                Some(s) => secret += s,
+                None => missing = true,
+            }
             for (acc, ck) in commitments.iter_mut().zip(c) {
                 *acc += ck;
             }
         }
         let qual_set: BTreeSet<u16> = qual.iter().copied().collect();
-        let Some(public) = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.n()) else {
-            return Vec::new();
-        };
-        if qual_set.len() != qual.len() || transcript_hash::<S>(&self.cfg, &qual_set, &public) != transcript {
+        let public = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.n());
+        let Some(public) = public.filter(|p| {
+            qual_set.len() == qual.len() && transcript_hash::<S>(&self.cfg, &qual_set, p) == transcript
+        }) else {
             S::zeroize_scalar(&mut secret);
             return Vec::new();
+        };
+        let adoption = Adoption { transcript, qual, certificate };
+        if missing {
+            // The transcript is the quorum's, but a share to this node is missing (its complaint
+            // came too late to be heard): recover the share from t nodes that hold theirs.
+            S::zeroize_scalar(&mut secret);
+            return self.start_recovery(adoption, public, now);
         }
         let share = KeyShare::new(self.cfg.epoch, me, secret, public);
         S::zeroize_scalar(&mut secret);
         let Ok(share) = share else { return Vec::new() };
-        // Add this node's signature to the transcript it now holds, unless it already signed
-        // another one in this attempt (an honest node never signs two): later laggards may need
-        // it to reach the quorum.
+        self.complete_adopted(adoption, share)
+    }
+
+    /// Completes with a share of a quorum transcript: adds this node's signature to it, unless
+    /// it already signed another one in this attempt (an honest node never signs two), since
+    /// later laggards may need it to reach the quorum.
+    fn complete_adopted(&mut self, adoption: Adoption, share: KeyShare<S>) -> Vec<Action<S>> {
+        let Adoption { transcript, qual, certificate } = adoption;
+        let me = self.cfg.me;
         let mut actions = Vec::new();
         if !self.confirms.contains_key(&me) {
             let confirm =
@@ -721,15 +768,65 @@ impl<S: Suite> Dkg<S> {
         self.phase = Phase::Done;
         self.poly = None;
         self.finalized = None;
+        if let Some((requester, _)) = self.recovery.take() {
+            self.culprits.extend(requester.culprits().cloned());
+        }
         let output = DkgOutput {
             share,
-            qual: qual_set,
+            qual: qual.into_iter().collect(),
             transcript,
             certificate,
             culprits: self.culprits.iter().cloned().collect(),
         };
         actions.push(Action::Completed(Box::new(output)));
         actions
+    }
+
+    fn start_recovery(
+        &mut self,
+        adoption: Adoption,
+        public: PublicKeySet<S>,
+        now: Duration,
+    ) -> Vec<Action<S>> {
+        let target = Target {
+            session: self.cfg.session,
+            epoch: self.cfg.epoch,
+            me: self.cfg.me,
+            public,
+            roster: self.cfg.roster.clone(),
+        };
+        let (requester, actions) = Requester::start(target, &self.identity, self.cfg.timeouts.confirm, now);
+        self.phase = Phase::Recovering;
+        self.poly = None;
+        self.finalized = None;
+        self.recovery = Some((requester, adoption));
+        actions
+    }
+
+    fn on_recover_reply(
+        &mut self,
+        from: u16,
+        reply: kms_proto::dkg::RecoverReply,
+        now: Duration,
+    ) -> Result<Vec<Action<S>>, Ignored> {
+        let Some((requester, _)) = self.recovery.as_mut() else {
+            return Err(Ignored::NotExpected("a recovery reply while not recovering"));
+        };
+        match requester.handle_reply(from, reply, &self.identity, now)? {
+            Step::Continue(actions) => Ok(actions),
+            Step::Recovered(mut secret) => {
+                let Some((requester, adoption)) = self.recovery.take() else { return Ok(Vec::new()) };
+                let public = requester.public().clone();
+                self.culprits.extend(requester.culprits().cloned());
+                let share = KeyShare::new(self.cfg.epoch, self.cfg.me, secret, public);
+                S::zeroize_scalar(&mut secret);
+                match share {
+                    Ok(share) => Ok(self.complete_adopted(adoption, share)),
+                    // The requester checked the share against VK_me; unreachable.
+                    Err(_) => Ok(Vec::new()),
+                }
+            }
+        }
     }
 
     // ----- driver -----

@@ -19,9 +19,14 @@
 //!    signed deals prove equivocation); complaints are relayed so the accused learns of them.
 //! 4. **Finalize and agree** — compute QUAL, the share, `MPK`, `VK_*`; broadcast a signed
 //!    transcript hash; complete once `q > (n + f)/2` nodes signed the same hash.
+//!
+//! A node that missed the end adopts a transcript a quorum signed; if it lacks a valid share
+//! from one of its qualified dealers (its complaint came too late), it recovers its share from
+//! t nodes that hold theirs ([`recovery`]).
 
 mod machine;
 pub mod pok;
+pub mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -190,6 +195,13 @@ pub enum Fault {
     TranscriptMismatch,
     /// Sent no transcript confirmation in time.
     NoConfirmation,
+    /// Share recovery: sent a blinded share that does not verify, forwarded evidence that does
+    /// not check out, or disputed a blinding value that was correct.
+    BadRecoveryReply,
+    /// Share recovery: signed a malformed blinding, or sent a value that does not match it.
+    BadBlinding,
+    /// Share recovery: showed two different signed blindings in one round.
+    EquivocatedBlinding,
 }
 
 /// A node and what it did.
@@ -348,6 +360,9 @@ pub enum Ignored {
     /// The run has finished.
     #[error("the run has finished")]
     Finished,
+    /// Not a message this side of the protocol takes now.
+    #[error("not expected: {0}")]
+    NotExpected(&'static str),
 }
 
 /// Signs a payload with an identity key (used by the machine; public for test harnesses that

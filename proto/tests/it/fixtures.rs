@@ -6,7 +6,8 @@ use kms_proto::api::{ErrorBody, Evidence, HealthBody, KeyRequest, KeyResponse, R
 use kms_proto::app::{AppName, EnvPolicy, Label, Manifest, Policy, SignedManifest, TdxMeasurement};
 use kms_proto::cluster::{ClusterDescriptor, NodeEntry, SignedClusterDescriptor, CLUSTER_VERSION};
 use kms_proto::dkg::{
-    Confirm, Deal, DkgBody, DkgMessage, Header, Justification, Response, ShareMsg, Signed, SuiteId,
+    Blinding, BlindingMsg, BlindingShare, Confirm, Deal, DkgBody, DkgMessage, Header, Justification,
+    RecoverOutcome, RecoverReply, RecoverRequest, Response, ShareMsg, Signed, SuiteId,
 };
 use kms_proto::{ErrorCode, HexBytes};
 
@@ -185,8 +186,57 @@ pub fn dkg_messages() -> Vec<(&'static str, DkgMessage)> {
                     transcript: [0x7c; 32],
                     qual: vec![1, 2, 4],
                 },
-                signature: sig,
+                signature: sig.clone(),
             })),
         ),
+        ("dkg_recover_request", DkgMessage::new(DkgBody::RecoverRequest(recover_request(&sig)))),
+        (
+            "dkg_blinding",
+            DkgMessage::new(DkgBody::Blinding(Box::new(BlindingMsg {
+                request: recover_request(&sig),
+                blinding: blinding(&sig),
+                share: Signed {
+                    payload: BlindingShare {
+                        header: header(SuiteId::Ed25519, 2),
+                        request: [0xe1; 32],
+                        recipient: 4,
+                        share: vec![0x6b; 32],
+                    },
+                    signature: sig.clone(),
+                },
+            }))),
+        ),
+        (
+            "dkg_recover_reply",
+            DkgMessage::new(DkgBody::RecoverReply(Box::new(RecoverReply {
+                header: header(SuiteId::Ed25519, 4),
+                request: [0xe1; 32],
+                outcome: RecoverOutcome::Value { value: vec![0x79; 32], blindings: vec![blinding(&sig)] },
+            }))),
+        ),
     ]
+}
+
+fn recover_request(sig: &[u8]) -> Signed<RecoverRequest> {
+    Signed {
+        payload: RecoverRequest {
+            header: header(SuiteId::Ed25519, 1),
+            keys: [0xb5; 32],
+            nonce: 0x0102_0304_0506_0708,
+            round: 2,
+            helpers: vec![2, 4, 5],
+        },
+        signature: sig.to_vec(),
+    }
+}
+
+fn blinding(sig: &[u8]) -> Signed<Blinding> {
+    Signed {
+        payload: Blinding {
+            header: header(SuiteId::Ed25519, 2),
+            request: [0xe1; 32],
+            commitments: vec![vec![0xb1; 32], vec![0xb2; 32]],
+        },
+        signature: sig.to_vec(),
+    }
 }

@@ -266,10 +266,10 @@ fn p2p_truncated() {
 
 #[test]
 fn p2p_unknown_variant() {
-    // Body variant index (u32 after the version byte): 5 variants, so 5 is unknown.
+    // Body variant index (u32 after the version byte): 8 variants, so 8 is unknown.
     let mut bytes = deal_bytes();
     assert_eq!(bytes[1..5], 0u32.to_le_bytes());
-    bytes[1..5].copy_from_slice(&5u32.to_le_bytes());
+    bytes[1..5].copy_from_slice(&8u32.to_le_bytes());
     assert_eq!(
         decode_p2p::<DkgMessage>(&bytes),
         Err(CodecError::Malformed { what: "dkg message", reason: "invalid encoding".into() })

@@ -7,10 +7,11 @@ use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use kms_dkg::dkg::recovery::{is_for_helper, Helper};
 use kms_dkg::dkg::{sign, Action, Dkg, DkgConfig, DkgOutput, DkgRecord, Timeouts};
 use kms_dkg::Suite;
 use kms_proto::codec::{decode_p2p, encode_p2p};
-use kms_proto::dkg::{DkgBody, DkgMessage};
+use kms_proto::dkg::{DkgBody, DkgMessage, RecoverOutcome};
 
 use super::net::{Event, Queue};
 
@@ -20,7 +21,8 @@ use super::net::{Event, Queue};
 pub enum Behaviour {
     /// Sends nothing at all.
     Silent,
-    /// Sends one honest node a wrong share and never answers the complaint.
+    /// Sends one honest node a wrong share and never answers the complaint; as a share-recovery
+    /// helper, sends blinding values that do not match its commitments.
     BadShare,
     /// Deals with an invalid proof of knowledge.
     BadProof,
@@ -30,7 +32,7 @@ pub enum Behaviour {
     FalseComplaint,
     /// Sends random bytes instead of messages.
     Garbage,
-    /// Confirms a random transcript.
+    /// Confirms a random transcript; as a share-recovery helper, sends a wrong blinded share.
     BadConfirm,
 }
 
@@ -111,6 +113,9 @@ pub struct Outcome {
     pub virtual_ms: u64,
     /// Messages delivered.
     pub delivered: u64,
+    /// Share-recovery rounds each node asked for (a node that adopted a transcript without a
+    /// valid share from one of its dealers).
+    pub recovery_rounds: BTreeMap<u16, u32>,
     /// The first broken property, if any.
     pub violation: Option<Violation>,
 }
@@ -215,6 +220,9 @@ pub fn random_scenario(seed: u64) -> Scenario {
     s
 }
 
+/// The simulated cluster's id.
+const SESSION: [u8; 32] = [0x51; 32];
+
 struct Node<S: Suite> {
     key: SigningKey,
     rng: ChaCha20Rng,
@@ -222,6 +230,8 @@ struct Node<S: Suite> {
     /// record and every message it received (as kms-node's store keeps them).
     persisted_attempt: u64,
     active: Option<Box<DkgOutput<S>>>,
+    /// With an active key: serves share recovery to nodes that lack theirs.
+    helper: Option<Helper<S>>,
     records: BTreeMap<u64, DkgRecord>,
     inbox: BTreeMap<u64, Vec<(u16, Vec<u8>)>>,
     /// Volatile.
@@ -245,6 +255,7 @@ struct Sim<S: Suite> {
     now: u64,
     delivered: u64,
     failures: Vec<(u16, u64, String)>,
+    recovery_rounds: BTreeMap<u16, u32>,
 }
 
 impl<S: Suite> Sim<S> {
@@ -261,6 +272,7 @@ impl<S: Suite> Sim<S> {
                     rng: ChaCha20Rng::seed_from_u64(rng.next_u64()),
                     persisted_attempt: 0,
                     active: None,
+                    helper: None,
                     records: BTreeMap::new(),
                     inbox: BTreeMap::new(),
                     attempt: 0,
@@ -282,13 +294,24 @@ impl<S: Suite> Sim<S> {
                 queue.push(*r, Event::Restart { node: *node });
             }
         }
-        Sim { sc, seed, rng, nodes, roster, queue, now: 0, delivered: 0, failures: Vec::new() }
+        Sim {
+            sc,
+            seed,
+            rng,
+            nodes,
+            roster,
+            queue,
+            now: 0,
+            delivered: 0,
+            failures: Vec::new(),
+            recovery_rounds: BTreeMap::new(),
+        }
     }
 
     fn config(&self, me: u16, attempt: u64) -> DkgConfig {
         let t = Duration::from_millis(self.sc.round_timeout_ms);
         DkgConfig {
-            session: [0x51; 32],
+            session: SESSION,
             epoch: attempt,
             threshold: self.sc.t,
             me,
@@ -315,25 +338,37 @@ impl<S: Suite> Sim<S> {
                 Event::Timer { node, attempt } => {
                     let now = Duration::from_millis(self.now);
                     let Some(n) = self.nodes.get_mut(&node) else { continue };
-                    if n.crashed || n.attempt != attempt {
+                    if n.crashed {
                         continue;
                     }
-                    let Some(dkg) = n.dkg.as_mut() else { continue };
+                    // A listening attempt's only timer is a share recovery's round (as in kms-node,
+                    // an attempt left behind does not run its rounds on).
+                    let dkg = if n.attempt == attempt {
+                        n.dkg.as_mut()
+                    } else {
+                        n.zombies.get_mut(&attempt).filter(|z| z.is_recovering())
+                    };
+                    let Some(dkg) = dkg else { continue };
                     let actions = dkg.handle_timeout(now);
-                    self.apply(node, actions);
+                    self.apply(node, attempt, actions);
                 }
                 Event::Crash { node } => {
                     if let Some(n) = self.nodes.get_mut(&node) {
                         n.crashed = true;
                         n.dkg = None;
+                        n.helper = None;
                         n.zombies.clear();
                         n.shadow = None;
                     }
                 }
                 Event::Restart { node } => {
+                    let roster = self.roster.clone();
                     let interrupted = match self.nodes.get_mut(&node) {
                         Some(n) => {
                             n.crashed = false;
+                            if n.active.is_some() {
+                                n.helper = Some(Helper::new(SESSION, n.key.clone(), roster));
+                            }
                             (n.active.is_none()).then_some(n.persisted_attempt)
                         }
                         None => None,
@@ -356,7 +391,7 @@ impl<S: Suite> Sim<S> {
                                 let Some(n) = self.nodes.get_mut(&node) else { break };
                                 let Some(z) = n.zombies.get_mut(&a) else { break };
                                 if let Ok(actions) = z.handle_message(from, msg, now) {
-                                    self.apply(node, actions);
+                                    self.apply(node, a, actions);
                                 }
                             }
                         }
@@ -394,6 +429,7 @@ impl<S: Suite> Sim<S> {
         };
         n.dkg = Some(dkg);
         n.shadow = None;
+        let attempt_started = attempt;
         if byz == Some(Behaviour::Equivocate) {
             let mut alt_rng = ChaCha20Rng::seed_from_u64(n.rng.next_u64());
             if let Ok((_, alt)) =
@@ -413,7 +449,7 @@ impl<S: Suite> Sim<S> {
                 n.shadow = deal.map(|d| (d, shares));
             }
         }
-        self.apply(node, actions);
+        self.apply(node, attempt_started, actions);
     }
 
     fn deliver(&mut self, from: u16, to: u16, bytes: Vec<u8>) {
@@ -433,13 +469,23 @@ impl<S: Suite> Sim<S> {
             }
             return;
         }
-        if n.active.is_some() {
-            return;
-        }
         // Garbage is refused by the decoder, as on the wire.
         let Ok(msg) = decode_p2p::<DkgMessage>(&bytes) else { return };
-        self.delivered += 1;
         let epoch = msg.header().epoch;
+        if n.active.is_some() {
+            // As kms-node: with a key, only share recovery is served.
+            if !is_for_helper(&msg) {
+                return;
+            }
+            self.delivered += 1;
+            let Some(n) = self.nodes.get_mut(&to) else { return };
+            let (Some(active), Some(helper)) = (n.active.as_ref(), n.helper.as_mut()) else { return };
+            if let Ok(actions) = helper.handle_message(&active.share, from, msg, &mut n.rng) {
+                self.apply(to, epoch, actions);
+            }
+            return;
+        }
+        self.delivered += 1;
         if epoch > n.attempt {
             // A peer is at a higher attempt: join it (as kms-node's driver does).
             self.start(to, epoch);
@@ -451,31 +497,36 @@ impl<S: Suite> Sim<S> {
             if epoch == n.attempt && n.dkg.is_some() { n.dkg.as_mut() } else { n.zombies.get_mut(&epoch) };
         let Some(dkg) = dkg else { return };
         if let Ok(actions) = dkg.handle_message(from, msg, now) {
-            self.apply(to, actions);
+            self.apply(to, epoch, actions);
         }
     }
 
-    fn apply(&mut self, from: u16, actions: Vec<Action<S>>) {
+    /// Carries out the actions of `from`'s machine for `attempt`.
+    fn apply(&mut self, from: u16, attempt: u64, actions: Vec<Action<S>>) {
         for action in actions {
             match action {
                 Action::Broadcast(m) => {
+                    if matches!(m.body, DkgBody::RecoverRequest(_)) {
+                        *self.recovery_rounds.entry(from).or_default() += 1;
+                    }
                     for to in (1..=self.sc.n).filter(|&j| j != from) {
                         self.send(from, to, m.clone());
                     }
                 }
                 Action::Send { to, message } => self.send(from, to, message),
                 Action::Timer(at) => {
-                    let attempt = self.nodes.get(&from).map(|n| n.attempt).unwrap_or(0);
                     let at_ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
                     self.queue.push(at_ms.max(self.now), Event::Timer { node: from, attempt });
                 }
                 Action::Persist(r) => {
                     if let Some(n) = self.nodes.get_mut(&from) {
-                        n.records.insert(n.attempt, r);
+                        n.records.insert(attempt, r);
                     }
                 }
                 Action::Completed(out) => {
+                    let roster = self.roster.clone();
                     if let Some(n) = self.nodes.get_mut(&from) {
+                        n.helper = Some(Helper::new(SESSION, n.key.clone(), roster));
                         n.active = Some(out);
                         n.dkg = None;
                         n.zombies.clear();
@@ -521,6 +572,20 @@ impl<S: Suite> Sim<S> {
                 DkgMessage::new(DkgBody::Share(s))
             }
             (Behaviour::BadShare, DkgBody::Justification(_)) => return Vec::new(),
+            // As a recovery helper: blinding values that do not match the commitments.
+            (Behaviour::BadShare, DkgBody::Blinding(mut b)) => {
+                let mut p = b.share.payload.clone();
+                p.share = S::encode_scalar(&S::Scalar::from(7u64));
+                b.share = sign(&key, p);
+                DkgMessage::new(DkgBody::Blinding(b))
+            }
+            // As a recovery helper: a blinded share that does not verify.
+            (Behaviour::BadConfirm, DkgBody::RecoverReply(mut r)) => {
+                if let RecoverOutcome::Value { value, .. } = &mut r.outcome {
+                    *value = S::encode_scalar(&S::Scalar::from(5u64));
+                }
+                DkgMessage::new(DkgBody::RecoverReply(r))
+            }
             (Behaviour::BadProof, DkgBody::Deal(d)) => {
                 let mut p = d.payload;
                 p.pok_z = S::encode_scalar(&S::Scalar::from(3u64));
@@ -638,6 +703,7 @@ impl<S: Suite> Sim<S> {
             culprits,
             virtual_ms: self.now,
             delivered: self.delivered,
+            recovery_rounds: self.recovery_rounds,
             violation,
         }
     }
