@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ff::Field;
 use group::{Curve, Group};
 use kms_dkg::envelope::{response, secret};
-use kms_dkg::testing::{run_dkg_in_memory, trusted_dealer};
+use kms_dkg::testing::{recover_in_memory, run_dkg_in_memory, trusted_dealer};
 use kms_dkg::threshold::{combine, partial_key, verify_partial, verify_partials, KeyId, PartialKey};
 use kms_dkg::{Bls12381G2, Ed25519};
 use pairing::Engine;
@@ -124,5 +124,18 @@ fn dkg(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, floor, threshold, envelopes, dkg);
+fn recovery(c: &mut Criterion) {
+    let mut g = c.benchmark_group("share recovery (requester and t helpers, one process)");
+    g.sample_size(20);
+    for (t, n) in [(3u16, 5u16), (11, 16)] {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let shares = trusted_dealer::<Bls12381G2>(t, n, None, &mut rng);
+        g.bench_function(format!("BLS12-381 t={t} n={n}"), |b| {
+            b.iter(|| recover_in_memory(&shares, 1, &mut rng).expect("recovered"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, floor, threshold, envelopes, dkg, recovery);
 criterion_main!(benches);

@@ -92,6 +92,62 @@ pub fn run_dkg_in_memory<S: Suite>(
     outputs.into_iter().enumerate().map(|(i, o)| o.ok_or(format!("node {} did not finish", i + 1))).collect()
 }
 
+/// Recovers node `r`'s share from the other nodes' shares by share recovery
+/// ([`crate::dkg::recovery`]): `r` asks, t helpers blind and answer, all in memory (FIFO delivery,
+/// no faults). Returns the recovered secret, checked against `VK_r`. For benchmarks and examples.
+pub fn recover_in_memory<S: Suite>(
+    shares: &[KeyShare<S>],
+    r: u16,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<S::Scalar, String> {
+    use crate::dkg::recovery::{Helper, Requester, Step, Target};
+    use crate::dkg::Action;
+    use kms_proto::dkg::{DkgBody, DkgMessage};
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    let n = u16::try_from(shares.len()).map_err(|e| e.to_string())?;
+    let keys: Vec<ed25519_dalek::SigningKey> =
+        (0..n).map(|_| ed25519_dalek::SigningKey::generate(rng)).collect();
+    let roster: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
+    let session = [0x5e; 32];
+    let mine = shares.get(usize::from(r).wrapping_sub(1)).ok_or("r is not a node")?;
+    let target =
+        Target { session, epoch: mine.epoch(), me: r, public: mine.public().clone(), roster: roster.clone() };
+    let identity = &keys[usize::from(r - 1)];
+    let (mut requester, actions) = Requester::start(target, identity, Duration::from_secs(5), Duration::ZERO);
+    let mut helpers: Vec<Helper<S>> =
+        keys.iter().map(|k| Helper::new(session, k.clone(), roster.clone())).collect();
+    let mut queue: VecDeque<(u16, u16, DkgMessage)> = VecDeque::new();
+    let route = |from: u16, actions: Vec<Action<S>>, queue: &mut VecDeque<_>| {
+        for a in actions {
+            match a {
+                Action::Broadcast(m) => {
+                    queue.extend((1..=n).filter(|&to| to != from).map(|to| (from, to, m.clone())))
+                }
+                Action::Send { to, message } => queue.push_back((from, to, message)),
+                _ => {}
+            }
+        }
+    };
+    route(r, actions, &mut queue);
+    while let Some((from, to, msg)) = queue.pop_front() {
+        if to == r {
+            let DkgBody::RecoverReply(reply) = msg.body else { continue };
+            match requester.handle_reply(from, *reply, identity, Duration::ZERO).map_err(|e| e.to_string())? {
+                Step::Recovered(secret) => return Ok(secret),
+                Step::Continue(actions) => route(r, actions, &mut queue),
+            }
+        } else {
+            let i = usize::from(to - 1);
+            if let Ok(actions) = helpers[i].handle_message(&shares[i], from, msg, rng) {
+                route(to, actions, &mut queue);
+            }
+        }
+    }
+    Err("recovery did not complete".into())
+}
+
 /// A cryptographic RNG for tests and fuzzing (not for production keys).
 pub trait TestRng: RngCore + CryptoRng {}
 impl<R: RngCore + CryptoRng> TestRng for R {}

@@ -4,7 +4,9 @@
 //! Attempts: the DKG epoch is an attempt number, persisted before anything is sent, so a node
 //! restarted mid-ceremony never deals twice in one attempt. It starts attempt `a + 1`; a node
 //! that receives a message of a higher attempt while it has no active key abandons its own
-//! attempt and joins the higher one. Nodes with an active key ignore DKG traffic.
+//! attempt and joins the higher one. Nodes with an active key ignore DKG traffic except share
+//! recovery: they help a node that adopted the quorum transcript without a valid share from one
+//! of its dealers to rebuild its share (`kms_dkg::dkg::recovery`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -15,9 +17,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use kms_dkg::dkg::recovery::{is_for_helper, Helper};
 use kms_dkg::dkg::{Action, Dkg, DkgConfig, DkgOutput, Timeouts};
 use kms_dkg::{Bls12381G2, Ed25519, Suite};
-use kms_proto::dkg::{DkgMessage, SuiteId};
+use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
 use kms_proto::p2p::{NodeRequest, NodeResponse, RequestBody, ResponseBody};
 
 use crate::p2p::{Inbound, P2pHandle, PeerEvent};
@@ -132,6 +135,17 @@ impl Ceremony {
     }
 }
 
+/// The direct messages among a helper's actions (a helper only ever sends).
+fn sends_of<S: Suite>(actions: Vec<Action<S>>) -> Vec<(u16, DkgMessage)> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { to, message } => Some((to, message)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Where a ceremony keeps the output of the run over group `S`.
 trait Slot: Suite {
     fn slot(c: &mut Ceremony) -> &mut Option<Box<DkgOutput<Self>>>;
@@ -167,6 +181,7 @@ pub async fn run(
         p2p,
         ceremony: None,
         listening: BTreeMap::new(),
+        helpers: None,
         origin,
         retry_at: None,
         broken: false,
@@ -231,6 +246,8 @@ struct Driver {
     /// Older attempts (failed, abandoned for a higher one, or interrupted by a restart) still
     /// listening: their quorum may complete them, and then this node adopts the result.
     listening: BTreeMap<u64, Ceremony>,
+    /// With active keys: share recovery for nodes that lack theirs (BLS, Ed25519).
+    helpers: Option<(Helper<Bls12381G2>, Helper<Ed25519>)>,
     origin: Instant,
     retry_at: Option<Instant>,
     /// The store could not be read: stay out of every ceremony.
@@ -251,6 +268,10 @@ impl Driver {
         self.shared.activated.send_replace(epoch);
         self.ceremony = None;
         self.listening.clear();
+        let helper = || (self.cfg.session, self.cfg.identity.clone(), self.cfg.roster.clone());
+        let (s1, i1, r1) = helper();
+        let (s2, i2, r2) = helper();
+        self.helpers = Some((Helper::new(s1, i1, r1), Helper::new(s2, i2, r2)));
     }
 
     fn connected(&self) -> usize {
@@ -372,7 +393,13 @@ impl Driver {
     }
 
     fn on_dkg(&mut self, from: u16, msg: DkgMessage) {
-        if self.broken || self.shared.active().is_some() {
+        if self.broken {
+            return;
+        }
+        if let Some(keys) = self.shared.active() {
+            if is_for_helper(&msg) {
+                self.help(&keys, from, msg);
+            }
             return;
         }
         let epoch = msg.header().epoch;
@@ -398,6 +425,26 @@ impl Driver {
         self.dispatch(epoch, from, msg);
     }
 
+    /// Serves share recovery with this node's active shares.
+    fn help(&mut self, keys: &ActiveKeys, from: u16, msg: DkgMessage) {
+        let Some((bls, ed)) = self.helpers.as_mut() else { return };
+        let sends = match msg.header().suite {
+            SuiteId::Bls12381G2 => bls.handle_message(&keys.bls, from, msg, &mut OsRng).map(sends_of),
+            SuiteId::Ed25519 => ed.handle_message(&keys.ed25519, from, msg, &mut OsRng).map(sends_of),
+        };
+        match sends {
+            Ok(sends) => {
+                if !sends.is_empty() {
+                    info!(from, epoch = keys.epoch, "helping a node recover its share");
+                }
+                for (to, m) in sends {
+                    self.send(to, m, keys.epoch);
+                }
+            }
+            Err(why) => tracing::debug!(from, %why, "share recovery message ignored"),
+        }
+    }
+
     fn dispatch(&mut self, attempt: u64, from: u16, msg: DkgMessage) {
         let now = self.now();
         let suite = msg.header().suite;
@@ -414,9 +461,33 @@ impl Driver {
         }
     }
 
+    /// Whether a machine is recovering its share of a transcript a quorum signed.
+    fn recovering(&self) -> bool {
+        self.ceremony
+            .iter()
+            .chain(self.listening.values())
+            .any(|c| c.bls.is_recovering() || c.ed.is_recovering())
+    }
+
+    /// `(attempt, suite, deadline)` of the timers that run: the running ceremony's, and those of
+    /// listening machines that are recovering a share (an attempt left behind does not run its
+    /// rounds on, but a share recovery runs in timed rounds).
+    fn timers(&self) -> Vec<(u64, SuiteId, Duration)> {
+        let current = self.ceremony.iter().flat_map(|c| c.deadlines.iter().map(|(s, d)| (c.attempt, *s, *d)));
+        let recovering = self.listening.values().flat_map(|c| {
+            c.deadlines
+                .iter()
+                .filter(|(s, _)| match s {
+                    SuiteId::Bls12381G2 => c.bls.is_recovering(),
+                    SuiteId::Ed25519 => c.ed.is_recovering(),
+                })
+                .map(|(s, d)| (c.attempt, *s, *d))
+        });
+        current.chain(recovering).collect()
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
-        let dkg =
-            self.ceremony.as_ref().and_then(|c| c.deadlines.values().min().copied()).map(|d| self.origin + d);
+        let dkg = self.timers().into_iter().map(|(_, _, d)| d).min().map(|d| self.origin + d);
         match (dkg, self.retry_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -427,15 +498,20 @@ impl Driver {
         if let Some(at) = self.retry_at {
             if Instant::now() >= at {
                 self.retry_at = None;
-                self.maybe_start();
+                if self.recovering() {
+                    // A quorum already holds a key; a new attempt could not succeed. Wait for
+                    // the recovery instead.
+                    self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                } else {
+                    self.maybe_start();
+                }
                 return;
             }
         }
         let now = self.now();
-        let Some(c) = self.ceremony.as_mut() else { return };
-        let due: Vec<SuiteId> = c.deadlines.iter().filter(|(_, d)| **d <= now).map(|(s, _)| *s).collect();
-        for suite in due {
-            let Some(c) = self.ceremony.as_mut() else { return };
+        let due = self.timers().into_iter().filter(|(_, _, d)| *d <= now);
+        for (attempt, suite, _) in due {
+            let Some(c) = self.ceremony_mut(attempt) else { continue };
             c.deadlines.remove(&suite);
             match suite {
                 SuiteId::Bls12381G2 => {
@@ -457,14 +533,12 @@ impl Driver {
             match action {
                 Action::Broadcast(m) => {
                     for to in (1..=n).filter(|&j| j != self.cfg.me) {
-                        self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(m.clone())), attempt);
+                        self.send(to, m.clone(), attempt);
                     }
                 }
-                Action::Send { to, message } => {
-                    self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), attempt)
-                }
+                Action::Send { to, message } => self.send(to, message, attempt),
                 Action::Timer(d) => {
-                    if let Some(c) = self.ceremony.as_mut().filter(|c| c.attempt == attempt) {
+                    if let Some(c) = self.ceremony_mut(attempt) {
                         c.deadlines.insert(suite, d);
                     }
                 }
@@ -480,8 +554,9 @@ impl Driver {
                     if let Some(c) = self.ceremony.take() {
                         self.keep_listening(c);
                     }
+                    // The rest still counts: a failed run that adopts the quorum's transcript
+                    // starts a share recovery in the same step.
                     self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                    return;
                 }
                 _ => {}
             }
@@ -489,8 +564,27 @@ impl Driver {
         self.finish_if_done(attempt);
     }
 
+    /// Sends reliably, in the attempt's generation (a newer attempt cancels what is pending).
+    /// Share recovery is for a transcript that is final, so its messages are never cancelled.
+    fn send(&self, to: u16, message: DkgMessage, attempt: u64) {
+        #[cfg(feature = "test-faults")]
+        let mut message = message;
+        #[cfg(feature = "test-faults")]
+        if !crate::faults::outgoing(self.cfg.me, to, &mut message) {
+            return;
+        }
+        let generation = match message.body {
+            DkgBody::RecoverRequest(_) | DkgBody::Blinding(_) | DkgBody::RecoverReply(_) => u64::MAX,
+            _ => attempt,
+        };
+        self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), generation);
+    }
+
     fn completed<S: Slot>(&mut self, attempt: u64, out: Box<DkgOutput<S>>) {
         let Some(c) = self.ceremony_mut(attempt) else { return };
+        if out.recovered {
+            info!(attempt = c.attempt, suite = ?S::ID, "share recovered from other nodes");
+        }
         info!(attempt = c.attempt, suite = ?S::ID, qual = ?out.qual, culprits = ?out.culprits, "DKG completed");
         *S::slot(c) = Some(out);
     }

@@ -10,6 +10,8 @@ pub mod attestation;
 pub mod config;
 pub mod descriptor;
 pub mod driver;
+#[cfg(feature = "test-faults")]
+mod faults;
 pub mod http;
 pub mod identity;
 pub mod jwks_source;

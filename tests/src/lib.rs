@@ -106,6 +106,8 @@ pub struct Node {
     pub child: Option<Child>,
     /// The kms-node binary.
     pub bin: PathBuf,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -117,6 +119,7 @@ impl Node {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,libp2p=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -229,6 +232,7 @@ impl Cluster {
                 http: SocketAddr::from(([127, 0, 0, 1], http)),
                 child: None,
                 bin: bin.to_path_buf(),
+                env: Vec::new(),
             });
         }
         for (node, (i, _, p2p, _)) in nodes.iter().zip(&roster) {

@@ -664,6 +664,7 @@ impl<S: Suite> Dkg<S> {
                 transcript: fin.transcript,
                 certificate: matching,
                 culprits: self.culprits.iter().cloned().collect(),
+                recovered: false,
             };
             return vec![Action::Completed(Box::new(output))];
         }
@@ -749,13 +750,18 @@ impl<S: Suite> Dkg<S> {
         let share = KeyShare::new(self.cfg.epoch, me, secret, public);
         S::zeroize_scalar(&mut secret);
         let Ok(share) = share else { return Vec::new() };
-        self.complete_adopted(adoption, share)
+        self.complete_adopted(adoption, share, false)
     }
 
     /// Completes with a share of a quorum transcript: adds this node's signature to it, unless
     /// it already signed another one in this attempt (an honest node never signs two), since
     /// later laggards may need it to reach the quorum.
-    fn complete_adopted(&mut self, adoption: Adoption, share: KeyShare<S>) -> Vec<Action<S>> {
+    fn complete_adopted(
+        &mut self,
+        adoption: Adoption,
+        share: KeyShare<S>,
+        recovered: bool,
+    ) -> Vec<Action<S>> {
         let Adoption { transcript, qual, certificate } = adoption;
         let me = self.cfg.me;
         let mut actions = Vec::new();
@@ -768,15 +774,13 @@ impl<S: Suite> Dkg<S> {
         self.phase = Phase::Done;
         self.poly = None;
         self.finalized = None;
-        if let Some((requester, _)) = self.recovery.take() {
-            self.culprits.extend(requester.culprits().cloned());
-        }
         let output = DkgOutput {
             share,
             qual: qual.into_iter().collect(),
             transcript,
             certificate,
             culprits: self.culprits.iter().cloned().collect(),
+            recovered,
         };
         actions.push(Action::Completed(Box::new(output)));
         actions
@@ -821,7 +825,7 @@ impl<S: Suite> Dkg<S> {
                 let share = KeyShare::new(self.cfg.epoch, self.cfg.me, secret, public);
                 S::zeroize_scalar(&mut secret);
                 match share {
-                    Ok(share) => Ok(self.complete_adopted(adoption, share)),
+                    Ok(share) => Ok(self.complete_adopted(adoption, share, true)),
                     // The requester checked the share against VK_me; unreachable.
                     Err(_) => Ok(Vec::new()),
                 }

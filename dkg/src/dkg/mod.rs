@@ -239,6 +239,8 @@ pub struct DkgOutput<S: Suite> {
     pub certificate: BTreeMap<u16, Signed<kms_proto::dkg::Confirm>>,
     /// Misbehaviour observed during the run (disqualified dealers, false complaints, ...).
     pub culprits: Vec<Culprit>,
+    /// The share was recovered from other nodes ([`recovery`]) rather than built from deals.
+    pub recovered: bool,
 }
 
 impl<S: Suite> std::fmt::Debug for DkgOutput<S> {
@@ -249,6 +251,7 @@ impl<S: Suite> std::fmt::Debug for DkgOutput<S> {
             .field("transcript", &hex::encode(self.transcript))
             .field("certificate", &self.certificate.keys().collect::<Vec<_>>())
             .field("culprits", &self.culprits)
+            .field("recovered", &self.recovered)
             .finish()
     }
 }

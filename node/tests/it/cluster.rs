@@ -21,7 +21,7 @@ use crate::common::{digest, manifest, token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
 
-use kms_tests::{free_port, init, write_config, Cluster, Node};
+use kms_tests::{free_port, init, tail, write_config, Cluster, Node};
 /// An enclave: its X25519 key, a fresh nonce, and an OIDC-style token binding both.
 struct Enclave {
     secret: x25519_dalek::StaticSecret,
@@ -214,6 +214,7 @@ fn five_nodes_on_loopback() {
         http: SocketAddr::from(([127, 0, 0, 1], free_port())),
         child: None,
         bin: PathBuf::from(BIN),
+        env: Vec::new(),
     };
     let p2p = free_port();
     let mut roster: Vec<(u16, String, u16, u16)> = d0
@@ -270,4 +271,56 @@ fn restart_mid_ceremony_restarts_the_attempt_cleanly() {
     for i in 1..5 {
         assert_eq!(c.descriptor(i, Duration::from_secs(30)).descriptor, d.descriptor);
     }
+}
+
+/// A late complaint healed by share recovery, across real processes. Node 5 sends node 1 a wrong
+/// BLS share and never justifies, and node 1's responses never leave it (both by test fault
+/// injection, as if node 1 were cut off during the response round): nobody hears node 1's
+/// complaint, so the other four qualify node 5 and agree. Node 1 adopts their transcript and
+/// recovers its BLS share from three helpers; the recovered share then serves keys.
+#[test]
+fn a_late_complaint_is_healed_by_share_recovery() {
+    let mut c = Cluster::prepare(Path::new(BIN), 5, 3, "");
+    c.nodes[4].env.push(("KMS_TEST_FAULT".into(), "withhold-share:1".into()));
+    c.nodes[0].env.push(("KMS_TEST_FAULT".into(), "mute-response".into()));
+    let c = c.start_all();
+    let all: Vec<usize> = (0..5).collect();
+    let epoch = c.wait_ready(&all, Duration::from_secs(60));
+    let log1 = c.nodes[0].log();
+    assert!(log1.contains("share recovered from other nodes"), "node 1 did not recover\n{}", c.logs());
+    assert!(log1.contains("UnansweredComplaint"), "node 1 names the withholding dealer\n{}", tail(&log1));
+    let helped = c.nodes[1..].iter().filter(|n| n.log().contains("helping a node recover its share")).count();
+    assert!(helped >= 3, "{helped} helpers\n{}", c.logs());
+
+    // One key everywhere, node 5 qualified, and node 1's recovered share verifies and combines.
+    let d = c.descriptor(0, Duration::from_secs(30));
+    d.verify(None).unwrap();
+    assert_eq!(d.descriptor.epoch, epoch);
+    for i in 1..5 {
+        assert_eq!(c.descriptor(i, Duration::from_secs(30)).descriptor, d.descriptor);
+    }
+    let keys = bls_keys(&d);
+    let owner = SigningKey::generate(&mut OsRng);
+    let image = digest(0xaa);
+    let m = manifest(&owner, 1, std::slice::from_ref(&image));
+    let app = m.manifest.app_id;
+    assert_eq!(c.nodes[1].post("/v1/apps", &encode_json(&m)).0, 200);
+    wait_manifest_everywhere(&c, &app, 1);
+    let id = KeyId::new(*app.as_bytes(), "root").unwrap();
+    let enclave = Enclave::new();
+    let (req, binding) = enclave.request(&app, &image);
+    let body = encode_json(&req);
+    let partials: Vec<PartialKey> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let (status, resp) = n.post("/v1/keys", &body);
+            assert_eq!(status, 200, "node {}: {}", n.index, String::from_utf8_lossy(&resp));
+            enclave.open(&binding, &resp)
+        })
+        .collect();
+    verify_partials(&keys, &id.hash(), &partials, &mut OsRng).expect("node 1's recovered share verifies");
+    let with_node_1 = combine(&keys, &id, &partials[..3]).unwrap();
+    let without = combine(&keys, &id, &partials[2..]).unwrap();
+    assert_eq!(*with_node_1.to_bytes(), *without.to_bytes());
 }

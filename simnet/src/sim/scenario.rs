@@ -413,6 +413,11 @@ impl<S: Suite> Sim<S> {
         if n.crashed || n.active.is_some() || attempt <= n.attempt {
             return;
         }
+        if n.zombies.values().chain(n.dkg.as_ref()).any(|d| d.is_recovering()) {
+            // As kms-node: a quorum already holds a key, so wait for the recovery instead.
+            self.queue.push(self.now + 1_000, Event::Start { node, attempt });
+            return;
+        }
         // The attempt being left keeps listening: its quorum may still complete it.
         if let Some(old) = n.dkg.take() {
             n.zombies.insert(n.attempt, old);

@@ -1,0 +1,49 @@
+//! Test-only fault injection (cargo feature `test-faults`, enabled only for this crate's own
+//! tests): with `KMS_TEST_FAULT` set, the node misbehaves in the DKG, so an end-to-end test can
+//! produce what an honest cluster on a healthy network never does: a complaint that nobody hears,
+//! against a dealer that never justifies, which share recovery then heals.
+//!
+//! * `withhold-share:J` — send node J a wrong BLS12-381 share and never justify.
+//! * `mute-response` — never send this node's own responses (as if it were cut off during the
+//!   response round).
+
+use std::sync::OnceLock;
+
+use kms_dkg::{Bls12381G2, Suite};
+use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
+
+enum Fault {
+    WithholdShare(u16),
+    MuteResponse,
+}
+
+fn fault() -> Option<&'static Fault> {
+    static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            let v = std::env::var("KMS_TEST_FAULT").ok()?;
+            let fault = match v.split_once(':') {
+                Some(("withhold-share", j)) => Fault::WithholdShare(j.parse().ok()?),
+                None if v == "mute-response" => Fault::MuteResponse,
+                _ => return None,
+            };
+            tracing::warn!(fault = %v, "TEST FAULT INJECTION ACTIVE: this node misbehaves in the DKG");
+            Some(fault)
+        })
+        .as_ref()
+}
+
+/// Rewrites an outgoing DKG message from node `me` to `to`; `false` drops it.
+pub(crate) fn outgoing(me: u16, to: u16, m: &mut DkgMessage) -> bool {
+    match (fault(), &mut m.body) {
+        (Some(Fault::WithholdShare(j)), DkgBody::Share(s))
+            if to == *j && s.header.suite == SuiteId::Bls12381G2 =>
+        {
+            s.share = Bls12381G2::encode_scalar(&blstrs::Scalar::from(7u64));
+            true
+        }
+        (Some(Fault::WithholdShare(_)), DkgBody::Justification(_)) => false,
+        (Some(Fault::MuteResponse), DkgBody::Response(r)) => r.payload.header.sender != me,
+        _ => true,
+    }
+}
