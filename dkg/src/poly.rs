@@ -28,6 +28,15 @@ impl<S: Suite> Polynomial<S> {
         p
     }
 
+    /// A polynomial with the given coefficients `a_0, a_1, …` (at least one; an empty list
+    /// gives the zero polynomial of degree 0).
+    pub(crate) fn from_coefficients(mut coeffs: Vec<S::Scalar>) -> Self {
+        if coeffs.is_empty() {
+            coeffs.push(S::Scalar::ZERO);
+        }
+        Polynomial { coeffs }
+    }
+
     /// The constant term `a_0` (the dealt secret).
     pub fn secret(&self) -> &S::Scalar {
         // Never empty: `random` makes at least one coefficient.

@@ -140,7 +140,7 @@ pub fn recover_in_memory<S: Suite>(
             }
         } else {
             let i = usize::from(to - 1);
-            if let Ok(actions) = helpers[i].handle_message(&shares[i], from, msg, rng) {
+            if let Ok(actions) = helpers[i].handle_message(&shares[i], from, msg) {
                 route(to, actions, &mut queue);
             }
         }

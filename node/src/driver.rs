@@ -289,7 +289,11 @@ impl Driver {
 
     fn maybe_start(&mut self) {
         self.update_waiting();
-        if self.broken || self.shared.active().is_some() || self.ceremony.is_some() || self.retry_at.is_some()
+        if self.broken
+            || self.shared.active().is_some()
+            || self.ceremony.is_some()
+            || self.retry_at.is_some()
+            || self.recovering()
         {
             return;
         }
@@ -322,10 +326,20 @@ impl Driver {
         }
     }
 
+    /// Keeps an attempt listening; at most 8, the oldest dropped first, except one that is
+    /// recovering its share (its transcript is the quorum's: nothing newer can replace it).
     fn keep_listening(&mut self, c: Ceremony) {
         self.listening.insert(c.attempt, c);
         while self.listening.len() > 8 {
-            self.listening.pop_first();
+            let oldest = self
+                .listening
+                .iter()
+                .find(|(_, c)| !(c.bls.is_recovering() || c.ed.is_recovering()))
+                .map(|(a, _)| *a);
+            match oldest {
+                Some(a) => self.listening.remove(&a),
+                None => self.listening.pop_first().map(|(_, c)| c),
+            };
         }
     }
 
@@ -405,6 +419,10 @@ impl Driver {
         let epoch = msg.header().epoch;
         let current = self.ceremony.as_ref().map(|c| c.attempt);
         if current.is_none_or(|a| epoch > a) && !self.listening.contains_key(&epoch) {
+            if self.recovering() {
+                // A quorum already holds the key this node is recovering its share of.
+                return;
+            }
             // A peer is at a higher attempt (or we have none yet): join it. The sender's
             // messages are authenticated by the DKG machine; a forged attempt number only
             // makes us restart.
@@ -418,9 +436,12 @@ impl Driver {
         if self.ceremony_mut(epoch).is_none() {
             return;
         }
-        // Logged (sealed) so that a restart can rebuild this attempt.
-        if let Err(e) = self.store.log_dkg_message(epoch, from, &kms_proto::codec::encode_p2p(&msg)) {
-            warn!(error = %e, "cannot log a DKG message");
+        // Logged (sealed) so that a restart can rebuild this attempt. Recovery replies are not:
+        // they answer one request, and a restarted node asks anew.
+        if !matches!(msg.body, DkgBody::RecoverReply(_)) {
+            if let Err(e) = self.store.log_dkg_message(epoch, from, &kms_proto::codec::encode_p2p(&msg)) {
+                warn!(error = %e, "cannot log a DKG message");
+            }
         }
         self.dispatch(epoch, from, msg);
     }
@@ -429,8 +450,8 @@ impl Driver {
     fn help(&mut self, keys: &ActiveKeys, from: u16, msg: DkgMessage) {
         let Some((bls, ed)) = self.helpers.as_mut() else { return };
         let sends = match msg.header().suite {
-            SuiteId::Bls12381G2 => bls.handle_message(&keys.bls, from, msg, &mut OsRng).map(sends_of),
-            SuiteId::Ed25519 => ed.handle_message(&keys.ed25519, from, msg, &mut OsRng).map(sends_of),
+            SuiteId::Bls12381G2 => bls.handle_message(&keys.bls, from, msg).map(sends_of),
+            SuiteId::Ed25519 => ed.handle_message(&keys.ed25519, from, msg).map(sends_of),
         };
         match sends {
             Ok(sends) => {
@@ -564,8 +585,8 @@ impl Driver {
         self.finish_if_done(attempt);
     }
 
-    /// Sends reliably, in the attempt's generation (a newer attempt cancels what is pending).
-    /// Share recovery is for a transcript that is final, so its messages are never cancelled.
+    /// Sends reliably, in the attempt's generation (a newer attempt cancels what is pending; none
+    /// starts while a share is being recovered).
     fn send(&self, to: u16, message: DkgMessage, attempt: u64) {
         #[cfg(feature = "test-faults")]
         let mut message = message;
@@ -573,11 +594,7 @@ impl Driver {
         if !crate::faults::outgoing(self.cfg.me, to, &mut message) {
             return;
         }
-        let generation = match message.body {
-            DkgBody::RecoverRequest(_) | DkgBody::Blinding(_) | DkgBody::RecoverReply(_) => u64::MAX,
-            _ => attempt,
-        };
-        self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), generation);
+        self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), attempt);
     }
 
     fn completed<S: Slot>(&mut self, attempt: u64, out: Box<DkgOutput<S>>) {

@@ -215,7 +215,8 @@ pub struct Blinding {
     pub header: Header,
     /// Digest of the signed [`RecoverRequest`] this blinding serves.
     pub request: [u8; 32],
-    /// `[b_j·G]` for j = 0..t, each a compressed point.
+    /// `[b_j·G]` for the t-1 coefficients `b_j` of `h_k` (`g_k(x) = (x - r)·h_k(x)`), each a
+    /// compressed point.
     pub commitments: Vec<Vec<u8>>,
 }
 
@@ -276,7 +277,7 @@ pub struct RecoverReply {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecoverOutcome {
     /// `y_m = s_m + Σ_k g_k(m)`, with the signed blindings of every helper of the round (sorted
-    /// by helper), so the requester can check `y_m·G = VK_m + Σ_k G_k(m)`.
+    /// by helper), so the requester can check `y_m·G = VK_m + (m - r)·Σ_k H_k(m)`.
     Value {
         /// `y_m`, a canonical scalar encoding.
         value: Vec<u8>,
@@ -290,6 +291,12 @@ pub enum RecoverOutcome {
         /// The accused helper's value for the disputing helper.
         share: Box<Signed<BlindingShare>>,
     },
+    /// The helper dealt its blinding for the round (sent as soon as it has, so the requester
+    /// knows which helpers are alive when a round stalls).
+    Dealt {
+        /// The helper's signed commitments.
+        blinding: Box<Signed<Blinding>>,
+    },
 }
 
 impl std::fmt::Debug for RecoverOutcome {
@@ -302,6 +309,9 @@ impl std::fmt::Debug for RecoverOutcome {
                 .finish(),
             RecoverOutcome::Dispute { blinding, .. } => {
                 f.debug_struct("Dispute").field("accused", &blinding.payload.header.sender).finish()
+            }
+            RecoverOutcome::Dealt { blinding } => {
+                f.debug_struct("Dealt").field("helper", &blinding.payload.header.sender).finish()
             }
         }
     }

@@ -253,8 +253,11 @@ impl<S: Suite> Dkg<S> {
         if let DkgBody::RecoverReply(reply) = message.body {
             return self.on_recover_reply(from, *reply, now);
         }
-        if self.phase == Phase::Recovering {
-            // The transcript is fixed; only the share is missing.
+        if self.phase == Phase::Recovering
+            && !matches!(message.body, DkgBody::Share(_) | DkgBody::Justification(_))
+        {
+            // The transcript is fixed; only the share is missing (and a late share or
+            // justification may still bring it, see `try_adopt`).
             return Err(Ignored::Late(header.sender));
         }
         let mut actions = match message.body {
@@ -263,7 +266,9 @@ impl<S: Suite> Dkg<S> {
             DkgBody::Response(r) => self.on_response(r)?,
             DkgBody::Justification(j) => self.on_justification(j)?,
             DkgBody::Confirm(c) => self.on_confirm(c)?,
-            DkgBody::RecoverRequest(_) | DkgBody::Blinding(_) | DkgBody::RecoverReply(_) => Vec::new(),
+            DkgBody::RecoverRequest(_) | DkgBody::Blinding(_) | DkgBody::RecoverReply(_) => {
+                return Err(Ignored::NotExpected("share recovery messages are handled above"))
+            }
         };
         actions.extend(self.advance(now));
         actions.extend(self.try_adopt(now));
@@ -698,7 +703,7 @@ impl<S: Suite> Dkg<S> {
     /// partitioned, slow, or restarted): rebuilds the share from the qualified dealers' deals
     /// and this node's shares, and completes only if the rebuilt transcript hash matches.
     fn try_adopt(&mut self, now: Duration) -> Vec<Action<S>> {
-        if matches!(self.phase, Phase::Done | Phase::Recovering) {
+        if self.phase == Phase::Done {
             return Vec::new();
         }
         let quorum = usize::from(self.cfg.quorum());
@@ -741,6 +746,10 @@ impl<S: Suite> Dkg<S> {
             return Vec::new();
         };
         let adoption = Adoption { transcript, qual, certificate };
+        if missing && self.phase == Phase::Recovering {
+            S::zeroize_scalar(&mut secret);
+            return Vec::new();
+        }
         if missing {
             // The transcript is the quorum's, but a share to this node is missing (its complaint
             // came too late to be heard): recover the share from t nodes that hold theirs.
@@ -774,6 +783,10 @@ impl<S: Suite> Dkg<S> {
         self.phase = Phase::Done;
         self.poly = None;
         self.finalized = None;
+        if let Some((requester, _)) = self.recovery.take() {
+            // A late share made the recovery unnecessary; what it proved still counts.
+            self.culprits.extend(requester.culprits().cloned());
+        }
         let output = DkgOutput {
             share,
             qual: qual.into_iter().collect(),

@@ -5,13 +5,15 @@
 //! This is the blinded recovery of Herzberg, Jarecki, Krawczyk and Yung ("Proactive Secret
 //! Sharing", CRYPTO 1995, §4 share recovery), made verifiable and attributable:
 //!
-//! 1. The requester `r` broadcasts a signed [`RecoverRequest`] naming the key set (digest of the
-//!    group key and every VK), a round number and t helpers `H` (never itself).
+//! 1. The requester `r` sends a signed [`RecoverRequest`] naming the key set (digest of the
+//!    group key and every VK), a round number and t helpers `H` (never itself) to those helpers.
 //! 2. Each helper `k ∈ H` samples a blinding polynomial `g_k(x) = (x - r)·h_k(x)` with `h_k`
 //!    random of degree t-2 (so `g_k` has degree t-1 and vanishes at `r` by construction), signs
 //!    the Feldman commitments `G_k` to `h_k` and sends each other helper `m` the signed value
-//!    `g_k(m)` ([`BlindingMsg`], which also carries the request). For t = 1 there is nothing to
-//!    blind (every share is the secret): `g_k = 0` and `G_k` is empty.
+//!    `g_k(m)` ([`BlindingMsg`], which also carries the request), and tells `r` it dealt
+//!    ([`RecoverOutcome::Dealt`]). For t = 1 there is nothing to blind (every share is the
+//!    secret): `g_k = 0` and `G_k` is empty. `h_k` is derived from the helper's share and the
+//!    request, so a helper that restarts deals the same blinding again.
 //! 3. Helper `m`, holding a value from every helper of the round that matches its commitments,
 //!    sends `r` the blinded share `y_m = s_m + Σ_k g_k(m)` with every signed `G_k`
 //!    ([`RecoverOutcome::Value`]); a value that does not match is forwarded as a signed proof
@@ -26,7 +28,8 @@
 //! evidence (a wrong reply, a malformed blinding, two different blindings from one helper, a
 //! wrong value proven by a dispute, a false dispute) and the next round runs without the
 //! culprit. A silent helper stalls its round without proof; the round times out and the next
-//! one prefers helpers that were in fewer stalled rounds.
+//! one prefers helpers that were in fewer stalled rounds, counting against those that never said
+//! they dealt. A helper's own reply is attributed through the authenticated channel it came on.
 //!
 //! Recovery needs t responsive honest helpers besides the requester (`t ≤ n - f - 1` when f
 //! nodes are down or lying); with fewer it keeps trying, round after round.
@@ -41,7 +44,6 @@ use std::time::Duration;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use ff::Field;
 use group::Group;
-use rand_core::{CryptoRng, RngCore};
 
 use kms_proto::dkg::{
     Blinding, BlindingMsg, BlindingShare, DkgBody, DkgMessage, Header, RecoverOutcome, RecoverReply,
@@ -51,12 +53,14 @@ use kms_proto::dkg::{
 use super::{sign, verify_signed, Action, Culprit, Fault, Ignored};
 use crate::poly::{eval_commitments, lagrange_at, Polynomial};
 use crate::share::{KeyShare, PublicKeySet};
-use crate::suite::{sha256, Suite};
+use crate::suite::{mul_small, sha256, Suite};
 
 /// Domain of the key-set digest named in a request.
 const KEYS_DOMAIN: &[u8] = b"kms/v1/dkg/recovery-keys";
 /// Domain of the per-round order in which the requester picks helpers.
 const ORDER_DOMAIN: &[u8] = b"kms/v1/dkg/recovery-order";
+/// Domain of the helpers' blinding coefficients (derived from the share and the request).
+const BLINDING_DOMAIN: &[u8] = b"kms/v1/dkg/recovery-blinding";
 /// Domain of the request digest that names a recovery round.
 const REQUEST_DOMAIN: &[u8] = b"kms/v1/dkg/recover-request-digest";
 
@@ -108,10 +112,13 @@ pub(crate) struct Requester<S: Suite> {
     helpers: Vec<u16>,
     /// Verified blinded shares of this round.
     values: BTreeMap<u16, S::Scalar>,
-    /// The blinding digest each helper showed in this round's first verified reply.
-    blindings: BTreeMap<u16, [u8; 32]>,
+    /// Each helper's signed blinding of this round, as first seen: payload digest and the
+    /// decoded commitments to `h_k`.
+    blindings: BTreeMap<u16, ([u8; 32], Vec<S::Point>)>,
     /// Proven misbehaviour: never asked again.
     culprits: BTreeSet<Culprit>,
+    /// Helpers that dealt their blinding in this round (told the requester directly).
+    alive: BTreeSet<u16>,
     /// Rounds each helper was in that timed out (a silent helper stalls its whole round, so
     /// the silent one is the helper that keeps being in such rounds).
     timed_out: BTreeMap<u16, u32>,
@@ -146,6 +153,7 @@ impl<S: Suite> Requester<S> {
             values: BTreeMap::new(),
             blindings: BTreeMap::new(),
             culprits: BTreeSet::new(),
+            alive: BTreeSet::new(),
             timed_out: BTreeMap::new(),
         };
         let actions = req.begin_round(identity, now);
@@ -207,6 +215,7 @@ impl<S: Suite> Requester<S> {
         }
         self.values.clear();
         self.blindings.clear();
+        self.alive.clear();
         // Rounds wait longer as they fail (up to 8 round timeouts), so a long outage does not
         // burn through the helpers' request budget.
         self.deadline = now + self.round_timeout * self.round.saturating_add(1).min(8);
@@ -221,10 +230,16 @@ impl<S: Suite> Requester<S> {
             },
         );
         self.digest = request_digest(&request);
-        vec![
-            Action::Broadcast(DkgMessage::new(DkgBody::RecoverRequest(request))),
-            Action::Timer(self.deadline),
-        ]
+        let mut actions: Vec<Action<S>> = self
+            .helpers
+            .iter()
+            .map(|&to| Action::Send {
+                to,
+                message: DkgMessage::new(DkgBody::RecoverRequest(request.clone())),
+            })
+            .collect();
+        actions.push(Action::Timer(self.deadline));
+        actions
     }
 
     fn next_round(&mut self, identity: &SigningKey, now: Duration) -> Vec<Action<S>> {
@@ -232,13 +247,16 @@ impl<S: Suite> Requester<S> {
         self.begin_round(identity, now)
     }
 
-    /// The round timer: the round's helpers count one more stalled round each.
+    /// The round timer: helpers that never said they dealt count one more stalled round (all of
+    /// the round's helpers if every one did: then one of them withheld its values from the others).
     pub fn handle_timeout(&mut self, identity: &SigningKey, now: Duration) -> Vec<Action<S>> {
         if now < self.deadline {
             return Vec::new();
         }
-        for h in &self.helpers {
-            *self.timed_out.entry(*h).or_default() += 1;
+        let silent: Vec<u16> = self.helpers.iter().copied().filter(|h| !self.alive.contains(h)).collect();
+        let stalled = if silent.is_empty() { self.helpers.clone() } else { silent };
+        for h in stalled {
+            *self.timed_out.entry(h).or_default() += 1;
         }
         self.next_round(identity, now)
     }
@@ -272,6 +290,7 @@ impl<S: Suite> Requester<S> {
             RecoverOutcome::Dispute { blinding, share } => {
                 Ok(self.on_dispute(from, blinding, share, identity, now))
             }
+            RecoverOutcome::Dealt { blinding } => Ok(self.on_dealt(from, blinding, identity, now)),
         }
     }
 
@@ -289,32 +308,22 @@ impl<S: Suite> Requester<S> {
             return Ok(self.blame(from, bad_reply, identity, now));
         }
         // Each blinding must be the signed one of its helper for this round; a signature that
-        // fails is the forwarder's fault, a signed blinding that is wrong is its author's.
+        // fails is the forwarder's fault, a signed blinding that is wrong is its author's. Every
+        // reply carries the same blindings, so each is checked and decoded once per round.
         let mut sum = S::Point::identity();
-        let mut seen = Vec::with_capacity(blindings.len());
-        for (b, &k) in blindings.iter().zip(&self.helpers) {
-            let author_ok = b.payload.header.sender == k
-                && b.payload.request == self.digest
-                && self.in_context(&b.payload.header)
-                && self.verify(k, b);
-            if !author_ok {
-                return Ok(self.blame(from, bad_reply, identity, now));
+        let helpers = self.helpers.clone();
+        for (b, &k) in blindings.iter().zip(&helpers) {
+            match self.admit_blinding(k, b, from) {
+                Ok(commitments) => sum += eval_commitments::<S>(commitments, from),
+                Err(c) => return Ok(self.blame(c.node, c.fault, identity, now)),
             }
-            let digest = sha256(&[&Signed::signing_bytes(&b.payload)]);
-            if self.blindings.get(&k).is_some_and(|d| *d != digest) {
-                return Ok(self.blame(k, Fault::EquivocatedBlinding, identity, now));
-            }
-            let Some(commitments) = decode_blinding::<S>(&b.payload.commitments, self.threshold()) else {
-                return Ok(self.blame(k, Fault::BadBlinding, identity, now));
-            };
-            sum += blinding_point::<S>(&commitments, me, from);
-            seen.push((k, digest));
         }
-        let expected = self.target.public.verification_key(from).map(|vk| *vk + sum);
+        // Σ_k g_k(m)·G = (m - r)·Σ_k H_k(m).
+        let expected =
+            self.target.public.verification_key(from).map(|vk| *vk + times_difference(&sum, from, me));
         let y = S::decode_scalar(value);
         match (y, expected) {
             (Some(y), Some(expected)) if S::Point::generator() * y == expected => {
-                self.blindings.extend(seen);
                 self.values.insert(from, y);
             }
             _ => return Ok(self.blame(from, bad_reply, identity, now)),
@@ -338,6 +347,54 @@ impl<S: Suite> Requester<S> {
             return Ok(Step::Continue(self.next_round(identity, now)));
         }
         Ok(Step::Recovered(secret))
+    }
+
+    /// Checks helper `k`'s signed blinding as forwarded by `forwarder` and returns its decoded
+    /// commitments; each blinding is checked and decoded once per round. A signature that fails
+    /// is the forwarder's fault; a signed blinding that is malformed, or differs from the one
+    /// seen before, is its author's.
+    fn admit_blinding(
+        &mut self,
+        k: u16,
+        b: &Signed<Blinding>,
+        forwarder: u16,
+    ) -> Result<&[S::Point], Culprit> {
+        let digest = sha256(&[&Signed::signing_bytes(&b.payload)]);
+        let known = self.blindings.get(&k).map(|(d, _)| *d);
+        if known != Some(digest) {
+            let author_ok = b.payload.header.sender == k
+                && b.payload.request == self.digest
+                && self.in_context(&b.payload.header)
+                && self.verify(k, b);
+            if !author_ok {
+                return Err(Culprit { node: forwarder, fault: Fault::BadRecoveryReply });
+            }
+            if known.is_some() {
+                return Err(Culprit { node: k, fault: Fault::EquivocatedBlinding });
+            }
+            let Some(commitments) = decode_blinding::<S>(&b.payload.commitments, self.threshold()) else {
+                return Err(Culprit { node: k, fault: Fault::BadBlinding });
+            };
+            self.blindings.insert(k, (digest, commitments));
+        }
+        Ok(self.blindings.get(&k).map(|(_, c)| c.as_slice()).unwrap_or_default())
+    }
+
+    /// Helper `from` dealt its blinding for this round: it is alive.
+    fn on_dealt(
+        &mut self,
+        from: u16,
+        blinding: &Signed<Blinding>,
+        identity: &SigningKey,
+        now: Duration,
+    ) -> Step<S> {
+        match self.admit_blinding(from, blinding, from) {
+            Ok(_) => {
+                self.alive.insert(from);
+                Step::Continue(Vec::new())
+            }
+            Err(c) => self.blame(c.node, c.fault, identity, now),
+        }
     }
 
     fn on_dispute(
@@ -383,10 +440,7 @@ impl<S: Suite> Requester<S> {
     }
 
     fn verify<T: kms_proto::dkg::SignedPayload>(&self, node: u16, signed: &Signed<T>) -> bool {
-        self.target
-            .roster
-            .get(usize::from(node).wrapping_sub(1))
-            .is_some_and(|key| verify_signed(key, signed))
+        signed_by(&self.target.roster, node, signed)
     }
 }
 
@@ -396,6 +450,15 @@ impl<S: Suite> Drop for Requester<S> {
             S::zeroize_scalar(y);
         }
     }
+}
+
+/// Whether `signed` verifies under roster node `node`'s identity key.
+fn signed_by<T: kms_proto::dkg::SignedPayload>(
+    roster: &[VerifyingKey],
+    node: u16,
+    signed: &Signed<T>,
+) -> bool {
+    roster.get(usize::from(node).wrapping_sub(1)).is_some_and(|key| verify_signed(key, signed))
 }
 
 /// Decodes blinding commitments: t-1 points (the commitments to `h`).
@@ -408,7 +471,16 @@ fn decode_blinding<S: Suite>(bytes: &[Vec<u8>], threshold: u16) -> Option<Vec<S:
 
 /// `g(m)·G = (m - r)·H(m)` from the commitments `H` to `h`.
 fn blinding_point<S: Suite>(commitments: &[S::Point], r: u16, m: u16) -> S::Point {
-    eval_commitments::<S>(commitments, m) * index_difference::<S>(m, r)
+    times_difference(&eval_commitments::<S>(commitments, m), m, r)
+}
+
+/// `(m - r)·P` for node indices (small, public): double-and-add, not a full scalar multiplication.
+fn times_difference<P: Group>(p: &P, m: u16, r: u16) -> P {
+    if m >= r {
+        mul_small(p, u64::from(m - r))
+    } else {
+        -mul_small(p, u64::from(r - m))
+    }
 }
 
 /// `m - r` as a scalar.
@@ -423,8 +495,18 @@ struct BlindingPoly<S: Suite> {
 }
 
 impl<S: Suite> BlindingPoly<S> {
-    fn random(threshold: u16, r: u16, rng: &mut (impl RngCore + CryptoRng)) -> Self {
-        let h = (threshold >= 2).then(|| Polynomial::<S>::random(threshold - 1, rng));
+    /// The blinding a helper holding `key` (the encoding of its share) deals for the request
+    /// `digest`: `h`'s coefficients are `hash_to_scalar("kms/v1/dkg/recovery-blinding", key,
+    /// digest, j)`. Pseudorandom to anyone without the share, and the same after a restart, so a
+    /// helper that restarts mid-round never deals a second, different blinding for one request
+    /// (which would be indistinguishable from equivocation).
+    fn derive(key: &[u8], digest: &[u8; 32], threshold: u16, r: u16) -> Self {
+        let h = (threshold >= 2).then(|| {
+            let coeffs = (0..threshold - 1)
+                .map(|j| S::hash_to_scalar(BLINDING_DOMAIN, &[key, digest, &j.to_be_bytes()]))
+                .collect();
+            Polynomial::<S>::from_coefficients(coeffs)
+        });
         BlindingPoly { r, h }
     }
 
@@ -486,7 +568,7 @@ impl<S: Suite> Helper<S> {
     }
 
     fn verify<T: kms_proto::dkg::SignedPayload>(&self, node: u16, signed: &Signed<T>) -> bool {
-        self.roster.get(usize::from(node).wrapping_sub(1)).is_some_and(|key| verify_signed(key, signed))
+        signed_by(&self.roster, node, signed)
     }
 
     fn in_context(&self, share: &KeyShare<S>, h: &Header) -> bool {
@@ -500,7 +582,6 @@ impl<S: Suite> Helper<S> {
         share: &KeyShare<S>,
         from: u16,
         message: DkgMessage,
-        rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Vec<Action<S>>, Ignored> {
         if !self.in_context(share, message.header()) {
             return Err(Ignored::WrongContext);
@@ -512,9 +593,9 @@ impl<S: Suite> Helper<S> {
                     let author = request.payload.header.sender;
                     return Err(Ignored::Misrouted { from, author, recipient: share.index() });
                 }
-                self.on_request(share, &request, rng)
+                self.on_request(share, &request)
             }
-            DkgBody::Blinding(msg) => self.on_blinding(share, from, *msg, rng),
+            DkgBody::Blinding(msg) => self.on_blinding(share, from, *msg),
             _ => Err(Ignored::NotExpected("a recovery helper takes requests and blindings only")),
         }
     }
@@ -524,7 +605,6 @@ impl<S: Suite> Helper<S> {
         &mut self,
         share: &KeyShare<S>,
         request: &Signed<RecoverRequest>,
-        rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Vec<Action<S>>, Ignored> {
         let me = share.index();
         let r = request.payload.header.sender;
@@ -568,7 +648,8 @@ impl<S: Suite> Helper<S> {
         served.insert(digest);
 
         let header = Header { session: self.session, epoch: share.epoch(), suite: S::ID, sender: me };
-        let poly = BlindingPoly::<S>::random(t, r, rng);
+        let key = zeroize::Zeroizing::new(S::encode_scalar(share.secret()));
+        let poly = BlindingPoly::<S>::derive(&key, &digest, t, r);
         let commitments = poly.commitments();
         let blinding = sign(&self.identity, Blinding { header, request: digest, commitments });
         let mut actions = Vec::new();
@@ -585,6 +666,14 @@ impl<S: Suite> Helper<S> {
             let msg = BlindingMsg { request: request.clone(), blinding: blinding.clone(), share: value };
             actions.push(Action::Send { to: m, message: DkgMessage::new(DkgBody::Blinding(Box::new(msg))) });
         }
+        // Tell the requester this helper is alive and dealt (its value for r is g(r) = 0).
+        let dealt = RecoverReply {
+            header,
+            request: digest,
+            outcome: RecoverOutcome::Dealt { blinding: Box::new(blinding.clone()) },
+        };
+        actions
+            .push(Action::Send { to: r, message: DkgMessage::new(DkgBody::RecoverReply(Box::new(dealt))) });
         let mut received = BTreeMap::new();
         received.insert(me, (blinding, poly.evaluate(me)));
         let round = HelperRound {
@@ -605,7 +694,6 @@ impl<S: Suite> Helper<S> {
         share: &KeyShare<S>,
         from: u16,
         msg: BlindingMsg,
-        rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Vec<Action<S>>, Ignored> {
         let me = share.index();
         let r = msg.request.payload.header.sender;
@@ -614,7 +702,7 @@ impl<S: Suite> Helper<S> {
             return Err(Ignored::Misrouted { from, author: k, recipient: msg.share.payload.recipient });
         }
         // The request travels with the blinding, so the order of arrival does not matter.
-        let mut actions = match self.on_request(share, &msg.request, rng) {
+        let mut actions = match self.on_request(share, &msg.request) {
             Ok(a) => a,
             Err(Ignored::Duplicate(_)) => Vec::new(),
             Err(Ignored::Late(_)) => return Err(Ignored::Late(from)),

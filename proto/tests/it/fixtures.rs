@@ -214,6 +214,14 @@ pub fn dkg_messages() -> Vec<(&'static str, DkgMessage)> {
                 outcome: RecoverOutcome::Value { value: vec![0x79; 32], blindings: vec![blinding(&sig)] },
             }))),
         ),
+        (
+            "dkg_recover_dealt",
+            DkgMessage::new(DkgBody::RecoverReply(Box::new(RecoverReply {
+                header: header(SuiteId::Ed25519, 2),
+                request: [0xe1; 32],
+                outcome: RecoverOutcome::Dealt { blinding: Box::new(blinding(&sig)) },
+            }))),
+        ),
     ]
 }
 

@@ -220,6 +220,18 @@ pub fn random_scenario(seed: u64) -> Scenario {
     s
 }
 
+/// Keeps at most 16 listening attempts, the oldest dropped first, except one recovering its
+/// share (as kms-node's driver does with 8).
+fn evict_old<S: Suite>(zombies: &mut BTreeMap<u64, Dkg<S>>) {
+    while zombies.len() > 16 {
+        let oldest = zombies.iter().find(|(_, z)| !z.is_recovering()).map(|(a, _)| *a);
+        match oldest {
+            Some(a) => zombies.remove(&a),
+            None => zombies.pop_first().map(|(_, z)| z),
+        };
+    }
+}
+
 /// The simulated cluster's id.
 const SESSION: [u8; 32] = [0x51; 32];
 
@@ -421,9 +433,7 @@ impl<S: Suite> Sim<S> {
         // The attempt being left keeps listening: its quorum may still complete it.
         if let Some(old) = n.dkg.take() {
             n.zombies.insert(n.attempt, old);
-            while n.zombies.len() > 16 {
-                n.zombies.pop_first();
-            }
+            evict_old(&mut n.zombies);
         }
         n.persisted_attempt = attempt;
         n.attempt = attempt;
@@ -485,7 +495,7 @@ impl<S: Suite> Sim<S> {
             self.delivered += 1;
             let Some(n) = self.nodes.get_mut(&to) else { return };
             let (Some(active), Some(helper)) = (n.active.as_ref(), n.helper.as_mut()) else { return };
-            if let Ok(actions) = helper.handle_message(&active.share, from, msg, &mut n.rng) {
+            if let Ok(actions) = helper.handle_message(&active.share, from, msg) {
                 self.apply(to, epoch, actions);
             }
             return;
@@ -511,14 +521,17 @@ impl<S: Suite> Sim<S> {
         for action in actions {
             match action {
                 Action::Broadcast(m) => {
-                    if matches!(m.body, DkgBody::RecoverRequest(_)) {
-                        *self.recovery_rounds.entry(from).or_default() += 1;
-                    }
                     for to in (1..=self.sc.n).filter(|&j| j != from) {
                         self.send(from, to, m.clone());
                     }
                 }
-                Action::Send { to, message } => self.send(from, to, message),
+                Action::Send { to, message } => {
+                    if let DkgBody::RecoverRequest(r) = &message.body {
+                        let rounds = self.recovery_rounds.entry(from).or_default();
+                        *rounds = (*rounds).max(r.payload.round + 1);
+                    }
+                    self.send(from, to, message)
+                }
                 Action::Timer(at) => {
                     let at_ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
                     self.queue.push(at_ms.max(self.now), Event::Timer { node: from, attempt });
@@ -546,9 +559,7 @@ impl<S: Suite> Sim<S> {
                     if attempt == n.attempt {
                         if let Some(d) = n.dkg.take() {
                             n.zombies.insert(attempt, d);
-                            while n.zombies.len() > 16 {
-                                n.zombies.pop_first();
-                            }
+                            evict_old(&mut n.zombies);
                         }
                         self.queue.push(self.now + 1_000, Event::Start { node: from, attempt: attempt + 1 });
                     }

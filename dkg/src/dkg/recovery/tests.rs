@@ -25,7 +25,6 @@ struct Net<S: Suite> {
     helpers: BTreeMap<u16, Helper<S>>,
     requester: Requester<S>,
     queue: VecDeque<(u16, u16, DkgMessage)>,
-    rng: ChaCha20Rng,
     now: Duration,
     tamper: Tamper,
     recovered: Option<S::Scalar>,
@@ -57,7 +56,6 @@ impl<S: Suite> Net<S> {
             helpers,
             requester,
             queue: VecDeque::new(),
-            rng,
             now: Duration::ZERO,
             tamper: Box::new(|_, _, _, _| true),
             recovered: None,
@@ -108,7 +106,7 @@ impl<S: Suite> Net<S> {
                 }
             } else if let Some(h) = self.helpers.get_mut(&to) {
                 let share = &self.shares[usize::from(to - 1)];
-                if let Ok(actions) = h.handle_message(share, from, msg, &mut self.rng) {
+                if let Ok(actions) = h.handle_message(share, from, msg) {
                     self.push(to, actions);
                 }
             }
@@ -243,13 +241,12 @@ fn a_false_dispute_is_named() {
 #[test]
 fn two_different_blindings_from_one_helper_are_named() {
     // A helper shows one other helper another blinding (with a matching value), signed by itself.
-    let mut rng = ChaCha20Rng::seed_from_u64(99);
     let net = Net::<Ed25519>::new(3, 5, 1, 8);
     let (liar, victim) = (net.requester.helpers[0], net.requester.helpers[2]);
     let mut net = net.tamper(move |from, to, m, keys| {
         if let (true, DkgBody::Blinding(b)) = ((from, to) == (liar, victim), &mut m.body) {
             let key = &keys[usize::from(liar - 1)];
-            let other = BlindingPoly::<Ed25519>::random(3, 1, &mut rng);
+            let other = BlindingPoly::<Ed25519>::derive(b"another key", &b.blinding.payload.request, 3, 1);
             let mut p = b.blinding.payload.clone();
             p.commitments = other.commitments();
             b.blinding = sign(key, p);
@@ -270,8 +267,9 @@ fn a_forged_blinding_in_a_reply_is_the_forwarders_fault() {
     let liar = net.requester.helpers[1];
     let mut net = net.tamper(move |from, _, m, _| {
         if let (true, DkgBody::RecoverReply(r)) = (from == liar, &mut m.body) {
+            // Another commitment under the helper's signature: the signature no longer verifies.
             if let RecoverOutcome::Value { blindings, .. } = &mut r.outcome {
-                blindings[0].signature[0] ^= 1;
+                blindings[0].payload.commitments[0][5] ^= 1;
             }
         }
         true
@@ -291,6 +289,9 @@ fn a_silent_helper_stalls_its_rounds_until_it_is_left_out() {
         timeouts += 1;
         assert!(timeouts < 10, "still not recovered after {timeouts} rounds");
     }
+    // The others said they dealt, so one stalled round is enough to leave the silent one out.
+    assert!(timeouts <= 1, "{timeouts} stalled rounds");
+    assert_eq!(net.requester.timed_out.keys().copied().collect::<Vec<_>>(), vec![3][..timeouts]);
     net.assert_exact_share();
     assert!(!net.requester.helpers.contains(&3));
     assert!(net.culprits().is_empty(), "silence is not proof");
@@ -309,6 +310,28 @@ fn with_no_helper_to_spare_the_silent_one_is_asked_again() {
     net.timeout();
     assert!(net.run());
     net.assert_exact_share();
+}
+
+#[test]
+fn a_helper_restarted_mid_round_deals_the_same_blinding_again() {
+    // Helper state is volatile; a restarted helper that sees the request again must not look
+    // like an equivocator.
+    let mut net = Net::<Ed25519>::new(3, 5, 1, 17);
+    let h = net.requester.helpers[0];
+    let msg = request(&net, |p| p.helpers = net.requester.helpers.clone());
+    let first = ask(&mut net, h, 1, msg.clone()).expect("served");
+    let roster = net.keys.iter().map(|k| k.verifying_key()).collect();
+    net.helpers.insert(h, Helper::new(SESSION, net.keys[usize::from(h - 1)].clone(), roster));
+    let again = ask(&mut net, h, 1, msg).expect("served after the restart");
+    let bytes = |a: &[Action<Ed25519>]| -> Vec<Vec<u8>> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Send { message, .. } => Some(kms_proto::codec::encode_p2p(message)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(bytes(&first), bytes(&again), "the same signed blinding and values");
 }
 
 // ----- refusals by the helper -----
@@ -332,7 +355,7 @@ fn ask(
     msg: DkgMessage,
 ) -> Result<Vec<Action<Ed25519>>, Ignored> {
     let share = &net.shares[usize::from(helper - 1)];
-    net.helpers.get_mut(&helper).expect("helper").handle_message(share, from, msg, &mut net.rng)
+    net.helpers.get_mut(&helper).expect("helper").handle_message(share, from, msg)
 }
 
 #[test]
@@ -340,11 +363,15 @@ fn a_helper_serves_a_valid_request_once() {
     let mut net = Net::<Ed25519>::new(3, 5, 1, 12);
     let msg = request(&net, |_| {});
     let actions = ask(&mut net, 2, 1, msg.clone()).expect("served");
-    let sent: Vec<u16> = actions
+    let sent: Vec<(u16, bool)> = actions
         .iter()
-        .filter_map(|a| if let Action::Send { to, .. } = a { Some(*to) } else { None })
+        .filter_map(|a| match a {
+            Action::Send { to, message } => Some((*to, matches!(message.body, DkgBody::Blinding(_)))),
+            _ => None,
+        })
         .collect();
-    assert_eq!(sent, vec![3, 4], "blinding values go to the other helpers only, never to the requester");
+    // Blinding values go to the other helpers only; the requester hears that the helper dealt.
+    assert_eq!(sent, vec![(3, true), (4, true), (1, false)]);
     assert!(matches!(ask(&mut net, 2, 1, msg), Err(Ignored::Duplicate(1))));
 }
 
