@@ -180,8 +180,10 @@ impl Scenario {
 }
 
 /// A random scenario for a seed: n ∈ 4..=10, t ∈ f+1..=n−f, up to f byzantine nodes with
-/// random behaviours, random loss, duplication, delays; sometimes a healing partition or a
-/// crash with restart.
+/// random behaviours, random loss, duplication, delays; sometimes a healing partition, a crash
+/// with restart, or (where t ≤ n − f − 1) a late complaint: a byzantine dealer sends an honest
+/// node a bad share while that node is cut off across the response round, so it must recover
+/// its share.
 pub fn random_scenario(seed: u64) -> Scenario {
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5ce1_a210);
     let mut pick = |lo: u64, hi: u64| lo + rng.next_u64() % (hi - lo + 1);
@@ -214,6 +216,20 @@ pub fn random_scenario(seed: u64) -> Scenario {
             let node = honest[pick(0, honest.len() as u64 - 1) as usize];
             let at = pick(0, 200);
             s.crashes.push((node, at, Some(at + pick(10, 3_000))));
+        }
+        2 if f >= 1 && t + f < n => {
+            // A late complaint: one byzantine node deals the first honest node a bad share and
+            // never justifies, while that node's messages are held from the start until after
+            // the others have agreed (three round timeouts). The cut-off node is a fault on top
+            // of the f byzantine ones; its share can be recovered only if t others besides it
+            // are honest (t ≤ n − f − 1; with t = n − f it needs a byzantine node's help, see
+            // the test `with_t_equal_to_n_minus_f_a_late_complaint_cannot_be_healed`).
+            // The first byzantine node, or (if there is none yet) the last honest one.
+            let dealer = s.byzantine.keys().next().or(honest.last()).copied().unwrap_or(n);
+            s.byzantine.insert(dealer, Behaviour::BadShare);
+            let victim = (1..=n).find(|i| !s.byzantine.contains_key(i)).unwrap_or(1);
+            let from = pick(0, 100);
+            s.partitions.push((from, 3 * s.round_timeout_ms + pick(500, 3_000), [victim].into()));
         }
         _ => {}
     }
@@ -355,10 +371,9 @@ impl<S: Suite> Sim<S> {
                     }
                     // A listening attempt's only timer is a share recovery's round (as in kms-node,
                     // an attempt left behind does not run its rounds on).
-                    let dkg = if n.attempt == attempt {
-                        n.dkg.as_mut()
-                    } else {
-                        n.zombies.get_mut(&attempt).filter(|z| z.is_recovering())
+                    let dkg = match n.dkg.as_mut() {
+                        Some(d) if n.attempt == attempt => Some(d),
+                        _ => n.zombies.get_mut(&attempt).filter(|z| z.is_recovering()),
                     };
                     let Some(dkg) = dkg else { continue };
                     let actions = dkg.handle_timeout(now);
