@@ -174,18 +174,36 @@ impl<S: Suite> Dkg<S> {
         let (mut dkg, _) = Dkg::new(DkgConfig { excluded, ..cfg.clone() }, identity, now, &mut rng)?;
         dkg.cfg = cfg;
         dkg.phase = Phase::Listening;
-        if let Some(record) = record {
-            let decoded: Option<(Vec<u8>, Signed<Deal>)> =
-                kms_proto::codec::decode_p2p_raw("dkg record", &record.0).ok();
-            if let Some((share, deal)) = decoded {
-                let ok = deal.payload.header.sender == dkg.cfg.me && dkg.check_signature(&deal).is_ok();
-                if let (true, Some(s)) = (ok, S::decode_scalar(&share)) {
-                    dkg.accept_deal(deal);
-                    dkg.shares.insert(dkg.cfg.me, Some(s));
+        if let Some((share, deal, confirm)) = record.and_then(decode_record) {
+            let ok = deal.payload.header.sender == dkg.cfg.me && dkg.check_signature(&deal).is_ok();
+            if let (true, Some(s)) = (ok, S::decode_scalar(&share)) {
+                dkg.accept_deal(deal);
+                dkg.shares.insert(dkg.cfg.me, Some(s));
+            }
+            // What this node signed before the restart: it counts towards that transcript's
+            // quorum, and the node never signs another transcript in this attempt.
+            if let Some(c) = confirm {
+                let ours = c.payload.header == dkg.header() && dkg.check_signature(&c).is_ok();
+                if ours {
+                    dkg.confirms.insert(dkg.cfg.me, c);
                 }
             }
         }
         Ok(dkg)
+    }
+
+    /// The restart record: this node's own share and signed deal, and its transcript
+    /// confirmation once it signed one.
+    fn record(&self, confirm: Option<&Signed<Confirm>>) -> Option<Action<S>> {
+        let me = self.cfg.me;
+        let share = self.shares.get(&me).copied().flatten()?;
+        let deal = &self.deals.get(&me)?.signed;
+        // Pre-sized so the encoder never reallocates and leaves a copy of the share behind.
+        let t = usize::from(self.cfg.threshold);
+        let capacity = 512 + S::SCALAR_LEN + (t + 1) * (8 + S::POINT_LEN) + 2 * usize::from(self.cfg.n());
+        let mut record = zeroize::Zeroizing::new(Vec::with_capacity(capacity));
+        kms_proto::codec::encode_p2p_into(&(S::encode_scalar(&share), deal, confirm), &mut record);
+        Some(Action::Persist(super::DkgRecord(record)))
     }
 
     fn header(&self) -> Header {
@@ -216,14 +234,11 @@ impl<S: Suite> Dkg<S> {
             let msg = ShareMsg { header, recipient: j, share: S::encode_scalar(&poly.evaluate(j)) };
             actions.push(Action::Send { to: j, message: DkgMessage::new(DkgBody::Share(msg)) });
         }
-        let own = poly.evaluate(self.cfg.me);
-        let mut record = zeroize::Zeroizing::new(Vec::new());
-        kms_proto::codec::encode_p2p_into(&(S::encode_scalar(&own), &signed), &mut record);
-        actions.insert(0, Action::Persist(super::DkgRecord(record)));
-        self.shares.insert(self.cfg.me, Some(own));
+        self.shares.insert(self.cfg.me, Some(poly.evaluate(self.cfg.me)));
         self.poly = Some(poly);
         // Our own deal is valid by construction; record it like any other.
         self.accept_deal(signed);
+        actions.splice(0..0, self.record(None));
         actions
     }
 
@@ -622,7 +637,12 @@ impl<S: Suite> Dkg<S> {
         self.confirms.insert(me, confirm.clone());
         self.phase = Phase::Confirming;
         self.deadline = now + self.cfg.timeouts.confirm;
-        vec![Action::Broadcast(DkgMessage::new(DkgBody::Confirm(confirm))), Action::Timer(self.deadline)]
+        // Persisted before it is sent: after a restart the node still counts its signature and
+        // never signs another transcript in this attempt.
+        let mut actions: Vec<Action<S>> = self.record(Some(&confirm)).into_iter().collect();
+        actions.push(Action::Broadcast(DkgMessage::new(DkgBody::Confirm(confirm))));
+        actions.push(Action::Timer(self.deadline));
+        actions
     }
 
     fn on_confirm(&mut self, signed: Signed<Confirm>) -> Result<Vec<Action<S>>, Ignored> {
@@ -872,6 +892,18 @@ impl<S: Suite> Dkg<S> {
             }
         }
     }
+}
+
+/// Decodes a restart record: `(share, deal, confirmation)`, or `(share, deal)` as written before
+/// confirmations were recorded.
+#[allow(clippy::type_complexity)]
+fn decode_record(record: &super::DkgRecord) -> Option<(Vec<u8>, Signed<Deal>, Option<Signed<Confirm>>)> {
+    let what = "dkg record";
+    kms_proto::codec::decode_p2p_raw(what, &record.0).ok().or_else(|| {
+        kms_proto::codec::decode_p2p_raw::<(Vec<u8>, Signed<Deal>)>(what, &record.0)
+            .ok()
+            .map(|(s, d)| (s, d, None))
+    })
 }
 
 /// An RNG for [`Dkg::rejoin`], which never deals: asking it for randomness is a bug, so it
