@@ -181,8 +181,8 @@ impl<S: Suite> Requester<S> {
 
     /// Helpers for the current round: the t nodes other than this one, without proven culprits
     /// (unless too few others are left), that were in the fewest rounds that timed out; ties in
-    /// an order that changes with the key and the round, so load spreads and a silent helper does not keep
-    /// sinking the same set.
+    /// an order that changes with the key and the round, so load spreads and a silent helper
+    /// does not keep sinking the same set.
     fn choose_helpers(&self) -> Vec<u16> {
         let t = usize::from(self.target.public.threshold());
         let me = self.target.me;

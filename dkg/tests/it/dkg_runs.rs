@@ -497,3 +497,36 @@ fn stored_share_decoding_refuses_bad_records() {
         Some(ShareError::SecretDoesNotMatchVerificationKey { index: 1 })
     );
 }
+
+/// A node whose complaint went unheard (its responses are lost) adopts the quorum's transcript
+/// and asks for share recovery; when the missing share then arrives late, it completes on its own,
+/// with the quorum's key, without waiting for any helper.
+#[test]
+fn a_share_that_arrives_during_recovery_completes_the_node_without_helpers() {
+    let held = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let asked = std::rc::Rc::new(std::cell::Cell::new(false));
+    let (keep, ask) = (held.clone(), asked.clone());
+    let tamper = Box::new(move |env: &Envelope| match &env.message.body {
+        // Node 1's responses (with its complaint about dealer 4) never arrive.
+        DkgBody::Response(r) if r.payload.header.sender == 1 => Some(vec![]),
+        // Dealer 4's share to node 1 is held back ...
+        DkgBody::Share(_) if env.from == 4 && env.to == 1 => {
+            *keep.borrow_mut() = Some(env.clone());
+            Some(vec![])
+        }
+        // ... until node 1 asks for recovery; no helper ever answers.
+        DkgBody::RecoverRequest(_) => {
+            ask.set(true);
+            Some(keep.borrow_mut().take().into_iter().collect())
+        }
+        _ => None,
+    });
+    let mut net = Net::<Ed25519>::with(4, 2, 21, 1, BTreeSet::new(), BTreeSet::new(), Some(tamper));
+    net.run();
+    assert!(asked.get(), "node 1 adopted the quorum transcript without a share from 4 and asked for it");
+    assert!(held.borrow().is_none(), "the held share was delivered");
+    let outs = net.completed(&[1, 2, 3, 4]);
+    assert_agreement(&outs, &set(&[1, 2, 3, 4]));
+    assert!(!outs[0].recovered, "completed from the late share, not by recovery");
+    assert!(outs[1..].iter().all(|o| !o.recovered));
+}
