@@ -571,6 +571,11 @@ impl<S: Suite> Helper<S> {
         signed_by(&self.roster, node, signed)
     }
 
+    /// The header of this helper's messages about `share`'s key.
+    fn header(&self, share: &KeyShare<S>) -> Header {
+        Header { session: self.session, epoch: share.epoch(), suite: S::ID, sender: share.index() }
+    }
+
     fn in_context(&self, share: &KeyShare<S>, h: &Header) -> bool {
         h.session == self.session && h.epoch == share.epoch() && h.suite == S::ID
     }
@@ -647,7 +652,7 @@ impl<S: Suite> Helper<S> {
         }
         served.insert(digest);
 
-        let header = Header { session: self.session, epoch: share.epoch(), suite: S::ID, sender: me };
+        let header = self.header(share);
         let key = zeroize::Zeroizing::new(S::encode_scalar(share.secret()));
         let poly = BlindingPoly::<S>::derive(&key, &digest, t, r);
         let commitments = poly.commitments();
@@ -733,7 +738,7 @@ impl<S: Suite> Helper<S> {
         }
         let commitments = decode_blinding::<S>(&msg.blinding.payload.commitments, t);
         let value = S::decode_scalar(&msg.share.payload.share);
-        let header = Header { session: self.session, epoch: share.epoch(), suite: S::ID, sender: me };
+        let header = self.header(share);
         let Some(round) = self.rounds.get_mut(&r) else { return Err(Ignored::Late(from)) };
         match (commitments, value) {
             (Some(c), Some(v)) if S::Point::generator() * v == blinding_point::<S>(&c, r, me) => {
@@ -758,7 +763,7 @@ impl<S: Suite> Helper<S> {
 
     /// Sends `y = s + Σ g_k(me)` once every helper's value is in.
     fn maybe_answer(&mut self, share: &KeyShare<S>, r: u16) -> Vec<Action<S>> {
-        let me = share.index();
+        let header = self.header(share);
         let Some(round) = self.rounds.get_mut(&r) else { return Vec::new() };
         if round.answered || round.received.len() < round.helpers.len() {
             return Vec::new();
@@ -770,7 +775,6 @@ impl<S: Suite> Helper<S> {
             y += v;
             blindings.push(b.clone());
         }
-        let header = Header { session: self.session, epoch: share.epoch(), suite: S::ID, sender: me };
         let outcome = RecoverOutcome::Value { value: S::encode_scalar(&y), blindings };
         S::zeroize_scalar(&mut y);
         // The values are spent; drop them now.
