@@ -18,6 +18,7 @@ use kms_proto::api::{Evidence, KeyRequest, API_VERSION};
 use kms_proto::app::{AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
 use kms_proto::codec::encode_json;
 use kms_proto::HexBytes;
+use kms_tests::PortReservation;
 use rand_core::{OsRng, RngCore};
 use serde_json::json;
 
@@ -34,10 +35,6 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
@@ -48,6 +45,8 @@ struct NodeSpec {
     peer: String,
     p2p: u16,
     http: u16,
+    /// Holds the p2p port for the node (libp2p binds it with SO_REUSEPORT).
+    _p2p_port: PortReservation,
 }
 
 fn config(spec: &NodeSpec, all: &[NodeSpec], t: u16) -> kms_node::config::Config {
@@ -71,16 +70,34 @@ fn config(spec: &NodeSpec, all: &[NodeSpec], t: u16) -> kms_node::config::Config
 }
 
 fn start_nodes(root: &Path, n: u16, t: u16, rt: &tokio::runtime::Runtime) -> Vec<NodeSpec> {
+    // Each node's HTTP listener is bound here (port 0) and handed to `run`; its p2p port is
+    // reserved for as long as the spec lives.
+    let mut listeners = Vec::new();
     let specs: Vec<NodeSpec> = (1..=n)
         .map(|i| {
             let dir = root.join(format!("node{i}"));
             let id = kms_node::identity::init(&dir).unwrap();
-            NodeSpec { index: i, dir, peer: id.peer_id().to_string(), p2p: free_port(), http: free_port() }
+            let http = TcpListener::bind("127.0.0.1:0").unwrap();
+            let p2p = PortReservation::new();
+            let spec = NodeSpec {
+                index: i,
+                dir,
+                peer: id.peer_id().to_string(),
+                p2p: p2p.port(),
+                http: http.local_addr().unwrap().port(),
+                _p2p_port: p2p,
+            };
+            listeners.push(http);
+            spec
         })
         .collect();
-    for s in &specs {
+    for (s, http) in specs.iter().zip(listeners) {
         let cfg = config(s, &specs, t);
-        rt.spawn(async move { kms_node::run::run(cfg, futures::future::pending()).await.unwrap() });
+        http.set_nonblocking(true).unwrap();
+        rt.spawn(async move {
+            let http = tokio::net::TcpListener::from_std(http).unwrap();
+            kms_node::run::run(cfg, http, futures::future::pending()).await.unwrap()
+        });
     }
     specs
 }

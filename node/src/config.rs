@@ -48,10 +48,17 @@ pub struct Config {
 pub struct NodeSection {
     /// This node's roster index (1..=n).
     pub index: u16,
-    /// libp2p listen multiaddress, e.g. `/ip4/0.0.0.0/tcp/7001`.
+    /// libp2p listen multiaddress, e.g. `/ip4/0.0.0.0/tcp/7001`; port 0 picks a free port
+    /// (reported in the log and in `<data_dir>/listen.json`).
     pub listen_p2p: String,
-    /// HTTP listen address, e.g. `0.0.0.0:8001`.
+    /// HTTP listen address, e.g. `0.0.0.0:8001`; port 0 as for `listen_p2p`.
     pub listen_http: SocketAddr,
+    /// Set `SO_REUSEPORT` on the HTTP listener (default false). Only for test harnesses that hold
+    /// a port reservation (a bound, never listening `SO_REUSEPORT` socket) for the roster's
+    /// addresses, so that no other process can take the port between its choice and the node's
+    /// bind, nor across restarts. libp2p sets `SO_REUSEPORT` on its p2p listener anyway.
+    #[serde(default)]
+    pub reuse_port: bool,
 }
 
 /// The roster and thresholds.
@@ -339,6 +346,13 @@ mod tests {
             cfg.attestation.max_age_secs,
             crate::attestation::confidential_space::DEFAULT_MAX_AGE_SECS
         );
+    }
+
+    #[test]
+    fn reuse_port_defaults_to_false() {
+        assert!(!Config::parse(&base()).unwrap().node.reuse_port);
+        let cfg = Config::parse(&base().replace("[cluster]", "reuse_port = true\n[cluster]")).unwrap();
+        assert!(cfg.node.reuse_port);
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod faults;
 pub mod http;
 pub mod identity;
 pub mod jwks_source;
+pub mod listen_file;
 pub mod metrics;
 pub mod p2p;
 pub mod run;

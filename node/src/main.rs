@@ -76,7 +76,10 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
         .init();
     let cfg = kms_node::config::Config::load(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(kms_node::run::run(cfg, shutdown_signal()))
+    rt.block_on(async {
+        let listener = kms_node::run::bind_http(&cfg.node)?;
+        kms_node::run::run(cfg, listener, shutdown_signal()).await
+    })
 }
 
 async fn shutdown_signal() {
@@ -96,7 +99,18 @@ async fn shutdown_signal() {
 
 fn status(config: PathBuf, json: bool) -> anyhow::Result<()> {
     let cfg = kms_node::config::Config::load(&config)?;
-    let addr = cfg.node.listen_http;
+    let mut addr = cfg.node.listen_http;
+    if addr.port() == 0 {
+        // The node picked its port; it wrote it to listen.json.
+        addr = kms_node::listen_file::read(&cfg.data_dir)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "node.listen_http has port 0 and {} is unreadable: {e}",
+                    cfg.data_dir.join(kms_node::listen_file::LISTEN_FILE).display()
+                )
+            })?
+            .http;
+    }
     let host = if addr.ip().is_unspecified() {
         std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {

@@ -179,8 +179,10 @@ struct Pending {
     attempt: u32,
 }
 
-/// Starts the swarm task. Returns the handle, inbound requests and peer events.
-pub fn spawn(
+/// Starts the swarm task and waits until it listens. Returns the handle, inbound requests, peer
+/// events and the first address the swarm reported listening on (with the port it got, if
+/// `cfg.listen` asked for port 0).
+pub async fn spawn(
     cfg: P2pConfig,
 ) -> anyhow::Result<(
     P2pHandle,
@@ -204,7 +206,8 @@ pub fn spawn(
         .with_behaviour(|_| Behaviour { allow: allowed, rpc })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
-    swarm.listen_on(cfg.listen.clone())?;
+    let listen = cfg.listen.clone();
+    swarm.listen_on(listen.clone())?;
     for (i, (peer, addr)) in &cfg.roster {
         if *i != cfg.me {
             swarm.add_peer_address(*peer, addr.clone());
@@ -213,6 +216,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (listening_tx, listening_rx) = oneshot::channel();
     let by_peer: HashMap<PeerId, u16> = cfg.roster.iter().map(|(i, (p, _))| (*p, *i)).collect();
     let task = SwarmTask {
         swarm,
@@ -224,9 +228,14 @@ pub fn spawn(
         pending: HashMap::new(),
         calls: HashMap::new(),
         retry: Vec::new(),
+        listening: Some(listening_tx),
     };
-    let listen = task.cfg.listen.clone();
     tokio::spawn(task.run());
+    let listen = match listening_rx.await {
+        Ok(Ok(address)) => address,
+        Ok(Err(e)) => anyhow::bail!("p2p: listening on {listen}: {e}"),
+        Err(_) => anyhow::bail!("p2p: the swarm stopped before listening on {listen}"),
+    };
     Ok((P2pHandle { tx }, in_rx, ev_rx, listen))
 }
 
@@ -240,6 +249,8 @@ struct SwarmTask {
     pending: HashMap<OutboundRequestId, Pending>,
     calls: HashMap<OutboundRequestId, oneshot::Sender<Result<NodeResponse, String>>>,
     retry: Vec<(Instant, Pending)>,
+    /// Told the first listen address (or why listening failed), then `None`.
+    listening: Option<oneshot::Sender<Result<Multiaddr, String>>>,
 }
 
 type Replies = FuturesUnordered<future::BoxFuture<'static, (ResponseChannel<NodeResponse>, NodeResponse)>>;
@@ -307,7 +318,23 @@ impl SwarmTask {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>, replies: &mut Replies) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "p2p listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "p2p listening");
+                if let Some(tx) = self.listening.take() {
+                    let _ = tx.send(Ok(address));
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                if let Some(tx) = self.listening.take() {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+            }
+            SwarmEvent::ListenerClosed { reason, .. } => {
+                if let Some(tx) = self.listening.take() {
+                    let why = reason.err().map_or_else(|| "listener closed".to_string(), |e| e.to_string());
+                    let _ = tx.send(Err(why));
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                 if let (Some(i), 1) = (self.by_peer.get(&peer_id), num_established.get()) {
                     info!(node = i, "connected to roster peer");

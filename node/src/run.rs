@@ -7,19 +7,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 
 use kms_proto::p2p::{NodeResponse, RequestBody, ResponseBody};
 
 use crate::apps::Apps;
 use crate::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
-use crate::config::Config;
+use crate::config::{Config, NodeSection};
 use crate::descriptor::DescriptorSigner;
 use crate::driver::{self, DriverConfig, OtherHandler, Shared};
 use crate::http::{self, AppState, RateLimiter};
 use crate::identity::{self, peer_verifying_key, DB_DIR};
 use crate::jwks_source::JwksSource;
+use crate::listen_file::{self, ListenAddrs};
 use crate::metrics::Metrics;
 use crate::p2p::{self, P2pConfig};
 use crate::service::{KeyService, TdxTrust};
@@ -85,10 +86,35 @@ fn tdx_trust(cfg: &Config) -> anyhow::Result<Option<TdxTrust>> {
     Ok(Some(TdxTrust { collateral }))
 }
 
-/// Runs the node until `shutdown` resolves, then drains HTTP for `limits.drain_ms`.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// Binds the HTTP API listener on `node.listen_http` (port 0 picks a free port), with
+/// `SO_REUSEADDR`, and `SO_REUSEPORT` if `node.reuse_port`. Call it inside a Tokio runtime.
+pub fn bind_http(node: &NodeSection) -> anyhow::Result<TcpListener> {
+    let addr = node.listen_http;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .context("node.listen_http: socket")?;
+    socket.set_reuseaddr(true).context("node.listen_http: SO_REUSEADDR")?;
+    if node.reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true).context("node.reuse_port: SO_REUSEPORT")?;
+        #[cfg(not(unix))]
+        bail!("node.reuse_port: SO_REUSEPORT is not available on this platform");
+    }
+    socket.bind(addr).context("node.listen_http: bind")?;
+    socket.listen(1024).context("node.listen_http: listen")
+}
+
+/// Runs the node, serving the HTTP API on `listener` (see [`bind_http`]), until `shutdown`
+/// resolves, then drains HTTP for `limits.drain_ms`. Once the p2p listener is bound too, both
+/// addresses are logged and written to `<data_dir>/listen.json` ([`listen_file`]).
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (identity, seal) =
         identity::load(&cfg.data_dir).context("loading the node identity (run `kms-node init`)")?;
+    let listen_path = cfg.data_dir.join(listen_file::LISTEN_FILE);
+    listen_file::remove(&cfg.data_dir).with_context(|| format!("removing {}", listen_path.display()))?;
     let me = cfg.node.index;
     let roster = cfg.roster();
     let own = roster.iter().find(|e| e.index == me).context("node.index is not in cluster.nodes")?;
@@ -130,8 +156,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         p2p_roster.insert(e.index, (peer, addr));
     }
     let listen: libp2p::Multiaddr = cfg.node.listen_p2p.parse().context("node.listen_p2p")?;
-    let (p2p, inbound, peers, _) =
-        p2p::spawn(P2pConfig { keypair: identity.keypair.clone(), listen, roster: p2p_roster, me })?;
+    let (p2p, inbound, peers, p2p_addr) =
+        p2p::spawn(P2pConfig { keypair: identity.keypair.clone(), listen, roster: p2p_roster, me }).await?;
 
     let shared = Shared::new();
     let indices: Vec<u16> = roster.iter().map(|e| e.index).collect();
@@ -213,8 +239,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         axum::http::StatusCode::REQUEST_TIMEOUT,
         Duration::from_millis(cfg.limits.request_timeout_ms),
     ));
-    let listener = TcpListener::bind(cfg.node.listen_http).await.context("node.listen_http: bind")?;
-    info!(addr = %listener.local_addr()?, node = me, peer_id = %identity.peer_id(), "HTTP API listening");
+    let http_addr = listener.local_addr().context("node.listen_http: local address")?;
+    info!(addr = %http_addr, node = me, peer_id = %identity.peer_id(), "HTTP API listening");
+    listen_file::write(&cfg.data_dir, &ListenAddrs { http: http_addr, p2p: p2p_addr.to_string() })
+        .with_context(|| format!("writing {}", listen_path.display()))?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

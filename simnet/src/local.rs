@@ -1,7 +1,7 @@
 //! A local network: N node processes on 127.0.0.1 (this binary re-executed as `node`), each with
 //! its own data directory, config and log under `D/node<i>/`.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ pub struct LocalNode {
     pub child: Option<Child>,
 }
 
-/// A running local network.
+/// A running local network. Its process must stay up while the nodes run: it holds their ports.
 pub struct LocalNet {
     /// Its directory.
     pub dir: PathBuf,
@@ -33,10 +33,39 @@ pub struct LocalNet {
     pub nodes: Vec<LocalNode>,
     /// The dev issuer.
     pub issuer: issuer::IssuerFiles,
+    /// The nodes' ports, reserved while the network lives (dropped after the nodes are killed).
+    pub ports: Vec<PortReservation>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A TCP port on 127.0.0.1 held for a node process while the network lives (restarts included),
+/// so that nothing else takes it between the choice of the port and the node's bind.
+///
+/// A socket bound to `127.0.0.1:0` with `SO_REUSEPORT` (without `SO_REUSEADDR`) that never
+/// listens: while it lives the kernel hands its port to no other `bind` to port 0 and no outgoing
+/// connection, and only a listener of the same user with `SO_REUSEPORT` can bind it (the node's
+/// HTTP listener with `[node] reuse_port = true`, libp2p's p2p listener always). Connections reach
+/// only that listener.
+#[derive(Debug)]
+pub struct PortReservation {
+    _socket: socket2::Socket,
+    port: u16,
+}
+
+impl PortReservation {
+    /// Reserves a free port on 127.0.0.1.
+    pub fn new() -> std::io::Result<PortReservation> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        let port =
+            socket.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("not an IP socket"))?.port();
+        Ok(PortReservation { _socket: socket, port })
+    }
+
+    /// The reserved port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 impl LocalNode {
@@ -74,7 +103,9 @@ impl Drop for LocalNet {
 }
 
 impl LocalNet {
-    /// Creates `dir` with N nodes (threshold t) and a dev issuer, and starts every node.
+    /// Creates `dir` with N nodes (threshold t) and a dev issuer, and starts every node. In an
+    /// existing `dir` the keys and databases are kept; the configs are rewritten with freshly
+    /// reserved ports.
     pub fn up(dir: &Path, n: u16, t: u16) -> anyhow::Result<LocalNet> {
         if n == 0 || t == 0 || t > n {
             bail!("--threshold must be in 1..={n}");
@@ -82,6 +113,7 @@ impl LocalNet {
         std::fs::create_dir_all(dir)?;
         let issuer = issuer::ensure(&dir.join("attestation"))?;
         let mut roster = Vec::new();
+        let mut ports = Vec::new();
         for i in 1..=n {
             let node_dir = dir.join(format!("node{i}"));
             let data = node_dir.join("data");
@@ -90,12 +122,16 @@ impl LocalNet {
             } else {
                 kms_node::identity::init(&data)?
             };
-            roster.push((i, id.peer_id().to_string(), free_port()?, free_port()?, node_dir));
+            let (p2p, http) = (PortReservation::new()?, PortReservation::new()?);
+            roster.push((i, id.peer_id().to_string(), p2p.port(), http.port(), node_dir));
+            ports.extend([p2p, http]);
         }
         let mut nodes = Vec::new();
         for (i, _, p2p, http, node_dir) in &roster {
             let mut toml = format!(
-                "data_dir = \"data\"\n\n[node]\nindex = {i}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p}\"\nlisten_http = \"127.0.0.1:{http}\"\n\n\
+                "data_dir = \"data\"\n\n[node]\nindex = {i}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p}\"\nlisten_http = \"127.0.0.1:{http}\"\n\
+                 # `kms-simnet up` keeps both ports reserved while it runs; the node binds them with SO_REUSEPORT.\n\
+                 reuse_port = true\n\n\
                  [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n\n\
                  # Every local client is 127.0.0.1: a per-source limit would throttle them all.\n\
                  [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n",
@@ -114,7 +150,7 @@ impl LocalNet {
                 child: None,
             });
         }
-        let mut net = LocalNet { dir: dir.to_path_buf(), nodes, issuer };
+        let mut net = LocalNet { dir: dir.to_path_buf(), nodes, issuer, ports };
         for node in &mut net.nodes {
             node.start()?;
         }
@@ -231,4 +267,24 @@ pub fn setup_containers(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserved_port_is_bound_only_by_reuse_port_listeners() {
+        let r = PortReservation::new().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], r.port()));
+        assert_eq!(std::net::TcpListener::bind(addr).unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
+        let node = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        node.set_reuse_address(true).unwrap();
+        node.set_reuse_port(true).unwrap();
+        node.bind(&addr.into()).unwrap();
+        node.listen(8).unwrap();
+        let node: std::net::TcpListener = node.into();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        node.accept().unwrap();
+    }
 }

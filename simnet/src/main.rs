@@ -174,20 +174,24 @@ fn node(config: PathBuf) -> anyhow::Result<()> {
         .init();
     let cfg = kms_node::config::Config::load(&config)?;
     let rt = runtime()?;
-    rt.block_on(kms_node::run::run(cfg, async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    rt.block_on(async {
+        let listener = kms_node::run::bind_http(&cfg.node)?;
+        kms_node::run::run(cfg, listener, async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }))
+        })
+        .await
+    })
 }
 
 async fn up(n: u16, t: u16, dir: PathBuf) -> anyhow::Result<()> {

@@ -71,8 +71,57 @@ pub fn node_binary() -> PathBuf {
     BIN.get_or_init(|| binary("kms-node", "kms-node")).clone()
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A TCP port on 127.0.0.1 held for a node process, for as long as the node may run (restarts
+/// included), so that no one else can take it between the choice of the port and the node's bind.
+///
+/// It is a socket bound to `127.0.0.1:0` with `SO_REUSEPORT` (and without `SO_REUSEADDR`) that
+/// never listens. While it lives, the kernel gives its port to no other `bind` to port 0 and to no
+/// outgoing connection, and a socket without `SO_REUSEPORT` cannot bind it; a listener of the same
+/// user that sets `SO_REUSEPORT` can: a node with `[node] reuse_port = true` for HTTP, libp2p's
+/// p2p listener always, or [`PortReservation::listen`] in this process. Connections reach only
+/// that listener; with none, they are refused.
+#[derive(Debug)]
+pub struct PortReservation {
+    _socket: socket2::Socket,
+    port: u16,
+}
+
+impl PortReservation {
+    /// Reserves a free port on 127.0.0.1.
+    pub fn new() -> PortReservation {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        PortReservation { _socket: socket, port }
+    }
+
+    /// The reserved port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A listener on the reserved port, bound as a node binds it (`SO_REUSEADDR` and
+    /// `SO_REUSEPORT`): for a server in this process that stands in for a node.
+    pub fn listen(&self) -> std::io::Result<TcpListener> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.bind(&self.addr().into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    }
+}
+
+impl Default for PortReservation {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A blocking HTTP/1.1 exchange; returns (status, body).
@@ -108,6 +157,8 @@ pub struct Node {
     pub bin: PathBuf,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
+    /// Ports reserved for this node (its HTTP and p2p ports), held while the `Node` lives.
+    pub ports: Vec<PortReservation>,
 }
 
 impl Node {
@@ -140,6 +191,12 @@ impl Node {
         std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
 
+    /// The ports reserved for this node, by address (e.g. its roster `http_url`'s address, to
+    /// put a stand-in server there).
+    pub fn reserved(&self, addr: SocketAddr) -> &PortReservation {
+        self.ports.iter().find(|p| p.addr() == addr).unwrap_or_else(|| panic!("{addr} is not reserved"))
+    }
+
     /// GET; (status, body), (0, empty) if unreachable.
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
         http(self.http, "GET", path, b"").unwrap_or((0, Vec::new()))
@@ -158,10 +215,11 @@ impl Drop for Node {
 }
 
 pub struct Cluster {
+    /// The nodes, index order. (Declared first: dropping them kills the processes before their
+    /// directories are removed.)
+    pub nodes: Vec<Node>,
     /// Keeps the directories alive.
     pub tmp: tempfile::TempDir,
-    /// The nodes, index order.
-    pub nodes: Vec<Node>,
 }
 
 pub fn init(bin: &Path, dir: &Path) -> String {
@@ -183,7 +241,7 @@ pub fn write_config_with(
     dkg_extra: &str,
 ) {
     let mut toml = format!(
-        "data_dir = {:?}\n\n[node]\nindex = {index}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p_port}\"\nlisten_http = \"{}\"\n\n\
+        "data_dir = {:?}\n\n[node]\nindex = {index}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p_port}\"\nlisten_http = \"{}\"\nreuse_port = true\n\n\
          [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\npki_root_pem = {:?}\n\n\
          [dkg]\nround_timeout_ms = 3000\n{dkg_extra}\n[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n",
         node.dir.join("data"),
@@ -223,22 +281,23 @@ impl Cluster {
             let dir = tmp.path().join(format!("node{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             let peer = init(bin, &dir.join("data"));
-            let (p2p, http) = (free_port(), free_port());
-            roster.push((i, peer, p2p, http));
+            let (p2p, http) = (PortReservation::new(), PortReservation::new());
+            roster.push((i, peer, p2p.port(), http.port()));
             nodes.push(Node {
                 index: i,
                 config: dir.join("node.toml"),
                 dir,
-                http: SocketAddr::from(([127, 0, 0, 1], http)),
+                http: http.addr(),
                 child: None,
                 bin: bin.to_path_buf(),
                 env: Vec::new(),
+                ports: vec![http, p2p],
             });
         }
         for (node, (i, _, p2p, _)) in nodes.iter().zip(&roster) {
             write_config_with(node, *i, t, &roster, *p2p, dkg_extra);
         }
-        Cluster { tmp, nodes }
+        Cluster { nodes, tmp }
     }
 
     /// The tail of every node's log.

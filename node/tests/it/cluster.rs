@@ -1,7 +1,6 @@
 //! Five real `kms-node` processes on 127.0.0.1: DKG, signed descriptor, key fetches, replay
 //! refusal, kill -9 and restart, manifest upgrade enforced everywhere, an outsider refused.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use crate::common::{digest, manifest, token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
 
-use kms_tests::{free_port, init, tail, write_config, Cluster, Node};
+use kms_tests::{init, tail, write_config, Cluster, Node, PortReservation};
 /// An enclave: its X25519 key, a fresh nonce, and an OIDC-style token binding both.
 struct Enclave {
     secret: x25519_dalek::StaticSecret,
@@ -207,16 +206,19 @@ fn five_nodes_on_loopback() {
     let dir = tmp.path().join("outsider");
     std::fs::create_dir_all(&dir).unwrap();
     let peer = init(Path::new(BIN), &dir.join("data"));
+    let (http, p2p) = (PortReservation::new(), PortReservation::new());
     let mut outsider = Node {
         index: 6,
         config: dir.join("node.toml"),
         dir,
-        http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        http: http.addr(),
         child: None,
         bin: PathBuf::from(BIN),
         env: Vec::new(),
+        ports: Vec::new(),
     };
-    let p2p = free_port();
+    let p2p_port = p2p.port();
+    outsider.ports = vec![http, p2p];
     let mut roster: Vec<(u16, String, u16, u16)> = d0
         .descriptor
         .nodes
@@ -226,8 +228,8 @@ fn five_nodes_on_loopback() {
             (e.index, e.peer_id.clone(), port(&e.p2p_addr), port(&e.http_url))
         })
         .collect();
-    roster.push((6, peer, p2p, outsider.http.port()));
-    write_config(&outsider, 6, 3, &roster, p2p);
+    roster.push((6, peer, p2p_port, outsider.http.port()));
+    write_config(&outsider, 6, 3, &roster, p2p_port);
     outsider.start();
     std::thread::sleep(Duration::from_secs(4));
     let (_, metrics) = outsider.get("/metrics");

@@ -3,5 +3,6 @@
 mod attestation;
 mod cluster;
 mod common;
+mod ports;
 mod service;
 mod store;

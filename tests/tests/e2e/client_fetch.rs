@@ -1,7 +1,6 @@
 //! `fetch_key` against five real nodes: offline encryption, attested fetch, decryption, node
 //! failures, a lying node.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,20 +151,24 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
     // Node 2's roster URL points at a liar; the real node 2 listens elsewhere.
     let mut procs = Procs::prepare(&node_binary(), 5, 3, "");
     let liar_addr = procs.nodes[1].http;
-    let real_port = kms_tests::free_port();
+    let real = kms_tests::PortReservation::new();
     let cfg = std::fs::read_to_string(&procs.nodes[1].config).unwrap();
     let cfg = cfg.replacen(
         &format!("listen_http = \"{liar_addr}\""),
-        &format!("listen_http = \"127.0.0.1:{real_port}\""),
+        &format!("listen_http = \"{}\"", real.addr()),
         1,
     );
     std::fs::write(&procs.nodes[1].config, cfg).unwrap();
-    procs.nodes[1].http = SocketAddr::from(([127, 0, 0, 1], real_port));
+    procs.nodes[1].http = real.addr();
+    procs.nodes[1].ports.push(real);
     let mut procs = procs.start_all();
     procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
 
     let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
-    let listener = rt.block_on(tokio::net::TcpListener::bind(liar_addr)).unwrap();
+    // The roster's port for node 2 stays reserved; the liar listens on it as a node would.
+    let listener = procs.nodes[1].reserved(liar_addr).listen().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = rt.block_on(async { tokio::net::TcpListener::from_std(listener) }).unwrap();
     rt.spawn(async move {
         let app = axum::Router::new().route(
             "/v1/keys",
