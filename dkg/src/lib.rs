@@ -6,6 +6,8 @@
 //!
 //! * [`suite`]: the two groups (BLS12-381 G2, Ed25519) behind one trait.
 //! * [`poly`]: Shamir polynomials, Feldman commitments, Lagrange coefficients.
+//! * [`ceremony`]: the engine of a node's ceremonies (attempts, retries, pairing of the two
+//!   suites, share recovery, persist-before-send), driven by `kms-node` and the simulator.
 //! * [`dkg`]: the Joint-Feldman DKG state machine with complaints, justifications and agreement.
 //! * [`share`]: key shares and public key sets, ready to persist.
 //! * [`threshold`]: app keys from t partials (hash to G1, partial keys, batch verification,
@@ -14,6 +16,7 @@
 //!   ECIES).
 //! * [`frost`]: FROST(Ed25519) key packages from the Ed25519 DKG.
 
+pub mod ceremony;
 pub mod dkg;
 pub mod envelope;
 pub mod error;

@@ -67,7 +67,7 @@ pub fn run_dkg_in_memory<S: Suite>(
         let me = u16::try_from(i + 1).map_err(|e| e.to_string())?;
         let cfg = DkgConfig {
             session: [0x5e; 32],
-            epoch,
+            attempt: epoch,
             threshold: t,
             me,
             roster: roster.clone(),

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         (1u8..=4).map(|i| ed25519_dalek::SigningKey::from_bytes(&[i; 32])).collect();
     let cfg = DkgConfig {
         session: [0; 32],
-        epoch: 1,
+        attempt: 1,
         threshold: 3,
         me: 1,
         roster: keys.iter().map(|k| k.verifying_key()).collect(),

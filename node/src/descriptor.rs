@@ -24,8 +24,8 @@ use kms_proto::p2p::{NodeRequest, NodeResponse, RequestBody, ResponseBody};
 use kms_proto::HexBytes;
 
 use crate::config::RosterEntry;
-use crate::driver::Shared;
 use crate::p2p::P2pHandle;
+use crate::state::Shared;
 use crate::store::{ActiveKeys, NodeStore};
 
 /// Builds descriptors and takes part in signing them.

@@ -6,6 +6,9 @@
 //! * `withhold-share:J` — send node J a wrong BLS12-381 share and never justify.
 //! * `mute-response` — never send this node's own responses (as if it were cut off during the
 //!   response round).
+//! * `fail-confirm-record` — the store refuses the write of this node's record once it holds its
+//!   signed transcript confirmation (the second record of an attempt and suite), as a full or
+//!   failing disk would.
 
 use std::sync::OnceLock;
 
@@ -15,6 +18,7 @@ use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
 enum Fault {
     WithholdShare(u16),
     MuteResponse,
+    FailConfirmRecord,
 }
 
 fn fault() -> Option<&'static Fault> {
@@ -25,6 +29,7 @@ fn fault() -> Option<&'static Fault> {
             let fault = match v.split_once(':') {
                 Some(("withhold-share", j)) => Fault::WithholdShare(j.parse().ok()?),
                 None if v == "mute-response" => Fault::MuteResponse,
+                None if v == "fail-confirm-record" => Fault::FailConfirmRecord,
                 _ => return None,
             };
             tracing::warn!(fault = %v, "TEST FAULT INJECTION ACTIVE: this node misbehaves in the DKG");
@@ -46,4 +51,21 @@ pub(crate) fn outgoing(me: u16, to: u16, m: &mut DkgMessage) -> bool {
         (Some(Fault::MuteResponse), DkgBody::Response(r)) => r.payload.header.sender != me,
         _ => true,
     }
+}
+
+/// Whether the store must refuse this ceremony write.
+pub(crate) fn fail_write(w: &kms_dkg::ceremony::Write) -> bool {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static RECORDS: Mutex<BTreeMap<(u64, SuiteId), u32>> = Mutex::new(BTreeMap::new());
+    let (Some(Fault::FailConfirmRecord), kms_dkg::ceremony::Write::Record { attempt, suite, .. }) =
+        (fault(), w)
+    else {
+        return false;
+    };
+    let Ok(mut records) = RECORDS.lock() else { return true };
+    let n = records.entry((*attempt, *suite)).or_default();
+    *n += 1;
+    // The first record holds the deal; every later one also the confirmation.
+    *n > 1
 }

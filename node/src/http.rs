@@ -22,9 +22,9 @@ use kms_proto::ErrorCode;
 
 use crate::api_error::ApiError;
 use crate::apps::Apps;
-use crate::driver::{DkgStatus, Shared};
 use crate::metrics::Metrics;
 use crate::service::{decode_error, KeyService};
+use crate::state::Shared;
 use crate::store::NodeStore;
 
 /// Shared state of the handlers.
@@ -238,14 +238,14 @@ async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> R
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let status = s.shared.status.read().map(|st| st.clone()).ok();
-    let (state, epoch) = match status {
-        Some(DkgStatus::Active { epoch }) => (2, epoch),
-        Some(DkgStatus::Running { .. }) => (1, 0),
-        _ => (0, 0),
-    };
-    s.metrics.dkg_state.set(state);
+    let status = s.shared.status();
+    s.metrics.dkg_state.set(status.gauge());
+    let epoch = s.shared.active().map_or(0, |k| k.epoch);
     s.metrics.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    s.metrics
+        .persist_failures
+        .set(s.shared.persist_failures.load(std::sync::atomic::Ordering::Relaxed) as i64);
+    s.metrics.failed_attempts.set(s.shared.failed_attempts.load(std::sync::atomic::Ordering::Relaxed) as i64);
     s.metrics.peers.set(s.shared.connected.read().map(|c| c.len() as i64).unwrap_or(0));
     if let Some(d) = s.shared.dkg_duration.read().ok().and_then(|d| *d) {
         s.metrics.dkg_seconds.set(d.as_secs_f64());

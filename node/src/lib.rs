@@ -21,6 +21,7 @@ pub mod p2p;
 pub mod run;
 pub mod seal;
 pub mod service;
+pub mod state;
 pub mod store;
 
 pub use kms_dkg as dkg;

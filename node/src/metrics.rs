@@ -37,8 +37,13 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Latency by endpoint.
     pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
-    /// 0 waiting for peers, 1 DKG running, 2 keys active.
+    /// 0 waiting for peers, 1 ceremony running, 2 keys active, 3 recovering a share, 4 stopped
+    /// (a ceremony write failed, or the store could not be read).
     pub dkg_state: Gauge<i64, AtomicI64>,
+    /// Ceremony writes that failed (each is retried before the node stops).
+    pub persist_failures: Gauge<i64, AtomicI64>,
+    /// Ceremony attempts that failed at this node.
+    pub failed_attempts: Gauge<i64, AtomicI64>,
     /// Active epoch (0 before the first DKG).
     pub epoch: Gauge<i64, AtomicI64>,
     /// Connected roster peers.
@@ -57,12 +62,24 @@ impl Default for Metrics {
         let epoch = Gauge::default();
         let peers = Gauge::default();
         let dkg_seconds = Gauge::<f64, AtomicU64>::default();
+        let persist_failures = Gauge::default();
+        let failed_attempts = Gauge::default();
         registry.register("requests", "HTTP requests by endpoint and outcome", requests.clone());
         registry.register("request_duration_seconds", "HTTP request latency", latency.clone());
         registry.register(
             "dkg_state",
-            "0 waiting for peers, 1 DKG running, 2 keys active",
+            "0 waiting for peers, 1 ceremony running, 2 keys active, 3 recovering a share, 4 stopped",
             dkg_state.clone(),
+        );
+        registry.register(
+            "dkg_persist_failures",
+            "Ceremony writes that failed in this process (each retried before the node stops)",
+            persist_failures.clone(),
+        );
+        registry.register(
+            "dkg_failed_attempts",
+            "Ceremony attempts that failed at this node",
+            failed_attempts.clone(),
         );
         registry.register("epoch", "Active key epoch", epoch.clone());
         registry.register("peers_connected", "Connected roster peers", peers.clone());
@@ -71,7 +88,17 @@ impl Default for Metrics {
             "Last successful DKG in this process, from start to keys active",
             dkg_seconds.clone(),
         );
-        Metrics { registry, requests, latency, dkg_state, epoch, peers, dkg_seconds }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            dkg_state,
+            persist_failures,
+            failed_attempts,
+            epoch,
+            peers,
+            dkg_seconds,
+        }
     }
 }
 

@@ -260,15 +260,12 @@ impl SwarmTask {
         let mut replies: Replies = FuturesUnordered::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut redial = tokio::time::interval(Duration::from_secs(2));
-        let mut min_generation = 0u64;
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     None => return,
                     Some(Command::Reliable { to, request, generation }) => {
-                        if generation >= min_generation {
-                            self.send(Pending { to, request, generation, attempt: 0 });
-                        }
+                        self.send(Pending { to, request, generation, attempt: 0 });
                     }
                     Some(Command::Call { to, request, reply }) => match self.cfg.roster.get(&to) {
                         Some((peer, _)) => {
@@ -278,7 +275,8 @@ impl SwarmTask {
                         None => { let _ = reply.send(Err(format!("node {to} is not in the roster"))); }
                     },
                     Some(Command::Cancel { below }) => {
-                        min_generation = min_generation.max(below);
+                        // What is pending now; an older attempt that still listens may send
+                        // again later (an adopted transcript's confirmation, a share recovery).
                         self.pending.retain(|_, p| p.generation >= below);
                         self.retry.retain(|(_, p)| p.generation >= below);
                     }
@@ -291,9 +289,7 @@ impl SwarmTask {
                     let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry).into_iter().partition(|(at, _)| *at <= now);
                     self.retry = later;
                     for (_, p) in due {
-                        if p.generation >= min_generation {
-                            self.send(p);
-                        }
+                        self.send(p);
                     }
                 }
                 _ = redial.tick() => self.redial(),
@@ -378,6 +374,15 @@ impl SwarmTask {
                 }));
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if response.body == ResponseBody::Unavailable {
+                    // The peer could not take it durably: keep it pending and try again.
+                    if let Some(mut p) = self.pending.remove(&request_id) {
+                        p.attempt += 1;
+                        let backoff = Duration::from_millis((100u64 << p.attempt.min(6)).min(5_000));
+                        self.retry.push((Instant::now() + backoff, p));
+                        return;
+                    }
+                }
                 self.pending.remove(&request_id);
                 if let Some(reply) = self.calls.remove(&request_id) {
                     let _ = reply.send(Ok(response));

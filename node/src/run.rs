@@ -16,7 +16,7 @@ use crate::apps::Apps;
 use crate::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
 use crate::config::{Config, NodeSection};
 use crate::descriptor::DescriptorSigner;
-use crate::driver::{self, DriverConfig, OtherHandler, Shared};
+use crate::driver::{self, DriverConfig, OtherHandler};
 use crate::http::{self, AppState, RateLimiter};
 use crate::identity::{self, peer_verifying_key, DB_DIR};
 use crate::jwks_source::JwksSource;
@@ -24,6 +24,7 @@ use crate::listen_file::{self, ListenAddrs};
 use crate::metrics::Metrics;
 use crate::p2p::{self, P2pConfig};
 use crate::service::{KeyService, TdxTrust};
+use crate::state::Shared;
 use crate::store::{NodeStore, SledKv};
 
 /// Domain of the cluster id.
@@ -191,15 +192,24 @@ pub async fn run(
         })
     };
     let n = roster.len();
+    let round = Duration::from_millis(cfg.dkg.round_timeout_ms);
     let driver_cfg = DriverConfig {
-        session: cluster_id,
-        me,
-        threshold: cfg.cluster.threshold,
-        max_faulty: cfg.cluster.max_faulty,
-        roster: roster_keys,
+        ceremony: kms_dkg::ceremony::Config {
+            session: cluster_id,
+            me,
+            threshold: cfg.cluster.threshold,
+            max_faulty: cfg.cluster.max_faulty,
+            roster: roster_keys,
+            timeouts: kms_dkg::dkg::Timeouts {
+                deal: round,
+                respond: round,
+                justify: round,
+                confirm: round * 2,
+            },
+            retry_delay: Duration::from_secs(1),
+            min_peers: cfg.dkg.min_peers.map(usize::from).unwrap_or(n - 1),
+        },
         identity: identity.signing.clone(),
-        round_timeout: Duration::from_millis(cfg.dkg.round_timeout_ms),
-        min_peers: cfg.dkg.min_peers.map(usize::from).unwrap_or(n - 1),
     };
     tokio::spawn(driver::run(driver_cfg, store.clone(), shared.clone(), p2p.clone(), inbound, peers, other));
     tokio::spawn(signer.run());

@@ -15,8 +15,8 @@ use kms_proto::{CodecError, ErrorCode};
 use crate::api_error::ApiError;
 use crate::apps::Apps;
 use crate::attestation::{check_policy, ConfidentialSpaceVerifier};
-use crate::driver::Shared;
 use crate::jwks_source::JwksSource;
+use crate::state::Shared;
 use crate::store::{AuditEntry, NodeStore};
 
 /// Everything a key request needs.

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 
-use kms_dkg::{Bls12381G2, Ed25519, KeyShare};
+use kms_dkg::KeyShare;
 use kms_proto::app::{AppId, SignedManifest};
 
 use crate::seal::{SealError, SealKey};
@@ -195,21 +195,7 @@ impl Kv for MemKv {
     }
 }
 
-/// The active key material of one epoch.
-pub struct ActiveKeys {
-    /// Epoch (the DKG attempt that succeeded).
-    pub epoch: u64,
-    /// BLS12-381 share (app keys).
-    pub bls: KeyShare<Bls12381G2>,
-    /// Ed25519 share (FROST cluster key).
-    pub ed25519: KeyShare<Ed25519>,
-}
-
-impl std::fmt::Debug for ActiveKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActiveKeys").field("epoch", &self.epoch).finish_non_exhaustive()
-    }
-}
+pub use kms_dkg::ceremony::ActiveKeys;
 
 /// One audit log entry (no secrets: the partial key itself is never logged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,8 +41,9 @@ impl SuiteId {
 pub struct Header {
     /// Identifies the cluster (hash of its roster); prevents cross-cluster replay.
     pub session: [u8; 32],
-    /// Key epoch; a new epoch (retry, resharing) never accepts an older epoch's messages.
-    pub epoch: u64,
+    /// The ceremony attempt; an attempt never accepts another attempt's messages. For share
+    /// recovery: the attempt that produced the key being recovered (its key epoch).
+    pub attempt: u64,
     /// The group of this instance.
     pub suite: SuiteId,
     /// Index (1..=n) of the node that authored the payload.
@@ -101,7 +102,7 @@ impl std::fmt::Debug for Justification {
 pub struct Confirm {
     /// Common fields; `sender` is the confirming node.
     pub header: Header,
-    /// Transcript hash over (session, suite, epoch, t, n, excluded, QUAL, MPK, VKs).
+    /// Transcript hash over (session, suite, attempt, t, n, excluded, QUAL, MPK, VKs).
     pub transcript: [u8; 32],
     /// The qualified dealers the transcript covers (so a node that missed the end of the
     /// ceremony can rebuild and adopt a transcript a quorum signed).
@@ -194,7 +195,7 @@ impl Drop for ShareMsg {
 /// these `helpers`". Signed; its digest names the recovery round in every later message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoverRequest {
-    /// Common fields; `sender` is the node whose share is to be recovered; `epoch` is the key's.
+    /// Common fields; `sender` is the node whose share is to be recovered; `attempt` is the key's epoch.
     pub header: Header,
     /// Digest of the public key set (group key and every VK) the share belongs to.
     pub keys: [u8; 32],

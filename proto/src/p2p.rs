@@ -24,7 +24,8 @@ pub struct NodeRequest {
 /// What a node asks of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestBody {
-    /// A DKG message; answered with [`ResponseBody::Ack`].
+    /// A DKG message; answered with [`ResponseBody::Ack`] once the node has durably taken it
+    /// (logged it, where it logs it), or [`ResponseBody::Unavailable`].
     Dkg(DkgMessage),
     /// An owner-signed manifest (JSON of `SignedManifest`) to gossip; answered with `Ack`.
     Manifest(Vec<u8>),
@@ -60,6 +61,10 @@ pub enum ResponseBody {
     FrostShare(Vec<u8>),
     /// Refused, with a reason (no secrets).
     Refused(String),
+    /// Not taken now: the node cannot durably take the request yet (its ceremony state could
+    /// not be written or read). A reliable sender keeps the request pending and retries it, so
+    /// that nothing the node acknowledged is ever lost to it.
+    Unavailable,
 }
 
 /// The response envelope.

@@ -65,7 +65,8 @@ enum Cmd {
         #[arg(long)]
         dkg: Option<u16>,
     },
-    /// Deterministic simulation of the DKG over many seeds (random faults per seed), or one
+    /// Deterministic simulation of the node's ceremony engine (both suites: the BLS12-381
+    /// master key and the Ed25519 cluster key) over many seeds (random faults per seed), or one
     /// seed replayed with details, or a large honest run timed.
     Sim {
         /// Number of seeds to run.
@@ -80,9 +81,6 @@ enum Cmd {
         /// Run an honest n-node DKG (t = 2n/3 + 1) and report CPU time.
         #[arg(long)]
         scale: Option<u16>,
-        /// Group: `ed25519` (fast) or `bls` (the master key group).
-        #[arg(long, default_value = "ed25519")]
-        suite: String,
     },
     /// Write keys and configs for a containerised cluster (used by docker-compose.yml).
     Setup {
@@ -148,7 +146,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Cmd::Sim { seeds, from, seed, scale, suite } => sim(seeds, from, seed, scale, &suite),
+        Cmd::Sim { seeds, from, seed, scale } => sim(seeds, from, seed, scale),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -347,31 +345,16 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_seed(seed: u64, bls: bool) -> kms_simnet::sim::Outcome {
-    let sc = kms_simnet::sim::random_scenario(seed);
-    if bls {
-        sc.run::<kms_dkg::Bls12381G2>(seed)
-    } else {
-        sc.run::<kms_dkg::Ed25519>(seed)
-    }
-}
-
-fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>, suite: &str) -> anyhow::Result<()> {
-    let bls = match suite {
-        "bls" => true,
-        "ed25519" => false,
-        other => bail!("--suite: unknown group {other} (ed25519 or bls)"),
-    };
+fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>) -> anyhow::Result<()> {
     if let Some(n) = scale {
         let t = n * 2 / 3 + 1;
         let started = Instant::now();
         let cpu = cpu_seconds();
-        let sc = kms_simnet::sim::Scenario::new(n, t);
-        let out = if bls { sc.run::<kms_dkg::Bls12381G2>(1) } else { sc.run::<kms_dkg::Ed25519>(1) };
+        let out = kms_simnet::sim::Scenario::new(n, t).run(1);
         println!(
             "{}",
             serde_json::json!({
-                "n": n, "t": t, "suite": suite, "completed": out.completed.len(), "violation": format!("{:?}", out.violation),
+                "n": n, "t": t, "completed": out.completed.len(), "violation": format!("{:?}", out.violation),
                 "messages": out.delivered, "virtual_ms": out.virtual_ms,
                 "wall_seconds": started.elapsed().as_secs_f64(), "cpu_seconds": cpu_seconds() - cpu,
             })
@@ -382,7 +365,7 @@ fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>, suite: &str)
         return Ok(());
     }
     if let Some(seed) = one {
-        let out = run_seed(seed, bls);
+        let out = kms_simnet::sim::random_scenario(seed).run(seed);
         println!("{out:#?}");
         return match out.violation {
             None => Ok(()),
@@ -390,19 +373,19 @@ fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>, suite: &str)
         };
     }
     let started = Instant::now();
-    let mut failed_attempts = 0;
-    let mut recovered = 0;
+    let (mut failed_attempts, mut recovered, mut persist_crashes) = (0, 0, 0);
     for seed in from..from + seeds {
-        let out = run_seed(seed, bls);
+        let out = kms_simnet::sim::random_scenario(seed).run(seed);
         failed_attempts += out.failures.len();
         recovered += out.recovery_rounds.len();
+        persist_crashes += out.persist_crashes;
         if let Some(v) = out.violation {
-            bail!("seed {seed} violates the property: {v:?}\nreplay: kms-simnet sim --seed {seed} --suite {suite}");
+            bail!("seed {seed} violates the property: {v:?}\nreplay: kms-simnet sim --seed {seed}");
         }
     }
     println!(
-        "{seeds} seeds ({from}..{}) over {suite}: property holds; {failed_attempts} failed attempts were retried; \
-         {recovered} nodes recovered their share; {:.1?}",
+        "{seeds} seeds ({from}..{}): property holds; {failed_attempts} failed attempts were retried; \
+         {recovered} nodes recovered their share; {persist_crashes} crashes at persist points; {:.1?}",
         from + seeds,
         started.elapsed()
     );

@@ -1,9 +1,12 @@
-//! The DKG property over many seeds, in the deterministic simulator: with n nodes, threshold t,
+//! The ceremony property over many seeds, in the deterministic simulator, which runs the node's
+//! own ceremony engine for both suites: with n nodes, threshold t,
 //! at most f byzantine nodes (n ≥ 3f + 1) and random loss, duplication, delay, partitions that
 //! heal, crashes with restart and late complaints (where t ≤ n − f − 1), every honest node ends
 //! with the same QUAL and key (or fails an attempt, names culprits and a retry succeeds; or, its
-//! complaint unheard, recovers its share) — never a split, never a key that t honest nodes cannot
-//! serve. A failing seed is printed and replays exactly.
+//! complaint unheard, recovers its share) — never a split, never a node that signs two
+//! transcripts in one attempt (crashes are also injected at every persist point), t honest
+//! shares always interpolate to the secret of the public key, and never a key that t honest
+//! nodes cannot serve. A failing seed is printed and replays exactly.
 
 use kms_simnet::sim::{random_scenario, Behaviour, Scenario};
 
@@ -11,9 +14,9 @@ const SEEDS: u64 = 500;
 
 #[test]
 fn property_holds_over_500_random_seeds() {
-    let (mut retried, mut recovered) = (0, 0);
+    let (mut retried, mut recovered, mut persist_crashes) = (0, 0, 0);
     for seed in 0..SEEDS {
-        let out = random_scenario(seed).run::<kms_dkg::Ed25519>(seed);
+        let out = random_scenario(seed).run(seed);
         assert!(
             out.violation.is_none(),
             "seed {seed} violates the property: {:?}\nscenario: {:?}\nreplay: cargo run -p kms-simnet -- sim --seed {seed}",
@@ -22,18 +25,21 @@ fn property_holds_over_500_random_seeds() {
         );
         retried += out.failures.len();
         recovered += out.recovery_rounds.len();
+        persist_crashes += out.persist_crashes;
     }
     eprintln!(
-        "{SEEDS} seeds: property holds, {retried} failed attempts retried, {recovered} shares recovered"
+        "{SEEDS} seeds: property holds, {retried} failed attempts retried, {recovered} shares recovered, \
+         {persist_crashes} crashes at persist points"
     );
     assert!(recovered > 0, "the random scenarios include late complaints that share recovery heals");
+    assert!(persist_crashes > 50, "the random scenarios crash nodes at persist points: {persist_crashes}");
 }
 
 #[test]
 fn a_seed_replays_exactly() {
     for seed in [3, 17, 59] {
-        let a = random_scenario(seed).run::<kms_dkg::Ed25519>(seed);
-        let b = random_scenario(seed).run::<kms_dkg::Ed25519>(seed);
+        let a = random_scenario(seed).run(seed);
+        let b = random_scenario(seed).run(seed);
         assert_eq!(a.completed, b.completed);
         assert_eq!(a.failures, b.failures);
         assert_eq!((a.virtual_ms, a.delivered), (b.virtual_ms, b.delivered));
@@ -43,7 +49,7 @@ fn a_seed_replays_exactly() {
 #[test]
 fn each_byzantine_behaviour_is_survived_and_named() {
     for b in Behaviour::ALL {
-        let out = Scenario::new(7, 4).byzantine(3, b).drop(0.02).run::<kms_dkg::Bls12381G2>(11);
+        let out = Scenario::new(7, 4).byzantine(3, b).drop(0.02).run(11);
         assert!(out.violation.is_none(), "{b:?}: {:?}", out.violation);
         assert_eq!(out.completed.len(), 6, "{b:?}: every honest node holds a share");
         let named = out.culprits.get(&3).cloned().unwrap_or_default();
@@ -67,15 +73,15 @@ fn each_byzantine_behaviour_is_survived_and_named() {
 #[test]
 fn partitions_heal_and_crashed_nodes_rejoin() {
     // A node cut off for the whole ceremony adopts the transcript the others signed.
-    let out = Scenario::new(5, 3).partition(0, 20_000, &[5]).run::<kms_dkg::Ed25519>(5);
+    let out = Scenario::new(5, 3).partition(0, 20_000, &[5]).run(5);
     assert!(out.violation.is_none(), "{:?}", out.violation);
     assert_eq!(out.completed.len(), 5);
     // A node that crashes right after dealing and comes back after the others finished rebuilds
     // its share from its persisted deal and logged messages.
-    let out = Scenario::new(5, 3).crash(2, 50, Some(30_000)).run::<kms_dkg::Ed25519>(6);
+    let out = Scenario::new(5, 3).crash(2, 50, Some(30_000)).run(6);
     assert!(out.violation.is_none(), "{:?}", out.violation);
     assert_eq!(out.completed.len(), 5);
-    assert!(out.completed.values().all(|(epoch, _, qual)| *epoch == 1 && qual.contains(&2)));
+    assert!(out.completed.values().all(|c| c.epoch == 1 && c.qual.contains(&2)));
 }
 
 #[test]
@@ -84,8 +90,8 @@ fn debug_seed() {
     let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(845);
     let sc = random_scenario(seed);
     eprintln!("{sc:?}");
-    let out = sc.run::<kms_dkg::Ed25519>(seed);
-    eprintln!("{:?}", out.violation);
+    let out = sc.run(seed);
+    assert_eq!(out.violation, None, "seed {seed}: {out:#?}");
 }
 
 /// Seed 1411 of a 5 000-seed run (once the simulator's known limit; pinned here as the scenario
@@ -100,12 +106,12 @@ fn a_late_complaint_is_healed_by_share_recovery() {
         .partition(80, 4_554, &[1, 2])
         .byzantine(3, Behaviour::BadProof)
         .byzantine(8, Behaviour::BadShare)
-        .run::<kms_dkg::Ed25519>(1411);
+        .run(1411);
     assert_eq!(out.violation, None);
     assert!(out.recovery_rounds.contains_key(&1), "node 1 recovered: {:?}", out.recovery_rounds);
     let honest = usize::from(out.scenario.n) - out.scenario.byzantine.len();
     assert_eq!(out.completed.len(), honest, "every honest node holds a share");
-    let transcripts: std::collections::BTreeSet<_> = out.completed.values().map(|(_, t, _)| *t).collect();
+    let transcripts: std::collections::BTreeSet<_> = out.completed.values().map(|c| c.transcripts).collect();
     assert_eq!(transcripts.len(), 1, "no split");
 }
 
@@ -121,7 +127,7 @@ fn share_recovery_names_lying_helpers_and_still_recovers() {
             .byzantine(2, Behaviour::BadShare)
             .byzantine(3, Behaviour::BadConfirm)
             .partition(0, 7_000, &[1])
-            .run::<kms_dkg::Bls12381G2>(seed);
+            .run(seed);
         assert_eq!(out.violation, None, "seed {seed}: recovery rounds {:?}", out.recovery_rounds);
         assert_eq!(out.completed.len(), 5, "seed {seed}: every honest node holds a share");
         assert!(out.recovery_rounds.contains_key(&1), "seed {seed}: {:?}", out.recovery_rounds);
@@ -148,16 +154,13 @@ fn share_recovery_names_lying_helpers_and_still_recovers() {
 /// share); the key then depends on the byzantine node. Choose t ≤ n − f − 1 to be safe from it.
 #[test]
 fn with_t_equal_to_n_minus_f_a_late_complaint_cannot_be_healed() {
-    let out = Scenario::new(4, 3)
-        .byzantine(3, Behaviour::BadShare)
-        .partition(0, 7_000, &[1])
-        .run::<kms_dkg::Ed25519>(94);
+    let out = Scenario::new(4, 3).byzantine(3, Behaviour::BadShare).partition(0, 7_000, &[1]).run(94);
     assert_eq!(
         out.violation,
         Some(kms_simnet::sim::Violation::TooFewShares { honest_with_share: 2, threshold: 3 })
     );
     assert_eq!(out.completed.keys().copied().collect::<Vec<_>>(), vec![2, 4]);
-    let transcripts: std::collections::BTreeSet<_> = out.completed.values().map(|(_, t, _)| *t).collect();
+    let transcripts: std::collections::BTreeSet<_> = out.completed.values().map(|c| c.transcripts).collect();
     assert_eq!(transcripts.len(), 1, "no split");
     assert!(
         out.recovery_rounds.get(&1).is_some_and(|r| *r > 10),
@@ -178,8 +181,77 @@ fn a_node_restarted_after_confirming_keeps_its_signature() {
         .dup(0.02)
         .delay(1, 50)
         .crash(3, 111, Some(886))
-        .run::<kms_dkg::Ed25519>(3013);
+        .run(3013);
     assert_eq!(out.violation, None);
     assert_eq!(out.completed.keys().copied().collect::<Vec<_>>(), vec![1, 3, 4]);
-    assert!(out.completed.values().all(|(epoch, _, _)| *epoch == 1), "{:?}", out.completed);
+    assert!(out.completed.values().all(|c| c.epoch == 1), "{:?}", out.completed);
+}
+
+/// A node crashes around each kind of write the engine asks for, at each point (before the
+/// write, after it but before what waited for it was sent, after sending), and restarts: never
+/// two transcripts signed by one node in one attempt, never a split, and the node ends with the
+/// cluster's key.
+#[test]
+fn a_crash_at_every_persist_point_never_double_signs_or_splits() {
+    use kms_simnet::sim::{PersistPoint, WriteKind};
+    let writes = [
+        (WriteKind::Attempt, 1),
+        (WriteKind::Record, 1),
+        (WriteKind::Record, 2),
+        (WriteKind::Message, 1),
+        (WriteKind::Message, 12),
+        (WriteKind::Record, 3),
+        (WriteKind::Record, 4),
+        (WriteKind::Activate, 1),
+    ];
+    let points = [PersistPoint::BeforeWrite, PersistPoint::AfterWrite, PersistPoint::AfterSend];
+    for (kind, nth) in writes {
+        for point in points {
+            for seed in 0..3 {
+                let out = Scenario::new(5, 3)
+                    .drop(0.01)
+                    .delay(1, 50)
+                    .crash_at_write(2, kind, nth, point, 300 + 700 * seed)
+                    .run(seed);
+                let what = format!("{kind:?} #{nth} {point:?} seed {seed}");
+                assert_eq!(out.violation, None, "{what}");
+                assert_eq!(out.persist_crashes, 1, "{what}: the crash happened");
+                assert_eq!(out.completed.len(), 5, "{what}: every node holds the key");
+            }
+        }
+    }
+}
+
+/// The same with a byzantine node that confirms garbage, so the quorum (3 of 4) needs the
+/// crashed node's own signature: it persisted its confirmation before sending, so it never
+/// signs another transcript in that attempt, whichever side of the write it crashed on.
+#[test]
+fn a_crash_around_the_confirmation_record_when_the_quorum_needs_it() {
+    use kms_simnet::sim::{PersistPoint, WriteKind};
+    for point in [PersistPoint::BeforeWrite, PersistPoint::AfterWrite, PersistPoint::AfterSend] {
+        for nth in [3, 4] {
+            let out = Scenario::new(4, 3)
+                .byzantine(2, Behaviour::BadConfirm)
+                .crash_at_write(3, WriteKind::Record, nth, point, 900)
+                .run(7);
+            assert_eq!(out.violation, None, "{point:?} record #{nth}");
+            assert_eq!(out.persist_crashes, 1, "{point:?} record #{nth}");
+            assert_eq!(out.completed.keys().copied().collect::<Vec<_>>(), vec![1, 3, 4], "{point:?} #{nth}");
+        }
+    }
+}
+
+/// Both suites run, and activate together: every honest node holds one BLS12-381 and one
+/// Ed25519 transcript of the same attempt, the same as every other node's.
+#[test]
+fn both_suites_complete_in_the_same_attempt() {
+    let out = Scenario::new(7, 5).byzantine(4, Behaviour::Equivocate).drop(0.05).run(21);
+    assert_eq!(out.violation, None);
+    assert_eq!(out.completed.len(), 6);
+    let pairs: std::collections::BTreeSet<_> =
+        out.completed.values().map(|c| (c.epoch, c.transcripts)).collect();
+    assert_eq!(pairs.len(), 1, "one attempt, one pair of transcripts: {pairs:?}");
+    let (_, [bls, ed]) = pairs.into_iter().next().unwrap();
+    assert_ne!(bls, ed, "two suites, two transcripts");
+    assert!(out.culprits.get(&4).is_some_and(|f| f.contains("EquivocatedDeal")), "{:?}", out.culprits);
 }

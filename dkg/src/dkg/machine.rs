@@ -133,9 +133,9 @@ impl<S: Suite> Dkg<S> {
         self.cfg.me
     }
 
-    /// The run's epoch.
-    pub fn epoch(&self) -> u64 {
-        self.cfg.epoch
+    /// The run's attempt.
+    pub fn attempt(&self) -> u64 {
+        self.cfg.attempt
     }
 
     /// Whether the run has completed or failed (a failed run still listens, see
@@ -154,7 +154,7 @@ impl<S: Suite> Dkg<S> {
         self.phase == Phase::Done
     }
 
-    /// A listener for attempt `cfg.epoch` after a restart: it deals nothing and sends nothing,
+    /// A listener for attempt `cfg.attempt` after a restart: it deals nothing and sends nothing,
     /// and completes only by adopting a transcript a quorum signed, for which it needs the
     /// qualified dealers' deals and its shares (which the peers' transports re-deliver).
     ///
@@ -192,6 +192,19 @@ impl<S: Suite> Dkg<S> {
         Ok(dkg)
     }
 
+    /// What a rejoined node sends again: its signed transcript confirmation, if its record held
+    /// one. It was written before it was first sent, but the node may have crashed before
+    /// sending it, and its peers may need it for their quorum. Sending it again is safe: the
+    /// same signed bytes, and the node never signs another transcript in this attempt.
+    pub fn resend(&self) -> Vec<Action<S>> {
+        match self.confirms.get(&self.cfg.me) {
+            Some(c) if self.phase == Phase::Listening => {
+                vec![Action::Broadcast(DkgMessage::new(DkgBody::Confirm(c.clone())))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The restart record: this node's own share and signed deal, and its transcript
     /// confirmation once it signed one.
     fn record(&self, confirm: Option<&Signed<Confirm>>) -> Option<Action<S>> {
@@ -207,7 +220,7 @@ impl<S: Suite> Dkg<S> {
     }
 
     fn header(&self) -> Header {
-        Header { session: self.cfg.session, epoch: self.cfg.epoch, suite: S::ID, sender: self.cfg.me }
+        Header { session: self.cfg.session, attempt: self.cfg.attempt, suite: S::ID, sender: self.cfg.me }
     }
 
     fn dealers(&self) -> impl Iterator<Item = u16> + '_ {
@@ -256,7 +269,7 @@ impl<S: Suite> Dkg<S> {
             return Err(Ignored::Late(message.header().sender));
         }
         let header = *message.header();
-        if header.session != self.cfg.session || header.epoch != self.cfg.epoch || header.suite != S::ID {
+        if header.session != self.cfg.session || header.attempt != self.cfg.attempt || header.suite != S::ID {
             return Err(Ignored::WrongContext);
         }
         if header.sender == 0 || header.sender > self.cfg.n() {
@@ -623,7 +636,7 @@ impl<S: Suite> Dkg<S> {
                 .fail(FailureReason::NotEnoughQualified { qualified: 0, threshold: self.cfg.threshold });
         };
         let transcript = transcript_hash::<S>(&self.cfg, &qual, &public);
-        let share = match KeyShare::new(self.cfg.epoch, me, secret, public) {
+        let share = match KeyShare::new(self.cfg.attempt, me, secret, public) {
             Ok(share) => share,
             Err(_) => {
                 return self
@@ -713,7 +726,7 @@ impl<S: Suite> Dkg<S> {
         self.finalized = None;
         self.poly = None;
         vec![Action::Failed(DkgFailure {
-            epoch: self.cfg.epoch,
+            attempt: self.cfg.attempt,
             reason,
             culprits: self.culprits.iter().cloned().collect(),
         })]
@@ -776,7 +789,7 @@ impl<S: Suite> Dkg<S> {
             S::zeroize_scalar(&mut secret);
             return self.start_recovery(adoption, public, now);
         }
-        let share = KeyShare::new(self.cfg.epoch, me, secret, public);
+        let share = KeyShare::new(self.cfg.attempt, me, secret, public);
         S::zeroize_scalar(&mut secret);
         let Ok(share) = share else { return Vec::new() };
         self.complete_adopted(adoption, share, false)
@@ -791,14 +804,21 @@ impl<S: Suite> Dkg<S> {
         share: KeyShare<S>,
         recovered: bool,
     ) -> Vec<Action<S>> {
-        let Adoption { transcript, qual, certificate } = adoption;
+        let Adoption { transcript, qual, mut certificate } = adoption;
         let me = self.cfg.me;
         let mut actions = Vec::new();
         if !self.confirms.contains_key(&me) {
             let confirm =
                 sign(&self.identity, Confirm { header: self.header(), transcript, qual: qual.clone() });
             self.confirms.insert(me, confirm.clone());
+            // Written before it is sent, as at finalization.
+            actions.extend(self.record(Some(&confirm)));
             actions.push(Action::Broadcast(DkgMessage::new(DkgBody::Confirm(confirm))));
+        }
+        // The certificate carries this node's own signature when it made one for this transcript
+        // (the engine hands it to peers that missed the end).
+        if let Some(own) = self.confirms.get(&me).filter(|c| c.payload.transcript == transcript) {
+            certificate.entry(me).or_insert_with(|| own.clone());
         }
         self.phase = Phase::Done;
         self.poly = None;
@@ -827,7 +847,7 @@ impl<S: Suite> Dkg<S> {
     ) -> Vec<Action<S>> {
         let target = Target {
             session: self.cfg.session,
-            epoch: self.cfg.epoch,
+            epoch: self.cfg.attempt,
             me: self.cfg.me,
             public,
             roster: self.cfg.roster.clone(),
@@ -855,7 +875,7 @@ impl<S: Suite> Dkg<S> {
                 let Some((requester, adoption)) = self.recovery.take() else { return Ok(Vec::new()) };
                 let public = requester.public().clone();
                 self.culprits.extend(requester.culprits().cloned());
-                let share = KeyShare::new(self.cfg.epoch, self.cfg.me, secret, public);
+                let share = KeyShare::new(self.cfg.attempt, self.cfg.me, secret, public);
                 S::zeroize_scalar(&mut secret);
                 match share {
                     Ok(share) => Ok(self.complete_adopted(adoption, share, true)),
@@ -892,6 +912,11 @@ impl<S: Suite> Dkg<S> {
             }
         }
     }
+}
+
+/// The signed transcript confirmation in a restart record ([`Action::Persist`]), if it holds one.
+pub fn confirmation_in_record(record: &super::DkgRecord) -> Option<Signed<Confirm>> {
+    decode_record(record).and_then(|(_, _, c)| c)
 }
 
 /// Decodes a restart record: `(share, deal, confirmation)`, or `(share, deal)` as written before
@@ -940,7 +965,7 @@ impl<S: Suite> std::fmt::Debug for Dkg<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dkg")
             .field("suite", &S::ID)
-            .field("epoch", &self.cfg.epoch)
+            .field("attempt", &self.cfg.attempt)
             .field("me", &self.cfg.me)
             .field("phase", &self.phase)
             .field("deals", &self.deals.keys().collect::<Vec<_>>())
@@ -953,15 +978,15 @@ fn deal_digest(signed: &Signed<Deal>) -> [u8; 32] {
     sha256(&[DEAL_DIGEST_DOMAIN, &Signed::signing_bytes(&signed.payload)])
 }
 
-/// `SHA-256("kms/v1/dkg/transcript" ‖ session ‖ suite ‖ epoch ‖ t ‖ n ‖ |excluded| ‖ excluded ‖
+/// `SHA-256("kms/v1/dkg/transcript" ‖ session ‖ suite ‖ attempt ‖ t ‖ n ‖ |excluded| ‖ excluded ‖
 /// |QUAL| ‖ QUAL ‖ PK ‖ VK_1..VK_n)`
-/// with integers big-endian (u64 epoch, u16 otherwise).
+/// with integers big-endian (u64 attempt, u16 otherwise).
 fn transcript_hash<S: Suite>(cfg: &DkgConfig, qual: &BTreeSet<u16>, public: &PublicKeySet<S>) -> [u8; 32] {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(TRANSCRIPT_DOMAIN);
     bytes.extend_from_slice(&cfg.session);
     bytes.extend_from_slice(S::ID.name().as_bytes());
-    bytes.extend_from_slice(&cfg.epoch.to_be_bytes());
+    bytes.extend_from_slice(&cfg.attempt.to_be_bytes());
     bytes.extend_from_slice(&cfg.threshold.to_be_bytes());
     bytes.extend_from_slice(&cfg.n().to_be_bytes());
     bytes.extend_from_slice(&u16::try_from(cfg.excluded.len()).unwrap_or(u16::MAX).to_be_bytes());

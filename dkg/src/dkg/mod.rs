@@ -37,7 +37,7 @@ use kms_proto::dkg::{DkgMessage, Signed, SignedPayload};
 use crate::share::KeyShare;
 use crate::suite::Suite;
 
-pub use machine::Dkg;
+pub use machine::{confirmation_in_record, Dkg};
 
 /// Largest supported cluster.
 pub const MAX_NODES: u16 = 1024;
@@ -71,15 +71,15 @@ impl Default for Timeouts {
 pub struct DkgConfig {
     /// Cluster identifier (e.g. a hash of the roster); bound into every signature.
     pub session: [u8; 32],
-    /// Key epoch of this run; a retry uses a new epoch.
-    pub epoch: u64,
+    /// The attempt this run is; a retry is a new attempt.
+    pub attempt: u64,
     /// Shares needed to use the key (`t`).
     pub threshold: u16,
     /// This node's index (1..=n).
     pub me: u16,
     /// Identity keys of all nodes; node `i` is `roster[i - 1]`, so `n = roster.len()`.
     pub roster: Vec<VerifyingKey>,
-    /// Dealers not accepted in this run (culprits of an earlier failed epoch).
+    /// Dealers not accepted in this run (culprits of an earlier failed attempt).
     pub excluded: BTreeSet<u16>,
     /// Byzantine nodes tolerated by the agreement (`f`); `None` means `⌊(n-1)/3⌋`.
     pub max_faulty: Option<u16>,
@@ -233,7 +233,7 @@ pub struct DkgOutput<S: Suite> {
     pub share: KeyShare<S>,
     /// The qualified dealers.
     pub qual: BTreeSet<u16>,
-    /// Transcript hash over (session, suite, epoch, t, n, QUAL, public key, VKs).
+    /// Transcript hash over (session, suite, attempt, t, n, QUAL, public key, VKs).
     pub transcript: [u8; 32],
     /// `q` or more Ed25519 signatures over the transcript confirmation, by node index.
     pub certificate: BTreeMap<u16, Signed<kms_proto::dkg::Confirm>>,
@@ -256,7 +256,7 @@ impl<S: Suite> std::fmt::Debug for DkgOutput<S> {
     }
 }
 
-/// Why an epoch failed.
+/// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailureReason {
@@ -276,12 +276,12 @@ pub enum FailureReason {
     },
 }
 
-/// An epoch that failed, with the culprits to exclude from the retry.
+/// An attempt that failed, with the culprits to exclude from the retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("DKG epoch {epoch} failed: {reason:?}; culprits {culprits:?}")]
+#[error("DKG attempt {attempt} failed: {reason:?}; culprits {culprits:?}")]
 pub struct DkgFailure {
-    /// The failed epoch.
-    pub epoch: u64,
+    /// The failed attempt.
+    pub attempt: u64,
     /// What went wrong.
     pub reason: FailureReason,
     /// Who misbehaved, as far as this node can tell.
@@ -316,7 +316,7 @@ pub enum Action<S: Suite> {
     Persist(DkgRecord),
     /// The run completed: persist the share, activate after the driver's own checks.
     Completed(Box<DkgOutput<S>>),
-    /// The run failed; retry with a new epoch excluding [`DkgFailure::exclude`].
+    /// The run failed; retry with a new attempt excluding [`DkgFailure::exclude`].
     Failed(DkgFailure),
 }
 
@@ -335,8 +335,8 @@ impl std::fmt::Debug for DkgRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Ignored {
-    /// For another cluster, epoch or group.
-    #[error("message for another session, epoch or suite")]
+    /// For another cluster, attempt or group.
+    #[error("message for another session, attempt or suite")]
     WrongContext,
     /// Sender index outside the roster.
     #[error("sender {0} is not in the roster")]

@@ -2,7 +2,7 @@
 //! rogue-key attacks on the sum of constant terms; cf. FROST DKG, RFC 9591 appendix C / Komlo–
 //! Goldberg §5.1).
 //!
-//! `R = k·G`, `c = H("kms/v1/dkg/pok", session, suite, epoch, dealer, C_0, R)`, `z = k + c·a_0`;
+//! `R = k·G`, `c = H("kms/v1/dkg/pok", session, suite, attempt, dealer, C_0, R)`, `z = k + c·a_0`;
 //! valid iff `z·G == R + c·C_0`.
 
 use ff::Field;
@@ -22,7 +22,7 @@ fn challenge<S: Suite>(header: &Header, c0: &S::Point, r: &S::Point) -> S::Scala
         &[
             &header.session,
             S::ID.name().as_bytes(),
-            &header.epoch.to_be_bytes(),
+            &header.attempt.to_be_bytes(),
             &header.sender.to_be_bytes(),
             &S::encode_point(c0),
             &S::encode_point(r),

@@ -173,7 +173,7 @@ impl<S: Suite> Requester<S> {
     fn header(&self) -> Header {
         Header {
             session: self.target.session,
-            epoch: self.target.epoch,
+            attempt: self.target.epoch,
             suite: S::ID,
             sender: self.target.me,
         }
@@ -436,7 +436,7 @@ impl<S: Suite> Requester<S> {
     }
 
     fn in_context(&self, h: &Header) -> bool {
-        h.session == self.target.session && h.epoch == self.target.epoch && h.suite == S::ID
+        h.session == self.target.session && h.attempt == self.target.epoch && h.suite == S::ID
     }
 
     fn verify<T: kms_proto::dkg::SignedPayload>(&self, node: u16, signed: &Signed<T>) -> bool {
@@ -573,11 +573,11 @@ impl<S: Suite> Helper<S> {
 
     /// The header of this helper's messages about `share`'s key.
     fn header(&self, share: &KeyShare<S>) -> Header {
-        Header { session: self.session, epoch: share.epoch(), suite: S::ID, sender: share.index() }
+        Header { session: self.session, attempt: share.epoch(), suite: S::ID, sender: share.index() }
     }
 
     fn in_context(&self, share: &KeyShare<S>, h: &Header) -> bool {
-        h.session == self.session && h.epoch == share.epoch() && h.suite == S::ID
+        h.session == self.session && h.attempt == share.epoch() && h.suite == S::ID
     }
 
     /// Handles a recovery message ([`is_for_helper`]) from node `from`, with this node's share

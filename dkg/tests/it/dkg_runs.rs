@@ -403,7 +403,7 @@ fn messages_for_other_contexts_or_with_bad_signatures_are_ignored() {
     let DkgBody::Deal(signed) = &deal.body else { panic!("deal") };
 
     let mut other_epoch = signed.payload.clone();
-    other_epoch.header.epoch = 2;
+    other_epoch.header.attempt = 2;
     let msg = DkgMessage::new(DkgBody::Deal(sign(&keys[1], other_epoch)));
     assert_eq!(a.handle_message(2, msg, Default::default()).err(), Some(Ignored::WrongContext));
 

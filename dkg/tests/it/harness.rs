@@ -48,7 +48,7 @@ pub fn identity_keys(n: u16, seed: u64) -> Vec<SigningKey> {
 pub fn config(keys: &[SigningKey], t: u16, me: u16, epoch: u64, excluded: BTreeSet<u16>) -> DkgConfig {
     DkgConfig {
         session: [7u8; 32],
-        epoch,
+        attempt: epoch,
         threshold: t,
         me,
         roster: keys.iter().map(|k| k.verifying_key()).collect(),

@@ -326,3 +326,43 @@ fn a_late_complaint_is_healed_by_share_recovery() {
     let without = combine(&keys, &id, &partials[2..]).unwrap();
     assert_eq!(*with_node_1.to_bytes(), *without.to_bytes());
 }
+
+/// Node 1's store refuses the write of its signed transcript confirmation (test fault): the
+/// confirmation never leaves it, the node says so loudly (log, `/metrics`, `/v1/ready`) and
+/// asks its peers to keep their messages, the other four are a quorum and activate; restarted
+/// with a working store, node 1 rejoins the attempt and activates the same keys.
+#[test]
+fn a_failed_confirmation_write_stops_the_node_and_a_restart_resumes() {
+    let mut c = Cluster::prepare(Path::new(BIN), 5, 3, "");
+    c.nodes[0].env.push(("KMS_TEST_FAULT".into(), "fail-confirm-record".into()));
+    let mut c = c.start_all();
+    let epoch = c.wait_ready(&[1, 2, 3, 4], Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, body) = c.nodes[0].get("/metrics");
+        let text = String::from_utf8_lossy(&body).to_string();
+        if text.lines().any(|l| l == "kms_dkg_state 4") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 1 never reported stopped\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kms_dkg_persist_failures "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= u64::from(kms_node::driver::WRITE_RETRIES), "{failures} failed writes counted");
+    let log = c.nodes[0].log();
+    assert!(log.contains("this node stops taking part in key ceremonies"), "{}", tail(&log));
+    assert!(log.contains("cannot persist Record(1,"), "{}", tail(&log));
+    assert_eq!(c.nodes[0].get("/v1/ready").0, 503);
+    let d = c.descriptor(1, Duration::from_secs(30));
+
+    c.nodes[0].kill9();
+    c.nodes[0].env.clear();
+    c.nodes[0].start();
+    assert_eq!(c.wait_ready(&[0], Duration::from_secs(60)), epoch, "the same attempt, not a new one");
+    assert_eq!(c.descriptor(0, Duration::from_secs(30)).descriptor, d.descriptor, "the same keys");
+    assert!(c.nodes[0].log().contains("rejoining the DKG attempt interrupted by the restart"));
+}

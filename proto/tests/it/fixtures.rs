@@ -130,7 +130,7 @@ pub fn signed_cluster_descriptor() -> SignedClusterDescriptor {
 }
 
 fn header(suite: SuiteId, sender: u16) -> Header {
-    Header { session: [0x5e; 32], epoch: 7, suite, sender }
+    Header { session: [0x5e; 32], attempt: 7, suite, sender }
 }
 
 /// One DKG message per body variant, with fixed dummy bytes of realistic sizes (t = 2, BLS G2).

@@ -14,27 +14,25 @@ pub enum Event {
         to: u16,
         /// The encoded message.
         bytes: Vec<u8>,
+        /// The attempt it was sent in (the sender's transport drops pending messages of
+        /// attempts it left).
+        generation: u64,
+        /// Whether the sender's transport had to retransmit it (it was pending, not in flight).
+        retransmitted: bool,
     },
-    /// A node's DKG timer fires (if it is still for the same attempt).
+    /// A node's engine may have a timer due.
     Timer {
         /// Node.
         node: u16,
-        /// Attempt the timer was set in.
-        attempt: u64,
     },
-    /// A node starts the given attempt (retry after a failure).
-    Start {
-        /// Node.
-        node: u16,
-        /// Attempt.
-        attempt: u64,
-    },
-    /// A node crashes (loses everything not persisted).
+    /// A node crashes (loses everything not written to its store).
     Crash {
         /// Node.
         node: u16,
+        /// When it comes back, if ever.
+        restart_at: Option<u64>,
     },
-    /// A crashed node restarts from its persisted state.
+    /// A node starts (or restarts) from its store.
     Restart {
         /// Node.
         node: u16,

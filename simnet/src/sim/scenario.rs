@@ -1,52 +1,70 @@
 //! Scenarios, the simulated nodes, and the property check.
+//!
+//! Every node runs `kms_dkg::ceremony::Ceremonies`, the engine `kms-node` runs: both suites
+//! (BLS12-381 master key, Ed25519 cluster key), attempts, retries, listening attempts, share
+//! recovery and activation. The simulator plays the node's shell around it: a store (which
+//! survives crashes), a transport (which retransmits until delivered, and drops what is pending
+//! of an older attempt when the engine says so), timers from `poll_timeout`, and crashes, also
+//! at every persist point.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use ff::Field;
+use group::Group;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use kms_dkg::dkg::recovery::{is_for_helper, Helper};
-use kms_dkg::dkg::{sign, Action, Dkg, DkgConfig, DkgOutput, DkgRecord, Timeouts};
-use kms_dkg::Suite;
-use kms_proto::codec::{decode_p2p, encode_p2p};
-use kms_proto::dkg::{DkgBody, DkgMessage, RecoverOutcome};
+use kms_dkg::ceremony::{ActiveKeys, Ceremonies, Config, Event as EngineEvent, Outgoing, Restored, Write};
+use kms_dkg::dkg::{DkgRecord, Timeouts};
+use kms_dkg::{KeyShare, Suite};
+use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
 
 use super::net::{Event, Queue};
 
-/// A byzantine node's behaviour (its honest state machine runs underneath; its outgoing
-/// messages are rewritten, re-signed with its own key).
+mod byzantine;
+
+pub use byzantine::Behaviour;
+
+/// A kind of record the engine asks its node to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Behaviour {
-    /// Sends nothing at all.
-    Silent,
-    /// Sends one honest node a wrong share and never answers the complaint; as a share-recovery
-    /// helper, sends blinding values that do not match its commitments.
-    BadShare,
-    /// Deals with an invalid proof of knowledge.
-    BadProof,
-    /// Shows half the nodes one deal and the other half another (each with matching shares).
-    Equivocate,
-    /// Complains about an honest dealer that dealt correctly.
-    FalseComplaint,
-    /// Sends random bytes instead of messages.
-    Garbage,
-    /// Confirms a random transcript; as a share-recovery helper, sends a wrong blinded share.
-    BadConfirm,
+pub enum WriteKind {
+    /// The attempt number.
+    Attempt,
+    /// The node's own deal and share (the first two of an attempt), later with its signed
+    /// confirmation (the next two).
+    Record,
+    /// A received message, logged.
+    Message,
+    /// The keys, activated.
+    Activate,
 }
 
-impl Behaviour {
-    /// Every behaviour.
-    pub const ALL: [Behaviour; 7] = [
-        Behaviour::Silent,
-        Behaviour::BadShare,
-        Behaviour::BadProof,
-        Behaviour::Equivocate,
-        Behaviour::FalseComplaint,
-        Behaviour::Garbage,
-        Behaviour::BadConfirm,
-    ];
+/// Where around a write the node crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistPoint {
+    /// The write never reaches the store.
+    BeforeWrite,
+    /// The write is durable; nothing that waited for it was sent.
+    AfterWrite,
+    /// The write is durable and what waited for it was sent.
+    AfterSend,
+}
+
+/// A crash at the `nth` (1-based) write of `kind` by `node`, restarting `restart_after_ms` later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistCrash {
+    /// The node.
+    pub node: u16,
+    /// Which writes count.
+    pub kind: WriteKind,
+    /// The nth of them.
+    pub nth: u32,
+    /// Where around it.
+    pub point: PersistPoint,
+    /// Restart delay, ms.
+    pub restart_after_ms: u64,
 }
 
 /// What the network and the nodes do in one run.
@@ -66,6 +84,8 @@ pub struct Scenario {
     pub partitions: Vec<(u64, u64, BTreeSet<u16>)>,
     /// `(node, at, restart_at)`: the node crashes at `at` ms and restarts (or not).
     pub crashes: Vec<(u16, u64, Option<u64>)>,
+    /// Crashes at persist points.
+    pub persist_crashes: Vec<PersistCrash>,
     /// Byzantine nodes.
     pub byzantine: BTreeMap<u16, Behaviour>,
     /// DKG round timeout, ms.
@@ -79,8 +99,20 @@ pub struct Scenario {
 pub enum Violation {
     /// Two honest nodes activated different keys.
     Split {
-        /// Distinct transcripts among honest nodes.
+        /// Distinct transcript pairs among honest nodes.
         transcripts: usize,
+    },
+    /// An honest node signed two different transcripts in one attempt.
+    DoubleSigned {
+        /// The node.
+        node: u16,
+        /// The attempt.
+        attempt: u64,
+    },
+    /// t honest shares do not combine to the secret of the public key.
+    WrongSecret {
+        /// The suite.
+        suite: SuiteId,
     },
     /// Fewer than t honest nodes hold a share: the key cannot be served by honest nodes.
     TooFewShares {
@@ -96,6 +128,17 @@ pub enum Violation {
     },
 }
 
+/// What an honest node activated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The key epoch (the attempt that completed).
+    pub epoch: u64,
+    /// Transcript hash of each suite: BLS12-381, Ed25519.
+    pub transcripts: [[u8; 32]; 2],
+    /// QUAL of the BLS12-381 run.
+    pub qual: BTreeSet<u16>,
+}
+
 /// The result of one run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -103,9 +146,9 @@ pub struct Outcome {
     pub seed: u64,
     /// The scenario.
     pub scenario: Scenario,
-    /// Honest nodes that activated: (epoch, transcript, QUAL).
-    pub completed: BTreeMap<u16, (u64, [u8; 32], BTreeSet<u16>)>,
-    /// Failed attempts seen: (node, attempt, reason).
+    /// Honest nodes that activated.
+    pub completed: BTreeMap<u16, Completion>,
+    /// Failed attempts seen at honest nodes: (node, attempt, reason).
     pub failures: Vec<(u16, u64, String)>,
     /// Culprits named by honest nodes (node → faults).
     pub culprits: BTreeMap<u16, BTreeSet<String>>,
@@ -113,9 +156,10 @@ pub struct Outcome {
     pub virtual_ms: u64,
     /// Messages delivered.
     pub delivered: u64,
-    /// Share-recovery rounds each node asked for (a node that adopted a transcript without a
-    /// valid share from one of its dealers).
+    /// Share-recovery rounds each node asked for.
     pub recovery_rounds: BTreeMap<u16, u32>,
+    /// Crashes injected at persist points that happened.
+    pub persist_crashes: usize,
     /// The first broken property, if any.
     pub violation: Option<Violation>,
 }
@@ -131,6 +175,7 @@ impl Scenario {
             delay_ms: (1, 20),
             partitions: Vec::new(),
             crashes: Vec::new(),
+            persist_crashes: Vec::new(),
             byzantine: BTreeMap::new(),
             round_timeout_ms: 2_000,
             horizon_ms: 300_000,
@@ -173,17 +218,30 @@ impl Scenario {
         self
     }
 
-    /// Runs the scenario over group `S` with `seed`.
-    pub fn run<S: Suite>(&self, seed: u64) -> Outcome {
-        Sim::<S>::new(self.clone(), seed).run()
+    /// Crashes `node` around its `nth` write of `kind`, restarting `restart_after_ms` later.
+    pub fn crash_at_write(
+        mut self,
+        node: u16,
+        kind: WriteKind,
+        nth: u32,
+        point: PersistPoint,
+        restart_after_ms: u64,
+    ) -> Self {
+        self.persist_crashes.push(PersistCrash { node, kind, nth, point, restart_after_ms });
+        self
+    }
+
+    /// Runs the scenario with `seed`.
+    pub fn run(&self, seed: u64) -> Outcome {
+        Sim::new(self.clone(), seed).run()
     }
 }
 
 /// A random scenario for a seed: n ∈ 4..=10, t ∈ f+1..=n−f, up to f byzantine nodes with
 /// random behaviours, random loss, duplication, delays; sometimes a healing partition, a crash
-/// with restart, or (where t ≤ n − f − 1) a late complaint: a byzantine dealer sends an honest
-/// node a bad share while that node is cut off across the response round, so it must recover
-/// its share.
+/// with restart, a crash at a persist point, or (where t ≤ n − f − 1) a late complaint: a
+/// byzantine dealer sends an honest node a bad share while that node is cut off across the
+/// response round, so it must recover its share.
 pub fn random_scenario(seed: u64) -> Scenario {
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5ce1_a210);
     let mut pick = |lo: u64, hi: u64| lo + rng.next_u64() % (hi - lo + 1);
@@ -204,7 +262,7 @@ pub fn random_scenario(seed: u64) -> Scenario {
     let max_delay = [5, 50, 300][pick(0, 2) as usize];
     s.delay_ms = (1, max_delay);
     let honest: Vec<u16> = nodes;
-    match pick(0, 5) {
+    match pick(0, 6) {
         0 => {
             // A minority partition during the ceremony that heals.
             let side: Vec<u16> = honest.iter().copied().take(usize::from(f.max(1))).collect();
@@ -231,62 +289,137 @@ pub fn random_scenario(seed: u64) -> Scenario {
             let from = pick(0, 100);
             s.partitions.push((from, 3 * s.round_timeout_ms + pick(500, 3_000), [victim].into()));
         }
+        3 | 4 => {
+            // An honest node crashes at one of its persist points and restarts.
+            let node = honest[pick(0, honest.len() as u64 - 1) as usize];
+            let (kind, nth) = match pick(0, 3) {
+                0 => (WriteKind::Attempt, pick(1, 2)),
+                1 => (WriteKind::Record, pick(1, 4)),
+                2 => (WriteKind::Message, pick(1, 4 * u64::from(n))),
+                _ => (WriteKind::Activate, 1),
+            };
+            let point = [PersistPoint::BeforeWrite, PersistPoint::AfterWrite, PersistPoint::AfterSend]
+                [pick(0, 2) as usize];
+            let restart_after_ms = pick(1, 3_000);
+            s.persist_crashes.push(PersistCrash { node, kind, nth: nth as u32, point, restart_after_ms });
+        }
         _ => {}
     }
     s
 }
 
-/// Keeps at most 16 listening attempts, the oldest dropped first, except one recovering its
-/// share (as kms-node's driver does with 8).
-fn evict_old<S: Suite>(zombies: &mut BTreeMap<u64, Dkg<S>>) {
-    while zombies.len() > 16 {
-        let oldest = zombies.iter().find(|(_, z)| !z.is_recovering()).map(|(a, _)| *a);
-        match oldest {
-            Some(a) => zombies.remove(&a),
-            None => zombies.pop_first().map(|(_, z)| z),
-        };
-    }
-}
-
 /// The simulated cluster's id.
 const SESSION: [u8; 32] = [0x51; 32];
 
-struct Node<S: Suite> {
-    key: SigningKey,
-    rng: ChaCha20Rng,
-    /// Persisted: last attempt started, the result, and per attempt the node's own deal
-    /// record and every message it received (as kms-node's store keeps them).
-    persisted_attempt: u64,
-    active: Option<Box<DkgOutput<S>>>,
-    /// With an active key: serves share recovery to nodes that lack theirs.
-    helper: Option<Helper<S>>,
-    records: BTreeMap<u64, DkgRecord>,
-    inbox: BTreeMap<u64, Vec<(u16, Vec<u8>)>>,
-    /// Volatile.
+/// What a node's store holds; it survives crashes.
+#[derive(Default)]
+struct Store {
     attempt: u64,
-    dkg: Option<Dkg<S>>,
-    /// A failed (or, after a restart, interrupted) attempt still listening for a quorum
-    /// transcript it can adopt.
-    zombies: BTreeMap<u64, Dkg<S>>,
-    crashed: bool,
-    /// Byzantine equivocation: the alternative deal and shares of the current attempt.
-    shadow: Option<(DkgMessage, BTreeMap<u16, DkgMessage>)>,
+    records: BTreeMap<(u64, SuiteId), DkgRecord>,
+    log: BTreeMap<u64, Vec<(u16, Vec<u8>)>>,
+    active: Option<std::sync::Arc<ActiveKeys>>,
+    /// Writes of each kind so far (for crashes at persist points).
+    counts: BTreeMap<&'static str, u32>,
 }
 
-struct Sim<S: Suite> {
+impl Store {
+    fn apply(&mut self, w: Write) {
+        match w {
+            Write::Attempt(a) => self.attempt = a,
+            Write::Record { attempt, suite, record } => {
+                self.records.insert((attempt, suite), record);
+            }
+            Write::Message { attempt, from, bytes } => {
+                self.log.entry(attempt).or_default().push((from, bytes))
+            }
+            Write::Activate(keys) => self.active = Some(keys),
+            _ => {}
+        }
+    }
+
+    fn restored(&self) -> Restored {
+        let active = self.active.as_ref().map(|k| ActiveKeys {
+            epoch: k.epoch,
+            bls: share_copy(&k.bls),
+            ed25519: share_copy(&k.ed25519),
+        });
+        let of = |attempt: u64| {
+            self.records
+                .iter()
+                .filter(|((a, _), _)| *a == attempt)
+                .map(|((_, s), r)| (*s, r.clone()))
+                .collect()
+        };
+        if let Some(keys) = &active {
+            let records = of(keys.epoch);
+            return Restored { active, records, ..Restored::default() };
+        }
+        let records = of(self.attempt);
+        Restored {
+            attempt: self.attempt,
+            active: None,
+            records,
+            log: self.log.get(&self.attempt).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// A share read back from its stored encoding, as a restarted node does.
+fn share_copy<S: Suite>(s: &KeyShare<S>) -> KeyShare<S> {
+    match KeyShare::from_bytes(&s.to_bytes()) {
+        Ok(copy) => copy,
+        Err(e) => panic!("a stored share does not decode: {e}"),
+    }
+}
+
+fn kind_of(w: &Write) -> WriteKind {
+    match w {
+        Write::Attempt(_) => WriteKind::Attempt,
+        Write::Record { .. } => WriteKind::Record,
+        Write::Message { .. } => WriteKind::Message,
+        _ => WriteKind::Activate,
+    }
+}
+
+/// A suite completion as an honest node reported it: transcript, QUAL, culprits.
+type Seen = ([u8; 32], BTreeSet<u16>, Vec<String>);
+
+struct Node {
+    key: SigningKey,
+    rng: ChaCha20Rng,
+    store: Store,
+    /// `None` while crashed.
+    engine: Option<Ceremonies>,
+    /// When a crashed node comes back (`None`: never).
+    restart_at: Option<u64>,
+    /// The earliest timer event queued for this node.
+    timer_at: Option<u64>,
+    /// Pending transmissions of attempts below this one are no longer retransmitted.
+    cancelled_below: u64,
+    /// Per attempt and suite, the transcripts this node signed.
+    signed: BTreeMap<(u64, SuiteId), BTreeSet<[u8; 32]>>,
+    /// Per attempt, suite completions seen (transcript, QUAL, culprits).
+    completions: BTreeMap<(u64, SuiteId), Seen>,
+    /// Byzantine equivocation: the alternative deal and shares per attempt and suite.
+    shadow: BTreeMap<(u64, SuiteId), (DkgMessage, BTreeMap<u16, DkgMessage>)>,
+}
+
+struct Sim {
     sc: Scenario,
     seed: u64,
     rng: ChaCha20Rng,
-    nodes: BTreeMap<u16, Node<S>>,
+    nodes: BTreeMap<u16, Node>,
     roster: Vec<ed25519_dalek::VerifyingKey>,
     queue: Queue,
     now: u64,
     delivered: u64,
     failures: Vec<(u16, u64, String)>,
     recovery_rounds: BTreeMap<u16, u32>,
+    persist_crashes: usize,
+    double_signed: Option<(u16, u64)>,
 }
 
-impl<S: Suite> Sim<S> {
+impl Sim {
     fn new(sc: Scenario, seed: u64) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let keys: Vec<SigningKey> = (0..sc.n).map(|_| SigningKey::generate(&mut rng)).collect();
@@ -298,29 +431,24 @@ impl<S: Suite> Sim<S> {
                 let node = Node {
                     key,
                     rng: ChaCha20Rng::seed_from_u64(rng.next_u64()),
-                    persisted_attempt: 0,
-                    active: None,
-                    helper: None,
-                    records: BTreeMap::new(),
-                    inbox: BTreeMap::new(),
-                    attempt: 0,
-                    dkg: None,
-                    zombies: BTreeMap::new(),
-                    crashed: false,
-                    shadow: None,
+                    store: Store::default(),
+                    engine: None,
+                    restart_at: None,
+                    timer_at: None,
+                    cancelled_below: 0,
+                    signed: BTreeMap::new(),
+                    completions: BTreeMap::new(),
+                    shadow: BTreeMap::new(),
                 };
                 (u16::try_from(i + 1).unwrap_or(u16::MAX), node)
             })
             .collect();
         let mut queue = Queue::default();
         for i in 1..=sc.n {
-            queue.push(0, Event::Start { node: i, attempt: 1 });
+            queue.push(0, Event::Restart { node: i });
         }
         for (node, at, restart) in &sc.crashes {
-            queue.push(*at, Event::Crash { node: *node });
-            if let Some(r) = restart {
-                queue.push(*r, Event::Restart { node: *node });
-            }
+            queue.push(*at, Event::Crash { node: *node, restart_at: *restart });
         }
         Sim {
             sc,
@@ -333,25 +461,31 @@ impl<S: Suite> Sim<S> {
             delivered: 0,
             failures: Vec::new(),
             recovery_rounds: BTreeMap::new(),
+            persist_crashes: 0,
+            double_signed: None,
         }
     }
 
-    fn config(&self, me: u16, attempt: u64) -> DkgConfig {
+    fn config(&self, me: u16) -> Config {
         let t = Duration::from_millis(self.sc.round_timeout_ms);
-        DkgConfig {
+        Config {
             session: SESSION,
-            epoch: attempt,
-            threshold: self.sc.t,
             me,
-            roster: self.roster.clone(),
-            excluded: BTreeSet::new(),
+            threshold: self.sc.t,
             max_faulty: None,
+            roster: self.roster.clone(),
             timeouts: Timeouts { deal: t, respond: t, justify: t, confirm: t * 2 },
+            retry_delay: Duration::from_secs(1),
+            min_peers: usize::from(self.sc.n - 1),
         }
     }
 
     fn honest(&self) -> impl Iterator<Item = u16> + '_ {
         (1..=self.sc.n).filter(|i| !self.sc.byzantine.contains_key(i))
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.now)
     }
 
     fn run(mut self) -> Outcome {
@@ -361,290 +495,185 @@ impl<S: Suite> Sim<S> {
             }
             self.now = at;
             match event {
-                Event::Start { node, attempt } => self.start(node, attempt),
-                Event::Deliver { from, to, bytes } => self.deliver(from, to, bytes),
-                Event::Timer { node, attempt } => {
-                    let now = Duration::from_millis(self.now);
+                Event::Deliver { from, to, bytes, generation, retransmitted } => {
+                    self.deliver(from, to, bytes, generation, retransmitted)
+                }
+                Event::Timer { node } => {
+                    let now = self.now();
                     let Some(n) = self.nodes.get_mut(&node) else { continue };
-                    if n.crashed {
-                        continue;
+                    if n.timer_at == Some(at) {
+                        n.timer_at = None;
                     }
-                    // A listening attempt's only timer is a share recovery's round (as in kms-node,
-                    // an attempt left behind does not run its rounds on).
-                    let dkg = match n.dkg.as_mut() {
-                        Some(d) if n.attempt == attempt => Some(d),
-                        _ => n.zombies.get_mut(&attempt).filter(|z| z.is_recovering()),
-                    };
-                    let Some(dkg) = dkg else { continue };
-                    let actions = dkg.handle_timeout(now);
-                    self.apply(node, attempt, actions);
+                    let Some(engine) = n.engine.as_mut() else { continue };
+                    engine.handle_timeout(now);
+                    self.pump(node);
                 }
-                Event::Crash { node } => {
-                    if let Some(n) = self.nodes.get_mut(&node) {
-                        n.crashed = true;
-                        n.dkg = None;
-                        n.helper = None;
-                        n.zombies.clear();
-                        n.shadow = None;
-                    }
-                }
-                Event::Restart { node } => {
-                    let roster = self.roster.clone();
-                    let interrupted = match self.nodes.get_mut(&node) {
-                        Some(n) => {
-                            n.crashed = false;
-                            if n.active.is_some() {
-                                n.helper = Some(Helper::new(SESSION, n.key.clone(), roster));
-                            }
-                            (n.active.is_none()).then_some(n.persisted_attempt)
-                        }
-                        None => None,
-                    };
-                    if let Some(a) = interrupted {
-                        // As kms-node does: listen to the interrupted attempt (its peers may
-                        // finish it) and start the next one.
-                        if a >= 1 {
-                            let cfg = self.config(node, a);
-                            let now = Duration::from_millis(self.now);
-                            let mut replay = Vec::new();
-                            if let Some(n) = self.nodes.get_mut(&node) {
-                                if let Ok(z) = Dkg::<S>::rejoin(cfg, n.key.clone(), now, n.records.get(&a)) {
-                                    n.zombies.insert(a, z);
-                                    replay = n.inbox.get(&a).cloned().unwrap_or_default();
-                                }
-                            }
-                            for (from, bytes) in replay {
-                                let Ok(msg) = decode_p2p::<DkgMessage>(&bytes) else { continue };
-                                let Some(n) = self.nodes.get_mut(&node) else { break };
-                                let Some(z) = n.zombies.get_mut(&a) else { break };
-                                if let Ok(actions) = z.handle_message(from, msg, now) {
-                                    self.apply(node, a, actions);
-                                }
-                            }
-                        }
-                        self.start(node, a + 1);
-                    }
-                }
+                Event::Crash { node, restart_at } => self.crash(node, restart_at),
+                Event::Restart { node } => self.restart(node),
             }
-            if self.honest().all(|i| self.nodes.get(&i).is_some_and(|n| n.active.is_some())) {
+            if self.honest().all(|i| self.nodes.get(&i).is_some_and(|n| n.store.active.is_some())) {
                 break;
             }
         }
         self.outcome()
     }
 
-    fn start(&mut self, node: u16, attempt: u64) {
-        let cfg = self.config(node, attempt);
-        let byz = self.sc.byzantine.get(&node).copied();
+    fn crash(&mut self, node: u16, restart_at: Option<u64>) {
         let Some(n) = self.nodes.get_mut(&node) else { return };
-        if n.crashed || n.active.is_some() || attempt <= n.attempt {
-            return;
+        n.engine = None;
+        n.restart_at = restart_at;
+        if let Some(r) = restart_at {
+            self.queue.push(r, Event::Restart { node });
         }
-        if n.zombies.values().chain(n.dkg.as_ref()).any(|d| d.is_recovering()) {
-            // As kms-node: a quorum already holds a key, so wait for the recovery instead.
-            self.queue.push(self.now + 1_000, Event::Start { node, attempt });
-            return;
-        }
-        // The attempt being left keeps listening: its quorum may still complete it.
-        if let Some(old) = n.dkg.take() {
-            n.zombies.insert(n.attempt, old);
-            evict_old(&mut n.zombies);
-        }
-        n.persisted_attempt = attempt;
-        n.attempt = attempt;
-        let Ok((dkg, actions)) =
-            Dkg::<S>::new(cfg.clone(), n.key.clone(), Duration::from_millis(self.now), &mut n.rng)
-        else {
-            return;
-        };
-        n.dkg = Some(dkg);
-        n.shadow = None;
-        let attempt_started = attempt;
-        if byz == Some(Behaviour::Equivocate) {
-            let mut alt_rng = ChaCha20Rng::seed_from_u64(n.rng.next_u64());
-            if let Ok((_, alt)) =
-                Dkg::<S>::new(cfg, n.key.clone(), Duration::from_millis(self.now), &mut alt_rng)
-            {
-                let mut deal = None;
-                let mut shares = BTreeMap::new();
-                for a in alt {
-                    match a {
-                        Action::Broadcast(m) if matches!(m.body, DkgBody::Deal(_)) => deal = Some(m),
-                        Action::Send { to, message } => {
-                            shares.insert(to, message);
-                        }
-                        _ => {}
-                    }
-                }
-                n.shadow = deal.map(|d| (d, shares));
-            }
-        }
-        self.apply(node, attempt_started, actions);
     }
 
-    fn deliver(&mut self, from: u16, to: u16, bytes: Vec<u8>) {
+    fn restart(&mut self, node: u16) {
+        let cfg = self.config(node);
+        let now = self.now();
+        let n_peers = usize::from(self.sc.n - 1);
+        let Some(n) = self.nodes.get_mut(&node) else { return };
+        let rng = Box::new(ChaCha20Rng::seed_from_u64(n.rng.next_u64()));
+        n.restart_at = None;
+        n.engine = match Ceremonies::new(cfg, n.key.clone(), rng, n.store.restored(), now) {
+            Ok(e) => Some(e),
+            Err(e) => panic!("simulated node {node}: {e}"),
+        };
+        if let Some(engine) = n.engine.as_mut() {
+            engine.handle_peers(n_peers, now);
+        }
+        self.pump(node);
+    }
+
+    fn deliver(&mut self, from: u16, to: u16, bytes: Vec<u8>, generation: u64, retransmitted: bool) {
+        // The sender's transport gave up on a pending message of an attempt it left.
+        let cancelled = self.nodes.get(&from).is_some_and(|n| generation < n.cancelled_below);
+        if retransmitted && cancelled {
+            return;
+        }
         let Some(n) = self.nodes.get(&to) else { return };
-        if n.crashed {
+        if n.engine.is_none() {
             // The sender's transport keeps retrying until the peer is back.
-            let back = self
-                .sc
-                .crashes
-                .iter()
-                .filter(|(c, at, _)| *c == to && *at <= self.now)
-                .filter_map(|(_, _, r)| *r)
-                .max();
-            if let Some(r) = back.filter(|r| *r > self.now) {
+            if let Some(r) = n.restart_at.filter(|r| *r >= self.now) {
                 let jitter = u64::from(self.rng.next_u32() % 200);
-                self.queue.push(r + 1 + jitter, Event::Deliver { from, to, bytes });
+                self.queue.push(
+                    r + 1 + jitter,
+                    Event::Deliver { from, to, bytes, generation, retransmitted: true },
+                );
             }
             return;
         }
         // Garbage is refused by the decoder, as on the wire.
-        let Ok(msg) = decode_p2p::<DkgMessage>(&bytes) else { return };
-        let epoch = msg.header().epoch;
-        if n.active.is_some() {
-            // As kms-node: with a key, only share recovery is served.
-            if !is_for_helper(&msg) {
+        let Ok(msg) = kms_proto::codec::decode_p2p::<DkgMessage>(&bytes) else { return };
+        self.delivered += 1;
+        if trace(to) {
+            let h = msg.header();
+            eprintln!(
+                "{:>7} ms node {to} <- {from}: attempt {} {:?} {}",
+                self.now,
+                h.attempt,
+                h.suite,
+                body_name(&msg.body)
+            );
+        }
+        let now = self.now();
+        if let Some(engine) = self.nodes.get_mut(&to).and_then(|n| n.engine.as_mut()) {
+            engine.handle_message(from, msg, now);
+        }
+        self.pump(to);
+    }
+
+    /// Carries out what `node`'s engine has ready: writes (crashing where the scenario says),
+    /// then sends, then reports the writes.
+    fn pump(&mut self, node: u16) {
+        let mut crash_after_send = None;
+        loop {
+            let Some(n) = self.nodes.get_mut(&node) else { return };
+            let Some(mut ready) = n.engine.as_mut().and_then(Ceremonies::ready) else { break };
+            let written = ready.written();
+            for e in std::mem::take(&mut ready.events) {
+                self.observe(node, e);
+            }
+            let Some(n) = self.nodes.get_mut(&node) else { return };
+            for w in ready.writes {
+                let kind = kind_of(&w);
+                let count = n.store.counts.entry(kind_name(kind)).or_default();
+                *count += 1;
+                let nth = *count;
+                let crash = self
+                    .sc
+                    .persist_crashes
+                    .iter()
+                    .find(|c| c.node == node && c.kind == kind && c.nth == nth)
+                    .copied();
+                if let Some(c) = crash.filter(|c| c.point == PersistPoint::BeforeWrite) {
+                    self.persist_crashes += 1;
+                    self.crash(node, Some(self.now + c.restart_after_ms));
+                    return;
+                }
+                n.store.apply(w);
+                match crash {
+                    Some(c) if c.point == PersistPoint::AfterWrite => {
+                        self.persist_crashes += 1;
+                        self.crash(node, Some(self.now + c.restart_after_ms));
+                        return;
+                    }
+                    Some(c) => crash_after_send = Some(c),
+                    None => {}
+                }
+            }
+            if let Some(below) = ready.cancel_below {
+                n.cancelled_below = n.cancelled_below.max(below);
+            }
+            for o in ready.messages {
+                self.send(node, o);
+            }
+            let Some(n) = self.nodes.get_mut(&node) else { return };
+            if let Some(engine) = n.engine.as_mut() {
+                engine.advance(written);
+            }
+            if let Some(c) = crash_after_send.take() {
+                // What waited for the write goes out; then the node dies (later writes lost).
+                let released = n.engine.as_mut().and_then(Ceremonies::ready).map(|r| r.messages);
+                for o in released.unwrap_or_default() {
+                    self.send(node, o);
+                }
+                self.persist_crashes += 1;
+                self.crash(node, Some(self.now + c.restart_after_ms));
                 return;
             }
-            self.delivered += 1;
-            let Some(n) = self.nodes.get_mut(&to) else { return };
-            let (Some(active), Some(helper)) = (n.active.as_ref(), n.helper.as_mut()) else { return };
-            if let Ok(actions) = helper.handle_message(&active.share, from, msg) {
-                self.apply(to, epoch, actions);
-            }
+        }
+        self.arm_timer(node);
+    }
+
+    fn arm_timer(&mut self, node: u16) {
+        let Some(n) = self.nodes.get_mut(&node) else { return };
+        let Some(at) = n.engine.as_ref().and_then(Ceremonies::poll_timeout) else { return };
+        let at = u64::try_from(at.as_millis()).unwrap_or(u64::MAX).max(self.now);
+        if n.timer_at.is_none_or(|t| at < t || t < self.now) {
+            n.timer_at = Some(at);
+            self.queue.push(at, Event::Timer { node });
+        }
+    }
+
+    /// Records what the engine of an honest node reports.
+    fn observe(&mut self, node: u16, e: EngineEvent) {
+        if trace(node) {
+            eprintln!("{:>7} ms node {node}: {e:?}", self.now);
+        }
+        if self.sc.byzantine.contains_key(&node) {
             return;
         }
-        self.delivered += 1;
-        if epoch > n.attempt {
-            // A peer is at a higher attempt: join it (as kms-node's driver does).
-            self.start(to, epoch);
+        let Some(n) = self.nodes.get_mut(&node) else { return };
+        match e {
+            EngineEvent::Failed { failure, .. } => {
+                self.failures.push((node, failure.attempt, format!("{:?}", failure.reason)))
+            }
+            EngineEvent::SuiteCompleted { attempt, suite, qual, culprits, transcript, .. } => {
+                let culprits = culprits.iter().map(|c| format!("{}:{:?}", c.node, c.fault)).collect();
+                n.completions.insert((attempt, suite), (transcript, qual, culprits));
+            }
+            _ => {}
         }
-        let now = Duration::from_millis(self.now);
-        let Some(n) = self.nodes.get_mut(&to) else { return };
-        n.inbox.entry(epoch).or_default().push((from, bytes));
-        let dkg =
-            if epoch == n.attempt && n.dkg.is_some() { n.dkg.as_mut() } else { n.zombies.get_mut(&epoch) };
-        let Some(dkg) = dkg else { return };
-        if let Ok(actions) = dkg.handle_message(from, msg, now) {
-            self.apply(to, epoch, actions);
-        }
-    }
-
-    /// Carries out the actions of `from`'s machine for `attempt`.
-    fn apply(&mut self, from: u16, attempt: u64, actions: Vec<Action<S>>) {
-        for action in actions {
-            match action {
-                Action::Broadcast(m) => {
-                    for to in (1..=self.sc.n).filter(|&j| j != from) {
-                        self.send(from, to, m.clone());
-                    }
-                }
-                Action::Send { to, message } => {
-                    if let DkgBody::RecoverRequest(r) = &message.body {
-                        let rounds = self.recovery_rounds.entry(from).or_default();
-                        *rounds = (*rounds).max(r.payload.round + 1);
-                    }
-                    self.send(from, to, message)
-                }
-                Action::Timer(at) => {
-                    let at_ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
-                    self.queue.push(at_ms.max(self.now), Event::Timer { node: from, attempt });
-                }
-                Action::Persist(r) => {
-                    if let Some(n) = self.nodes.get_mut(&from) {
-                        n.records.insert(attempt, r);
-                    }
-                }
-                Action::Completed(out) => {
-                    let roster = self.roster.clone();
-                    if let Some(n) = self.nodes.get_mut(&from) {
-                        n.helper = Some(Helper::new(SESSION, n.key.clone(), roster));
-                        n.active = Some(out);
-                        n.dkg = None;
-                        n.zombies.clear();
-                    }
-                }
-                Action::Failed(f) => {
-                    let attempt = f.epoch;
-                    self.failures.push((from, attempt, format!("{:?}", f.reason)));
-                    let Some(n) = self.nodes.get_mut(&from) else { continue };
-                    // A listening older attempt failing changes nothing; the current one failing
-                    // keeps listening (a quorum may still have agreed) and is retried.
-                    if attempt == n.attempt {
-                        if let Some(d) = n.dkg.take() {
-                            n.zombies.insert(attempt, d);
-                            evict_old(&mut n.zombies);
-                        }
-                        self.queue.push(self.now + 1_000, Event::Start { node: from, attempt: attempt + 1 });
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Byzantine rewriting of one outgoing message.
-    fn tamper(&mut self, from: u16, to: u16, m: DkgMessage) -> Vec<Vec<u8>> {
-        let Some(b) = self.sc.byzantine.get(&from).copied() else { return vec![encode_p2p(&m)] };
-        let Some(node) = self.nodes.get(&from) else { return Vec::new() };
-        let key = node.key.clone();
-        let first_honest =
-            (1..=self.sc.n).find(|i| !self.sc.byzantine.contains_key(i) && *i != from).unwrap_or(1);
-        let out = match (b, m.body) {
-            (Behaviour::Silent, _) => return Vec::new(),
-            (Behaviour::Garbage, _) => {
-                let mut g = vec![0u8; (self.rng.next_u32() % 300) as usize];
-                self.rng.fill_bytes(&mut g);
-                return vec![g];
-            }
-            (Behaviour::BadShare, DkgBody::Share(mut s)) if to == first_honest => {
-                s.share = S::encode_scalar(&S::Scalar::from(7u64));
-                DkgMessage::new(DkgBody::Share(s))
-            }
-            (Behaviour::BadShare, DkgBody::Justification(_)) => return Vec::new(),
-            // As a recovery helper: blinding values that do not match the commitments.
-            (Behaviour::BadShare, DkgBody::Blinding(mut b)) => {
-                let mut p = b.share.payload.clone();
-                p.share = S::encode_scalar(&S::Scalar::from(7u64));
-                b.share = sign(&key, p);
-                DkgMessage::new(DkgBody::Blinding(b))
-            }
-            // As a recovery helper: a blinded share that does not verify.
-            (Behaviour::BadConfirm, DkgBody::RecoverReply(mut r)) => {
-                if let RecoverOutcome::Value { value, .. } = &mut r.outcome {
-                    *value = S::encode_scalar(&S::Scalar::from(5u64));
-                }
-                DkgMessage::new(DkgBody::RecoverReply(r))
-            }
-            (Behaviour::BadProof, DkgBody::Deal(d)) => {
-                let mut p = d.payload;
-                p.pok_z = S::encode_scalar(&S::Scalar::from(3u64));
-                DkgMessage::new(DkgBody::Deal(sign(&key, p)))
-            }
-            (Behaviour::Equivocate, DkgBody::Deal(d)) if to % 2 == 0 => match &node.shadow {
-                Some((alt, _)) if d.payload.header.sender == from => alt.clone(),
-                _ => DkgMessage::new(DkgBody::Deal(d)),
-            },
-            (Behaviour::Equivocate, DkgBody::Share(s)) if to % 2 == 0 => match &node.shadow {
-                Some((_, shares)) => shares.get(&to).cloned().unwrap_or(DkgMessage::new(DkgBody::Share(s))),
-                None => DkgMessage::new(DkgBody::Share(s)),
-            },
-            (Behaviour::FalseComplaint, DkgBody::Response(r)) if r.payload.header.sender == from => {
-                let mut p = r.payload;
-                if !p.complaints.contains(&first_honest) {
-                    p.complaints.push(first_honest);
-                }
-                DkgMessage::new(DkgBody::Response(sign(&key, p)))
-            }
-            (Behaviour::BadConfirm, DkgBody::Confirm(c)) => {
-                let mut p = c.payload;
-                self.rng.fill_bytes(&mut p.transcript);
-                DkgMessage::new(DkgBody::Confirm(sign(&key, p)))
-            }
-            (_, body) => DkgMessage::new(body),
-        };
-        vec![encode_p2p(&out)]
     }
 
     fn cut(&self, a: u16, b: u16, at: u64) -> Option<u64> {
@@ -656,23 +685,51 @@ impl<S: Suite> Sim<S> {
             .max()
     }
 
-    fn send(&mut self, from: u16, to: u16, m: DkgMessage) {
-        for bytes in self.tamper(from, to, m) {
+    fn send(&mut self, from: u16, o: Outgoing) {
+        let Outgoing { to, message, generation } = o;
+        if !self.sc.byzantine.contains_key(&from) {
+            self.watch(from, &message);
+        }
+        for bytes in self.tamper(from, to, message) {
             let copies = if self.chance(self.sc.dup) { 2 } else { 1 };
             for _ in 0..copies {
                 // The transport retransmits until delivered: a partition holds messages until it
                 // heals, a loss costs a retry delay.
                 let mut at = self.now;
+                let mut retransmitted = false;
                 if let Some(heal) = self.cut(from, to, at) {
                     at = heal;
+                    retransmitted = true;
                 }
                 while self.chance(self.sc.drop) {
                     at += 100 + u64::from(self.rng.next_u32() % 900);
+                    retransmitted = true;
                 }
                 let (lo, hi) = self.sc.delay_ms;
                 at += lo + u64::from(self.rng.next_u32()) % (hi - lo + 1);
-                self.queue.push(at, Event::Deliver { from, to, bytes: bytes.clone() });
+                self.queue
+                    .push(at, Event::Deliver { from, to, bytes: bytes.clone(), generation, retransmitted });
             }
+        }
+    }
+
+    /// Notes what an honest node signs or asks for.
+    fn watch(&mut self, from: u16, m: &DkgMessage) {
+        match &m.body {
+            DkgBody::Confirm(c) if c.payload.header.sender == from => {
+                let h = c.payload.header;
+                let Some(n) = self.nodes.get_mut(&from) else { return };
+                let signed = n.signed.entry((h.attempt, h.suite)).or_default();
+                signed.insert(c.payload.transcript);
+                if signed.len() > 1 && self.double_signed.is_none() {
+                    self.double_signed = Some((from, h.attempt));
+                }
+            }
+            DkgBody::RecoverRequest(r) => {
+                let rounds = self.recovery_rounds.entry(from).or_default();
+                *rounds = (*rounds).max(r.payload.round + 1);
+            }
+            _ => {}
         }
     }
 
@@ -683,33 +740,38 @@ impl<S: Suite> Sim<S> {
     fn outcome(self) -> Outcome {
         if std::env::var_os("KMS_SIM_DEBUG").is_some() {
             for (i, n) in &self.nodes {
-                if n.active.is_none() {
-                    eprintln!(
-                        "node {i}: attempt {} dkg {:?} zombies {:?}",
-                        n.attempt,
-                        n.dkg,
-                        n.zombies.keys().collect::<Vec<_>>()
-                    );
+                if n.store.active.is_none() {
+                    eprintln!("node {i}: {:?}", n.engine);
                 }
             }
         }
         let honest: Vec<u16> = self.honest().collect();
         let mut completed = BTreeMap::new();
         let mut culprits: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
-        let mut consistent = true;
-        let mut public: Option<Vec<u8>> = None;
+        let mut keys: Vec<&ActiveKeys> = Vec::new();
         for &i in &honest {
-            let Some(out) = self.nodes.get(&i).and_then(|n| n.active.as_ref()) else { continue };
-            completed.insert(i, (out.share.epoch(), out.transcript, out.qual.clone()));
-            for c in &out.culprits {
-                culprits.entry(c.node).or_default().insert(format!("{:?}", c.fault));
+            let Some(n) = self.nodes.get(&i) else { continue };
+            let Some(active) = n.store.active.as_ref() else { continue };
+            let epoch = active.epoch;
+            let bls = n.completions.get(&(epoch, SuiteId::Bls12381G2));
+            let ed = n.completions.get(&(epoch, SuiteId::Ed25519));
+            // A node restarted with its keys already active reports no completion again.
+            let (Some(bls), Some(ed)) = (bls, ed) else { continue };
+            for c in bls.2.iter().chain(&ed.2) {
+                if let Some((node, fault)) = c.split_once(':') {
+                    if let Ok(node) = node.parse() {
+                        culprits.entry(node).or_default().insert(fault.to_string());
+                    }
+                }
             }
-            let pk = S::encode_point(out.share.public().public_key());
-            if public.get_or_insert(pk.clone()) != &pk {
-                consistent = false;
-            }
+            completed.insert(i, Completion { epoch, transcripts: [bls.0, ed.0], qual: bls.1.clone() });
+            keys.push(active);
         }
-        let transcripts: BTreeSet<[u8; 32]> = completed.values().map(|(_, t, _)| *t).collect();
+        let transcripts: BTreeSet<[[u8; 32]; 2]> = completed.values().map(|c| c.transcripts).collect();
+        let same_keys = keys.windows(2).all(|w| {
+            w[0].bls.public().public_key() == w[1].bls.public().public_key()
+                && w[0].ed25519.public().public_key() == w[1].ed25519.public().public_key()
+        });
         let permanently_down: BTreeSet<u16> =
             self.sc.crashes.iter().filter(|(_, _, r)| r.is_none()).map(|(n, _, _)| *n).collect();
         let unfinished: Vec<u16> = honest
@@ -717,9 +779,16 @@ impl<S: Suite> Sim<S> {
             .copied()
             .filter(|i| !completed.contains_key(i) && !permanently_down.contains(i))
             .collect();
-        let violation = if transcripts.len() > 1 || !consistent {
+        let t = usize::from(self.sc.t);
+        let violation = if transcripts.len() > 1 || !same_keys {
             Some(Violation::Split { transcripts: transcripts.len() })
-        } else if completed.len() < usize::from(self.sc.t) {
+        } else if let Some((node, attempt)) = self.double_signed {
+            Some(Violation::DoubleSigned { node, attempt })
+        } else if keys.len() >= t && !combines(keys[..t].iter().map(|k| &k.bls)) {
+            Some(Violation::WrongSecret { suite: SuiteId::Bls12381G2 })
+        } else if keys.len() >= t && !combines(keys[keys.len() - t..].iter().map(|k| &k.ed25519)) {
+            Some(Violation::WrongSecret { suite: SuiteId::Ed25519 })
+        } else if completed.len() < t {
             Some(Violation::TooFewShares { honest_with_share: completed.len(), threshold: self.sc.t })
         } else if !unfinished.is_empty() {
             Some(Violation::NotFinished { nodes: unfinished })
@@ -735,7 +804,51 @@ impl<S: Suite> Sim<S> {
             virtual_ms: self.now,
             delivered: self.delivered,
             recovery_rounds: self.recovery_rounds,
+            persist_crashes: self.persist_crashes,
             violation,
         }
     }
+}
+
+/// Whether `KMS_SIM_TRACE` names this node (its events and deliveries go to stderr).
+fn trace(node: u16) -> bool {
+    std::env::var("KMS_SIM_TRACE").ok().and_then(|v| v.parse::<u16>().ok()) == Some(node)
+}
+
+fn body_name(b: &DkgBody) -> &'static str {
+    match b {
+        DkgBody::Deal(_) => "Deal",
+        DkgBody::Share(_) => "Share",
+        DkgBody::Response(_) => "Response",
+        DkgBody::Justification(_) => "Justification",
+        DkgBody::Confirm(_) => "Confirm",
+        DkgBody::RecoverRequest(_) => "RecoverRequest",
+        DkgBody::Blinding(_) => "Blinding",
+        DkgBody::RecoverReply(_) => "RecoverReply",
+    }
+}
+
+fn kind_name(k: WriteKind) -> &'static str {
+    match k {
+        WriteKind::Attempt => "attempt",
+        WriteKind::Record => "record",
+        WriteKind::Message => "message",
+        WriteKind::Activate => "activate",
+    }
+}
+
+/// Whether these t shares interpolate, at zero, to the secret of their public key: checked here
+/// from the shares themselves, independently of the checks inside the engine.
+fn combines<'a, S: Suite + 'a>(shares: impl Iterator<Item = &'a KeyShare<S>>) -> bool {
+    let shares: Vec<&KeyShare<S>> = shares.collect();
+    let Some(first) = shares.first() else { return false };
+    let indices: Vec<u16> = shares.iter().map(|s| s.index()).collect();
+    let Some(lambdas) = kms_dkg::poly::lagrange_at_zero::<S::Scalar>(&indices) else { return false };
+    let mut secret = S::Scalar::ZERO;
+    for (l, s) in lambdas.iter().zip(&shares) {
+        secret += *l * s.secret();
+    }
+    let ok = S::Point::generator() * secret == *first.public().public_key();
+    S::zeroize_scalar(&mut secret);
+    ok
 }

@@ -338,7 +338,7 @@ fn a_helper_restarted_mid_round_deals_the_same_blinding_again() {
 
 fn request(net: &Net<Ed25519>, edit: impl FnOnce(&mut RecoverRequest)) -> DkgMessage {
     let mut p = RecoverRequest {
-        header: Header { session: SESSION, epoch: 0, suite: Ed25519::ID, sender: net.r },
+        header: Header { session: SESSION, attempt: 0, suite: Ed25519::ID, sender: net.r },
         keys: key_set_digest(net.shares[0].public()),
         nonce: 1,
         round: 7,
@@ -396,7 +396,7 @@ fn a_helper_refuses_requests_it_must_not_serve() {
         ("unsorted helpers", request(&net, |p| p.helpers = vec![3, 2, 4]), |e| {
             matches!(e, Ignored::NotExpected(_))
         }),
-        ("another epoch", request(&net, |p| p.header.epoch = 1), |e| matches!(e, Ignored::WrongContext)),
+        ("another epoch", request(&net, |p| p.header.attempt = 1), |e| matches!(e, Ignored::WrongContext)),
         ("another cluster", request(&net, |p| p.header.session = [0; 32]), |e| {
             matches!(e, Ignored::WrongContext)
         }),
@@ -420,7 +420,7 @@ fn a_helper_refuses_requests_it_must_not_serve() {
     assert!(matches!(ask(&mut net, 2, 5, relayed), Err(Ignored::Misrouted { from: 5, .. })));
     // A reply is not for a helper.
     let reply = DkgMessage::new(DkgBody::RecoverReply(Box::new(RecoverReply {
-        header: Header { session: SESSION, epoch: 0, suite: Ed25519::ID, sender: 3 },
+        header: Header { session: SESSION, attempt: 0, suite: Ed25519::ID, sender: 3 },
         request: [0; 32],
         outcome: RecoverOutcome::Value { value: vec![0; 32], blindings: vec![] },
     })));
@@ -462,7 +462,7 @@ fn the_requester_ignores_replies_that_are_not_for_its_round() {
     let key = net.keys[0].clone();
     let digest = net.requester.digest;
     let reply = |sender: u16, request: [u8; 32]| RecoverReply {
-        header: Header { session: SESSION, epoch: 0, suite: Ed25519::ID, sender },
+        header: Header { session: SESSION, attempt: 0, suite: Ed25519::ID, sender },
         request,
         outcome: RecoverOutcome::Value { value: vec![0; 32], blindings: vec![] },
     };

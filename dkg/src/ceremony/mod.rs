@@ -1,0 +1,765 @@
+//! One engine for a node's key ceremonies: attempts and their numbering, older attempts kept
+//! listening, retries, the pairing of the two suites, share recovery as requester and as helper,
+//! and activation. `kms-node` drives it over libp2p and a sealed store; the simulator drives the
+//! very same engine over a virtual network. Nothing here touches a socket, a clock, a store or
+//! the operating system's RNG.
+//!
+//! In the manner of quinn-proto and raft-rs:
+//! - inputs are `handle_*` calls with `now` passed in ([`Ceremonies::handle_message`],
+//!   [`Ceremonies::handle_timeout`], [`Ceremonies::handle_peers`]);
+//! - [`Ceremonies::poll_timeout`] says when to call `handle_timeout` next;
+//! - [`Ceremonies::ready`] hands out what to do: records to write, messages to send, events to
+//!   log. **A message is handed out only once every record issued before it has been reported
+//!   written** with [`Ceremonies::advance`]. A node's deal, its shares and its signed transcript
+//!   confirmation therefore cannot leave it before the record that lets it keep its word after
+//!   a crash is durable: persist-before-send is a property of the API, not of the order of a
+//!   list. A driver whose write fails never calls `advance`, and what depends on the write is
+//!   never sent.
+//!
+//! **Attempts.** A ceremony runs in numbered attempts. The number is written before anything of
+//! the attempt is sent, so a node restarted mid-ceremony never deals twice in one attempt. A
+//! node starts attempt `a + 1` when enough peers are connected; a node without a key that hears
+//! of a higher attempt joins it. An attempt left behind (failed, or abandoned for a higher one,
+//! or interrupted by a restart) keeps listening: its quorum may still complete it, and then this
+//! node adopts the result. At most [`MAX_LISTENING`] attempts listen. A failed attempt is retried
+//! after [`Config::retry_delay`], unless this node is recovering its share of a transcript a
+//! quorum already signed (then no new attempt can succeed, and none starts).
+//!
+//! **Pairing.** Each attempt runs the master-key DKG (BLS12-381) and the cluster-key DKG
+//! (Ed25519) side by side; keys activate only when both suites completed in the same attempt.
+//!
+//! **Kinds.** The per-suite protocol of an attempt sits behind [`Machine`]; the engine only
+//! routes messages, timers and actions. The distributed key generation ([`crate::dkg::Dkg`]) is
+//! the one kind today; a reshare (an old committee dealing to a new one) is a second
+//! implementation of the same trait, driven by the same attempts, persistence and pairing.
+
+mod outbox;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand_core::CryptoRngCore;
+
+use kms_proto::codec::decode_p2p;
+use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
+
+use crate::dkg::recovery::{is_for_helper, Helper};
+use crate::dkg::{
+    confirmation_in_record, Action, ConfigError, Culprit, Dkg, DkgConfig, DkgFailure, DkgOutput, DkgRecord,
+    Ignored, Timeouts,
+};
+use crate::share::KeyShare;
+use crate::suite::{Bls12381G2, Ed25519, Suite};
+
+use outbox::Outbox;
+pub use outbox::{Outgoing, Ready, Write, Written};
+
+/// Older attempts kept listening for a quorum transcript they could still adopt.
+pub const MAX_LISTENING: usize = 8;
+
+/// Both shares of an active key epoch. Secret; `Debug` shows the epoch only.
+pub struct ActiveKeys {
+    /// The key epoch (the attempt whose ceremony produced the keys).
+    pub epoch: u64,
+    /// BLS12-381 share (app keys).
+    pub bls: KeyShare<Bls12381G2>,
+    /// Ed25519 share (FROST cluster key).
+    pub ed25519: KeyShare<Ed25519>,
+}
+
+impl std::fmt::Debug for ActiveKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKeys").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+/// Static parameters of a node's ceremonies.
+#[derive(Clone)]
+pub struct Config {
+    /// Cluster id, bound into every signature.
+    pub session: [u8; 32],
+    /// This node's index (1..=n).
+    pub me: u16,
+    /// Shares needed to use a key (`t`).
+    pub threshold: u16,
+    /// Byzantine nodes tolerated by the agreement (`f`); `None` means `⌊(n-1)/3⌋`.
+    pub max_faulty: Option<u16>,
+    /// Identity keys of all nodes, node `i` at `i - 1`.
+    pub roster: Vec<VerifyingKey>,
+    /// Round timeouts of each attempt.
+    pub timeouts: Timeouts,
+    /// Wait after a failed attempt before starting the next.
+    pub retry_delay: Duration,
+    /// Connected roster peers needed before this node starts an attempt on its own.
+    pub min_peers: usize,
+}
+
+impl Config {
+    /// The per-suite configuration of `attempt`.
+    fn dkg(&self, attempt: u64) -> DkgConfig {
+        DkgConfig {
+            session: self.session,
+            attempt,
+            threshold: self.threshold,
+            me: self.me,
+            roster: self.roster.clone(),
+            excluded: BTreeSet::new(),
+            max_faulty: self.max_faulty,
+            timeouts: self.timeouts,
+        }
+    }
+
+    fn n(&self) -> u16 {
+        u16::try_from(self.roster.len()).unwrap_or(u16::MAX)
+    }
+}
+
+/// What a node kept across a restart (read back from its store).
+#[derive(Default)]
+pub struct Restored {
+    /// The last attempt this node started (0: none).
+    pub attempt: u64,
+    /// Its active keys, if a ceremony completed.
+    pub active: Option<ActiveKeys>,
+    /// Its records ([`Write::Record`]) of `attempt` (or, with active keys, of the attempt that
+    /// produced them), by suite.
+    pub records: BTreeMap<SuiteId, DkgRecord>,
+    /// The messages it logged ([`Write::Message`]) in `attempt`, in order.
+    pub log: Vec<(u16, Vec<u8>)>,
+}
+
+/// Something that happened, for logs and metrics. Changes nothing by itself.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// This node started an attempt (on its own, or `joined` because that peer was in it).
+    Started {
+        /// The attempt.
+        attempt: u64,
+        /// The peer whose message made this node join, if any.
+        joined: Option<u16>,
+    },
+    /// After a restart, the interrupted attempt listens again.
+    Rejoined {
+        /// The attempt.
+        attempt: u64,
+    },
+    /// One suite of an attempt failed.
+    Failed {
+        /// The suite.
+        suite: SuiteId,
+        /// Why, and who is to blame.
+        failure: DkgFailure,
+        /// Whether it was the current attempt (a retry follows).
+        retry: bool,
+    },
+    /// One suite of an attempt completed (keys activate once both did).
+    SuiteCompleted {
+        /// The attempt.
+        attempt: u64,
+        /// The suite.
+        suite: SuiteId,
+        /// The qualified dealers.
+        qual: BTreeSet<u16>,
+        /// Misbehaviour observed.
+        culprits: Vec<Culprit>,
+        /// The share was recovered from other nodes.
+        recovered: bool,
+        /// The transcript hash the quorum signed.
+        transcript: [u8; 32],
+    },
+    /// Both suites completed: the keys of `epoch` are being written ([`Write::Activate`]).
+    Activated {
+        /// The key epoch.
+        epoch: u64,
+        /// From the start of the attempt (as seen by this node) to activation.
+        took: Duration,
+    },
+    /// This node dealt a blinding for a peer recovering its share.
+    Helping {
+        /// The peer.
+        from: u16,
+        /// The suite.
+        suite: SuiteId,
+    },
+    /// A message was not taken into account.
+    Ignored {
+        /// The transport peer.
+        from: u16,
+        /// Why.
+        why: Ignored,
+    },
+}
+
+/// Where the node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No key and no attempt running: waiting for peers (or for a retry).
+    Waiting {
+        /// Connected roster peers.
+        connected: usize,
+        /// Needed to start.
+        needed: usize,
+    },
+    /// An attempt is running.
+    Running {
+        /// The attempt.
+        attempt: u64,
+    },
+    /// This node is recovering its share of a transcript a quorum signed.
+    Recovering {
+        /// The attempt.
+        attempt: u64,
+    },
+    /// Keys are active.
+    Active {
+        /// The key epoch.
+        epoch: u64,
+    },
+}
+
+/// One suite's protocol within an attempt: what the engine needs of it. [`Dkg`] is one; a
+/// reshare is another.
+pub trait Machine<S: Suite>: Send {
+    /// A message from transport peer `from`.
+    fn handle_message(
+        &mut self,
+        from: u16,
+        message: DkgMessage,
+        now: Duration,
+    ) -> Result<Vec<Action<S>>, Ignored>;
+    /// The deadline it last asked for has passed.
+    fn handle_timeout(&mut self, now: Duration) -> Vec<Action<S>>;
+    /// Whether it is recovering its share of a transcript a quorum signed.
+    fn is_recovering(&self) -> bool;
+}
+
+impl<S: Suite> Machine<S> for Dkg<S> {
+    fn handle_message(
+        &mut self,
+        from: u16,
+        message: DkgMessage,
+        now: Duration,
+    ) -> Result<Vec<Action<S>>, Ignored> {
+        Dkg::handle_message(self, from, message, now)
+    }
+    fn handle_timeout(&mut self, now: Duration) -> Vec<Action<S>> {
+        Dkg::handle_timeout(self, now)
+    }
+    fn is_recovering(&self) -> bool {
+        Dkg::is_recovering(self)
+    }
+}
+
+/// One suite's machine in an attempt, its timer and its result.
+struct Slot<S: Suite> {
+    machine: Box<dyn Machine<S>>,
+    deadline: Option<Duration>,
+    output: Option<Box<DkgOutput<S>>>,
+}
+
+impl<S: Suite> Slot<S> {
+    fn new(machine: impl Machine<S> + 'static) -> Self {
+        Slot { machine: Box::new(machine), deadline: None, output: None }
+    }
+}
+
+/// One attempt: both suites.
+struct Attempt {
+    number: u64,
+    started: Duration,
+    bls: Slot<Bls12381G2>,
+    ed: Slot<Ed25519>,
+}
+
+impl Attempt {
+    fn recovering(&self) -> bool {
+        self.bls.machine.is_recovering() || self.ed.machine.is_recovering()
+    }
+}
+
+/// The slot of suite `S` in an attempt.
+trait Pick: Suite {
+    fn slot(a: &mut Attempt) -> &mut Slot<Self>;
+}
+
+impl Pick for Bls12381G2 {
+    fn slot(a: &mut Attempt) -> &mut Slot<Self> {
+        &mut a.bls
+    }
+}
+
+impl Pick for Ed25519 {
+    fn slot(a: &mut Attempt) -> &mut Slot<Self> {
+        &mut a.ed
+    }
+}
+
+/// Active keys and the share-recovery helpers that serve them.
+struct Active {
+    keys: Arc<ActiveKeys>,
+    bls: Helper<Bls12381G2>,
+    ed: Helper<Ed25519>,
+    /// This node's signed confirmations of the transcripts of its keys.
+    confirms: Vec<DkgMessage>,
+    /// Per peer, the last attempt in which it was sent them.
+    reminded: BTreeMap<u16, u64>,
+}
+
+/// A node's ceremonies (see the module docs).
+pub struct Ceremonies {
+    cfg: Config,
+    identity: SigningKey,
+    rng: Box<dyn CryptoRngCore + Send>,
+    /// The highest attempt number issued ([`Write::Attempt`]).
+    last_attempt: u64,
+    current: Option<Attempt>,
+    listening: BTreeMap<u64, Attempt>,
+    retry_at: Option<Duration>,
+    connected: usize,
+    active: Option<Active>,
+    out: Outbox,
+}
+
+impl std::fmt::Debug for Ceremonies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ceremonies")
+            .field("me", &self.cfg.me)
+            .field("status", &self.status())
+            .field("last_attempt", &self.last_attempt)
+            .field("listening", &self.listening.keys().collect::<Vec<_>>())
+            .field("retry_at", &self.retry_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ceremonies {
+    /// The engine of node `cfg.me`, resumed from what it kept across a restart: its active keys,
+    /// or else the attempt it was in, which listens again with its own records and the messages
+    /// it had logged. `rng` deals this node's polynomials (the caller seeds it).
+    pub fn new(
+        cfg: Config,
+        identity: SigningKey,
+        rng: Box<dyn CryptoRngCore + Send>,
+        restored: Restored,
+        now: Duration,
+    ) -> Result<Self, ConfigError> {
+        cfg.dkg(1).validate(&identity)?;
+        let mut me = Ceremonies {
+            cfg,
+            identity,
+            rng,
+            last_attempt: restored.attempt,
+            current: None,
+            listening: BTreeMap::new(),
+            retry_at: None,
+            connected: 0,
+            active: None,
+            out: Outbox::default(),
+        };
+        if let Some(keys) = restored.active {
+            let confirms = restored
+                .records
+                .values()
+                .filter_map(confirmation_in_record)
+                .map(|c| DkgMessage::new(DkgBody::Confirm(c)))
+                .collect();
+            me.activate(Arc::new(keys), confirms);
+        } else if restored.attempt > 0 {
+            me.rejoin(restored, now);
+        }
+        Ok(me)
+    }
+
+    /// Where this node stands.
+    pub fn status(&self) -> Status {
+        if let Some(a) = &self.active {
+            return Status::Active { epoch: a.keys.epoch };
+        }
+        let recovering = self.current.iter().chain(self.listening.values()).find(|a| a.recovering());
+        if let Some(a) = recovering {
+            return Status::Recovering { attempt: a.number };
+        }
+        match &self.current {
+            Some(a) => Status::Running { attempt: a.number },
+            None => Status::Waiting { connected: self.connected, needed: self.cfg.min_peers },
+        }
+    }
+
+    /// The active keys, once a ceremony completed (and its [`Write::Activate`] was issued).
+    pub fn active(&self) -> Option<&Arc<ActiveKeys>> {
+        self.active.as_ref().map(|a| &a.keys)
+    }
+
+    /// Messages waiting for a write to be reported (see [`Ceremonies::advance`]).
+    pub fn held(&self) -> usize {
+        self.out.held()
+    }
+
+    /// The number of connected roster peers changed.
+    pub fn handle_peers(&mut self, connected: usize, now: Duration) {
+        self.connected = connected;
+        self.maybe_start(now);
+    }
+
+    /// A DKG message from roster peer `from` (authenticated by the transport).
+    pub fn handle_message(&mut self, from: u16, message: DkgMessage, now: Duration) {
+        if self.active.is_some() {
+            // With a key, only share recovery is served, and a peer still in a ceremony is
+            // reminded of this node's signatures of the one that produced the key.
+            if is_for_helper(&message) {
+                self.help(from, message);
+            } else {
+                self.remind(from, message.header().attempt);
+            }
+            return;
+        }
+        let attempt = message.header().attempt;
+        let known = self.current.as_ref().is_some_and(|a| a.number == attempt)
+            || self.listening.contains_key(&attempt);
+        if !known {
+            if attempt <= self.last_attempt || self.recovering() {
+                // An attempt this node left (and stopped listening to), or a newer one while a
+                // quorum already holds the key this node is recovering its share of.
+                return;
+            }
+            // A peer is at a higher attempt: join it. The sender's messages are authenticated
+            // by the machine; a forged attempt number only makes this node move on.
+            self.start(attempt, Some(from), now);
+        }
+        // Logged so that a restart can rebuild this attempt. Recovery replies are not: they
+        // answer one request, and a restarted node asks anew.
+        if !matches!(message.body, DkgBody::RecoverReply(_)) {
+            let bytes = kms_proto::codec::encode_p2p(&message);
+            self.out.write(Write::Message { attempt, from, bytes });
+        }
+        self.dispatch(attempt, from, message, now);
+    }
+
+    /// Timers due at `now` fire (call at [`Ceremonies::poll_timeout`] or later).
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            self.maybe_start(now);
+        }
+        let due: Vec<(u64, SuiteId)> =
+            self.timers().into_iter().filter(|(_, _, at)| *at <= now).map(|(a, s, _)| (a, s)).collect();
+        for (attempt, suite) in due {
+            match suite {
+                SuiteId::Bls12381G2 => self.fire::<Bls12381G2>(attempt, now),
+                SuiteId::Ed25519 => self.fire::<Ed25519>(attempt, now),
+            }
+        }
+    }
+
+    /// When [`Ceremonies::handle_timeout`] is next due, if ever.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.timers().into_iter().map(|(_, _, at)| at).chain(self.retry_at).min()
+    }
+
+    /// What to do now: records to write (then call [`Ceremonies::advance`]), messages that may
+    /// be sent, events. `None` when there is nothing.
+    pub fn ready(&mut self) -> Option<Ready> {
+        self.out.ready()
+    }
+
+    /// Reports the records of a [`Ready`] (and all before it) durably written; the messages that
+    /// waited for them come out of the next [`Ceremonies::ready`].
+    pub fn advance(&mut self, written: Written) {
+        self.out.advance(written);
+    }
+
+    // ----- attempts -----
+
+    fn maybe_start(&mut self, now: Duration) {
+        let busy =
+            self.active.is_some() || self.current.is_some() || self.retry_at.is_some() || self.recovering();
+        if !busy && self.connected >= self.cfg.min_peers {
+            self.start(self.last_attempt + 1, None, now);
+        }
+    }
+
+    fn start(&mut self, attempt: u64, joined: Option<u16>, now: Duration) {
+        // Written first: after a crash this attempt is never dealt again.
+        self.out.write(Write::Attempt(attempt));
+        self.last_attempt = attempt;
+        self.retry_at = None;
+        let cfg = self.cfg.dkg(attempt);
+        let bls = Dkg::<Bls12381G2>::new(cfg.clone(), self.identity.clone(), now, &mut Rng(&mut *self.rng));
+        let ed = Dkg::<Ed25519>::new(cfg, self.identity.clone(), now, &mut Rng(&mut *self.rng));
+        // The configuration was validated when the engine was made.
+        let (Ok((bls, a1)), Ok((ed, a2))) = (bls, ed) else { return };
+        if let Some(old) = self.current.take() {
+            self.keep_listening(old);
+        }
+        self.current =
+            Some(Attempt { number: attempt, started: now, bls: Slot::new(bls), ed: Slot::new(ed) });
+        self.cancel_dead();
+        self.out.event(Event::Started { attempt, joined });
+        self.apply::<Bls12381G2>(attempt, a1, now);
+        self.apply::<Ed25519>(attempt, a2, now);
+    }
+
+    /// After a restart without keys: the attempt that was running listens again, with this
+    /// node's own records and the messages it had logged (which are not logged again).
+    fn rejoin(&mut self, restored: Restored, now: Duration) {
+        let number = restored.attempt;
+        let cfg = self.cfg.dkg(number);
+        let record = |s| restored.records.get(&s);
+        let bls =
+            Dkg::<Bls12381G2>::rejoin(cfg.clone(), self.identity.clone(), now, record(SuiteId::Bls12381G2));
+        let ed = Dkg::<Ed25519>::rejoin(cfg, self.identity.clone(), now, record(SuiteId::Ed25519));
+        let (Ok(bls), Ok(ed)) = (bls, ed) else { return };
+        let (a1, a2) = (bls.resend(), ed.resend());
+        self.keep_listening(Attempt { number, started: now, bls: Slot::new(bls), ed: Slot::new(ed) });
+        self.out.event(Event::Rejoined { attempt: number });
+        self.apply::<Bls12381G2>(number, a1, now);
+        self.apply::<Ed25519>(number, a2, now);
+        for (from, bytes) in restored.log {
+            if let Ok(message) = decode_p2p::<DkgMessage>(&bytes) {
+                self.dispatch(number, from, message, now);
+            }
+        }
+    }
+
+    fn attempt_mut(&mut self, number: u64) -> Option<&mut Attempt> {
+        match &mut self.current {
+            Some(a) if a.number == number => Some(a),
+            _ => self.listening.get_mut(&number),
+        }
+    }
+
+    /// Keeps an attempt listening; at most [`MAX_LISTENING`], the oldest dropped first, except
+    /// one recovering its share (its transcript is the quorum's: nothing newer can replace it).
+    fn keep_listening(&mut self, attempt: Attempt) {
+        self.listening.insert(attempt.number, attempt);
+        while self.listening.len() > MAX_LISTENING {
+            let oldest = self.listening.iter().find(|(_, a)| !a.recovering()).map(|(n, _)| *n);
+            match oldest {
+                Some(n) => self.listening.remove(&n),
+                None => self.listening.pop_first().map(|(_, a)| a),
+            };
+        }
+    }
+
+    /// Pending messages of attempts that no longer listen here can stop: nothing this node sent
+    /// in them can complete them any more. Those of listening attempts keep going, since a peer
+    /// that missed the end of an attempt adopts its result from them.
+    fn cancel_dead(&mut self) {
+        let live = self.current.iter().chain(self.listening.values()).map(|a| a.number).min();
+        if let Some(lowest) = live {
+            self.out.cancel_below(lowest);
+        }
+    }
+
+    fn recovering(&self) -> bool {
+        self.current.iter().chain(self.listening.values()).any(Attempt::recovering)
+    }
+
+    /// `(attempt, suite, deadline)` of the timers that run: the current attempt's, and those of
+    /// listening attempts that are recovering a share (an attempt left behind does not run its
+    /// rounds on, but a share recovery runs in timed rounds).
+    fn timers(&self) -> Vec<(u64, SuiteId, Duration)> {
+        let mut timers = Vec::new();
+        for a in self.current.iter().chain(self.listening.values()) {
+            let running = self.current.as_ref().is_some_and(|c| c.number == a.number);
+            if running || a.bls.machine.is_recovering() {
+                timers.extend(a.bls.deadline.map(|d| (a.number, SuiteId::Bls12381G2, d)));
+            }
+            if running || a.ed.machine.is_recovering() {
+                timers.extend(a.ed.deadline.map(|d| (a.number, SuiteId::Ed25519, d)));
+            }
+        }
+        timers
+    }
+
+    // ----- routing -----
+
+    fn dispatch(&mut self, attempt: u64, from: u16, message: DkgMessage, now: Duration) {
+        match message.header().suite {
+            SuiteId::Bls12381G2 => self.dispatch_to::<Bls12381G2>(attempt, from, message, now),
+            SuiteId::Ed25519 => self.dispatch_to::<Ed25519>(attempt, from, message, now),
+        }
+    }
+
+    fn dispatch_to<S: Pick>(&mut self, attempt: u64, from: u16, message: DkgMessage, now: Duration) {
+        let Some(a) = self.attempt_mut(attempt) else { return };
+        match S::slot(a).machine.handle_message(from, message, now) {
+            Ok(actions) => self.apply::<S>(attempt, actions, now),
+            Err(why) => self.out.event(Event::Ignored { from, why }),
+        }
+    }
+
+    fn fire<S: Pick>(&mut self, attempt: u64, now: Duration) {
+        let Some(a) = self.attempt_mut(attempt) else { return };
+        let slot = S::slot(a);
+        slot.deadline = None;
+        let actions = slot.machine.handle_timeout(now);
+        self.apply::<S>(attempt, actions, now);
+    }
+
+    /// Carries out a machine's actions for `attempt`.
+    fn apply<S: Pick>(&mut self, attempt: u64, actions: Vec<Action<S>>, now: Duration) {
+        let me = self.cfg.me;
+        for action in actions {
+            match action {
+                Action::Broadcast(message) => {
+                    for to in (1..=self.cfg.n()).filter(|&j| j != me) {
+                        self.out.send(Outgoing { to, message: message.clone(), generation: attempt });
+                    }
+                }
+                Action::Send { to, message } => self.out.send(Outgoing { to, message, generation: attempt }),
+                Action::Timer(at) => {
+                    if let Some(a) = self.attempt_mut(attempt) {
+                        S::slot(a).deadline = Some(at);
+                    }
+                }
+                Action::Persist(record) => self.out.write(Write::Record { attempt, suite: S::ID, record }),
+                Action::Completed(output) => {
+                    self.out.event(Event::SuiteCompleted {
+                        attempt,
+                        suite: S::ID,
+                        qual: output.qual.clone(),
+                        culprits: output.culprits.clone(),
+                        recovered: output.recovered,
+                        transcript: output.transcript,
+                    });
+                    if let Some(a) = self.attempt_mut(attempt) {
+                        let slot = S::slot(a);
+                        slot.deadline = None;
+                        slot.output = Some(output);
+                    }
+                }
+                Action::Failed(failure) => {
+                    let retry = self.current.as_ref().is_some_and(|c| c.number == attempt);
+                    if retry {
+                        // The failed attempt keeps listening: a quorum may still have agreed.
+                        if let Some(c) = self.current.take() {
+                            self.keep_listening(c);
+                        }
+                        self.retry_at = Some(now + self.cfg.retry_delay);
+                    }
+                    self.out.event(Event::Failed { suite: S::ID, failure, retry });
+                }
+            }
+        }
+        self.finish_if_done(attempt, now);
+    }
+
+    /// Activates the keys of `attempt` once both suites completed in it.
+    fn finish_if_done(&mut self, attempt: u64, now: Duration) {
+        let done = self.attempt_mut(attempt).is_some_and(|a| a.bls.output.is_some() && a.ed.output.is_some());
+        if !done {
+            return;
+        }
+        let a = match self.current.take() {
+            Some(c) if c.number == attempt => Some(c),
+            other => {
+                self.current = other;
+                self.listening.remove(&attempt)
+            }
+        };
+        let Some(Attempt { started, bls, ed, .. }) = a else { return };
+        let (Some(bls), Some(ed)) = (bls.output, ed.output) else { return };
+        let me = self.cfg.me;
+        let confirms = [bls.certificate.get(&me), ed.certificate.get(&me)]
+            .into_iter()
+            .flatten()
+            .map(|c| DkgMessage::new(DkgBody::Confirm(c.clone())))
+            .collect();
+        let keys = Arc::new(ActiveKeys { epoch: attempt, bls: bls.share, ed25519: ed.share });
+        self.out.write(Write::Activate(keys.clone()));
+        // Other attempts are over; this one's messages still help peers that missed its end.
+        self.out.cancel_below(attempt);
+        self.out.event(Event::Activated { epoch: attempt, took: now.saturating_sub(started) });
+        self.activate(keys, confirms);
+    }
+
+    fn activate(&mut self, keys: Arc<ActiveKeys>, confirms: Vec<DkgMessage>) {
+        let helper = || (self.cfg.session, self.identity.clone(), self.cfg.roster.clone());
+        let ((s1, i1, r1), (s2, i2, r2)) = (helper(), helper());
+        self.active = Some(Active {
+            keys,
+            bls: Helper::new(s1, i1, r1),
+            ed: Helper::new(s2, i2, r2),
+            confirms,
+            reminded: BTreeMap::new(),
+        });
+        self.current = None;
+        self.listening.clear();
+        self.retry_at = None;
+    }
+
+    /// Sends peer `from`, which is still in a ceremony (its message was of `attempt`), this
+    /// node's signed confirmations of the transcripts of its keys, once per attempt of the peer.
+    /// A peer that missed the end (say this node's confirmation was written but, in a crash, never
+    /// sent) adopts the transcript from them, if it still listens to that attempt.
+    fn remind(&mut self, from: u16, attempt: u64) {
+        let Some(active) = self.active.as_mut() else { return };
+        let epoch = active.keys.epoch;
+        if attempt < epoch || active.reminded.get(&from).is_some_and(|a| *a >= attempt) {
+            return;
+        }
+        active.reminded.insert(from, attempt);
+        for message in active.confirms.clone() {
+            self.out.send(Outgoing { to: from, message, generation: epoch });
+        }
+    }
+
+    /// Serves share recovery with this node's active shares.
+    fn help(&mut self, from: u16, message: DkgMessage) {
+        let Some(active) = self.active.as_mut() else { return };
+        let suite = message.header().suite;
+        let epoch = active.keys.epoch;
+        let sends = match suite {
+            SuiteId::Bls12381G2 => active.bls.handle_message(&active.keys.bls, from, message).map(sends_of),
+            SuiteId::Ed25519 => active.ed.handle_message(&active.keys.ed25519, from, message).map(sends_of),
+        };
+        match sends {
+            Ok(sends) => {
+                if !sends.is_empty() {
+                    self.out.event(Event::Helping { from, suite });
+                }
+                for (to, message) in sends {
+                    self.out.send(Outgoing { to, message, generation: epoch });
+                }
+            }
+            Err(why) => self.out.event(Event::Ignored { from, why }),
+        }
+    }
+}
+
+/// The caller's RNG, as the machines take it.
+struct Rng<'a>(&'a mut (dyn CryptoRngCore + Send));
+
+impl rand_core::RngCore for Rng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+
+impl rand_core::CryptoRng for Rng<'_> {}
+
+/// The direct messages among a helper's actions (a helper only ever sends).
+fn sends_of<S: Suite>(actions: Vec<Action<S>>) -> Vec<(u16, DkgMessage)> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { to, message } => Some((to, message)),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,445 @@
+//! Unit tests of the ceremony engine, with a small in-memory network that delivers every message
+//! in order and a store per node that can be told to fail.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
+
+use super::*;
+
+const SESSION: [u8; 32] = [7; 32];
+const MS: Duration = Duration::from_millis(1);
+
+fn keys(n: u16) -> Vec<SigningKey> {
+    (1..=n).map(|i| SigningKey::from_bytes(&[u8::try_from(i).unwrap(); 32])).collect()
+}
+
+fn config(me: u16, t: u16, keys: &[SigningKey]) -> Config {
+    Config {
+        session: SESSION,
+        me,
+        threshold: t,
+        max_faulty: None,
+        roster: keys.iter().map(SigningKey::verifying_key).collect(),
+        timeouts: Timeouts { deal: 100 * MS, respond: 100 * MS, justify: 100 * MS, confirm: 200 * MS },
+        retry_delay: 1_000 * MS,
+        min_peers: 0,
+    }
+}
+
+fn engine(me: u16, t: u16, keys: &[SigningKey], restored: Restored) -> Ceremonies {
+    let rng = Box::new(ChaCha20Rng::seed_from_u64(u64::from(me)));
+    Ceremonies::new(config(me, t, keys), keys[usize::from(me - 1)].clone(), rng, restored, Duration::ZERO)
+        .unwrap()
+}
+
+/// What a node's store holds.
+#[derive(Default)]
+struct Store {
+    attempt: u64,
+    records: BTreeMap<(u64, SuiteId), DkgRecord>,
+    log: BTreeMap<u64, Vec<(u16, Vec<u8>)>>,
+    active: Option<u64>,
+    /// Refuse every write from the first record that carries a confirmation on.
+    fail_confirm_record: bool,
+    failed: bool,
+}
+
+impl Store {
+    /// Writes in order; `false` at the first failure (the rest is not written).
+    fn write(&mut self, writes: Vec<Write>) -> bool {
+        for w in writes {
+            if self.failed {
+                return false;
+            }
+            match w {
+                Write::Attempt(a) => self.attempt = a,
+                Write::Record { attempt, suite, record } => {
+                    // A record with a confirmation is longer than the first one of the attempt.
+                    let confirms =
+                        self.records.get(&(attempt, suite)).is_some_and(|r| record.0.len() > r.0.len());
+                    if confirms && self.fail_confirm_record {
+                        self.failed = true;
+                        return false;
+                    }
+                    self.records.insert((attempt, suite), record);
+                }
+                Write::Message { attempt, from, bytes } => {
+                    self.log.entry(attempt).or_default().push((from, bytes))
+                }
+                Write::Activate(keys) => self.active = Some(keys.epoch),
+            }
+        }
+        true
+    }
+
+    fn restored(&self) -> Restored {
+        let records = self
+            .records
+            .iter()
+            .filter(|((a, _), _)| *a == self.attempt)
+            .map(|((_, s), r)| (*s, r.clone()))
+            .collect();
+        Restored {
+            attempt: self.attempt,
+            active: None,
+            records,
+            log: self.log.get(&self.attempt).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+struct Net {
+    nodes: Vec<Option<Ceremonies>>,
+    stores: Vec<Store>,
+    queue: VecDeque<(u16, Outgoing)>,
+    now: Duration,
+    /// Every message that left a node: (from, message).
+    sent: Vec<(u16, DkgMessage)>,
+    events: Vec<(u16, Event)>,
+}
+
+impl Net {
+    fn new(n: u16, t: u16) -> Net {
+        let keys = keys(n);
+        let nodes = (1..=n).map(|i| Some(engine(i, t, &keys, Restored::default()))).collect();
+        Net {
+            nodes,
+            stores: (0..n).map(|_| Store::default()).collect(),
+            queue: VecDeque::new(),
+            now: Duration::ZERO,
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Carries out what every node has ready.
+    fn pump(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                let me = u16::try_from(i + 1).unwrap();
+                let Some(node) = self.nodes[i].as_mut() else { continue };
+                while let Some(ready) = node.ready() {
+                    any = true;
+                    let written = ready.written();
+                    let ok = self.stores[i].write(ready.writes);
+                    for o in ready.messages {
+                        self.sent.push((me, o.message.clone()));
+                        self.queue.push_back((me, o));
+                    }
+                    self.events.extend(ready.events.into_iter().map(|e| (me, e)));
+                    if !ok {
+                        // The node stops: nothing that depends on the failed write leaves it.
+                        self.nodes[i] = None;
+                        break;
+                    }
+                    node.advance(written);
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// Runs until no message is in flight and no node is busy, or `limit` virtual time.
+    fn run(&mut self, limit: Duration) {
+        let peers = self.nodes.len() - 1;
+        for n in self.nodes.iter_mut().flatten() {
+            n.handle_peers(peers, self.now);
+        }
+        loop {
+            self.pump();
+            if let Some((from, o)) = self.queue.pop_front() {
+                if let Some(node) = self.nodes[usize::from(o.to - 1)].as_mut() {
+                    node.handle_message(from, o.message, self.now);
+                }
+                continue;
+            }
+            let next = self.nodes.iter().flatten().filter_map(Ceremonies::poll_timeout).min();
+            match next {
+                Some(at) if at <= limit => {
+                    self.now = self.now.max(at);
+                    for n in self.nodes.iter_mut().flatten() {
+                        n.handle_timeout(self.now);
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn confirms_by(&self, node: u16) -> BTreeSet<(u64, SuiteId, [u8; 32])> {
+        self.sent
+            .iter()
+            .filter(|(from, _)| *from == node)
+            .filter_map(|(_, m)| match &m.body {
+                DkgBody::Confirm(c) if c.payload.header.sender == node => {
+                    Some((c.payload.header.attempt, c.payload.header.suite, c.payload.transcript))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn nothing_leaves_before_the_attempt_and_the_deal_are_written() {
+    let keys = keys(3);
+    let mut node = engine(1, 2, &keys, Restored::default());
+    assert_eq!(node.status(), Status::Waiting { connected: 0, needed: 0 });
+    node.handle_peers(2, Duration::ZERO);
+    let ready = node.ready().unwrap();
+    let kinds: Vec<String> = ready.writes.iter().map(|w| format!("{w:?}")).collect();
+    assert_eq!(kinds, ["Attempt(1)", "Record(1, Bls12381G2, <redacted>)", "Record(1, Ed25519, <redacted>)"]);
+    assert!(ready.messages.is_empty(), "deals and shares wait for their records");
+    assert_eq!(ready.cancel_below, Some(1), "attempts below the only live one are dead");
+    assert!(matches!(ready.events[..], [Event::Started { attempt: 1, joined: None }]));
+    assert!(node.ready().is_none(), "not advanced: still nothing to send");
+    node.advance(ready.written());
+    let ready = node.ready().unwrap();
+    assert!(ready.writes.is_empty());
+    // Per suite: a deal to each of 2 peers and a share to each.
+    assert_eq!(ready.messages.len(), 8);
+    let deals = ready.messages.iter().filter(|o| matches!(o.message.body, DkgBody::Deal(_))).count();
+    assert_eq!(deals, 4);
+    assert!(ready.messages.iter().all(|o| o.generation == 1 && o.to != 1));
+}
+
+#[test]
+fn a_token_cannot_release_writes_not_yet_handed_out() {
+    let keys = keys(3);
+    let mut node = engine(1, 2, &keys, Restored::default());
+    node.handle_peers(2, Duration::ZERO);
+    let first = node.ready().unwrap();
+    let token = first.written();
+    node.advance(token);
+    let _deals = node.ready().unwrap();
+    // A message arrives: it is logged, and whatever it causes waits for the log write.
+    let mut other = engine(2, 2, &keys, Restored::default());
+    other.handle_peers(2, Duration::ZERO);
+    let r = other.ready().unwrap();
+    other.advance(r.written());
+    let out = other.ready().unwrap().messages;
+    let deal = out.iter().find(|o| o.to == 1 && matches!(o.message.body, DkgBody::Deal(_))).unwrap();
+    node.handle_message(2, deal.message.clone(), Duration::ZERO);
+    // An old token does not cover the new write.
+    node.advance(token);
+    let ready = node.ready().unwrap();
+    assert_eq!(ready.writes.len(), 1, "the message log");
+    assert!(matches!(ready.writes[0], Write::Message { attempt: 1, from: 2, .. }));
+}
+
+#[test]
+fn a_cluster_activates_both_suites_in_one_attempt() {
+    let mut net = Net::new(4, 3);
+    net.run(Duration::from_secs(10));
+    for (i, node) in net.nodes.iter().enumerate() {
+        let node = node.as_ref().unwrap();
+        assert_eq!(node.status(), Status::Active { epoch: 1 }, "node {}", i + 1);
+        assert_eq!(net.stores[i].active, Some(1));
+    }
+    let activated = net.events.iter().filter(|(_, e)| matches!(e, Event::Activated { epoch: 1, .. })).count();
+    assert_eq!(activated, 4);
+    // Both suites, one transcript each, the same at every node.
+    for suite in [SuiteId::Bls12381G2, SuiteId::Ed25519] {
+        let transcripts: BTreeSet<[u8; 32]> = net
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::SuiteCompleted { suite: s, transcript, .. } if *s == suite => Some(*transcript),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(transcripts.len(), 1, "{suite:?}");
+    }
+    let a = net.nodes[0].as_ref().unwrap().active().unwrap();
+    let b = net.nodes[3].as_ref().unwrap().active().unwrap();
+    assert_eq!(a.bls.public().public_key(), b.bls.public().public_key());
+    assert_eq!(a.ed25519.public().public_key(), b.ed25519.public().public_key());
+}
+
+#[test]
+fn a_failed_confirmation_record_keeps_the_confirmation_home_and_a_restart_signs_at_most_one() {
+    let mut net = Net::new(5, 3);
+    net.stores[0].fail_confirm_record = true;
+    net.run(Duration::from_secs(10));
+    assert!(net.nodes[0].is_none(), "node 1 stopped at its failed write");
+    assert!(net.confirms_by(1).is_empty(), "no confirmation left node 1: {:?}", net.confirms_by(1));
+    // The other four are a quorum ((5 + 1) / 2 + 1 = 4) and activate.
+    for i in 1..5 {
+        assert_eq!(net.nodes[i].as_ref().unwrap().status(), Status::Active { epoch: 1 });
+    }
+    // Node 1 restarts from what it wrote: it rejoins attempt 1 and adopts the quorum's
+    // transcript, signing that one only.
+    net.stores[0].fail_confirm_record = false;
+    net.stores[0].failed = false;
+    let restored = net.stores[0].restored();
+    assert_eq!(restored.attempt, 1);
+    let keys = keys(5);
+    net.nodes[0] = Some(engine(1, 3, &keys, restored));
+    // The peers' transports deliver again what node 1 had not acknowledged: here, everything.
+    let resend: Vec<(u16, DkgMessage)> =
+        net.sent.iter().filter(|(from, m)| *from != 1 && is_to(m, 1)).cloned().collect();
+    for (from, m) in resend {
+        net.queue.push_back((from, Outgoing { to: 1, message: m, generation: 1 }));
+    }
+    net.run(Duration::from_secs(20));
+    assert_eq!(net.nodes[0].as_ref().unwrap().status(), Status::Active { epoch: 1 });
+    let signed = net.confirms_by(1);
+    for suite in [SuiteId::Bls12381G2, SuiteId::Ed25519] {
+        let per_suite = signed.iter().filter(|(a, s, _)| *a == 1 && *s == suite).count();
+        assert!(per_suite <= 1, "{suite:?}: {signed:?}");
+    }
+}
+
+/// Whether a message sent by anyone could be for node `to` (broadcasts, or direct to it).
+fn is_to(m: &DkgMessage, to: u16) -> bool {
+    match &m.body {
+        DkgBody::Share(s) => s.recipient == to,
+        _ => true,
+    }
+}
+
+#[test]
+fn a_failed_attempt_is_retried_after_the_delay_and_keeps_listening() {
+    // Alone in a cluster of three with t = 2: only its own deal qualifies, so attempt 1 fails.
+    let keys = keys(3);
+    let mut node = engine(1, 2, &keys, Restored::default());
+    let mut store = Store::default();
+    node.handle_peers(2, Duration::ZERO);
+    let mut now = Duration::ZERO;
+    let mut failed_at = None;
+    while failed_at.is_none() {
+        while let Some(r) = node.ready() {
+            let w = r.written();
+            if r.events.iter().any(|e| matches!(e, Event::Failed { retry: true, .. })) {
+                failed_at = Some(now);
+            }
+            assert!(store.write(r.writes));
+            node.advance(w);
+        }
+        if failed_at.is_some() {
+            break;
+        }
+        now = node.poll_timeout().expect("a round timer");
+        node.handle_timeout(now);
+    }
+    let failed_at = failed_at.unwrap();
+    assert_eq!(node.status(), Status::Waiting { connected: 2, needed: 0 });
+    assert_eq!(node.poll_timeout(), Some(failed_at + Duration::from_secs(1)));
+    node.handle_timeout(failed_at + Duration::from_secs(1));
+    let r = node.ready().unwrap();
+    assert!(matches!(r.writes[0], Write::Attempt(2)));
+    assert_eq!(node.status(), Status::Running { attempt: 2 });
+    assert_eq!(node.listening.keys().copied().collect::<Vec<_>>(), vec![1]);
+}
+
+/// Starts a node's first attempt with every write reported done; returns what it sends.
+fn start_and_send(node: &mut Ceremonies) -> Vec<Outgoing> {
+    node.handle_peers(2, Duration::ZERO);
+    let r = node.ready().unwrap();
+    node.advance(r.written());
+    node.ready().map(|r| r.messages).unwrap_or_default()
+}
+
+#[test]
+fn a_node_joins_a_higher_attempt_and_ignores_lower_ones() {
+    let keys = keys(3);
+    let mut node = engine(1, 2, &keys, Restored::default());
+    start_and_send(&mut node);
+    // The peer restarted in attempt 4 and starts attempt 5.
+    let mut peer = engine(2, 2, &keys, Restored { attempt: 4, ..Restored::default() });
+    let deal = start_and_send(&mut peer).into_iter().find(|o| o.to == 1).unwrap();
+    assert_eq!(deal.generation, 5);
+    node.handle_message(2, deal.message.clone(), MS);
+    let r = node.ready().unwrap();
+    assert!(matches!(r.writes[0], Write::Attempt(5)));
+    assert!(r.events.iter().any(|e| matches!(e, Event::Started { attempt: 5, joined: Some(2) })));
+    assert_eq!(node.status(), Status::Running { attempt: 5 });
+    node.advance(r.written());
+    let _ = node.ready();
+    // Attempt 1 listens; attempt 3 (never started here, below the last) is dropped unlogged.
+    let mut low = deal.message;
+    if let DkgBody::Deal(d) = &mut low.body {
+        d.payload.header.attempt = 3;
+    }
+    node.handle_message(2, low, 2 * MS);
+    assert!(node.ready().is_none());
+    assert_eq!(node.listening.keys().copied().collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn at_most_eight_attempts_listen() {
+    let keys = keys(3);
+    let mut node = engine(1, 2, &keys, Restored::default());
+    node.handle_peers(0, Duration::ZERO);
+    for a in 2..=20u64 {
+        node.start(a, Some(2), Duration::ZERO);
+    }
+    assert_eq!(node.listening.len(), MAX_LISTENING);
+    assert_eq!(node.listening.keys().copied().collect::<Vec<_>>(), (12..=19).collect::<Vec<_>>());
+    assert_eq!(node.status(), Status::Running { attempt: 20 });
+}
+
+#[test]
+fn a_restarted_node_rejoins_its_attempt_without_dealing_again() {
+    let mut net = Net::new(4, 3);
+    net.run(Duration::from_secs(10));
+    let mut restored = net.stores[1].restored();
+    assert_eq!(restored.attempt, 1);
+    assert!(restored.records.contains_key(&SuiteId::Bls12381G2) && !restored.log.is_empty());
+    restored.active = None;
+    let keys = keys(4);
+    let mut node = engine(2, 3, &keys, restored);
+    let r = node.ready().unwrap();
+    assert!(
+        r.writes.iter().all(|w| !matches!(w, Write::Attempt(_) | Write::Record { .. })),
+        "{:?}",
+        r.writes
+    );
+    assert!(r.events.iter().any(|e| matches!(e, Event::Rejoined { attempt: 1 })));
+    assert!(
+        r.messages.iter().all(|o| !matches!(o.message.body, DkgBody::Deal(_) | DkgBody::Share(_))),
+        "a rejoined node never deals"
+    );
+    // Its log holds the whole ceremony: it completes again from it, with the same keys.
+    assert!(r.writes.iter().any(|w| matches!(w, Write::Activate(k) if k.epoch == 1)));
+    let again = node.active().unwrap();
+    let before = net.nodes[1].as_ref().unwrap().active().unwrap();
+    assert_eq!(again.bls.public().public_key(), before.bls.public().public_key());
+}
+
+#[test]
+fn with_a_key_peers_still_in_a_ceremony_are_reminded_of_its_confirmations_once() {
+    let mut net = Net::new(4, 3);
+    net.run(Duration::from_secs(10));
+    let node = net.nodes[0].as_mut().unwrap();
+    let _ = node.ready();
+    let deal =
+        net.sent.iter().find(|(f, m)| *f == 2 && matches!(m.body, DkgBody::Deal(_))).unwrap().1.clone();
+    node.handle_message(2, deal.clone(), Duration::from_secs(11));
+    let r = node.ready().unwrap();
+    assert!(r.writes.is_empty(), "nothing is logged once keys are active");
+    let confirms: BTreeSet<(u16, SuiteId)> = r
+        .messages
+        .iter()
+        .filter_map(|o| match &o.message.body {
+            DkgBody::Confirm(c) if c.payload.header.sender == 1 && c.payload.header.attempt == 1 => {
+                Some((o.to, c.payload.header.suite))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirms, [(2, SuiteId::Bls12381G2), (2, SuiteId::Ed25519)].into());
+    assert_eq!(r.messages.len(), 2);
+    node.handle_message(2, deal, Duration::from_secs(12));
+    assert!(node.ready().is_none(), "once per attempt of the peer");
+    assert_eq!(node.poll_timeout(), None, "no timers once active");
+}
