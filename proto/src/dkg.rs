@@ -372,6 +372,22 @@ pub enum DkgBody {
     Blinding(Box<BlindingMsg>),
     /// Share recovery: helper to requester, direct.
     RecoverReply(Box<RecoverReply>),
+    /// Proof that a dealer misbehaved, in this attempt or an earlier one of the session, so
+    /// that every node disqualifies it (a retry runs without it). Broadcast; self-authenticating.
+    Evidence(Evidence),
+}
+
+/// Proof of a dealer's fault from its own signatures: one signed deal that is invalid
+/// (malformed, or with a proof of knowledge that does not verify), or two different signed deals
+/// of one attempt (equivocation). Not signed itself: the deals are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Common fields: the attempt it is sent in, the suite, and the node sending it.
+    pub header: Header,
+    /// The dealer proven at fault.
+    pub dealer: u16,
+    /// Its signed deals: one invalid deal, or two different deals of one attempt.
+    pub deals: Vec<Signed<Deal>>,
 }
 
 /// A DKG p2p message: version byte first.
@@ -400,6 +416,7 @@ impl DkgMessage {
             DkgBody::RecoverRequest(s) => &s.payload.header,
             DkgBody::Blinding(b) => &b.blinding.payload.header,
             DkgBody::RecoverReply(r) => &r.header,
+            DkgBody::Evidence(e) => &e.header,
         }
     }
 }

@@ -66,6 +66,7 @@ fn each_byzantine_behaviour_is_survived_and_named() {
             // Garbage never decodes (the node looks silent); a bad confirmation is outvoted.
             Behaviour::Garbage => assert!(named.contains("MissingDeal"), "{named:?}"),
             Behaviour::BadConfirm => {}
+            Behaviour::EquivocateOnce => unreachable!("not in Behaviour::ALL"),
         }
     }
 }
@@ -254,4 +255,33 @@ fn both_suites_complete_in_the_same_attempt() {
     let (_, [bls, ed]) = pairs.into_iter().next().unwrap();
     assert_ne!(bls, ed, "two suites, two transcripts");
     assert!(out.culprits.get(&4).is_some_and(|f| f.contains("EquivocatedDeal")), "{:?}", out.culprits);
+}
+
+/// Retry without the culprits: node 4 equivocates in attempt 1 and deals honestly after. A
+/// partition makes attempt 1 (and the attempt started during it) fail everywhere. The proof of
+/// node 4's equivocation (its two signed deals) is carried into the attempt that succeeds and
+/// shown to every node, so every honest node leaves node 4 out of QUAL there, though it dealt
+/// correctly in it, and names it.
+#[test]
+fn a_retry_runs_without_a_dealer_proven_at_fault_in_an_earlier_attempt() {
+    let out =
+        Scenario::new(7, 3).byzantine(4, Behaviour::EquivocateOnce).partition(0, 12_000, &[1, 2, 3]).run(4);
+    assert_eq!(out.violation, None);
+    assert_eq!(out.completed.len(), 6, "{:?}", out.completed);
+    assert!(out.failures.iter().any(|(_, attempt, _)| *attempt == 1), "attempt 1 failed: {:?}", out.failures);
+    for (node, c) in &out.completed {
+        assert!(c.epoch >= 2, "node {node}: a later attempt produced the key");
+        assert!(!c.qual.contains(&4), "node {node}: node 4 left out of QUAL {:?}", c.qual);
+        assert_eq!(c.qual.len(), 6, "node {node}: every other dealer qualified");
+    }
+    assert!(out.culprits.get(&4).is_some_and(|f| f.contains("EquivocatedDeal")), "{:?}", out.culprits);
+    // The honest nodes are never named for a provable fault.
+    for (node, faults) in &out.culprits {
+        if *node != 4 {
+            assert!(
+                !faults.iter().any(|f| f.contains("Equivocated") || f.contains("InvalidProof")),
+                "{node}: {faults:?}"
+            );
+        }
+    }
 }

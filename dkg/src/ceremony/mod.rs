@@ -45,7 +45,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
 
 use kms_proto::codec::decode_p2p;
-use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
+use kms_proto::dkg::{Deal, DkgBody, DkgMessage, Signed, SuiteId};
 
 use crate::dkg::recovery::{is_for_helper, Helper};
 use crate::dkg::{
@@ -236,6 +236,11 @@ pub trait Machine<S: Suite>: Send {
     fn handle_timeout(&mut self, now: Duration) -> Vec<Action<S>>;
     /// Whether it is recovering its share of a transcript a quorum signed.
     fn is_recovering(&self) -> bool;
+    /// Proofs of dealers' faults it holds (their own signed deals), carried into the next
+    /// attempt so that a retry runs without them.
+    fn evidence(&self) -> Vec<(u16, Vec<Signed<Deal>>)> {
+        Vec::new()
+    }
 }
 
 impl<S: Suite> Machine<S> for Dkg<S> {
@@ -252,6 +257,9 @@ impl<S: Suite> Machine<S> for Dkg<S> {
     }
     fn is_recovering(&self) -> bool {
         Dkg::is_recovering(self)
+    }
+    fn evidence(&self) -> Vec<(u16, Vec<Signed<Deal>>)> {
+        Dkg::evidence(self)
     }
 }
 
@@ -492,7 +500,12 @@ impl Ceremonies {
         let bls = Dkg::<Bls12381G2>::new(cfg.clone(), self.identity.clone(), now, &mut Rng(&mut *self.rng));
         let ed = Dkg::<Ed25519>::new(cfg, self.identity.clone(), now, &mut Rng(&mut *self.rng));
         // The configuration was validated when the engine was made.
-        let (Ok((bls, a1)), Ok((ed, a2))) = (bls, ed) else { return };
+        let (Ok((mut bls, mut a1)), Ok((mut ed, mut a2))) = (bls, ed) else { return };
+        // Dealers proven at fault in earlier attempts are disqualified in this one, and the
+        // proofs are shown to every node so that they all leave them out.
+        let (p1, p2) = self.evidence();
+        a1.extend(bls.add_evidence(p1));
+        a2.extend(ed.add_evidence(p2));
         if let Some(old) = self.current.take() {
             self.keep_listening(old);
         }
@@ -554,6 +567,22 @@ impl Ceremonies {
         if let Some(lowest) = live {
             self.out.cancel_below(lowest);
         }
+    }
+
+    /// Proofs of dealers' faults from every attempt this node still has, per suite.
+    #[allow(clippy::type_complexity)]
+    fn evidence(&self) -> (Vec<(u16, Vec<Signed<Deal>>)>, Vec<(u16, Vec<Signed<Deal>>)>) {
+        let mut bls = BTreeMap::new();
+        let mut ed = BTreeMap::new();
+        for a in self.current.iter().chain(self.listening.values()) {
+            for (d, p) in a.bls.machine.evidence() {
+                bls.entry(d).or_insert(p);
+            }
+            for (d, p) in a.ed.machine.evidence() {
+                ed.entry(d).or_insert(p);
+            }
+        }
+        (bls.into_iter().collect(), ed.into_iter().collect())
     }
 
     fn recovering(&self) -> bool {

@@ -8,7 +8,9 @@ use ff::Field;
 use group::Group;
 use rand_core::{CryptoRng, RngCore};
 
-use kms_proto::dkg::{Confirm, Deal, DkgBody, DkgMessage, Header, Justification, Response, ShareMsg, Signed};
+use kms_proto::dkg::{
+    Confirm, Deal, DkgBody, DkgMessage, Evidence, Header, Justification, Response, ShareMsg, Signed,
+};
 
 use super::recovery::{self, Requester, Step, Target};
 use super::{
@@ -82,6 +84,8 @@ pub struct Dkg<S: Suite> {
     justified: BTreeSet<u16>,
     /// Deals and responses already re-broadcast by this node, by (kind, author).
     relayed: BTreeSet<(u8, u16)>,
+    /// Proof of each dealer's provable fault (its own signed deals), shown to every node.
+    proofs: BTreeMap<u16, Vec<Signed<Deal>>>,
     finalized: Option<Finalized<S>>,
     confirms: BTreeMap<u16, Signed<Confirm>>,
     culprits: BTreeSet<Culprit>,
@@ -114,6 +118,7 @@ impl<S: Suite> Dkg<S> {
             revealed: BTreeMap::new(),
             justified: BTreeSet::new(),
             relayed: BTreeSet::new(),
+            proofs: BTreeMap::new(),
             finalized: None,
             confirms: BTreeMap::new(),
             culprits: BTreeSet::new(),
@@ -294,6 +299,7 @@ impl<S: Suite> Dkg<S> {
             DkgBody::Response(r) => self.on_response(r)?,
             DkgBody::Justification(j) => self.on_justification(j)?,
             DkgBody::Confirm(c) => self.on_confirm(c)?,
+            DkgBody::Evidence(e) => self.on_evidence(e)?,
             DkgBody::RecoverRequest(_) | DkgBody::Blinding(_) | DkgBody::RecoverReply(_) => {
                 return Err(Ignored::NotExpected("share recovery messages are handled above"))
             }
@@ -337,6 +343,7 @@ impl<S: Suite> Dkg<S> {
             // Two different deals, both signed by the dealer: proof of equivocation. Pass the
             // proof on so every node disqualifies the dealer.
             self.deal_faults.insert(dealer, Fault::EquivocatedDeal);
+            self.proofs.entry(dealer).or_insert_with(|| vec![first.signed.clone(), signed.clone()]);
             let mut actions = Vec::new();
             if self.relayed.insert((0, dealer)) {
                 actions.push(Action::Broadcast(DkgMessage::new(DkgBody::Deal(first.signed.clone()))));
@@ -356,16 +363,97 @@ impl<S: Suite> Dkg<S> {
         let commitments = self.decode_deal(&signed.payload);
         if commitments.is_none() {
             self.deal_faults.entry(dealer).or_insert(Fault::MalformedDeal);
+            self.proofs.entry(dealer).or_insert_with(|| vec![signed.clone()]);
         }
         let commitments = commitments.and_then(|(c, r, z)| {
             if pok::verify::<S>(&signed.payload.header, &c[0], &r, &z) {
                 Some(c)
             } else {
                 self.deal_faults.entry(dealer).or_insert(Fault::InvalidProof);
+                self.proofs.entry(dealer).or_insert_with(|| vec![signed.clone()]);
                 None
             }
         });
         self.deals.insert(dealer, ReceivedDeal { signed, digest, commitments });
+    }
+
+    // ----- evidence -----
+
+    /// The proofs this node holds of dealers' faults (to carry into the next attempt).
+    pub fn evidence(&self) -> Vec<(u16, Vec<Signed<Deal>>)> {
+        self.proofs.iter().map(|(d, p)| (*d, p.clone())).collect()
+    }
+
+    /// Takes proofs of dealers' faults brought from earlier attempts: each dealer proven at
+    /// fault is disqualified in this run, and the proof is shown to every node so that they all
+    /// disqualify it (a retry runs without the culprits of the attempt before).
+    pub fn add_evidence(&mut self, proofs: Vec<(u16, Vec<Signed<Deal>>)>) -> Vec<Action<S>> {
+        let mut actions = Vec::new();
+        for (dealer, deals) in proofs {
+            let header = self.header();
+            actions.extend(self.take_evidence(Evidence { header, dealer, deals }));
+        }
+        actions
+    }
+
+    fn on_evidence(&mut self, e: Evidence) -> Result<Vec<Action<S>>, Ignored> {
+        if self.phase > Phase::Justifying {
+            // Too late to change this run's QUAL; kept for the next attempt.
+            if self.check_proof(e.dealer, &e.deals).is_some() {
+                self.proofs.entry(e.dealer).or_insert(e.deals);
+            }
+            return Err(Ignored::Late(e.header.sender));
+        }
+        let sender = e.header.sender;
+        if self.proofs.contains_key(&e.dealer) {
+            return Err(Ignored::Duplicate(sender));
+        }
+        let actions = self.take_evidence(e);
+        if actions.is_empty() {
+            return Err(Ignored::NotExpected("evidence that proves nothing"));
+        }
+        Ok(actions)
+    }
+
+    /// Disqualifies a dealer on valid proof and passes the proof on (once).
+    fn take_evidence(&mut self, e: Evidence) -> Vec<Action<S>> {
+        let Some(fault) = self.check_proof(e.dealer, &e.deals) else { return Vec::new() };
+        if self.phase <= Phase::Justifying && e.dealer != self.cfg.me {
+            self.deal_faults.entry(e.dealer).or_insert(fault);
+        }
+        self.proofs.entry(e.dealer).or_insert_with(|| e.deals.clone());
+        if !self.relayed.insert((3, e.dealer)) {
+            return Vec::new();
+        }
+        let evidence = Evidence { header: self.header(), dealer: e.dealer, deals: e.deals };
+        vec![Action::Broadcast(DkgMessage::new(DkgBody::Evidence(evidence)))]
+    }
+
+    /// The fault that `deals` prove of `dealer`, if they do: two different deals it signed in
+    /// one attempt, or one it signed that is malformed or carries an invalid proof of knowledge.
+    /// Only deals of this session and suite, from this attempt or an earlier one, count.
+    fn check_proof(&self, dealer: u16, deals: &[Signed<Deal>]) -> Option<Fault> {
+        let ok = |d: &Signed<Deal>| {
+            let h = &d.payload.header;
+            h.sender == dealer
+                && h.session == self.cfg.session
+                && h.suite == S::ID
+                && h.attempt <= self.cfg.attempt
+                && self.check_signature(d).is_ok()
+        };
+        match deals {
+            [a, b] if ok(a) && ok(b) => {
+                let same_attempt = a.payload.header.attempt == b.payload.header.attempt;
+                (same_attempt && deal_digest(a) != deal_digest(b)).then_some(Fault::EquivocatedDeal)
+            }
+            [d] if ok(d) => match self.decode_deal(&d.payload) {
+                None => Some(Fault::MalformedDeal),
+                Some((c, r, z)) => {
+                    (!pok::verify::<S>(&d.payload.header, &c[0], &r, &z)).then_some(Fault::InvalidProof)
+                }
+            },
+            _ => None,
+        }
     }
 
     #[allow(clippy::type_complexity)]

@@ -530,3 +530,75 @@ fn a_share_that_arrives_during_recovery_completes_the_node_without_helpers() {
     assert!(!outs[0].recovered, "completed from the late share, not by recovery");
     assert!(outs[1..].iter().all(|o| !o.recovered));
 }
+
+/// Evidence from an earlier attempt: two different deals node 2 signed in attempt 1 disqualify it
+/// in attempt 2 (and are passed on once); what proves nothing is refused and changes nothing.
+#[test]
+fn evidence_of_an_earlier_attempt_disqualifies_the_dealer_and_nothing_else_does() {
+    use kms_proto::dkg::Evidence;
+    let keys = crate::harness::identity_keys(3, 13);
+    let mut rng = seeded(13);
+    let deal_of = |me: u16, attempt: u64, rng: &mut rand_chacha::ChaCha20Rng| {
+        let (_, actions) = Dkg::<Ed25519>::new(
+            config(&keys, 2, me, attempt, BTreeSet::new()),
+            keys[usize::from(me - 1)].clone(),
+            Default::default(),
+            rng,
+        )
+        .expect("config");
+        actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Broadcast(DkgMessage { body: DkgBody::Deal(d), .. }) => Some(d),
+                _ => None,
+            })
+            .expect("deal")
+    };
+    let (first, second) = (deal_of(2, 1, &mut rng), deal_of(2, 1, &mut rng));
+    let other_attempt = deal_of(2, 2, &mut rng);
+    let by_three = deal_of(3, 1, &mut rng);
+    let (mut a, _) = Dkg::<Ed25519>::new(
+        config(&keys, 2, 1, 2, BTreeSet::new()),
+        keys[0].clone(),
+        Default::default(),
+        &mut rng,
+    )
+    .expect("config");
+    let header = kms_proto::dkg::Header { session: [7u8; 32], attempt: 2, suite: Ed25519::ID, sender: 3 };
+    let evidence = |dealer, deals| DkgMessage::new(DkgBody::Evidence(Evidence { header, dealer, deals }));
+    let nothing = [
+        ("one valid deal", evidence(2, vec![first.clone()])),
+        ("two deals of different attempts", evidence(2, vec![first.clone(), other_attempt])),
+        ("the same deal twice", evidence(2, vec![first.clone(), first.clone()])),
+        ("another dealer's deal", evidence(2, vec![first.clone(), by_three])),
+        ("no deal", evidence(2, vec![])),
+    ];
+    for (what, m) in nothing {
+        assert!(a.handle_message(3, m, Default::default()).is_err(), "{what} proves nothing");
+        assert!(a.evidence().is_empty(), "{what}");
+    }
+    let actions =
+        a.handle_message(3, evidence(2, vec![first.clone(), second.clone()]), Default::default()).unwrap();
+    let relayed = actions
+        .iter()
+        .filter(|x| matches!(x, Action::Broadcast(DkgMessage { body: DkgBody::Evidence(e), .. }) if e.dealer == 2 && e.header.sender == 1))
+        .count();
+    assert_eq!(relayed, 1, "passed on, in its own name");
+    assert_eq!(a.evidence().len(), 1);
+    let again = a.handle_message(3, evidence(2, vec![second, first]), Default::default());
+    assert!(again.is_err(), "once is enough");
+    // Node 2 is disqualified in attempt 2, whatever it deals there: named for equivocation.
+    let mut failure = None;
+    for s in 1..=10 {
+        for x in a.handle_timeout(std::time::Duration::from_secs(60 * s)) {
+            if let Action::Failed(f) = x {
+                failure = Some(f);
+            }
+        }
+    }
+    let failure = failure.expect("alone, the run fails");
+    assert!(
+        failure.culprits.contains(&kms_dkg::dkg::Culprit { node: 2, fault: Fault::EquivocatedDeal }),
+        "{failure:?}"
+    );
+}

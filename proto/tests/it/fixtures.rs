@@ -191,6 +191,22 @@ pub fn dkg_messages() -> Vec<(&'static str, DkgMessage)> {
         ),
         ("dkg_recover_request", DkgMessage::new(DkgBody::RecoverRequest(recover_request(&sig)))),
         (
+            "dkg_evidence",
+            DkgMessage::new(DkgBody::Evidence(kms_proto::dkg::Evidence {
+                header: header(SuiteId::Ed25519, 4),
+                dealer: 2,
+                deals: vec![Signed {
+                    payload: Deal {
+                        header: header(SuiteId::Ed25519, 2),
+                        commitments: vec![vec![0xc0; 32], vec![0xc1; 32]],
+                        pok_r: vec![0xa1; 32],
+                        pok_z: vec![0xa2; 32],
+                    },
+                    signature: sig.clone(),
+                }],
+            })),
+        ),
+        (
             "dkg_blinding",
             DkgMessage::new(DkgBody::Blinding(Box::new(BlindingMsg {
                 request: recover_request(&sig),

@@ -825,6 +825,7 @@ fn body_name(b: &DkgBody) -> &'static str {
         DkgBody::RecoverRequest(_) => "RecoverRequest",
         DkgBody::Blinding(_) => "Blinding",
         DkgBody::RecoverReply(_) => "RecoverReply",
+        DkgBody::Evidence(_) => "Evidence",
     }
 }
 

@@ -33,6 +33,9 @@ pub enum Behaviour {
     Garbage,
     /// Confirms a random transcript; as a share-recovery helper, sends a wrong blinded share.
     BadConfirm,
+    /// Equivocates in attempt 1 only and deals honestly after (not in [`Behaviour::ALL`]): shows
+    /// that a retry runs without a dealer proven at fault in an earlier attempt.
+    EquivocateOnce,
 }
 
 impl Behaviour {
@@ -52,6 +55,11 @@ impl Sim {
     /// Byzantine rewriting of one outgoing message.
     pub(super) fn tamper(&mut self, from: u16, to: u16, m: DkgMessage) -> Vec<Vec<u8>> {
         let Some(b) = self.sc.byzantine.get(&from).copied() else { return vec![encode_p2p(&m)] };
+        let b = match b {
+            Behaviour::EquivocateOnce if m.header().attempt == 1 => Behaviour::Equivocate,
+            Behaviour::EquivocateOnce => return vec![encode_p2p(&m)],
+            b => b,
+        };
         let Some(node) = self.nodes.get(&from) else { return Vec::new() };
         let key = node.key.clone();
         let suite = m.header().suite;
