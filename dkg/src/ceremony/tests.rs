@@ -443,3 +443,28 @@ fn with_a_key_peers_still_in_a_ceremony_are_reminded_of_its_confirmations_once()
     assert!(node.ready().is_none(), "once per attempt of the peer");
     assert_eq!(node.poll_timeout(), None, "no timers once active");
 }
+
+#[test]
+fn a_node_restarted_with_keys_reminds_peers_from_its_written_records() {
+    let mut net = Net::new(4, 3);
+    net.run(Duration::from_secs(10));
+    let before = net.nodes[0].as_ref().unwrap().active().unwrap().clone();
+    let keys_copy = ActiveKeys {
+        epoch: before.epoch,
+        bls: crate::KeyShare::from_bytes(&before.bls.to_bytes()).unwrap(),
+        ed25519: crate::KeyShare::from_bytes(&before.ed25519.to_bytes()).unwrap(),
+    };
+    // Restored as kms-node restores it: the keys and the records of the attempt that made them.
+    let records =
+        net.stores[0].records.iter().filter(|((a, _), _)| *a == 1).map(|((_, s), r)| (*s, r.clone()));
+    let restored = Restored { active: Some(keys_copy), records: records.collect(), ..Restored::default() };
+    let mut node = engine(1, 3, &keys(4), restored);
+    assert_eq!(node.status(), Status::Active { epoch: 1 });
+    assert!(node.ready().is_none(), "a restart with keys writes and sends nothing by itself");
+    let deal =
+        net.sent.iter().find(|(f, m)| *f == 3 && matches!(m.body, DkgBody::Deal(_))).unwrap().1.clone();
+    node.handle_message(3, deal, Duration::ZERO);
+    let sent = node.ready().unwrap().messages;
+    let confirms = sent.iter().filter(|o| o.to == 3 && matches!(o.message.body, DkgBody::Confirm(_))).count();
+    assert_eq!(confirms, 2, "both suites' confirmations, read back from the records");
+}
