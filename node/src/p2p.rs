@@ -298,6 +298,13 @@ impl SwarmTask {
         }
     }
 
+    /// Queues a pending request for another try, with backoff from 100 ms doubling up to 5 s.
+    fn retry_later(&mut self, mut p: Pending) {
+        p.attempt += 1;
+        let backoff = Duration::from_millis((100u64 << p.attempt.min(6)).min(5_000));
+        self.retry.push((Instant::now() + backoff, p));
+    }
+
     fn send(&mut self, p: Pending) {
         let Some((peer, _)) = self.cfg.roster.get(&p.to) else { return };
         let id = self.swarm.behaviour_mut().rpc.send_request(peer, p.request.clone());
@@ -376,10 +383,9 @@ impl SwarmTask {
             Event::Message { message: Message::Response { request_id, response }, .. } => {
                 if response.body == ResponseBody::Unavailable {
                     // The peer could not take it durably: keep it pending and try again.
-                    if let Some(mut p) = self.pending.remove(&request_id) {
-                        p.attempt += 1;
-                        let backoff = Duration::from_millis((100u64 << p.attempt.min(6)).min(5_000));
-                        self.retry.push((Instant::now() + backoff, p));
+                    if let Some(p) = self.pending.remove(&request_id) {
+                        debug!(to = p.to, attempt = p.attempt + 1, "peer unavailable; retrying");
+                        self.retry_later(p);
                         return;
                     }
                 }
@@ -392,11 +398,9 @@ impl SwarmTask {
                 if let Some(reply) = self.calls.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
                 }
-                if let Some(mut p) = self.pending.remove(&request_id) {
-                    p.attempt += 1;
-                    let backoff = Duration::from_millis((100u64 << p.attempt.min(6)).min(5_000));
-                    debug!(to = p.to, attempt = p.attempt, %error, "retrying");
-                    self.retry.push((Instant::now() + backoff, p));
+                if let Some(p) = self.pending.remove(&request_id) {
+                    debug!(to = p.to, attempt = p.attempt + 1, %error, "retrying");
+                    self.retry_later(p);
                 }
             }
             _ => {}

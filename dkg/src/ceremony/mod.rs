@@ -403,11 +403,6 @@ impl Ceremonies {
         self.active.as_ref().map(|a| &a.keys)
     }
 
-    /// Messages waiting for a write to be reported (see [`Ceremonies::advance`]).
-    pub fn held(&self) -> usize {
-        self.out.held()
-    }
-
     /// The number of connected roster peers changed.
     pub fn handle_peers(&mut self, connected: usize, now: Duration) {
         self.connected = connected;

@@ -157,9 +157,4 @@ impl Outbox {
         self.held = later;
         self.messages.extend(now.into_iter().map(|(_, o)| o));
     }
-
-    /// Messages waiting for a write (for tests and metrics).
-    pub(super) fn held(&self) -> usize {
-        self.held.len()
-    }
 }

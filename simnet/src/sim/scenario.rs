@@ -28,7 +28,7 @@ mod byzantine;
 pub use byzantine::Behaviour;
 
 /// A kind of record the engine asks its node to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WriteKind {
     /// The attempt number.
     Attempt,
@@ -319,7 +319,7 @@ struct Store {
     log: BTreeMap<u64, Vec<(u16, Vec<u8>)>>,
     active: Option<std::sync::Arc<ActiveKeys>>,
     /// Writes of each kind so far (for crashes at persist points).
-    counts: BTreeMap<&'static str, u32>,
+    counts: BTreeMap<WriteKind, u32>,
 }
 
 impl Store {
@@ -596,7 +596,7 @@ impl Sim {
             let Some(n) = self.nodes.get_mut(&node) else { return };
             for w in ready.writes {
                 let kind = kind_of(&w);
-                let count = n.store.counts.entry(kind_name(kind)).or_default();
+                let count = n.store.counts.entry(kind).or_default();
                 *count += 1;
                 let nth = *count;
                 let crash = self
@@ -826,15 +826,6 @@ fn body_name(b: &DkgBody) -> &'static str {
         DkgBody::Blinding(_) => "Blinding",
         DkgBody::RecoverReply(_) => "RecoverReply",
         DkgBody::Evidence(_) => "Evidence",
-    }
-}
-
-fn kind_name(k: WriteKind) -> &'static str {
-    match k {
-        WriteKind::Attempt => "attempt",
-        WriteKind::Record => "record",
-        WriteKind::Message => "message",
-        WriteKind::Activate => "activate",
     }
 }
 
