@@ -182,8 +182,9 @@ fn a_node_cut_off_during_the_dkg_does_not_stop_the_others() {
 #[test]
 #[ignore = "needs the static binary (scripts/build-static.sh; or KMS_STATIC_BIN)"]
 fn image_packing_is_deterministic() {
+    // A relative KMS_STATIC_BIN is relative to the workspace root (cargo runs tests in the crate's directory).
     let bin = std::env::var_os("KMS_STATIC_BIN")
-        .map(PathBuf::from)
+        .map(|path| root().join(path))
         .unwrap_or_else(|| root().join("target/x86_64-unknown-linux-gnu/release/kms-simnet"));
     assert!(bin.exists(), "{} missing: build it with scripts/build-static.sh", bin.display());
     let dir = tempfile::tempdir().unwrap();
