@@ -74,6 +74,7 @@ pub fn run_dkg_in_memory<S: Suite>(
             excluded: Default::default(),
             max_faulty: None,
             timeouts: Timeouts::default(),
+            resharing: None,
         };
         let (dkg, actions) =
             Dkg::<S>::new(cfg, key.clone(), Duration::ZERO, rng).map_err(|e| e.to_string())?;

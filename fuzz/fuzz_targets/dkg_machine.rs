@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
         excluded: Default::default(),
         max_faulty: None,
         timeouts: Timeouts::default(),
+        resharing: None,
     };
     let mut rng = kms_dkg::testing::seeded_rng(2);
     let Ok((mut dkg, _)) = Dkg::<Ed25519>::new(cfg, keys[0].clone(), Duration::ZERO, &mut rng) else { return };

@@ -208,6 +208,7 @@ pub async fn run(
             },
             retry_delay: Duration::from_secs(1),
             min_peers: cfg.dkg.min_peers.map(usize::from).unwrap_or(n - 1),
+            kind: kms_dkg::ceremony::Kind::Generate,
         },
         identity: identity.signing.clone(),
     };

@@ -25,7 +25,8 @@ pub enum DkgStatus {
 }
 
 impl DkgStatus {
-    /// The `kms_dkg_state` gauge: 0 waiting, 1 running, 2 active, 3 recovering, 4 stopped.
+    /// The `kms_dkg_state` gauge: 0 waiting, 1 running, 2 active, 3 recovering, 4 stopped,
+    /// 5 retired (a reshare handed the keys to a committee without this node).
     pub fn gauge(&self) -> i64 {
         match self {
             DkgStatus::Ceremony(Status::Waiting { .. }) => 0,
@@ -33,6 +34,7 @@ impl DkgStatus {
             DkgStatus::Ceremony(Status::Active { .. }) => 2,
             DkgStatus::Ceremony(Status::Recovering { .. }) => 3,
             DkgStatus::Stopped { .. } => 4,
+            DkgStatus::Ceremony(Status::Retired { .. }) => 5,
         }
     }
 }

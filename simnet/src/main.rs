@@ -81,6 +81,10 @@ enum Cmd {
         /// Run an honest n-node DKG (t = 2n/3 + 1) and report CPU time.
         #[arg(long)]
         scale: Option<u16>,
+        /// Reshares instead of key generations: random reshares per seed; with `--scale n`, an
+        /// honest reshare of an n-node key (t = 2n/3 + 1) to n new shares.
+        #[arg(long)]
+        reshare: bool,
     },
     /// Write keys and configs for a containerised cluster (used by docker-compose.yml).
     Setup {
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Cmd::Sim { seeds, from, seed, scale } => sim(seeds, from, seed, scale),
+        Cmd::Sim { seeds, from, seed, scale, reshare } => sim(seeds, from, seed, scale, reshare),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -345,15 +349,22 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>) -> anyhow::Result<()> {
+fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>, reshare: bool) -> anyhow::Result<()> {
+    use kms_simnet::sim::{random_reshare_scenario, random_scenario, Scenario, Seat};
+    let scenario = if reshare { random_reshare_scenario } else { random_scenario };
     if let Some(n) = scale {
         let t = n * 2 / 3 + 1;
         let started = Instant::now();
         let cpu = cpu_seconds();
-        let out = kms_simnet::sim::Scenario::new(n, t).run(1);
+        let out = if reshare {
+            Scenario::reshare(n, t, (1..=n).map(Seat::Stays).collect(), t).run(1)
+        } else {
+            Scenario::new(n, t).run(1)
+        };
         println!(
             "{}",
             serde_json::json!({
+                "ceremony": if reshare { "reshare" } else { "dkg" },
                 "n": n, "t": t, "completed": out.completed.len(), "violation": format!("{:?}", out.violation),
                 "messages": out.delivered, "virtual_ms": out.virtual_ms,
                 "wall_seconds": started.elapsed().as_secs_f64(), "cpu_seconds": cpu_seconds() - cpu,
@@ -365,7 +376,7 @@ fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>) -> anyhow::R
         return Ok(());
     }
     if let Some(seed) = one {
-        let out = kms_simnet::sim::random_scenario(seed).run(seed);
+        let out = scenario(seed).run(seed);
         println!("{out:#?}");
         return match out.violation {
             None => Ok(()),
@@ -375,17 +386,19 @@ fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>) -> anyhow::R
     let started = Instant::now();
     let (mut failed_attempts, mut recovered, mut persist_crashes) = (0, 0, 0);
     for seed in from..from + seeds {
-        let out = kms_simnet::sim::random_scenario(seed).run(seed);
+        let out = scenario(seed).run(seed);
         failed_attempts += out.failures.len();
         recovered += out.recovery_rounds.len();
         persist_crashes += out.persist_crashes;
         if let Some(v) = out.violation {
-            bail!("seed {seed} violates the property: {v:?}\nreplay: kms-simnet sim --seed {seed}");
+            let flag = if reshare { " --reshare" } else { "" };
+            bail!("seed {seed} violates the property: {v:?}\nreplay: kms-simnet sim{flag} --seed {seed}");
         }
     }
     println!(
-        "{seeds} seeds ({from}..{}): property holds; {failed_attempts} failed attempts were retried; \
+        "{}{seeds} seeds ({from}..{}): property holds; {failed_attempts} failed attempts were retried; \
          {recovered} nodes recovered their share; {persist_crashes} crashes at persist points; {:.1?}",
+        if reshare { "reshares, " } else { "" },
         from + seeds,
         started.elapsed()
     );

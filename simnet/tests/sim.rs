@@ -285,3 +285,151 @@ fn a_retry_runs_without_a_dealer_proven_at_fault_in_an_earlier_attempt() {
         }
     }
 }
+
+// ----- resharing -----
+
+mod reshare {
+    //! The reshare property, through the same engine: with fewer than t corrupt old members
+    //! (and t honest ones dealing), at most f' corrupt new members and the key generation's
+    //! network faults, crashes at every persist point and late complaints, every honest new
+    //! member activates the new epoch with one transcript and the old keys (t' new shares
+    //! interpolate to the secret of the unchanged public key), leaving members hand over, and no
+    //! honest node is named for a fault that needs a signature.
+
+    use kms_simnet::sim::{random_reshare_scenario, Behaviour, Scenario, Seat, FROM_EPOCH};
+
+    const SEEDS: u64 = 500;
+
+    #[test]
+    fn property_holds_over_500_random_reshares() {
+        let (mut retried, mut recovered, mut persist_crashes, mut leaving) = (0, 0, 0, 0);
+        for seed in 0..SEEDS {
+            let sc = random_reshare_scenario(seed);
+            let out = sc.run(seed);
+            assert!(
+                out.violation.is_none(),
+                "seed {seed} violates the reshare property: {:?}\nscenario: {:?}\nreplay: cargo run -p kms-simnet -- sim --reshare --seed {seed}",
+                out.violation,
+                out.scenario
+            );
+            assert!(out.completed.values().all(|c| c.epoch > FROM_EPOCH));
+            retried += out.failures.len();
+            recovered += out.recovery_rounds.len();
+            persist_crashes += out.persist_crashes;
+            leaving += sc.reshare.as_ref().map_or(0, |r| r.seats.iter().filter(|s| matches!(s, Seat::Leaves(_))).count());
+        }
+        eprintln!(
+            "{SEEDS} reshares: property holds, {retried} failed attempts retried, {recovered} shares recovered, \
+             {persist_crashes} crashes at persist points, {leaving} members left"
+        );
+        assert!(recovered > 0, "late complaints in reshares are healed by share recovery");
+        assert!(persist_crashes > 50, "crashes at persist points: {persist_crashes}");
+        assert!(leaving > 100, "members leave: {leaving}");
+    }
+
+    fn five_to_seven() -> Vec<Seat> {
+        let mut seats: Vec<Seat> = (1..=5).map(Seat::Stays).collect();
+        seats.extend([Seat::Joins, Seat::Joins]);
+        seats
+    }
+
+    #[test]
+    fn each_byzantine_behaviour_of_an_old_dealer_is_survived_and_named() {
+        for b in Behaviour::ALL {
+            let out = Scenario::reshare(5, 3, five_to_seven(), 4).byzantine(2, b).drop(0.02).run(21);
+            assert!(out.violation.is_none(), "{b:?}: {:?}", out.violation);
+            assert_eq!(out.completed.len(), 6, "{b:?}: every honest new member holds a share");
+            let named = out.culprits.get(&2).cloned().unwrap_or_default();
+            match b {
+                Behaviour::Silent | Behaviour::Garbage => assert!(named.contains("MissingDeal"), "{named:?}"),
+                Behaviour::BadShare => {
+                    assert!(named.iter().any(|f| f.starts_with("UnansweredComplaint")), "{named:?}")
+                }
+                // A proof of knowledge where a reshare deal has none: malformed.
+                Behaviour::BadProof => assert!(named.contains("MalformedDeal"), "{named:?}"),
+                // Right constant term, different shares to different members.
+                Behaviour::Equivocate => assert!(named.contains("EquivocatedDeal"), "{named:?}"),
+                Behaviour::FalseComplaint => {
+                    assert!(named.iter().any(|f| f.starts_with("FalseComplaint")), "{named:?}")
+                }
+                Behaviour::BadConfirm => {}
+                Behaviour::EquivocateOnce => unreachable!("not in Behaviour::ALL"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_member_that_lies_is_outvoted_and_named() {
+        // New member 6 complains falsely about an honest dealer and confirms a random transcript.
+        for b in [Behaviour::FalseComplaint, Behaviour::BadConfirm, Behaviour::Silent] {
+            let out = Scenario::reshare(5, 3, five_to_seven(), 4).byzantine(6, b).run(22);
+            assert!(out.violation.is_none(), "{b:?}: {:?}", out.violation);
+            assert_eq!(out.completed.len(), 6);
+        }
+    }
+
+    #[test]
+    fn members_that_would_finalise_on_different_dealer_sets_agree_on_one() {
+        // Members 1..3 (old dealers too) are cut off from the others through the deal round:
+        // each side sees a different set of deals in time, and left to itself would finalise
+        // on it. Complaints, justifications and the quorum transcript leave every member with
+        // one dealer set.
+        let out = Scenario::reshare(5, 3, five_to_seven(), 4).partition(0, 2_500, &[1, 2, 3]).run(23);
+        assert!(out.violation.is_none(), "{:?}", out.violation);
+        assert_eq!(out.completed.len(), 7);
+        let quals: std::collections::BTreeSet<_> = out.completed.values().map(|c| c.qual.clone()).collect();
+        assert_eq!(quals.len(), 1, "one dealer set: {quals:?}");
+    }
+
+    #[test]
+    fn a_member_that_aborts_mid_round_rejoins_or_is_done_without() {
+        // Member 2 crashes after its deal and restarts after the others finished; member 6 (new)
+        // crashes and never comes back.
+        let out = Scenario::reshare(5, 3, five_to_seven(), 4).crash(2, 30, Some(30_000)).crash(6, 40, None).run(24);
+        assert!(out.violation.is_none(), "{:?}", out.violation);
+        assert!(out.completed.contains_key(&2), "the restarted member adopts the transcript");
+        assert_eq!(out.completed.len(), 6);
+    }
+
+    #[test]
+    fn repeated_aborts_end_in_a_bounded_number_of_attempts() {
+        // A majority of the new committee is cut off for 30 s: attempts fail (no quorum) until
+        // the partition heals, then one completes; the retries are bounded by the time cut off.
+        let out = Scenario::reshare(5, 3, five_to_seven(), 4).partition(0, 30_000, &[1, 2, 3, 4]).run(25);
+        assert!(out.violation.is_none(), "{:?}", out.violation);
+        assert_eq!(out.completed.len(), 7);
+        let epochs: std::collections::BTreeSet<u64> = out.completed.values().map(|c| c.epoch).collect();
+        assert_eq!(epochs.len(), 1);
+        let epoch = *epochs.first().unwrap();
+        assert!(epoch > FROM_EPOCH + 1, "attempts failed while cut off: epoch {epoch}");
+        assert!(epoch <= FROM_EPOCH + 10, "no livelock: epoch {epoch}");
+    }
+
+    #[test]
+    fn leaving_members_hand_over_and_removed_ones_never_deal() {
+        // 7 -> 4: old 1, 2, 3 leave, old 7 is gone (lost its store); t 4 -> 3.
+        let seats = vec![
+            Seat::Stays(4),
+            Seat::Stays(5),
+            Seat::Stays(6),
+            Seat::Joins,
+            Seat::Leaves(1),
+            Seat::Leaves(2),
+            Seat::Leaves(3),
+        ];
+        let out = Scenario::reshare(7, 4, seats, 3).drop(0.05).run(26);
+        assert!(out.violation.is_none(), "{:?}", out.violation);
+        assert_eq!(out.completed.len(), 4);
+        assert!(out.retired.iter().copied().eq([5, 6, 7]), "{:?}", out.retired);
+    }
+
+    #[test]
+    fn a_reshare_seed_replays_exactly() {
+        for seed in [4, 18] {
+            let a = random_reshare_scenario(seed).run(seed);
+            let b = random_reshare_scenario(seed).run(seed);
+            assert_eq!(a.completed, b.completed);
+            assert_eq!((a.virtual_ms, a.delivered), (b.virtual_ms, b.delivered));
+        }
+    }
+}

@@ -29,9 +29,13 @@
 //! (Ed25519) side by side; keys activate only when both suites completed in the same attempt.
 //!
 //! **Kinds.** The per-suite protocol of an attempt sits behind [`Machine`]; the engine only
-//! routes messages, timers and actions. The distributed key generation ([`crate::dkg::Dkg`]) is
-//! the one kind today; a reshare (an old committee dealing to a new one) is a second
-//! implementation of the same trait, driven by the same attempts, persistence and pairing.
+//! routes messages, timers and actions. It runs one of two ceremonies ([`Kind`]): a distributed
+//! key generation, or a reshare of existing keys from an old committee to a new one (the same
+//! machine, [`crate::dkg::Dkg`], with a [`Resharing`] layout), with the same attempts,
+//! persistence, pairing, adoption and share recovery. A reshare's attempts are numbered from
+//! the old epoch plus one, and the epoch of the new keys is the attempt that completed, as in a
+//! key generation; a reshare's session differs from the key generation's, so the numbers never
+//! meet. An old member that is not in the new committee ends [`Status::Retired`].
 
 mod outbox;
 #[cfg(test)]
@@ -50,9 +54,9 @@ use kms_proto::dkg::{Deal, DkgBody, DkgMessage, Signed, SuiteId};
 use crate::dkg::recovery::{is_for_helper, Helper};
 use crate::dkg::{
     confirmation_in_record, Action, ConfigError, Culprit, Dkg, DkgConfig, DkgFailure, DkgOutput, DkgRecord,
-    Ignored, Timeouts,
+    HandOver, Ignored, Resharing, Timeouts,
 };
-use crate::share::KeyShare;
+use crate::share::{KeyShare, PublicKeySet};
 use crate::suite::{Bls12381G2, Ed25519, Suite};
 
 use outbox::Outbox;
@@ -77,18 +81,44 @@ impl std::fmt::Debug for ActiveKeys {
     }
 }
 
+/// Which ceremony an engine runs.
+#[derive(Clone, Default)]
+pub enum Kind {
+    /// A distributed key generation; attempts from 1.
+    #[default]
+    Generate,
+    /// A reshare of existing keys; attempts from `prior.layout.from_epoch + 1`.
+    Reshare(Arc<Prior>),
+}
+
+/// What a reshare starts from: the old keys' public sets, who deals and who receives, and this
+/// node's old shares if it deals.
+pub struct Prior {
+    /// Dealers, receivers, the old epoch and threshold.
+    pub layout: Resharing,
+    /// The old master key's public key set (dealers' verification keys).
+    pub bls: PublicKeySet<Bls12381G2>,
+    /// The old cluster key's public key set.
+    pub ed25519: PublicKeySet<Ed25519>,
+    /// This node's old shares: exactly when it is a dealer.
+    pub keys: Option<Arc<ActiveKeys>>,
+}
+
 /// Static parameters of a node's ceremonies.
 #[derive(Clone)]
 pub struct Config {
-    /// Cluster id, bound into every signature.
+    /// The ceremony's session: the cluster id for a key generation, the reshare's own id for a
+    /// reshare; bound into every signature.
     pub session: [u8; 32],
-    /// This node's index (1..=n).
+    /// This node's index (1..=n): for a reshare, its participant index (its index in the new
+    /// committee, or past it for an old member that leaves).
     pub me: u16,
-    /// Shares needed to use a key (`t`).
+    /// Shares needed to use a key (`t`; for a reshare, the new threshold).
     pub threshold: u16,
     /// Byzantine nodes tolerated by the agreement (`f`); `None` means `⌊(n-1)/3⌋`.
     pub max_faulty: Option<u16>,
-    /// Identity keys of all nodes, node `i` at `i - 1`.
+    /// Identity keys of all nodes, node `i` at `i - 1` (for a reshare, of the participants:
+    /// the new committee in order, then the old members that leave).
     pub roster: Vec<VerifyingKey>,
     /// Round timeouts of each attempt.
     pub timeouts: Timeouts,
@@ -96,6 +126,8 @@ pub struct Config {
     pub retry_delay: Duration,
     /// Connected roster peers needed before this node starts an attempt on its own.
     pub min_peers: usize,
+    /// The ceremony.
+    pub kind: Kind,
 }
 
 impl Config {
@@ -110,11 +142,54 @@ impl Config {
             excluded: BTreeSet::new(),
             max_faulty: self.max_faulty,
             timeouts: self.timeouts,
+            resharing: self.prior().map(|p| p.layout.clone()),
         }
+    }
+
+    fn prior(&self) -> Option<&Prior> {
+        match &self.kind {
+            Kind::Generate => None,
+            Kind::Reshare(p) => Some(p),
+        }
+    }
+
+    /// The attempt numbers below the first one.
+    fn base(&self) -> u64 {
+        self.prior().map_or(0, |p| p.layout.from_epoch)
     }
 
     fn n(&self) -> u16 {
         u16::try_from(self.roster.len()).unwrap_or(u16::MAX)
+    }
+
+    /// The committee that holds the keys at the end: the first `committee` roster entries.
+    fn committee_roster(&self) -> Vec<VerifyingKey> {
+        let committee = self.prior().map_or(self.roster.len(), |p| usize::from(p.layout.receivers));
+        self.roster.iter().take(committee).copied().collect()
+    }
+
+    /// Checks a reshare's prior against the layout: old shares exactly at a dealer, at its old
+    /// index, of the old keys.
+    fn check_prior(&self) -> Result<(), ConfigError> {
+        let Some(p) = self.prior() else { return Ok(()) };
+        let old_index = p.layout.dealers.get(&self.me).copied();
+        let ok = match (old_index, &p.keys) {
+            (None, None) => true,
+            (Some(x), Some(keys)) => {
+                keys.epoch == p.layout.from_epoch
+                    && keys.bls.index() == x
+                    && keys.ed25519.index() == x
+                    && keys.bls.public() == &p.bls
+                    && keys.ed25519.public() == &p.ed25519
+            }
+            _ => false,
+        };
+        let thresholds = p.bls.threshold() == p.layout.old_threshold && p.ed25519.threshold() == p.layout.old_threshold;
+        if ok && thresholds {
+            Ok(())
+        } else {
+            Err(ConfigError::BadPrior)
+        }
     }
 }
 
@@ -130,6 +205,8 @@ pub struct Restored {
     pub records: BTreeMap<SuiteId, DkgRecord>,
     /// The messages it logged ([`Write::Message`]) in `attempt`, in order.
     pub log: Vec<(u16, Vec<u8>)>,
+    /// The epoch it retired at ([`Write::Retire`]), if a reshare handed its keys over.
+    pub retired: Option<u64>,
 }
 
 /// Something that happened, for logs and metrics. Changes nothing by itself.
@@ -171,6 +248,11 @@ pub enum Event {
         recovered: bool,
         /// The transcript hash the quorum signed.
         transcript: [u8; 32],
+    },
+    /// A reshare completed and this node is not in the new committee ([`Write::Retire`]).
+    Retired {
+        /// The new committee's key epoch.
+        epoch: u64,
     },
     /// Both suites completed: the keys of `epoch` are being written ([`Write::Activate`]).
     Activated {
@@ -218,6 +300,11 @@ pub enum Status {
     /// Keys are active.
     Active {
         /// The key epoch.
+        epoch: u64,
+    },
+    /// A reshare handed the keys to a new committee this node is not in.
+    Retired {
+        /// The new committee's key epoch.
         epoch: u64,
     },
 }
@@ -268,11 +355,16 @@ struct Slot<S: Suite> {
     machine: Box<dyn Machine<S>>,
     deadline: Option<Duration>,
     output: Option<Box<DkgOutput<S>>>,
+    handed: Option<Box<HandOver<S>>>,
 }
 
 impl<S: Suite> Slot<S> {
     fn new(machine: impl Machine<S> + 'static) -> Self {
-        Slot { machine: Box::new(machine), deadline: None, output: None }
+        Slot { machine: Box::new(machine), deadline: None, output: None, handed: None }
+    }
+
+    fn done(&self) -> bool {
+        self.output.is_some() || self.handed.is_some()
     }
 }
 
@@ -330,6 +422,8 @@ pub struct Ceremonies {
     retry_at: Option<Duration>,
     connected: usize,
     active: Option<Active>,
+    /// The epoch a reshare handed the keys over at, if this node left the committee.
+    retired: Option<u64>,
     out: Outbox,
 }
 
@@ -356,19 +450,25 @@ impl Ceremonies {
         restored: Restored,
         now: Duration,
     ) -> Result<Self, ConfigError> {
-        cfg.dkg(1).validate(&identity)?;
+        cfg.dkg(cfg.base() + 1).validate(&identity)?;
+        cfg.check_prior()?;
+        let last_attempt = restored.attempt.max(cfg.base());
         let mut me = Ceremonies {
             cfg,
             identity,
             rng,
-            last_attempt: restored.attempt,
+            last_attempt,
             current: None,
             listening: BTreeMap::new(),
             retry_at: None,
             connected: 0,
             active: None,
+            retired: restored.retired,
             out: Outbox::default(),
         };
+        if me.retired.is_some() {
+            return Ok(me);
+        }
         if let Some(keys) = restored.active {
             let confirms = restored
                 .records
@@ -377,7 +477,7 @@ impl Ceremonies {
                 .map(|c| DkgMessage::new(DkgBody::Confirm(c)))
                 .collect();
             me.activate(Arc::new(keys), confirms);
-        } else if restored.attempt > 0 {
+        } else if restored.attempt > me.cfg.base() {
             me.rejoin(restored, now);
         }
         Ok(me)
@@ -387,6 +487,9 @@ impl Ceremonies {
     pub fn status(&self) -> Status {
         if let Some(a) = &self.active {
             return Status::Active { epoch: a.keys.epoch };
+        }
+        if let Some(epoch) = self.retired {
+            return Status::Retired { epoch };
         }
         let recovering = self.current.iter().chain(self.listening.values()).find(|a| a.recovering());
         if let Some(a) = recovering {
@@ -411,6 +514,9 @@ impl Ceremonies {
 
     /// A DKG message from roster peer `from` (authenticated by the transport).
     pub fn handle_message(&mut self, from: u16, message: DkgMessage, now: Duration) {
+        if self.retired.is_some() {
+            return;
+        }
         if self.active.is_some() {
             // With a key, only share recovery is served, and a peer still in a ceremony is
             // reminded of this node's signatures of the one that produced the key.
@@ -479,8 +585,11 @@ impl Ceremonies {
     // ----- attempts -----
 
     fn maybe_start(&mut self, now: Duration) {
-        let busy =
-            self.active.is_some() || self.current.is_some() || self.retry_at.is_some() || self.recovering();
+        let busy = self.active.is_some()
+            || self.retired.is_some()
+            || self.current.is_some()
+            || self.retry_at.is_some()
+            || self.recovering();
         if !busy && self.connected >= self.cfg.min_peers {
             self.start(self.last_attempt + 1, None, now);
         }
@@ -492,8 +601,27 @@ impl Ceremonies {
         self.last_attempt = attempt;
         self.retry_at = None;
         let cfg = self.cfg.dkg(attempt);
-        let bls = Dkg::<Bls12381G2>::new(cfg.clone(), self.identity.clone(), now, &mut Rng(&mut *self.rng));
-        let ed = Dkg::<Ed25519>::new(cfg, self.identity.clone(), now, &mut Rng(&mut *self.rng));
+        let identity = || self.identity.clone();
+        let (bls, ed) = match self.cfg.prior() {
+            None => (
+                Dkg::<Bls12381G2>::new(cfg.clone(), identity(), now, &mut Rng(&mut *self.rng)),
+                Dkg::<Ed25519>::new(cfg, identity(), now, &mut Rng(&mut *self.rng)),
+            ),
+            Some(p) => {
+                let own = p.keys.as_deref();
+                (
+                    Dkg::reshare(
+                        cfg.clone(),
+                        identity(),
+                        p.bls.clone(),
+                        own.map(|k| &k.bls),
+                        now,
+                        &mut Rng(&mut *self.rng),
+                    ),
+                    Dkg::reshare(cfg, identity(), p.ed25519.clone(), own.map(|k| &k.ed25519), now, &mut Rng(&mut *self.rng)),
+                )
+            }
+        };
         // The configuration was validated when the engine was made.
         let (Ok((mut bls, mut a1)), Ok((mut ed, mut a2))) = (bls, ed) else { return };
         // Dealers proven at fault in earlier attempts are disqualified in this one, and the
@@ -518,9 +646,21 @@ impl Ceremonies {
         let number = restored.attempt;
         let cfg = self.cfg.dkg(number);
         let record = |s| restored.records.get(&s);
-        let bls =
-            Dkg::<Bls12381G2>::rejoin(cfg.clone(), self.identity.clone(), now, record(SuiteId::Bls12381G2));
-        let ed = Dkg::<Ed25519>::rejoin(cfg, self.identity.clone(), now, record(SuiteId::Ed25519));
+        let prior = self.cfg.prior();
+        let bls = Dkg::<Bls12381G2>::rejoin(
+            cfg.clone(),
+            self.identity.clone(),
+            prior.map(|p| p.bls.clone()),
+            now,
+            record(SuiteId::Bls12381G2),
+        );
+        let ed = Dkg::<Ed25519>::rejoin(
+            cfg,
+            self.identity.clone(),
+            prior.map(|p| p.ed25519.clone()),
+            now,
+            record(SuiteId::Ed25519),
+        );
         let (Ok(bls), Ok(ed)) = (bls, ed) else { return };
         let (a1, a2) = (bls.resend(), ed.resend());
         self.keep_listening(Attempt { number, started: now, bls: Slot::new(bls), ed: Slot::new(ed) });
@@ -643,6 +783,21 @@ impl Ceremonies {
                     }
                 }
                 Action::Persist(record) => self.out.write(Write::Record { attempt, suite: S::ID, record }),
+                Action::HandedOver(handed) => {
+                    self.out.event(Event::SuiteCompleted {
+                        attempt,
+                        suite: S::ID,
+                        qual: handed.qual.clone(),
+                        culprits: handed.culprits.clone(),
+                        recovered: false,
+                        transcript: handed.transcript,
+                    });
+                    if let Some(a) = self.attempt_mut(attempt) {
+                        let slot = S::slot(a);
+                        slot.deadline = None;
+                        slot.handed = Some(handed);
+                    }
+                }
                 Action::Completed(output) => {
                     self.out.event(Event::SuiteCompleted {
                         attempt,
@@ -676,7 +831,7 @@ impl Ceremonies {
 
     /// Activates the keys of `attempt` once both suites completed in it.
     fn finish_if_done(&mut self, attempt: u64, now: Duration) {
-        let done = self.attempt_mut(attempt).is_some_and(|a| a.bls.output.is_some() && a.ed.output.is_some());
+        let done = self.attempt_mut(attempt).is_some_and(|a| a.bls.done() && a.ed.done());
         if !done {
             return;
         }
@@ -688,6 +843,18 @@ impl Ceremonies {
             }
         };
         let Some(Attempt { started, bls, ed, .. }) = a else { return };
+        if bls.handed.is_some() && ed.handed.is_some() {
+            // A reshare this node took part in as an old member that leaves: the new committee
+            // holds the keys.
+            self.out.write(Write::Retire { epoch: attempt });
+            self.out.cancel_below(attempt);
+            self.out.event(Event::Retired { epoch: attempt });
+            self.retired = Some(attempt);
+            self.current = None;
+            self.listening.clear();
+            self.retry_at = None;
+            return;
+        }
         let (Some(bls), Some(ed)) = (bls.output, ed.output) else { return };
         let me = self.cfg.me;
         let confirms = [bls.certificate.get(&me), ed.certificate.get(&me)]
@@ -704,7 +871,7 @@ impl Ceremonies {
     }
 
     fn activate(&mut self, keys: Arc<ActiveKeys>, confirms: Vec<DkgMessage>) {
-        let helper = || (self.cfg.session, self.identity.clone(), self.cfg.roster.clone());
+        let helper = || (self.cfg.session, self.identity.clone(), self.cfg.committee_roster());
         let ((s1, i1, r1), (s2, i2, r2)) = (helper(), helper());
         self.active = Some(Active {
             keys,

@@ -35,6 +35,12 @@ pub enum Write {
     },
     /// The keys of a completed ceremony: store them (sealed) and make them the active ones.
     Activate(Arc<ActiveKeys>),
+    /// A reshare completed without this node in the new committee: the new committee of
+    /// `epoch` holds the keys. Erase this node's old shares and stop serving them.
+    Retire {
+        /// The new committee's key epoch.
+        epoch: u64,
+    },
 }
 
 impl std::fmt::Debug for Write {
@@ -46,6 +52,7 @@ impl std::fmt::Debug for Write {
                 write!(f, "Message({attempt}, from {from}, {} bytes)", bytes.len())
             }
             Write::Activate(keys) => write!(f, "Activate(epoch {})", keys.epoch),
+            Write::Retire { epoch } => write!(f, "Retire(epoch {epoch})"),
         }
     }
 }

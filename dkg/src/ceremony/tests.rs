@@ -29,6 +29,7 @@ fn config(me: u16, t: u16, keys: &[SigningKey]) -> Config {
         timeouts: Timeouts { deal: 100 * MS, respond: 100 * MS, justify: 100 * MS, confirm: 200 * MS },
         retry_delay: 1_000 * MS,
         min_peers: 0,
+        kind: Kind::Generate,
     }
 }
 
@@ -73,6 +74,7 @@ impl Store {
                     self.log.entry(attempt).or_default().push((from, bytes))
                 }
                 Write::Activate(keys) => self.active = Some(keys.epoch),
+                Write::Retire { .. } => {}
             }
         }
         true
@@ -90,6 +92,7 @@ impl Store {
             active: None,
             records,
             log: self.log.get(&self.attempt).cloned().unwrap_or_default(),
+            retired: None,
         }
     }
 }

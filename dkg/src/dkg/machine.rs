@@ -15,9 +15,9 @@ use kms_proto::dkg::{
 use super::recovery::{self, Requester, Step, Target};
 use super::{
     pok, sign, verify_signed, Action, ConfigError, Culprit, DkgConfig, DkgFailure, DkgOutput, FailureReason,
-    Fault, Ignored,
+    Fault, HandOver, Ignored,
 };
-use crate::poly::{verify_share, Polynomial};
+use crate::poly::{lagrange_at_zero, verify_share, Polynomial};
 use crate::share::{KeyShare, PublicKeySet};
 use crate::suite::{sha256, Suite};
 
@@ -25,6 +25,8 @@ use crate::suite::{sha256, Suite};
 const DEAL_DIGEST_DOMAIN: &[u8] = b"kms/v1/dkg/deal-digest";
 /// Domain of the transcript hash.
 const TRANSCRIPT_DOMAIN: &[u8] = b"kms/v1/dkg/transcript";
+/// Domain of a reshare's transcript hash.
+const RESHARE_TRANSCRIPT_DOMAIN: &[u8] = b"kms/v1/reshare/transcript";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -50,7 +52,9 @@ struct ReceivedDeal<S: Suite> {
 
 /// What finalization produced, kept until the quorum confirms it.
 struct Finalized<S: Suite> {
-    share: KeyShare<S>,
+    /// `None` at a reshare's leaving member, which receives no share.
+    share: Option<KeyShare<S>>,
+    public: PublicKeySet<S>,
     qual: BTreeSet<u16>,
     transcript: [u8; 32],
 }
@@ -66,6 +70,8 @@ struct Adoption {
 pub struct Dkg<S: Suite> {
     cfg: DkgConfig,
     identity: SigningKey,
+    /// A reshare's old public key set (the dealers' verification keys and the key to keep).
+    prior: Option<PublicKeySet<S>>,
     phase: Phase,
     deadline: Duration,
     /// This node's polynomial while it may still have to reveal shares; dropped at finalization.
@@ -101,11 +107,78 @@ impl<S: Suite> Dkg<S> {
         now: Duration,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(Self, Vec<Action<S>>), ConfigError> {
+        if cfg.resharing.is_some() {
+            return Err(ConfigError::BadPrior);
+        }
+        let mut dkg = Dkg::build(cfg, identity, None, now)?;
+        let mut actions = Vec::new();
+        if !dkg.cfg.excluded.contains(&dkg.cfg.me) {
+            let poly = Polynomial::<S>::random(dkg.cfg.threshold, rng);
+            actions.extend(dkg.deal(poly, rng));
+        }
+        actions.push(Action::Timer(dkg.deadline));
+        actions.extend(dkg.advance(now));
+        Ok((dkg, actions))
+    }
+
+    /// Starts a reshare of the key whose public key set is `prior` (`cfg.resharing` says who
+    /// deals and who receives): a dealer deals a polynomial of degree `t' - 1` whose constant
+    /// term is its own old share `own`, which it must hold exactly when it is a dealer.
+    pub fn reshare(
+        cfg: DkgConfig,
+        identity: SigningKey,
+        prior: PublicKeySet<S>,
+        own: Option<&KeyShare<S>>,
+        now: Duration,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<(Self, Vec<Action<S>>), ConfigError> {
+        let mut dkg = Dkg::build(cfg, identity, Some(prior), now)?;
+        let me = dkg.cfg.me;
+        let old_index = dkg.old_index(me);
+        let fits = match (old_index, own) {
+            (Some(x), Some(share)) => {
+                share.index() == x
+                    && dkg.prior.as_ref().and_then(|p| p.verification_key(x))
+                        == share.public().verification_key(x)
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !fits {
+            return Err(ConfigError::BadPrior);
+        }
+        let mut actions = Vec::new();
+        if let (Some(share), false) = (own, dkg.cfg.excluded.contains(&me)) {
+            let poly = Polynomial::<S>::with_secret(*share.secret(), dkg.cfg.threshold, rng);
+            actions.extend(dkg.deal(poly, rng));
+        }
+        actions.push(Action::Timer(dkg.deadline));
+        actions.extend(dkg.advance(now));
+        Ok((dkg, actions))
+    }
+
+    /// A machine in its first round that has dealt nothing yet.
+    fn build(
+        cfg: DkgConfig,
+        identity: SigningKey,
+        prior: Option<PublicKeySet<S>>,
+        now: Duration,
+    ) -> Result<Self, ConfigError> {
         cfg.validate(&identity)?;
+        if let (Some(r), Some(p)) = (&cfg.resharing, &prior) {
+            let keys_known = r.dealers.values().all(|x| p.verification_key(*x).is_some());
+            if p.threshold() != r.old_threshold || !keys_known {
+                return Err(ConfigError::BadPrior);
+            }
+        }
+        if cfg.resharing.is_some() != prior.is_some() {
+            return Err(ConfigError::BadPrior);
+        }
         let deadline = now + cfg.timeouts.deal;
-        let mut dkg = Dkg {
+        Ok(Dkg {
             cfg,
             identity,
+            prior,
             phase: Phase::Dealing,
             deadline,
             poly: None,
@@ -123,14 +196,7 @@ impl<S: Suite> Dkg<S> {
             confirms: BTreeMap::new(),
             culprits: BTreeSet::new(),
             recovery: None,
-        };
-        let mut actions = Vec::new();
-        if !dkg.cfg.excluded.contains(&dkg.cfg.me) {
-            actions.extend(dkg.deal(rng));
-        }
-        actions.push(Action::Timer(deadline));
-        actions.extend(dkg.advance(now));
-        Ok((dkg, actions))
+        })
     }
 
     /// This node's index.
@@ -167,23 +233,25 @@ impl<S: Suite> Dkg<S> {
     /// restores the node's own deal and share, without which it cannot take part in a
     /// transcript that qualified it. Feed it the messages it had received (which the driver
     /// logged) and those its peers' transports deliver again.
+    ///
+    /// For a reshare, `prior` is the old key's public key set (as for [`Dkg::reshare`]).
     pub fn rejoin(
         cfg: DkgConfig,
         identity: SigningKey,
+        prior: Option<PublicKeySet<S>>,
         now: Duration,
         record: Option<&super::DkgRecord>,
     ) -> Result<Self, ConfigError> {
-        let mut rng = NoRng;
-        let mut excluded = cfg.excluded.clone();
-        excluded.insert(cfg.me);
-        let (mut dkg, _) = Dkg::new(DkgConfig { excluded, ..cfg.clone() }, identity, now, &mut rng)?;
-        dkg.cfg = cfg;
+        let mut dkg = Dkg::build(cfg, identity, prior, now)?;
         dkg.phase = Phase::Listening;
         if let Some((share, deal, confirm)) = record.and_then(decode_record) {
             let ok = deal.payload.header.sender == dkg.cfg.me && dkg.check_signature(&deal).is_ok();
-            if let (true, Some(s)) = (ok, S::decode_scalar(&share)) {
+            if ok {
                 dkg.accept_deal(deal);
-                dkg.shares.insert(dkg.cfg.me, Some(s));
+                // A leaving reshare dealer recorded its deal without a share of its own.
+                if let Some(s) = S::decode_scalar(&share) {
+                    dkg.shares.insert(dkg.cfg.me, Some(s));
+                }
             }
             // What this node signed before the restart: it counts towards that transcript's
             // quorum, and the node never signs another transcript in this attempt.
@@ -214,13 +282,14 @@ impl<S: Suite> Dkg<S> {
     /// confirmation once it signed one.
     fn record(&self, confirm: Option<&Signed<Confirm>>) -> Option<Action<S>> {
         let me = self.cfg.me;
-        let share = self.shares.get(&me).copied().flatten()?;
         let deal = &self.deals.get(&me)?.signed;
+        // A reshare's leaving dealer has no share of its own: it records its deal alone.
+        let share = self.shares.get(&me).copied().flatten().map(|s| S::encode_scalar(&s)).unwrap_or_default();
         // Pre-sized so the encoder never reallocates and leaves a copy of the share behind.
         let t = usize::from(self.cfg.threshold);
         let capacity = 512 + S::SCALAR_LEN + (t + 1) * (8 + S::POINT_LEN) + 2 * usize::from(self.cfg.n());
         let mut record = zeroize::Zeroizing::new(Vec::with_capacity(capacity));
-        kms_proto::codec::encode_p2p_into(&(S::encode_scalar(&share), deal, confirm), &mut record);
+        kms_proto::codec::encode_p2p_into(&(share, deal, confirm), &mut record);
         Some(Action::Persist(super::DkgRecord(record)))
     }
 
@@ -228,31 +297,52 @@ impl<S: Suite> Dkg<S> {
         Header { session: self.cfg.session, attempt: self.cfg.attempt, suite: S::ID, sender: self.cfg.me }
     }
 
-    fn dealers(&self) -> impl Iterator<Item = u16> + '_ {
-        (1..=self.cfg.n()).filter(|d| !self.cfg.excluded.contains(d))
+    /// The dealers of this run (exclusions left out).
+    fn dealers(&self) -> Vec<u16> {
+        (1..=self.cfg.n()).filter(|&d| self.cfg.deals(d) && !self.cfg.excluded.contains(&d)).collect()
     }
 
-    fn deal(&mut self, rng: &mut (impl RngCore + CryptoRng)) -> Vec<Action<S>> {
-        let poly = Polynomial::<S>::random(self.cfg.threshold, rng);
+    /// A reshare dealer's index in the old committee.
+    fn old_index(&self, participant: u16) -> Option<u16> {
+        self.cfg.resharing.as_ref().and_then(|r| r.dealers.get(&participant).copied())
+    }
+
+    /// The weights of the qualified dealers' contributions: 1 each in a key generation (the key
+    /// is the sum of the dealt secrets); in a reshare the Lagrange coefficients at zero over
+    /// their old indices (the key is the old one, interpolated from the dealt old shares).
+    fn weights(&self, qual: &[u16]) -> Option<Vec<S::Scalar>> {
+        if self.cfg.resharing.is_none() {
+            return Some(vec![S::Scalar::ONE; qual.len()]);
+        }
+        let xs = qual.iter().map(|&d| self.old_index(d)).collect::<Option<Vec<u16>>>()?;
+        lagrange_at_zero::<S::Scalar>(&xs)
+    }
+
+    fn deal(&mut self, poly: Polynomial<S>, rng: &mut (impl RngCore + CryptoRng)) -> Vec<Action<S>> {
         let commitments = poly.commitments();
         let header = self.header();
-        let (r, z) = pok::prove::<S>(&header, poly.secret(), &commitments[0], rng);
-        let deal = Deal {
-            header,
-            commitments: commitments.iter().map(S::encode_point).collect(),
-            pok_r: S::encode_point(&r),
-            pok_z: S::encode_scalar(&z),
+        // A key generation proves knowledge of the dealt secret; a reshare dealer's constant
+        // term is its old verification key, checked by everyone instead.
+        let (pok_r, pok_z) = if self.cfg.resharing.is_none() {
+            let (r, z) = pok::prove::<S>(&header, poly.secret(), &commitments[0], rng);
+            (S::encode_point(&r), S::encode_scalar(&z))
+        } else {
+            (Vec::new(), Vec::new())
         };
+        let deal =
+            Deal { header, commitments: commitments.iter().map(S::encode_point).collect(), pok_r, pok_z };
         let signed = sign(&self.identity, deal);
         let mut actions = vec![Action::Broadcast(DkgMessage::new(DkgBody::Deal(signed.clone())))];
-        for j in 1..=self.cfg.n() {
+        for j in 1..=self.cfg.committee() {
             if j == self.cfg.me {
                 continue;
             }
             let msg = ShareMsg { header, recipient: j, share: S::encode_scalar(&poly.evaluate(j)) };
             actions.push(Action::Send { to: j, message: DkgMessage::new(DkgBody::Share(msg)) });
         }
-        self.shares.insert(self.cfg.me, Some(poly.evaluate(self.cfg.me)));
+        if self.cfg.receives(self.cfg.me) {
+            self.shares.insert(self.cfg.me, Some(poly.evaluate(self.cfg.me)));
+        }
         self.poly = Some(poly);
         // Our own deal is valid by construction; record it like any other.
         self.accept_deal(signed);
@@ -332,6 +422,9 @@ impl<S: Suite> Dkg<S> {
 
     fn on_deal(&mut self, signed: Signed<Deal>) -> Result<Vec<Action<S>>, Ignored> {
         let dealer = self.check_signature(&signed)?;
+        if !self.cfg.deals(dealer) {
+            return Err(Ignored::NotExpected("a deal from a node that does not deal"));
+        }
         if self.cfg.excluded.contains(&dealer) {
             return Ok(Vec::new());
         }
@@ -360,20 +453,14 @@ impl<S: Suite> Dkg<S> {
     fn accept_deal(&mut self, signed: Signed<Deal>) {
         let dealer = signed.payload.header.sender;
         let digest = deal_digest(&signed);
-        let commitments = self.decode_deal(&signed.payload);
-        if commitments.is_none() {
-            self.deal_faults.entry(dealer).or_insert(Fault::MalformedDeal);
-            self.proofs.entry(dealer).or_insert_with(|| vec![signed.clone()]);
-        }
-        let commitments = commitments.and_then(|(c, r, z)| {
-            if pok::verify::<S>(&signed.payload.header, &c[0], &r, &z) {
-                Some(c)
-            } else {
-                self.deal_faults.entry(dealer).or_insert(Fault::InvalidProof);
+        let commitments = match self.decode_deal(&signed.payload) {
+            Ok(c) => Some(c),
+            Err(fault) => {
+                self.deal_faults.entry(dealer).or_insert(fault);
                 self.proofs.entry(dealer).or_insert_with(|| vec![signed.clone()]);
                 None
             }
-        });
+        };
         self.deals.insert(dealer, ReceivedDeal { signed, digest, commitments });
     }
 
@@ -446,25 +533,43 @@ impl<S: Suite> Dkg<S> {
                 let same_attempt = a.payload.header.attempt == b.payload.header.attempt;
                 (same_attempt && deal_digest(a) != deal_digest(b)).then_some(Fault::EquivocatedDeal)
             }
-            [d] if ok(d) => match self.decode_deal(&d.payload) {
-                None => Some(Fault::MalformedDeal),
-                Some((c, r, z)) => {
-                    (!pok::verify::<S>(&d.payload.header, &c[0], &r, &z)).then_some(Fault::InvalidProof)
-                }
-            },
+            [d] if ok(d) => self.decode_deal(&d.payload).err(),
             _ => None,
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn decode_deal(&self, deal: &Deal) -> Option<(Vec<S::Point>, S::Point, S::Scalar)> {
+    /// The commitments of a well-formed deal whose constant term is what it must be (proven
+    /// known in a key generation; the dealer's old verification key in a reshare), or the
+    /// dealer's fault.
+    fn decode_deal(&self, deal: &Deal) -> Result<Vec<S::Point>, Fault> {
         if deal.commitments.len() != usize::from(self.cfg.threshold) {
-            return None;
+            return Err(Fault::MalformedDeal);
         }
-        let commitments = deal.commitments.iter().map(|c| S::decode_point(c)).collect::<Option<Vec<_>>>()?;
-        let r = S::decode_point(&deal.pok_r)?;
-        let z = S::decode_scalar(&deal.pok_z)?;
-        Some((commitments, r, z))
+        let commitments = deal
+            .commitments
+            .iter()
+            .map(|c| S::decode_point(c))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(Fault::MalformedDeal)?;
+        match (&self.prior, self.old_index(deal.header.sender)) {
+            (None, _) => {
+                let r = S::decode_point(&deal.pok_r).ok_or(Fault::MalformedDeal)?;
+                let z = S::decode_scalar(&deal.pok_z).ok_or(Fault::MalformedDeal)?;
+                if !pok::verify::<S>(&deal.header, &commitments[0], &r, &z) {
+                    return Err(Fault::InvalidProof);
+                }
+            }
+            (Some(prior), Some(x)) => {
+                if !deal.pok_r.is_empty() || !deal.pok_z.is_empty() {
+                    return Err(Fault::MalformedDeal);
+                }
+                if prior.verification_key(x) != Some(&commitments[0]) {
+                    return Err(Fault::WrongConstantTerm);
+                }
+            }
+            (Some(_), None) => return Err(Fault::MalformedDeal),
+        }
+        Ok(commitments)
     }
 
     fn on_share(&mut self, from: u16, msg: ShareMsg) -> Result<Vec<Action<S>>, Ignored> {
@@ -482,15 +587,23 @@ impl<S: Suite> Dkg<S> {
     }
 
     fn all_deals_in(&self) -> bool {
-        self.dealers().all(|d| self.deals.contains_key(&d) && self.shares.contains_key(&d))
+        let receives = self.cfg.receives(self.cfg.me);
+        self.dealers().into_iter().all(|d| self.deals.contains_key(&d) && (!receives || self.shares.contains_key(&d)))
     }
 
     // ----- round 2 -----
 
     fn enter_responding(&mut self, now: Duration) -> Vec<Action<S>> {
         let me = self.cfg.me;
+        self.phase = Phase::Responding;
+        self.deadline = now + self.cfg.timeouts.respond;
+        if !self.cfg.receives(me) {
+            // A reshare's leaving member receives nothing, so it has nothing to report.
+            return vec![Action::Timer(self.deadline)];
+        }
         let complaints: Vec<u16> = self
             .dealers()
+            .into_iter()
             .filter(|&d| d != me && !self.deal_faults.contains_key(&d))
             .filter(|&d| {
                 let commitments = self.deals.get(&d).and_then(|r| r.commitments.as_ref());
@@ -504,8 +617,6 @@ impl<S: Suite> Dkg<S> {
         let deal_digests = self.deals.iter().map(|(d, r)| (*d, r.digest)).collect();
         let response = sign(&self.identity, Response { header: self.header(), complaints, deal_digests });
         self.record_response(response.clone());
-        self.phase = Phase::Responding;
-        self.deadline = now + self.cfg.timeouts.respond;
         vec![Action::Broadcast(DkgMessage::new(DkgBody::Response(response))), Action::Timer(self.deadline)]
     }
 
@@ -514,6 +625,9 @@ impl<S: Suite> Dkg<S> {
         if sender == self.cfg.me {
             // Our own response relayed back.
             return Err(Ignored::Duplicate(sender));
+        }
+        if !self.cfg.receives(sender) {
+            return Err(Ignored::NotExpected("a response from a node outside the committee"));
         }
         if self.phase > Phase::Justifying {
             return Err(Ignored::Late(sender));
@@ -535,7 +649,7 @@ impl<S: Suite> Dkg<S> {
     fn record_response(&mut self, signed: Signed<Response>) {
         let sender = signed.payload.header.sender;
         for &d in &signed.payload.complaints {
-            if d >= 1 && d <= self.cfg.n() && d != sender {
+            if self.cfg.deals(d) && d != sender {
                 self.complaints.entry(d).or_default().insert(sender);
             }
         }
@@ -633,7 +747,7 @@ impl<S: Suite> Dkg<S> {
     }
 
     fn can_finalize_early(&self) -> bool {
-        let everyone = usize::from(self.cfg.n());
+        let everyone = usize::from(self.cfg.committee());
         self.responses.len() == everyone
             && self.complaints.is_empty()
             && self.equivocated_responses.is_empty()
@@ -644,11 +758,10 @@ impl<S: Suite> Dkg<S> {
 
     fn finalize(&mut self, now: Duration) -> Vec<Action<S>> {
         let me = self.cfg.me;
-        let mut qual = BTreeSet::new();
-        let mut secret = S::Scalar::ZERO;
-        let mut commitments: Vec<S::Point> = vec![S::Point::identity(); usize::from(self.cfg.threshold)];
-        let dealers: Vec<u16> = self.dealers().collect();
-        for d in dealers {
+        let receives = self.cfg.receives(me);
+        // Each qualified dealer's commitments and its share to this node (when it receives).
+        let mut qualified: Vec<(u16, Vec<S::Point>, Option<S::Scalar>)> = Vec::new();
+        for d in self.dealers() {
             if let Some(fault) = self.deal_faults.get(&d) {
                 self.culprits.insert(Culprit { node: d, fault: fault.clone() });
                 continue;
@@ -680,6 +793,10 @@ impl<S: Suite> Dkg<S> {
             if !answered {
                 continue;
             }
+            if !receives {
+                qualified.push((d, c, None));
+                continue;
+            }
             let mine = if accusers.contains(&me) {
                 revealed.and_then(|r| r.get(&me)).copied().flatten()
             } else {
@@ -691,11 +808,7 @@ impl<S: Suite> Dkg<S> {
                 self.culprits.insert(Culprit { node: d, fault: Fault::UnansweredComplaint { accuser: me } });
                 continue;
             };
-            secret += s;
-            for (acc, ck) in commitments.iter_mut().zip(&c) {
-                *acc += ck;
-            }
-            qual.insert(d);
+            qualified.push((d, c, Some(s)));
         }
         for (j, r) in &self.responses {
             for (d, digest) in &r.payload.deal_digests {
@@ -712,32 +825,41 @@ impl<S: Suite> Dkg<S> {
         // The polynomial is no longer needed: nothing more will be revealed.
         self.poly = None;
 
-        if qual.len() < usize::from(self.cfg.threshold) {
-            S::zeroize_scalar(&mut secret);
-            return self.fail(FailureReason::NotEnoughQualified {
-                qualified: qual.len(),
-                threshold: self.cfg.threshold,
-            });
+        let qual: BTreeSet<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
+        let needed = self.cfg.dealers_needed();
+        if qual.len() < usize::from(needed) {
+            return self.fail(FailureReason::NotEnoughQualified { qualified: qual.len(), threshold: needed });
         }
-        let Some(public) = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.n()) else {
-            return self
-                .fail(FailureReason::NotEnoughQualified { qualified: 0, threshold: self.cfg.threshold });
+        let Some((public, mut secret)) = self.combine(&qualified) else {
+            return self.fail(FailureReason::NotEnoughQualified { qualified: 0, threshold: needed });
         };
-        let transcript = transcript_hash::<S>(&self.cfg, &qual, &public);
-        let share = match KeyShare::new(self.cfg.attempt, me, secret, public) {
-            Ok(share) => share,
-            Err(_) => {
-                return self
-                    .fail(FailureReason::NotEnoughQualified { qualified: 0, threshold: self.cfg.threshold })
+        if self.prior.as_ref().is_some_and(|p| p.public_key() != public.public_key()) {
+            S::zeroize_scalar(&mut secret);
+            return self.fail(FailureReason::KeyChanged);
+        }
+        let transcript = self.transcript(&qual, &public);
+        let share = if receives {
+            match KeyShare::new(self.cfg.attempt, me, secret, public.clone()) {
+                Ok(share) => Some(share),
+                Err(_) => {
+                    S::zeroize_scalar(&mut secret);
+                    return self.fail(FailureReason::NotEnoughQualified { qualified: 0, threshold: needed });
+                }
             }
+        } else {
+            None
         };
         S::zeroize_scalar(&mut secret);
-        self.finalized = Some(Finalized { share, qual, transcript });
-        let qual_list = self.finalized.as_ref().map(|f| f.qual.iter().copied().collect()).unwrap_or_default();
-        let confirm = sign(&self.identity, Confirm { header: self.header(), transcript, qual: qual_list });
-        self.confirms.insert(me, confirm.clone());
+        let qual_list: Vec<u16> = qual.iter().copied().collect();
+        self.finalized = Some(Finalized { share, public, qual, transcript });
         self.phase = Phase::Confirming;
         self.deadline = now + self.cfg.timeouts.confirm;
+        if !receives {
+            // A leaving member does not sign: it waits for the new committee's quorum.
+            return vec![Action::Timer(self.deadline)];
+        }
+        let confirm = sign(&self.identity, Confirm { header: self.header(), transcript, qual: qual_list });
+        self.confirms.insert(me, confirm.clone());
         // Persisted before it is sent: after a restart the node still counts its signature and
         // never signs another transcript in this attempt.
         let mut actions: Vec<Action<S>> = self.record(Some(&confirm)).into_iter().collect();
@@ -746,10 +868,46 @@ impl<S: Suite> Dkg<S> {
         actions
     }
 
+    /// The public key set and this node's share (zero when it has none) from the qualified
+    /// dealers' commitments and shares, weighted as [`Dkg::weights`] says.
+    #[allow(clippy::type_complexity)]
+    fn combine(&self, qualified: &[(u16, Vec<S::Point>, Option<S::Scalar>)]) -> Option<(PublicKeySet<S>, S::Scalar)> {
+        let dealers: Vec<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
+        let weights = self.weights(&dealers)?;
+        let mut secret = S::Scalar::ZERO;
+        let mut commitments: Vec<S::Point> = vec![S::Point::identity(); usize::from(self.cfg.threshold)];
+        let plain = self.cfg.resharing.is_none();
+        for ((_, c, s), w) in qualified.iter().zip(&weights) {
+            if let Some(s) = s {
+                secret += *s * w;
+            }
+            for (acc, ck) in commitments.iter_mut().zip(c) {
+                // A key generation sums (weights are 1: skip the multiplications).
+                *acc += if plain { *ck } else { *ck * w };
+            }
+        }
+        let public = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.committee())?;
+        Some((public, secret))
+    }
+
+    fn transcript(&self, qual: &BTreeSet<u16>, public: &PublicKeySet<S>) -> [u8; 32] {
+        match &self.cfg.resharing {
+            None => transcript_hash::<S>(&self.cfg, qual, public),
+            Some(r) => {
+                let digests: Vec<(u16, [u8; 32])> =
+                    qual.iter().map(|d| (*d, self.deals.get(d).map_or([0; 32], |x| x.digest))).collect();
+                reshare_transcript_hash::<S>(&self.cfg, r, &digests, public)
+            }
+        }
+    }
+
     fn on_confirm(&mut self, signed: Signed<Confirm>) -> Result<Vec<Action<S>>, Ignored> {
         let sender = self.check_signature(&signed)?;
         if sender == self.cfg.me {
             return Err(Ignored::Duplicate(sender));
+        }
+        if !self.cfg.receives(sender) {
+            return Err(Ignored::NotExpected("a confirmation from a node outside the committee"));
         }
         if self.confirms.contains_key(&sender) {
             return Err(Ignored::Duplicate(sender));
@@ -784,22 +942,15 @@ impl<S: Suite> Dkg<S> {
                 return Vec::new();
             };
             self.phase = Phase::Done;
-            let output = DkgOutput {
-                share: fin.share,
-                qual: fin.qual,
-                transcript: fin.transcript,
-                certificate: matching,
-                culprits: self.culprits.iter().cloned().collect(),
-                recovered: false,
-            };
-            return vec![Action::Completed(Box::new(output))];
+            let culprits = self.culprits.iter().cloned().collect();
+            return vec![self.output(fin.share, fin.public, fin.qual, fin.transcript, matching, culprits, false)];
         }
-        let still_possible = usize::from(self.cfg.n()) - differing.len() >= usize::from(quorum);
+        let still_possible = usize::from(self.cfg.committee()) - differing.len() >= usize::from(quorum);
         if now >= self.deadline || !still_possible {
             for &j in &differing {
                 self.culprits.insert(Culprit { node: j, fault: Fault::TranscriptMismatch });
             }
-            for j in 1..=self.cfg.n() {
+            for j in 1..=self.cfg.committee() {
                 if !self.confirms.contains_key(&j) {
                     self.culprits.insert(Culprit { node: j, fault: Fault::NoConfirmation });
                 }
@@ -840,47 +991,51 @@ impl<S: Suite> Dkg<S> {
             return Vec::new();
         };
         let me = self.cfg.me;
-        let mut secret = S::Scalar::ZERO;
+        let receives = self.cfg.receives(me);
         let mut missing = false;
-        let mut commitments: Vec<S::Point> = vec![S::Point::identity(); usize::from(self.cfg.threshold)];
+        let mut qualified = Vec::with_capacity(qual.len());
         for &d in &qual {
             let Some(c) = self.deals.get(&d).and_then(|r| r.commitments.as_ref()) else {
-                S::zeroize_scalar(&mut secret);
                 return Vec::new();
             };
             let revealed = self.revealed.get(&d).and_then(|r| r.get(&me)).copied().flatten();
             let direct = self.shares.get(&d).copied().flatten();
-            match [revealed, direct].into_iter().flatten().find(|s| verify_share::<S>(c, me, s)) {
-                Some(s) => secret += s,
-                None => missing = true,
-            }
-            for (acc, ck) in commitments.iter_mut().zip(c) {
-                *acc += ck;
-            }
+            let mine = [revealed, direct].into_iter().flatten().find(|s| verify_share::<S>(c, me, s));
+            missing |= receives && mine.is_none();
+            qualified.push((d, c.clone(), mine.filter(|_| receives)));
         }
         let qual_set: BTreeSet<u16> = qual.iter().copied().collect();
-        let public = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.n());
-        let Some(public) = public.filter(|p| {
-            qual_set.len() == qual.len() && transcript_hash::<S>(&self.cfg, &qual_set, p) == transcript
-        }) else {
-            S::zeroize_scalar(&mut secret);
-            return Vec::new();
-        };
-        let adoption = Adoption { transcript, qual, certificate };
-        if missing && self.phase == Phase::Recovering {
+        let combined = self.combine(&qualified);
+        for (_, _, s) in qualified.iter_mut() {
+            if let Some(s) = s.as_mut() {
+                S::zeroize_scalar(s);
+            }
+        }
+        let Some((public, mut secret)) = combined else { return Vec::new() };
+        let fits = qual_set.len() == qual.len()
+            && qual_set.len() >= usize::from(self.cfg.dealers_needed())
+            && self.prior.as_ref().is_none_or(|p| p.public_key() == public.public_key())
+            && self.transcript(&qual_set, &public) == transcript;
+        if !fits || (missing && self.phase == Phase::Recovering) {
             S::zeroize_scalar(&mut secret);
             return Vec::new();
         }
+        let adoption = Adoption { transcript, qual, certificate };
         if missing {
             // The transcript is the quorum's, but a share to this node is missing (its complaint
             // came too late to be heard): recover the share from t nodes that hold theirs.
             S::zeroize_scalar(&mut secret);
             return self.start_recovery(adoption, public, now);
         }
-        let share = KeyShare::new(self.cfg.attempt, me, secret, public);
-        S::zeroize_scalar(&mut secret);
-        let Ok(share) = share else { return Vec::new() };
-        self.complete_adopted(adoption, share, false)
+        let share = if receives {
+            let share = KeyShare::new(self.cfg.attempt, me, secret, public.clone());
+            S::zeroize_scalar(&mut secret);
+            let Ok(share) = share else { return Vec::new() };
+            Some(share)
+        } else {
+            None
+        };
+        self.complete_adopted(adoption, share, public, false)
     }
 
     /// Completes with a share of a quorum transcript: adds this node's signature to it, unless
@@ -889,13 +1044,14 @@ impl<S: Suite> Dkg<S> {
     fn complete_adopted(
         &mut self,
         adoption: Adoption,
-        share: KeyShare<S>,
+        share: Option<KeyShare<S>>,
+        public: PublicKeySet<S>,
         recovered: bool,
     ) -> Vec<Action<S>> {
         let Adoption { transcript, qual, mut certificate } = adoption;
         let me = self.cfg.me;
         let mut actions = Vec::new();
-        if !self.confirms.contains_key(&me) {
+        if self.cfg.receives(me) && !self.confirms.contains_key(&me) {
             let confirm =
                 sign(&self.identity, Confirm { header: self.header(), transcript, qual: qual.clone() });
             self.confirms.insert(me, confirm.clone());
@@ -915,16 +1071,35 @@ impl<S: Suite> Dkg<S> {
             // A late share made the recovery unnecessary; what it proved still counts.
             self.culprits.extend(requester.culprits().cloned());
         }
-        let output = DkgOutput {
-            share,
-            qual: qual.into_iter().collect(),
-            transcript,
-            certificate,
-            culprits: self.culprits.iter().cloned().collect(),
-            recovered,
-        };
-        actions.push(Action::Completed(Box::new(output)));
+        let culprits = self.culprits.iter().cloned().collect();
+        actions.push(self.output(share, public, qual.into_iter().collect(), transcript, certificate, culprits, recovered));
         actions
+    }
+
+    /// The final action: the completed run with this node's share, or (a reshare's leaving
+    /// member) the hand-over to the new committee.
+    #[allow(clippy::too_many_arguments)]
+    fn output(
+        &self,
+        share: Option<KeyShare<S>>,
+        public: PublicKeySet<S>,
+        qual: BTreeSet<u16>,
+        transcript: [u8; 32],
+        certificate: BTreeMap<u16, Signed<Confirm>>,
+        culprits: Vec<Culprit>,
+        recovered: bool,
+    ) -> Action<S> {
+        match share {
+            Some(share) => Action::Completed(Box::new(DkgOutput {
+                share,
+                qual,
+                transcript,
+                certificate,
+                culprits,
+                recovered,
+            })),
+            None => Action::HandedOver(Box::new(HandOver { public, qual, transcript, certificate, culprits })),
+        }
     }
 
     fn start_recovery(
@@ -938,7 +1113,8 @@ impl<S: Suite> Dkg<S> {
             epoch: self.cfg.attempt,
             me: self.cfg.me,
             public,
-            roster: self.cfg.roster.clone(),
+            // Helpers are members of the committee whose share is recovered.
+            roster: self.cfg.roster[..usize::from(self.cfg.committee())].to_vec(),
         };
         let (requester, actions) = Requester::start(target, &self.identity, self.cfg.timeouts.confirm, now);
         self.phase = Phase::Recovering;
@@ -963,10 +1139,10 @@ impl<S: Suite> Dkg<S> {
                 let Some((requester, adoption)) = self.recovery.take() else { return Ok(Vec::new()) };
                 let public = requester.public().clone();
                 self.culprits.extend(requester.culprits().cloned());
-                let share = KeyShare::new(self.cfg.attempt, self.cfg.me, secret, public);
+                let share = KeyShare::new(self.cfg.attempt, self.cfg.me, secret, public.clone());
                 S::zeroize_scalar(&mut secret);
                 match share {
-                    Ok(share) => Ok(self.complete_adopted(adoption, share, true)),
+                    Ok(share) => Ok(self.complete_adopted(adoption, Some(share), public, true)),
                     // The requester checked the share against VK_me; unreachable.
                     Err(_) => Ok(Vec::new()),
                 }
@@ -985,7 +1161,7 @@ impl<S: Suite> Dkg<S> {
                     actions.extend(self.enter_responding(now));
                 }
                 Phase::Responding
-                    if self.responses.len() == usize::from(self.cfg.n()) || now >= self.deadline =>
+                    if self.responses.len() == usize::from(self.cfg.committee()) || now >= self.deadline =>
                 {
                     actions.extend(self.enter_justifying(now));
                 }
@@ -1018,28 +1194,6 @@ fn decode_record(record: &super::DkgRecord) -> Option<(Vec<u8>, Signed<Deal>, Op
             .map(|(s, d)| (s, d, None))
     })
 }
-
-/// An RNG for [`Dkg::rejoin`], which never deals: asking it for randomness is a bug, so it
-/// yields zeros and the listener's (unused, unsent) polynomial is never revealed.
-struct NoRng;
-
-impl RngCore for NoRng {
-    fn next_u32(&mut self) -> u32 {
-        0
-    }
-    fn next_u64(&mut self) -> u64 {
-        0
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        dest.fill(0);
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        dest.fill(0);
-        Ok(())
-    }
-}
-
-impl CryptoRng for NoRng {}
 
 impl<S: Suite> Drop for Dkg<S> {
     fn drop(&mut self) {
@@ -1084,6 +1238,53 @@ fn transcript_hash<S: Suite>(cfg: &DkgConfig, qual: &BTreeSet<u16>, public: &Pub
     bytes.extend_from_slice(&u16::try_from(qual.len()).unwrap_or(u16::MAX).to_be_bytes());
     for d in qual {
         bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(&S::encode_point(public.public_key()));
+    for vk in public.verification_keys().values() {
+        bytes.extend_from_slice(&S::encode_point(vk));
+    }
+    sha256(&[&bytes])
+}
+
+/// `SHA-256("kms/v1/reshare/transcript" ‖ session ‖ suite ‖ attempt ‖ t' ‖ n' ‖ from_epoch ‖ t ‖
+/// P ‖ identity keys of the P participants ‖ |dealers| ‖ (participant, old index)* ‖ |excluded| ‖
+/// excluded ‖ |QUAL| ‖ (dealer, deal digest)* ‖ PK ‖ VK_1..VK_n')`, integers big-endian (u64
+/// attempt and from_epoch, u16 otherwise): the new epoch's every public fact, and the digest of
+/// each qualified dealer's signed deal (so members that combined different deals never sign the
+/// same transcript).
+fn reshare_transcript_hash<S: Suite>(
+    cfg: &DkgConfig,
+    r: &super::Resharing,
+    digests: &[(u16, [u8; 32])],
+    public: &PublicKeySet<S>,
+) -> [u8; 32] {
+    let len = |n: usize| u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(RESHARE_TRANSCRIPT_DOMAIN);
+    bytes.extend_from_slice(&cfg.session);
+    bytes.extend_from_slice(S::ID.name().as_bytes());
+    bytes.extend_from_slice(&cfg.attempt.to_be_bytes());
+    bytes.extend_from_slice(&cfg.threshold.to_be_bytes());
+    bytes.extend_from_slice(&r.receivers.to_be_bytes());
+    bytes.extend_from_slice(&r.from_epoch.to_be_bytes());
+    bytes.extend_from_slice(&r.old_threshold.to_be_bytes());
+    bytes.extend_from_slice(&len(cfg.roster.len()));
+    for k in &cfg.roster {
+        bytes.extend_from_slice(k.as_bytes());
+    }
+    bytes.extend_from_slice(&len(r.dealers.len()));
+    for (p, x) in &r.dealers {
+        bytes.extend_from_slice(&p.to_be_bytes());
+        bytes.extend_from_slice(&x.to_be_bytes());
+    }
+    bytes.extend_from_slice(&len(cfg.excluded.len()));
+    for d in &cfg.excluded {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(&len(digests.len()));
+    for (d, digest) in digests {
+        bytes.extend_from_slice(&d.to_be_bytes());
+        bytes.extend_from_slice(digest);
     }
     bytes.extend_from_slice(&S::encode_point(public.public_key()));
     for vk in public.verification_keys().values() {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use kms_proto::dkg::{DkgMessage, Signed, SignedPayload};
 
-use crate::share::KeyShare;
+use crate::share::{KeyShare, PublicKeySet};
 use crate::suite::Suite;
 
 pub use machine::{confirmation_in_record, Dkg};
@@ -85,22 +85,69 @@ pub struct DkgConfig {
     pub max_faulty: Option<u16>,
     /// Round timeouts.
     pub timeouts: Timeouts,
+    /// `None`: a key generation, every node deals a random secret and receives. `Some`: a
+    /// reshare, where the old committee deals its shares of an existing key to the new
+    /// committee ([`Resharing`]).
+    pub resharing: Option<Resharing>,
+}
+
+/// Who deals and who receives in a reshare, and of which key.
+///
+/// The participants (`DkgConfig::roster`) are the new committee first, in its index order
+/// (participant `j <= receivers` is new member `j` and receives the share at `x = j`), then the
+/// old members that leave. Dealers are the old members taking part, each dealing its share of
+/// the old key at its old index; the new shares are the Lagrange combination, at zero over the
+/// dealers' old indices, of what the qualified dealers dealt, so the key is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resharing {
+    /// The epoch whose shares are dealt.
+    pub from_epoch: u64,
+    /// The old threshold: at least this many dealers must qualify.
+    pub old_threshold: u16,
+    /// Size of the new committee (`n'`): participants `1..=receivers`.
+    pub receivers: u16,
+    /// Dealers: participant index → index in the old committee (its share's `x`).
+    pub dealers: BTreeMap<u16, u16>,
 }
 
 impl DkgConfig {
-    /// Number of nodes.
+    /// Number of participants (for a key generation, the nodes).
     pub fn n(&self) -> u16 {
         u16::try_from(self.roster.len()).unwrap_or(u16::MAX)
     }
 
-    /// `f`.
-    pub fn faulty(&self) -> u16 {
-        self.max_faulty.unwrap_or(self.n().saturating_sub(1) / 3)
+    /// The committee that receives shares and signs the transcript: `1..=committee()`.
+    pub fn committee(&self) -> u16 {
+        self.resharing.as_ref().map_or(self.n(), |r| r.receivers)
     }
 
-    /// Matching confirmations needed: the least `q` with `q > (n + f) / 2`.
+    /// Whether participant `i` receives a share.
+    pub fn receives(&self, i: u16) -> bool {
+        i >= 1 && i <= self.committee()
+    }
+
+    /// Whether participant `i` deals (leaving aside exclusions).
+    pub fn deals(&self, i: u16) -> bool {
+        match &self.resharing {
+            None => i >= 1 && i <= self.n(),
+            Some(r) => r.dealers.contains_key(&i),
+        }
+    }
+
+    /// Qualified dealers needed: `t` for a key generation, the old `t` for a reshare.
+    pub fn dealers_needed(&self) -> u16 {
+        self.resharing.as_ref().map_or(self.threshold, |r| r.old_threshold)
+    }
+
+    /// `f` of the committee.
+    pub fn faulty(&self) -> u16 {
+        self.max_faulty.unwrap_or(self.committee().saturating_sub(1) / 3)
+    }
+
+    /// Matching confirmations needed, from the committee: the least `q` with
+    /// `q > (n + f) / 2`.
     pub fn quorum(&self) -> u16 {
-        (self.n() + self.faulty()) / 2 + 1
+        (self.committee() + self.faulty()) / 2 + 1
     }
 
     pub(crate) fn validate(&self, identity: &SigningKey) -> Result<(), ConfigError> {
@@ -108,8 +155,12 @@ impl DkgConfig {
         if n == 0 || n > MAX_NODES {
             return Err(ConfigError::BadSize(n));
         }
-        if self.threshold == 0 || self.threshold > n {
-            return Err(ConfigError::BadThreshold { threshold: self.threshold, n });
+        let committee = self.committee();
+        if committee == 0 || committee > n {
+            return Err(ConfigError::BadSize(committee));
+        }
+        if self.threshold == 0 || self.threshold > committee {
+            return Err(ConfigError::BadThreshold { threshold: self.threshold, n: committee });
         }
         if self.me == 0 || self.me > n {
             return Err(ConfigError::NotInRoster(self.me));
@@ -117,12 +168,28 @@ impl DkgConfig {
         if self.roster[usize::from(self.me - 1)] != identity.verifying_key() {
             return Err(ConfigError::IdentityMismatch);
         }
-        if self.quorum() > n {
-            return Err(ConfigError::QuorumUnreachable { quorum: self.quorum(), n });
+        if self.quorum() > committee {
+            return Err(ConfigError::QuorumUnreachable { quorum: self.quorum(), n: committee });
         }
         let distinct: BTreeSet<[u8; 32]> = self.roster.iter().map(|k| k.to_bytes()).collect();
         if distinct.len() != self.roster.len() {
             return Err(ConfigError::DuplicateIdentity);
+        }
+        if let Some(r) = &self.resharing {
+            let old: BTreeSet<u16> = r.dealers.values().copied().collect();
+            let layout_ok = old.len() == r.dealers.len()
+                && !old.contains(&0)
+                && r.dealers.keys().all(|&p| p >= 1 && p <= n)
+                && (committee + 1..=n).all(|p| r.dealers.contains_key(&p));
+            if !layout_ok {
+                return Err(ConfigError::BadLayout);
+            }
+            if r.old_threshold == 0 || r.dealers.len() < usize::from(r.old_threshold) {
+                return Err(ConfigError::TooFewDealers {
+                    dealers: u16::try_from(r.dealers.len()).unwrap_or(u16::MAX),
+                    needed: r.old_threshold,
+                });
+            }
         }
         Ok(())
     }
@@ -152,6 +219,23 @@ pub enum ConfigError {
     /// Two roster entries share a key.
     #[error("the roster lists the same identity key twice")]
     DuplicateIdentity,
+    /// A reshare's layout is inconsistent: an old index repeats or is zero, a dealer is not a
+    /// participant, or a participant neither deals nor receives.
+    #[error("inconsistent reshare layout")]
+    BadLayout,
+    /// A reshare with fewer old members taking part than the old threshold: the key cannot be
+    /// dealt again (fewer than t shares determine nothing about it).
+    #[error("{dealers} old members take part in the reshare; at least the old threshold {needed} must")]
+    TooFewDealers {
+        /// Old members taking part.
+        dealers: u16,
+        /// The old threshold.
+        needed: u16,
+    },
+    /// A reshare needs the old key's public key set, and a dealer its old share of it, with the
+    /// old threshold and its old index.
+    #[error("the old key set or this node's old share does not fit the reshare")]
+    BadPrior,
     /// `f` so large that the quorum exceeds n.
     #[error("quorum {quorum} exceeds n = {n}; lower max_faulty")]
     QuorumUnreachable {
@@ -195,6 +279,9 @@ pub enum Fault {
     TranscriptMismatch,
     /// Sent no transcript confirmation in time.
     NoConfirmation,
+    /// Reshare: the deal's constant term is not the dealer's verification key of the old key
+    /// (it did not deal its own share).
+    WrongConstantTerm,
     /// Share recovery: sent a blinded share that does not verify, forwarded evidence that does
     /// not check out, or disputed a blinding value that was correct.
     BadRecoveryReply,
@@ -221,6 +308,7 @@ impl Culprit {
             Fault::MissingDeal
                 | Fault::MalformedDeal
                 | Fault::InvalidProof
+                | Fault::WrongConstantTerm
                 | Fault::EquivocatedDeal
                 | Fault::UnansweredComplaint { .. }
         )
@@ -256,6 +344,30 @@ impl<S: Suite> std::fmt::Debug for DkgOutput<S> {
     }
 }
 
+/// A reshare's end seen by an old member that leaves the committee.
+pub struct HandOver<S: Suite> {
+    /// The new public key set (same key, the new committee's verification keys).
+    pub public: PublicKeySet<S>,
+    /// The qualified dealers.
+    pub qual: BTreeSet<u16>,
+    /// The transcript hash.
+    pub transcript: [u8; 32],
+    /// `q` or more signatures of the new committee over it.
+    pub certificate: BTreeMap<u16, Signed<kms_proto::dkg::Confirm>>,
+    /// Misbehaviour observed.
+    pub culprits: Vec<Culprit>,
+}
+
+impl<S: Suite> std::fmt::Debug for HandOver<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandOver")
+            .field("public", &self.public)
+            .field("qual", &self.qual)
+            .field("transcript", &hex::encode(self.transcript))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -267,6 +379,9 @@ pub enum FailureReason {
         /// t.
         threshold: u16,
     },
+    /// Reshare: the combined key differs from the old one (cannot happen when every qualified
+    /// deal's constant term is its dealer's old verification key; checked all the same).
+    KeyChanged,
     /// No transcript reached the quorum of matching signatures.
     NoQuorum {
         /// Signatures matching this node's transcript (including its own).
@@ -316,6 +431,9 @@ pub enum Action<S: Suite> {
     Persist(DkgRecord),
     /// The run completed: persist the share, activate after the driver's own checks.
     Completed(Box<DkgOutput<S>>),
+    /// Reshare, at an old member that leaves: the new committee holds the key (a quorum of it
+    /// signed the transcript); this node's old share can go.
+    HandedOver(Box<HandOver<S>>),
     /// The run failed; retry with a new attempt excluding [`DkgFailure::exclude`].
     Failed(DkgFailure),
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use kms_dkg::dkg::{Action, Dkg, DkgConfig, DkgFailure, DkgOutput, Timeouts};
-use kms_dkg::Suite;
+use kms_dkg::dkg::{Action, Dkg, DkgConfig, DkgFailure, DkgOutput, HandOver, Resharing, Timeouts};
+use kms_dkg::{KeyShare, Suite};
 use kms_proto::codec::{decode_p2p, encode_p2p};
 use kms_proto::dkg::DkgMessage;
 use rand_chacha::ChaCha20Rng;
@@ -33,6 +33,8 @@ pub struct Net<S: Suite> {
     pub timers: BTreeMap<u16, Duration>,
     pub now: Duration,
     pub outcomes: BTreeMap<u16, Outcome<S>>,
+    /// Reshare: old members that left, and what they saw of the end.
+    pub handed: BTreeMap<u16, Box<HandOver<S>>>,
     /// Nodes that neither send nor receive (crashed from the start).
     pub silent: BTreeSet<u16>,
     /// `None`: deliver unchanged; `Some(v)`: deliver `v` instead (empty = drop).
@@ -55,6 +57,7 @@ pub fn config(keys: &[SigningKey], t: u16, me: u16, epoch: u64, excluded: BTreeS
         excluded,
         max_faulty: None,
         timeouts: Timeouts::default(),
+        resharing: None,
     }
 }
 
@@ -81,6 +84,7 @@ impl<S: Suite> Net<S> {
             timers: BTreeMap::new(),
             now: Duration::ZERO,
             outcomes: BTreeMap::new(),
+            handed: BTreeMap::new(),
             silent,
             tamper,
             delivered: 0,
@@ -119,6 +123,9 @@ impl<S: Suite> Net<S> {
                 Action::Failed(f) => {
                     self.outcomes.insert(from, Err(f));
                 }
+                Action::HandedOver(h) => {
+                    self.handed.insert(from, h);
+                }
                 Action::Persist(_) => {}
                 _ => panic!("unknown action"),
             }
@@ -128,7 +135,7 @@ impl<S: Suite> Net<S> {
     /// Runs until every live node has finished (or virtual time runs out).
     pub fn run(&mut self) -> &BTreeMap<u16, Outcome<S>> {
         let limit = Duration::from_secs(600);
-        while self.outcomes.len() < self.nodes.len() && self.now < limit {
+        while self.outcomes.len() + self.handed.len() < self.nodes.len() && self.now < limit {
             if let Some(env) = self.queue.pop_front() {
                 let envs = match self.tamper.as_mut() {
                     Some(t) => t(&env).unwrap_or_else(|| vec![env]),
@@ -141,7 +148,7 @@ impl<S: Suite> Net<S> {
             }
             // Idle: jump to the earliest timer of an unfinished node.
             let next =
-                self.timers.iter().filter(|(i, _)| !self.outcomes.contains_key(i)).map(|(_, t)| *t).min();
+                self.timers.iter().filter(|(i, _)| !self.outcomes.contains_key(i) && !self.handed.contains_key(i)).map(|(_, t)| *t).min();
             let Some(next) = next else { break };
             self.now = self.now.max(next);
             let due: Vec<u16> =
@@ -184,6 +191,101 @@ impl<S: Suite> Net<S> {
                 None => panic!("node {i} did not finish"),
             })
             .collect()
+    }
+}
+
+/// One participant of a reshare: its share of the old key (`old`: its old index), and whether
+/// it is in the new committee. Participants are listed new committee first.
+#[derive(Debug, Clone, Copy)]
+pub struct Seat {
+    pub old: Option<u16>,
+    pub receives: bool,
+}
+
+impl Seat {
+    /// An old member that stays.
+    pub fn stays(old: u16) -> Self {
+        Seat { old: Some(old), receives: true }
+    }
+    /// A new member.
+    pub fn joins() -> Self {
+        Seat { old: None, receives: true }
+    }
+    /// An old member that leaves.
+    pub fn leaves(old: u16) -> Self {
+        Seat { old: Some(old), receives: false }
+    }
+}
+
+/// The configuration of a reshare of `old` (shares of the old key, by old index) among `seats`
+/// to threshold `t`, for participant `me`.
+pub fn reshare_config<S: Suite>(
+    keys: &[SigningKey],
+    seats: &[Seat],
+    old: &[KeyShare<S>],
+    t: u16,
+    me: u16,
+) -> DkgConfig {
+    let receivers = seats.iter().filter(|s| s.receives).count() as u16;
+    let dealers = seats.iter().enumerate().filter_map(|(p, s)| s.old.map(|x| (p as u16 + 1, x))).collect();
+    DkgConfig {
+        session: [9u8; 32],
+        attempt: old[0].epoch() + 1,
+        threshold: t,
+        me,
+        roster: keys.iter().map(|k| k.verifying_key()).collect(),
+        excluded: BTreeSet::new(),
+        max_faulty: None,
+        timeouts: Timeouts::default(),
+        resharing: Some(Resharing {
+            from_epoch: old[0].epoch(),
+            old_threshold: old[0].public().threshold(),
+            receivers,
+            dealers,
+        }),
+    }
+}
+
+impl<S: Suite> Net<S> {
+    /// A reshare of `old` among `seats` to threshold `t` (every seat an honest machine unless
+    /// `silent`).
+    pub fn reshare(
+        old: &[KeyShare<S>],
+        seats: &[Seat],
+        t: u16,
+        seed: u64,
+        silent: BTreeSet<u16>,
+        tamper: Option<Tamper>,
+    ) -> Self {
+        let n = seats.len() as u16;
+        let keys = identity_keys(n, seed ^ 0xe5);
+        let mut net = Net {
+            n,
+            keys,
+            nodes: BTreeMap::new(),
+            queue: VecDeque::new(),
+            timers: BTreeMap::new(),
+            now: Duration::ZERO,
+            outcomes: BTreeMap::new(),
+            handed: BTreeMap::new(),
+            silent,
+            tamper,
+            delivered: 0,
+        };
+        for i in 1..=n {
+            if net.silent.contains(&i) {
+                continue;
+            }
+            let mut rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(1000) + u64::from(i));
+            let cfg = reshare_config(&net.keys, seats, old, t, i);
+            let own = seats[usize::from(i - 1)].old.map(|x| &old[usize::from(x - 1)]);
+            let prior = old[0].public().clone();
+            let key = net.keys[usize::from(i - 1)].clone();
+            let (dkg, actions) = Dkg::reshare(cfg, key, prior, own, net.now, &mut rng).expect("valid reshare");
+            net.nodes.insert(i, dkg);
+            net.apply(i, actions);
+        }
+        net
     }
 }
 

@@ -3,5 +3,6 @@
 mod dkg_runs;
 mod envelopes;
 mod harness;
+mod reshare;
 mod threshold;
 mod vectors;

@@ -15,6 +15,7 @@ mod net;
 mod scenario;
 
 pub use scenario::{
-    random_scenario, Behaviour, Completion, Outcome, PersistCrash, PersistPoint, Scenario, Violation,
+    random_reshare_scenario, random_scenario, Behaviour, Completion, Outcome, PersistCrash, PersistPoint, Reshare,
+    Scenario, Seat, Violation, FROM_EPOCH,
     WriteKind,
 };

@@ -16,9 +16,13 @@ use group::Group;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use kms_dkg::ceremony::{ActiveKeys, Ceremonies, Config, Event as EngineEvent, Outgoing, Restored, Write};
-use kms_dkg::dkg::{DkgRecord, Timeouts};
-use kms_dkg::{KeyShare, Suite};
+use std::sync::Arc;
+
+use kms_dkg::ceremony::{
+    ActiveKeys, Ceremonies, Config, Event as EngineEvent, Kind, Outgoing, Prior, Restored, Write,
+};
+use kms_dkg::dkg::{DkgConfig, DkgRecord, Resharing, Timeouts};
+use kms_dkg::{Bls12381G2, Ed25519, KeyShare, Suite};
 use kms_proto::dkg::{DkgBody, DkgMessage, SuiteId};
 
 use super::net::{Event, Queue};
@@ -39,6 +43,8 @@ pub enum WriteKind {
     Message,
     /// The keys, activated.
     Activate,
+    /// A reshare handed the keys over (the node leaves).
+    Retire,
 }
 
 /// Where around a write the node crashes.
@@ -67,13 +73,51 @@ pub struct PersistCrash {
     pub restart_after_ms: u64,
 }
 
+/// A participant of a reshare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seat {
+    /// Old member `i` stays in the new committee.
+    Stays(u16),
+    /// A new node joins (with an empty store).
+    Joins,
+    /// Old member `i` deals and leaves.
+    Leaves(u16),
+}
+
+impl Seat {
+    fn old(self) -> Option<u16> {
+        match self {
+            Seat::Stays(i) | Seat::Leaves(i) => Some(i),
+            Seat::Joins => None,
+        }
+    }
+}
+
+/// A reshare the scenario runs instead of a key generation: the old committee's keys (of
+/// epoch [`FROM_EPOCH`]) are dealt from the seed by a trusted dealer, and the nodes of the
+/// scenario are the participants, new committee first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reshare {
+    /// The old committee's size.
+    pub old_n: u16,
+    /// The old threshold.
+    pub old_t: u16,
+    /// The participants: node `i` is `seats[i - 1]`; those that receive come first.
+    pub seats: Vec<Seat>,
+}
+
+/// The epoch a simulated reshare starts from.
+pub const FROM_EPOCH: u64 = 1;
+
 /// What the network and the nodes do in one run.
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    /// Nodes.
+    /// Nodes (for a reshare, participants).
     pub n: u16,
-    /// Threshold.
+    /// Threshold (for a reshare, the new one).
     pub t: u16,
+    /// A reshare instead of a key generation.
+    pub reshare: Option<Reshare>,
     /// Probability a transmission is lost (the sender's transport retransmits it).
     pub drop: f64,
     /// Probability a message is delivered twice.
@@ -126,6 +170,15 @@ pub enum Violation {
         /// Those nodes.
         nodes: Vec<u16>,
     },
+    /// A reshare ended with another key than the old one.
+    KeyChanged,
+    /// An honest node was named for a fault only a dishonest node commits.
+    HonestBlamed {
+        /// The node.
+        node: u16,
+        /// The fault.
+        fault: String,
+    },
 }
 
 /// What an honest node activated.
@@ -148,6 +201,8 @@ pub struct Outcome {
     pub scenario: Scenario,
     /// Honest nodes that activated.
     pub completed: BTreeMap<u16, Completion>,
+    /// Reshare: honest leaving members that handed over (retired).
+    pub retired: BTreeSet<u16>,
     /// Failed attempts seen at honest nodes: (node, attempt, reason).
     pub failures: Vec<(u16, u64, String)>,
     /// Culprits named by honest nodes (node → faults).
@@ -170,6 +225,7 @@ impl Scenario {
         Scenario {
             n,
             t,
+            reshare: None,
             drop: 0.0,
             dup: 0.0,
             delay_ms: (1, 20),
@@ -180,6 +236,13 @@ impl Scenario {
             round_timeout_ms: 2_000,
             horizon_ms: 300_000,
         }
+    }
+
+    /// A reshare of an `old_t`-of-`old_n` key among `seats` (new committee first) to threshold
+    /// `t`, on a clean network.
+    pub fn reshare(old_n: u16, old_t: u16, seats: Vec<Seat>, t: u16) -> Self {
+        let n = u16::try_from(seats.len()).unwrap_or(u16::MAX);
+        Scenario { reshare: Some(Reshare { old_n, old_t, seats }), ..Scenario::new(n, t) }
     }
 
     /// Makes `node` byzantine.
@@ -244,72 +307,172 @@ impl Scenario {
 /// response round, so it must recover its share.
 pub fn random_scenario(seed: u64) -> Scenario {
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5ce1_a210);
-    let mut pick = |lo: u64, hi: u64| lo + rng.next_u64() % (hi - lo + 1);
-    let n = pick(4, 10) as u16;
+    let n = pick(&mut rng, 4, 10) as u16;
     let f = (n - 1) / 3;
-    let t = pick(u64::from(f) + 1, u64::from(n - f)) as u16;
+    let t = pick(&mut rng, u64::from(f) + 1, u64::from(n - f)) as u16;
     let mut s = Scenario::new(n, t);
-    let byz = pick(0, u64::from(f)) as u16;
+    let byz = pick(&mut rng, 0, u64::from(f)) as u16;
     let mut nodes: Vec<u16> = (1..=n).collect();
     for k in 0..byz {
-        let i = (pick(0, u64::from(n) - 1 - u64::from(k))) as usize;
+        let i = (pick(&mut rng, 0, u64::from(n) - 1 - u64::from(k))) as usize;
         let node = nodes.remove(i);
-        let b = Behaviour::ALL[pick(0, Behaviour::ALL.len() as u64 - 1) as usize];
+        let b = Behaviour::ALL[pick(&mut rng, 0, Behaviour::ALL.len() as u64 - 1) as usize];
         s.byzantine.insert(node, b);
     }
-    s.drop = [0.0, 0.01, 0.05, 0.1][pick(0, 3) as usize];
-    s.dup = [0.0, 0.02, 0.1][pick(0, 2) as usize];
-    let max_delay = [5, 50, 300][pick(0, 2) as usize];
-    s.delay_ms = (1, max_delay);
     let honest: Vec<u16> = nodes;
-    match pick(0, 6) {
+    add_faults(&mut s, &mut rng, &honest, f, |s, rng| {
+        if !(f >= 1 && t + f < n) {
+            return false;
+        }
+        // A late complaint: one byzantine node deals the first honest node a bad share and
+        // never justifies, while that node's messages are held from the start until after
+        // the others have agreed (three round timeouts). The cut-off node is a fault on top
+        // of the f byzantine ones; its share can be recovered only if t others besides it
+        // are honest (t ≤ n − f − 1; with t = n − f it needs a byzantine node's help, see
+        // the test `with_t_equal_to_n_minus_f_a_late_complaint_cannot_be_healed`).
+        // The first byzantine node, or (if there is none yet) the last honest one.
+        let dealer = s.byzantine.keys().next().or(honest.last()).copied().unwrap_or(n);
+        s.byzantine.insert(dealer, Behaviour::BadShare);
+        let victim = (1..=n).find(|i| !s.byzantine.contains_key(i)).unwrap_or(1);
+        let from = pick(rng, 0, 100);
+        s.partitions.push((from, 3 * s.round_timeout_ms + pick(rng, 500, 3_000), [victim].into()));
+        true
+    });
+    s
+}
+
+/// A random reshare for a seed: an old committee of 3..=8 nodes with a random threshold; each
+/// old member stays, leaves, or is absent (lost its store, or is down: it does not deal), as
+/// long as the old threshold still deals; 0..=3 new nodes join; the new committee, in a random
+/// order, gets a random threshold. Then byzantine participants within the bounds (fewer than the
+/// old threshold among the dealers with enough honest dealers left, at most f' in the new
+/// committee), and the key generation's network faults, crashes and late complaints.
+pub fn random_reshare_scenario(seed: u64) -> Scenario {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x7e5a_1e00);
+    let old_n = pick(&mut rng, 3, 8) as u16;
+    let old_f = (old_n - 1) / 3;
+    let old_t = pick(&mut rng, u64::from(old_f) + 1, u64::from(old_n - old_f)) as u16;
+    let (mut stays, mut leaves, mut absent) = (Vec::new(), Vec::new(), 0u16);
+    for i in 1..=old_n {
+        match pick(&mut rng, 0, 5) {
+            0 if absent < old_n - old_t => absent += 1,
+            1 => leaves.push(Seat::Leaves(i)),
+            _ => stays.push(Seat::Stays(i)),
+        }
+    }
+    let mut committee = stays;
+    let joins = pick(&mut rng, 0, 3);
+    committee.extend((0..joins).map(|_| Seat::Joins));
+    while committee.len() < 3 {
+        committee.push(Seat::Joins);
+    }
+    // A random order of the new committee (Fisher–Yates).
+    for i in (1..committee.len()).rev() {
+        committee.swap(i, pick(&mut rng, 0, i as u64) as usize);
+    }
+    let new_n = committee.len() as u16;
+    let f = (new_n - 1) / 3;
+    let t = pick(&mut rng, u64::from(f) + 1, u64::from(new_n - f)) as u16;
+    let mut seats = committee;
+    seats.extend(leaves);
+    let mut s = Scenario::reshare(old_n, old_t, seats.clone(), t);
+    let dealers = seats.iter().filter(|x| x.old().is_some()).count() as u16;
+    // Byzantine budgets: dealers (fewer than the old t, and the old t honest ones left) and
+    // new committee members (at most f).
+    let mut dealer_budget = (old_t - 1).min(dealers - old_t);
+    let mut member_budget = f;
+    let wanted = pick(&mut rng, 0, u64::from(f) + 1);
+    for _ in 0..wanted {
+        let p = pick(&mut rng, 1, u64::from(s.n)) as u16;
+        let seat = seats[usize::from(p - 1)];
+        let receives = p <= new_n;
+        let deals = seat.old().is_some();
+        if s.byzantine.contains_key(&p) || (deals && dealer_budget == 0) || (receives && member_budget == 0) {
+            continue;
+        }
+        dealer_budget -= u16::from(deals);
+        member_budget -= u16::from(receives);
+        let b = Behaviour::ALL[pick(&mut rng, 0, Behaviour::ALL.len() as u64 - 1) as usize];
+        s.byzantine.insert(p, b);
+    }
+    let honest: Vec<u16> = (1..=s.n).filter(|i| !s.byzantine.contains_key(i)).collect();
+    add_faults(&mut s, &mut rng, &honest, f, |s, rng| {
+        // A late complaint (see `random_scenario`): a byzantine dealer (made so if the budgets
+        // allow) deals the first honest new member a bad share while that member is cut off.
+        if !(f >= 1 && t + f < new_n) {
+            return false;
+        }
+        let byzantine_dealer = s.byzantine.keys().copied().find(|p| seats[usize::from(p - 1)].old().is_some());
+        let dealer = byzantine_dealer.or_else(|| {
+            let fits = |p: u16| dealer_budget > 0 && (p > new_n || member_budget > 0);
+            honest.iter().rev().copied().find(|&p| seats[usize::from(p - 1)].old().is_some() && fits(p))
+        });
+        let Some(dealer) = dealer else { return false };
+        s.byzantine.insert(dealer, Behaviour::BadShare);
+        let Some(victim) = (1..=new_n).find(|i| !s.byzantine.contains_key(i)) else { return false };
+        let from = pick(rng, 0, 100);
+        s.partitions.push((from, 3 * s.round_timeout_ms + pick(rng, 500, 3_000), [victim].into()));
+        true
+    });
+    s
+}
+
+fn pick(rng: &mut ChaCha20Rng, lo: u64, hi: u64) -> u64 {
+    lo + rng.next_u64() % (hi - lo + 1)
+}
+
+/// Random loss, duplication and delays, then sometimes one of: a healing partition of a
+/// minority, a crash with restart, a late complaint (`late`, which says whether it applied), a
+/// crash at a persist point.
+fn add_faults(
+    s: &mut Scenario,
+    rng: &mut ChaCha20Rng,
+    honest: &[u16],
+    f: u16,
+    late: impl FnOnce(&mut Scenario, &mut ChaCha20Rng) -> bool,
+) {
+    s.drop = [0.0, 0.01, 0.05, 0.1][pick(rng, 0, 3) as usize];
+    s.dup = [0.0, 0.02, 0.1][pick(rng, 0, 2) as usize];
+    let max_delay = [5, 50, 300][pick(rng, 0, 2) as usize];
+    s.delay_ms = (1, max_delay);
+    match pick(rng, 0, 6) {
         0 => {
             // A minority partition during the ceremony that heals.
             let side: Vec<u16> = honest.iter().copied().take(usize::from(f.max(1))).collect();
-            let from = pick(0, 1_000);
-            s.partitions.push((from, from + pick(500, 6_000), side.into_iter().collect()));
+            let from = pick(rng, 0, 1_000);
+            s.partitions.push((from, from + pick(rng, 500, 6_000), side.into_iter().collect()));
         }
         1 => {
             // An honest node crashes mid-ceremony and restarts.
-            let node = honest[pick(0, honest.len() as u64 - 1) as usize];
-            let at = pick(0, 200);
-            s.crashes.push((node, at, Some(at + pick(10, 3_000))));
+            let node = honest[pick(rng, 0, honest.len() as u64 - 1) as usize];
+            let at = pick(rng, 0, 200);
+            s.crashes.push((node, at, Some(at + pick(rng, 10, 3_000))));
         }
-        2 if f >= 1 && t + f < n => {
-            // A late complaint: one byzantine node deals the first honest node a bad share and
-            // never justifies, while that node's messages are held from the start until after
-            // the others have agreed (three round timeouts). The cut-off node is a fault on top
-            // of the f byzantine ones; its share can be recovered only if t others besides it
-            // are honest (t ≤ n − f − 1; with t = n − f it needs a byzantine node's help, see
-            // the test `with_t_equal_to_n_minus_f_a_late_complaint_cannot_be_healed`).
-            // The first byzantine node, or (if there is none yet) the last honest one.
-            let dealer = s.byzantine.keys().next().or(honest.last()).copied().unwrap_or(n);
-            s.byzantine.insert(dealer, Behaviour::BadShare);
-            let victim = (1..=n).find(|i| !s.byzantine.contains_key(i)).unwrap_or(1);
-            let from = pick(0, 100);
-            s.partitions.push((from, 3 * s.round_timeout_ms + pick(500, 3_000), [victim].into()));
+        2 => {
+            late(s, rng);
         }
         3 | 4 => {
             // An honest node crashes at one of its persist points and restarts.
-            let node = honest[pick(0, honest.len() as u64 - 1) as usize];
-            let (kind, nth) = match pick(0, 3) {
-                0 => (WriteKind::Attempt, pick(1, 2)),
-                1 => (WriteKind::Record, pick(1, 4)),
-                2 => (WriteKind::Message, pick(1, 4 * u64::from(n))),
+            let node = honest[pick(rng, 0, honest.len() as u64 - 1) as usize];
+            let (kind, nth) = match pick(rng, 0, 3) {
+                0 => (WriteKind::Attempt, pick(rng, 1, 2)),
+                1 => (WriteKind::Record, pick(rng, 1, 4)),
+                2 => (WriteKind::Message, pick(rng, 1, 4 * u64::from(s.n))),
                 _ => (WriteKind::Activate, 1),
             };
             let point = [PersistPoint::BeforeWrite, PersistPoint::AfterWrite, PersistPoint::AfterSend]
-                [pick(0, 2) as usize];
-            let restart_after_ms = pick(1, 3_000);
+                [pick(rng, 0, 2) as usize];
+            let restart_after_ms = pick(rng, 1, 3_000);
             s.persist_crashes.push(PersistCrash { node, kind, nth: nth as u32, point, restart_after_ms });
         }
         _ => {}
     }
-    s
 }
 
 /// The simulated cluster's id.
 const SESSION: [u8; 32] = [0x51; 32];
+/// The simulated reshare's session.
+const RESHARE_SESSION: [u8; 32] = [0x52; 32];
 
 /// What a node's store holds; it survives crashes.
 #[derive(Default)]
@@ -318,6 +481,7 @@ struct Store {
     records: BTreeMap<(u64, SuiteId), DkgRecord>,
     log: BTreeMap<u64, Vec<(u16, Vec<u8>)>>,
     active: Option<std::sync::Arc<ActiveKeys>>,
+    retired: Option<u64>,
     /// Writes of each kind so far (for crashes at persist points).
     counts: BTreeMap<WriteKind, u32>,
 }
@@ -333,11 +497,15 @@ impl Store {
                 self.log.entry(attempt).or_default().push((from, bytes))
             }
             Write::Activate(keys) => self.active = Some(keys),
+            Write::Retire { epoch } => self.retired = Some(epoch),
             _ => {}
         }
     }
 
     fn restored(&self) -> Restored {
+        if self.retired.is_some() {
+            return Restored { retired: self.retired, ..Restored::default() };
+        }
         let active = self.active.as_ref().map(|k| ActiveKeys {
             epoch: k.epoch,
             bls: share_copy(&k.bls),
@@ -360,8 +528,42 @@ impl Store {
             active: None,
             records,
             log: self.log.get(&self.attempt).cloned().unwrap_or_default(),
+            retired: None,
         }
     }
+}
+
+/// The old committee of a reshare, dealt from the seed: the layout, the old public key sets,
+/// and each dealing participant's old shares.
+#[allow(clippy::type_complexity)]
+fn old_committee(
+    r: &Reshare,
+    n: u16,
+    rng: &mut ChaCha20Rng,
+) -> (
+    Option<(Resharing, kms_dkg::PublicKeySet<Bls12381G2>, kms_dkg::PublicKeySet<Ed25519>)>,
+    BTreeMap<usize, Arc<ActiveKeys>>,
+) {
+    let bls = kms_dkg::testing::trusted_dealer::<Bls12381G2>(r.old_t, r.old_n, None, rng);
+    let ed = kms_dkg::testing::trusted_dealer::<Ed25519>(r.old_t, r.old_n, None, rng);
+    let receivers = r.seats.iter().take_while(|s| !matches!(s, Seat::Leaves(_))).count() as u16;
+    let dealers: BTreeMap<u16, u16> =
+        r.seats.iter().enumerate().filter_map(|(p, s)| s.old().map(|x| (p as u16 + 1, x))).collect();
+    let layout = Resharing { from_epoch: FROM_EPOCH, old_threshold: r.old_t, receivers, dealers };
+    let mut keys = BTreeMap::new();
+    for (p, x) in &layout.dealers {
+        let i = usize::from(*x - 1);
+        let (Ok(b), Ok(e)) = (at_epoch(&bls[i]), at_epoch(&ed[i])) else { continue };
+        keys.insert(usize::from(*p), Arc::new(ActiveKeys { epoch: FROM_EPOCH, bls: b, ed25519: e }));
+    }
+    debug_assert!(usize::from(n) == r.seats.len());
+    let prior = (layout, bls[0].public().clone(), ed[0].public().clone());
+    (Some(prior), keys)
+}
+
+/// A share moved to epoch [`FROM_EPOCH`].
+fn at_epoch<S: Suite>(s: &KeyShare<S>) -> Result<KeyShare<S>, kms_dkg::ShareError> {
+    KeyShare::new(FROM_EPOCH, s.index(), *s.secret(), s.public().clone())
 }
 
 /// A share read back from its stored encoding, as a restarted node does.
@@ -377,6 +579,7 @@ fn kind_of(w: &Write) -> WriteKind {
         Write::Attempt(_) => WriteKind::Attempt,
         Write::Record { .. } => WriteKind::Record,
         Write::Message { .. } => WriteKind::Message,
+        Write::Retire { .. } => WriteKind::Retire,
         _ => WriteKind::Activate,
     }
 }
@@ -386,6 +589,8 @@ type Seen = ([u8; 32], BTreeSet<u16>, Vec<String>);
 
 struct Node {
     key: SigningKey,
+    /// A reshare's dealer: its shares of the old keys.
+    old_keys: Option<Arc<ActiveKeys>>,
     rng: ChaCha20Rng,
     store: Store,
     /// `None` while crashed.
@@ -410,6 +615,8 @@ struct Sim {
     rng: ChaCha20Rng,
     nodes: BTreeMap<u16, Node>,
     roster: Vec<ed25519_dalek::VerifyingKey>,
+    /// A reshare's layout and the old keys' public sets.
+    prior: Option<(Resharing, kms_dkg::PublicKeySet<Bls12381G2>, kms_dkg::PublicKeySet<Ed25519>)>,
     queue: Queue,
     now: u64,
     delivered: u64,
@@ -424,12 +631,17 @@ impl Sim {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let keys: Vec<SigningKey> = (0..sc.n).map(|_| SigningKey::generate(&mut rng)).collect();
         let roster = keys.iter().map(|k| k.verifying_key()).collect();
+        let (prior, mut old_keys) = match &sc.reshare {
+            Some(r) => old_committee(r, sc.n, &mut rng),
+            None => (None, BTreeMap::new()),
+        };
         let nodes = keys
             .into_iter()
             .enumerate()
             .map(|(i, key)| {
                 let node = Node {
                     key,
+                    old_keys: old_keys.remove(&(i + 1)),
                     rng: ChaCha20Rng::seed_from_u64(rng.next_u64()),
                     store: Store::default(),
                     engine: None,
@@ -456,6 +668,7 @@ impl Sim {
             rng,
             nodes,
             roster,
+            prior,
             queue,
             now: 0,
             delivered: 0,
@@ -468,8 +681,17 @@ impl Sim {
 
     fn config(&self, me: u16) -> Config {
         let t = Duration::from_millis(self.sc.round_timeout_ms);
+        let kind = match &self.prior {
+            None => Kind::Generate,
+            Some((layout, bls, ed25519)) => Kind::Reshare(Arc::new(Prior {
+                layout: layout.clone(),
+                bls: bls.clone(),
+                ed25519: ed25519.clone(),
+                keys: self.nodes.get(&me).and_then(|n| n.old_keys.clone()),
+            })),
+        };
         Config {
-            session: SESSION,
+            session: if self.prior.is_some() { RESHARE_SESSION } else { SESSION },
             me,
             threshold: self.sc.t,
             max_faulty: None,
@@ -477,7 +699,29 @@ impl Sim {
             timeouts: Timeouts { deal: t, respond: t, justify: t, confirm: t * 2 },
             retry_delay: Duration::from_secs(1),
             min_peers: usize::from(self.sc.n - 1),
+            kind,
         }
+    }
+
+    /// The per-suite machine configuration of `attempt` at node `me` (as the engine makes it).
+    fn dkg_config(&self, me: u16, attempt: u64) -> DkgConfig {
+        let cfg = self.config(me);
+        DkgConfig {
+            session: cfg.session,
+            attempt,
+            threshold: cfg.threshold,
+            me,
+            roster: cfg.roster,
+            excluded: BTreeSet::new(),
+            max_faulty: cfg.max_faulty,
+            timeouts: cfg.timeouts,
+            resharing: self.prior.as_ref().map(|(l, _, _)| l.clone()),
+        }
+    }
+
+    /// Whether node `i` is done: keys active, or (a reshare's leaving member) retired.
+    fn done(&self, i: u16) -> bool {
+        self.nodes.get(&i).is_some_and(|n| n.store.active.is_some() || n.store.retired.is_some())
     }
 
     fn honest(&self) -> impl Iterator<Item = u16> + '_ {
@@ -511,7 +755,7 @@ impl Sim {
                 Event::Crash { node, restart_at } => self.crash(node, restart_at),
                 Event::Restart { node } => self.restart(node),
             }
-            if self.honest().all(|i| self.nodes.get(&i).is_some_and(|n| n.store.active.is_some())) {
+            if self.honest().all(|i| self.done(i)) {
                 break;
             }
         }
@@ -745,7 +989,10 @@ impl Sim {
                 }
             }
         }
-        let honest: Vec<u16> = self.honest().collect();
+        // The nodes that must end with keys: the honest ones (of a reshare, those in the new
+        // committee; a leaving member hands over and holds nothing).
+        let committee = self.prior.as_ref().map_or(self.sc.n, |(l, _, _)| l.receivers);
+        let honest: Vec<u16> = self.honest().filter(|&i| i <= committee).collect();
         let mut completed = BTreeMap::new();
         let mut culprits: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
         let mut keys: Vec<&ActiveKeys> = Vec::new();
@@ -780,8 +1027,26 @@ impl Sim {
             .filter(|i| !completed.contains_key(i) && !permanently_down.contains(i))
             .collect();
         let t = usize::from(self.sc.t);
+        let key_changed = self.prior.as_ref().is_some_and(|(_, bls, ed)| {
+            keys.iter().any(|k| {
+                k.bls.public().public_key() != bls.public_key()
+                    || k.ed25519.public().public_key() != ed.public_key()
+            })
+        });
+        // Faults that only a node that signed something wrong commits: an honest node is never
+        // named for one (the others, a missing deal or confirmation, may be a crash or a delay).
+        let proven = ["MalformedDeal", "InvalidProof", "WrongConstantTerm", "EquivocatedDeal", "EquivocatedResponse", "BadBlinding", "EquivocatedBlinding"];
+        let blamed = culprits.iter().find_map(|(node, faults)| {
+            let honest_node = !self.sc.byzantine.contains_key(node);
+            let fault = faults.iter().find(|f| proven.contains(&f.as_str()))?;
+            honest_node.then(|| (*node, fault.clone()))
+        });
         let violation = if transcripts.len() > 1 || !same_keys {
             Some(Violation::Split { transcripts: transcripts.len() })
+        } else if key_changed {
+            Some(Violation::KeyChanged)
+        } else if let Some((node, fault)) = blamed {
+            Some(Violation::HonestBlamed { node, fault })
         } else if let Some((node, attempt)) = self.double_signed {
             Some(Violation::DoubleSigned { node, attempt })
         } else if keys.len() >= t && !combines(keys[..t].iter().map(|k| &k.bls)) {
@@ -795,10 +1060,12 @@ impl Sim {
         } else {
             None
         };
+        let retired = self.honest().filter(|i| self.nodes.get(i).is_some_and(|n| n.store.retired.is_some())).collect();
         Outcome {
             seed: self.seed,
             scenario: self.sc,
             completed,
+            retired,
             failures: self.failures,
             culprits,
             virtual_ms: self.now,

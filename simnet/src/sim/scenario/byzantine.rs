@@ -1,18 +1,18 @@
 //! The simulator's byzantine library: a byzantine node runs the honest engine underneath, and
 //! its outgoing messages are rewritten here (re-signed with its own key).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use kms_dkg::dkg::{sign, Action, Dkg, DkgConfig, Timeouts};
+use kms_dkg::dkg::{sign, Action, Dkg};
 use kms_dkg::{Bls12381G2, Ed25519, Suite};
 use kms_proto::codec::encode_p2p;
 use kms_proto::dkg::{DkgBody, DkgMessage, RecoverOutcome, SuiteId};
 
-use super::{Sim, SESSION};
+use super::Sim;
 
 /// A byzantine node's behaviour (its honest engine runs underneath; its outgoing messages are
 /// rewritten, re-signed with its own key).
@@ -140,28 +140,25 @@ impl Sim {
         attempt: u64,
         suite: SuiteId,
     ) -> Option<(DkgMessage, BTreeMap<u16, DkgMessage>)> {
-        let t = Duration::from_millis(self.sc.round_timeout_ms);
-        let cfg = DkgConfig {
-            session: SESSION,
-            attempt,
-            threshold: self.sc.t,
-            me,
-            roster: self.roster.clone(),
-            excluded: BTreeSet::new(),
-            max_faulty: None,
-            timeouts: Timeouts { deal: t, respond: t, justify: t, confirm: t * 2 },
-        };
+        let cfg = self.dkg_config(me, attempt);
+        let prior = self.prior.as_ref().map(|(_, bls, ed)| (bls.clone(), ed.clone()));
         let node = self.nodes.get_mut(&me)?;
         let mut rng = ChaCha20Rng::seed_from_u64(node.rng.next_u64());
         let now = Duration::from_millis(self.now);
-        let messages: Vec<(Option<u16>, DkgMessage)> = match suite {
-            SuiteId::Bls12381G2 => {
-                let (_, a) = Dkg::<Bls12381G2>::new(cfg, node.key.clone(), now, &mut rng).ok()?;
-                sent(a)
+        let key = node.key.clone();
+        // In a reshare, the second deal has the right constant term (the dealer's old share):
+        // only its shares differ.
+        let old = node.old_keys.clone();
+        let messages: Vec<(Option<u16>, DkgMessage)> = match (suite, prior) {
+            (SuiteId::Bls12381G2, None) => sent(Dkg::<Bls12381G2>::new(cfg, key, now, &mut rng).ok()?.1),
+            (SuiteId::Ed25519, None) => sent(Dkg::<Ed25519>::new(cfg, key, now, &mut rng).ok()?.1),
+            (SuiteId::Bls12381G2, Some((bls, _))) => {
+                let own = old.as_deref().map(|k| &k.bls);
+                sent(Dkg::reshare(cfg, key, bls, own, now, &mut rng).ok()?.1)
             }
-            SuiteId::Ed25519 => {
-                let (_, a) = Dkg::<Ed25519>::new(cfg, node.key.clone(), now, &mut rng).ok()?;
-                sent(a)
+            (SuiteId::Ed25519, Some((_, ed))) => {
+                let own = old.as_deref().map(|k| &k.ed25519);
+                sent(Dkg::reshare(cfg, key, ed, own, now, &mut rng).ok()?.1)
             }
         };
         let mut deal = None;
