@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ff::Field;
 use group::{Curve, Group};
 use kms_dkg::envelope::{response, secret};
-use kms_dkg::testing::{recover_in_memory, run_dkg_in_memory, trusted_dealer};
+use kms_dkg::testing::{recover_in_memory, run_dkg_in_memory, run_reshare_in_memory, trusted_dealer};
 use kms_dkg::threshold::{combine, partial_key, verify_partial, verify_partials, KeyId, PartialKey};
 use kms_dkg::{Bls12381G2, Ed25519};
 use pairing::Engine;
@@ -124,6 +124,30 @@ fn dkg(c: &mut Criterion) {
     g.finish();
 }
 
+fn reshare(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reshare (all participants, one process)");
+    g.sample_size(10);
+    for (old_t, old_n, t, n) in [(3u16, 5u16, 4u16, 7u16), (11, 16, 11, 16)] {
+        let bls = trusted_dealer::<Bls12381G2>(old_t, old_n, None, &mut ChaCha20Rng::seed_from_u64(6));
+        g.bench_function(format!("BLS12-381 {old_t}-of-{old_n} to {t}-of-{n}"), |b| {
+            b.iter_batched(
+                || ChaCha20Rng::seed_from_u64(7),
+                |mut rng| run_reshare_in_memory(&bls, n, t, &mut rng).expect("reshare"),
+                BatchSize::SmallInput,
+            )
+        });
+        let ed = trusted_dealer::<Ed25519>(old_t, old_n, None, &mut ChaCha20Rng::seed_from_u64(8));
+        g.bench_function(format!("Ed25519 {old_t}-of-{old_n} to {t}-of-{n}"), |b| {
+            b.iter_batched(
+                || ChaCha20Rng::seed_from_u64(9),
+                |mut rng| run_reshare_in_memory(&ed, n, t, &mut rng).expect("reshare"),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn recovery(c: &mut Criterion) {
     let mut g = c.benchmark_group("share recovery (requester and t helpers, one process)");
     g.sample_size(20);
@@ -137,5 +161,5 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, floor, threshold, envelopes, dkg, recovery);
+criterion_group!(benches, floor, threshold, envelopes, dkg, reshare, recovery);
 criterion_main!(benches);

@@ -93,6 +93,85 @@ pub fn run_dkg_in_memory<S: Suite>(
     outputs.into_iter().enumerate().map(|(i, o)| o.ok_or(format!("node {} did not finish", i + 1))).collect()
 }
 
+/// Reshares `old` (the shares of an old committee, by index) to `n` new members with threshold
+/// `t` among honest in-memory nodes (FIFO delivery, no faults): old members `1..=min(old n, n)`
+/// keep their index, the rest of the new committee joins, old members beyond `n` deal and leave.
+/// Returns the new members' outputs in index order. For benchmarks and examples.
+pub fn run_reshare_in_memory<S: Suite>(
+    old: &[KeyShare<S>],
+    n: u16,
+    t: u16,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Vec<crate::dkg::DkgOutput<S>>, String> {
+    use crate::dkg::{Action, Dkg, DkgConfig, Resharing, Timeouts};
+    use std::collections::{BTreeMap, VecDeque};
+    use std::time::Duration;
+
+    let first = old.first().ok_or("no old shares")?;
+    let old_n = u16::try_from(old.len()).map_err(|e| e.to_string())?;
+    let participants = n.max(old_n);
+    let keys: Vec<ed25519_dalek::SigningKey> =
+        (0..participants).map(|_| ed25519_dalek::SigningKey::generate(rng)).collect();
+    let roster: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
+    let layout = Resharing {
+        from_epoch: first.epoch(),
+        old_threshold: first.public().threshold(),
+        receivers: n,
+        dealers: (1..=old_n).map(|i| (i, i)).collect::<BTreeMap<u16, u16>>(),
+    };
+    let mut nodes = Vec::new();
+    let mut queue: VecDeque<(u16, u16, kms_proto::dkg::DkgMessage)> = VecDeque::new();
+    let mut outputs: Vec<Option<crate::dkg::DkgOutput<S>>> = (0..n).map(|_| None).collect();
+    let route = |from: u16, actions: Vec<Action<S>>, queue: &mut VecDeque<_>, outputs: &mut Vec<_>| {
+        for a in actions {
+            match a {
+                Action::Broadcast(m) => {
+                    queue.extend((1..=participants).filter(|&to| to != from).map(|to| (from, to, m.clone())));
+                }
+                Action::Send { to, message } => queue.push_back((from, to, message)),
+                Action::Completed(out) => outputs[usize::from(from - 1)] = Some(*out),
+                Action::Failed(f) => return Err(format!("participant {from}: {f}")),
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    for (i, key) in keys.iter().enumerate() {
+        let me = u16::try_from(i + 1).map_err(|e| e.to_string())?;
+        let cfg = DkgConfig {
+            session: [0x5f; 32],
+            attempt: first.epoch() + 1,
+            threshold: t,
+            me,
+            roster: roster.clone(),
+            excluded: Default::default(),
+            max_faulty: None,
+            timeouts: Timeouts::default(),
+            resharing: Some(layout.clone()),
+        };
+        let own = old.get(i);
+        let (dkg, actions) =
+            Dkg::<S>::reshare(cfg, key.clone(), first.public().clone(), own, Duration::ZERO, rng)
+                .map_err(|e| e.to_string())?;
+        nodes.push(dkg);
+        route(me, actions, &mut queue, &mut outputs)?;
+    }
+    while let Some((from, to, msg)) = queue.pop_front() {
+        let node = &mut nodes[usize::from(to - 1)];
+        if node.is_finished() {
+            continue;
+        }
+        if let Ok(actions) = node.handle_message(from, msg, Duration::ZERO) {
+            route(to, actions, &mut queue, &mut outputs)?;
+        }
+    }
+    outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| o.ok_or(format!("member {} did not finish", i + 1)))
+        .collect()
+}
+
 /// Recovers node `r`'s share from the other nodes' shares by share recovery
 /// ([`crate::dkg::recovery`]): `r` asks, t helpers blind and answer, all in memory (FIFO delivery,
 /// no faults). Returns the recovered secret, checked against `VK_r`. For benchmarks and examples.

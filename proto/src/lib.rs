@@ -11,6 +11,7 @@
 //! * [`cluster`]: the cluster descriptor signed by the cluster's group key.
 //! * [`hex_bytes`]: fixed-size byte strings as lowercase hex in JSON.
 //! * [`p2p`]: node-to-node requests (DKG transport, manifest gossip, FROST signing).
+//! * [`reshare`]: roster changes and the operators' approvals that authorize a reshare.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod dkg;
 pub mod error_code;
 pub mod hex_bytes;
 pub mod p2p;
+pub mod reshare;
 
 pub use app::{AppId, Label};
 pub use codec::CodecError;

@@ -316,7 +316,10 @@ mod reshare {
             retried += out.failures.len();
             recovered += out.recovery_rounds.len();
             persist_crashes += out.persist_crashes;
-            leaving += sc.reshare.as_ref().map_or(0, |r| r.seats.iter().filter(|s| matches!(s, Seat::Leaves(_))).count());
+            leaving += sc
+                .reshare
+                .as_ref()
+                .map_or(0, |r| r.seats.iter().filter(|s| matches!(s, Seat::Leaves(_))).count());
         }
         eprintln!(
             "{SEEDS} reshares: property holds, {retried} failed attempts retried, {recovered} shares recovered, \
@@ -385,7 +388,8 @@ mod reshare {
     fn a_member_that_aborts_mid_round_rejoins_or_is_done_without() {
         // Member 2 crashes after its deal and restarts after the others finished; member 6 (new)
         // crashes and never comes back.
-        let out = Scenario::reshare(5, 3, five_to_seven(), 4).crash(2, 30, Some(30_000)).crash(6, 40, None).run(24);
+        let out =
+            Scenario::reshare(5, 3, five_to_seven(), 4).crash(2, 30, Some(30_000)).crash(6, 40, None).run(24);
         assert!(out.violation.is_none(), "{:?}", out.violation);
         assert!(out.completed.contains_key(&2), "the restarted member adopts the transcript");
         assert_eq!(out.completed.len(), 6);
@@ -431,5 +435,67 @@ mod reshare {
             assert_eq!(a.completed, b.completed);
             assert_eq!((a.virtual_ms, a.delivered), (b.virtual_ms, b.delivered));
         }
+    }
+}
+
+mod chains {
+    //! Reshares of reshares, through the engine: the keys one run ends with are the next run's
+    //! old keys.
+
+    use std::sync::Arc;
+
+    use kms_simnet::sim::{Outcome, Scenario, Seat};
+
+    fn keys_of(out: &Outcome) -> Vec<Arc<kms_dkg::ceremony::ActiveKeys>> {
+        assert!(out.violation.is_none(), "{:?}", out.violation);
+        out.keys.values().cloned().collect()
+    }
+
+    fn mpk(out: &Outcome) -> Vec<u8> {
+        use kms_dkg::Suite;
+        let k = out.keys.values().next().expect("keys");
+        kms_dkg::Bls12381G2::encode_point(k.bls.public().public_key())
+    }
+
+    #[test]
+    fn five_seven_four_six_with_t_changing_keeps_the_keys() {
+        let mut seats: Vec<Seat> = (1..=5).map(Seat::Stays).collect();
+        seats.extend([Seat::Joins, Seat::Joins]);
+        let first = Scenario::reshare(5, 3, seats, 4).drop(0.05).run(31);
+        let key = mpk(&first);
+        // 7 -> 4 (t 3): 5, 6, 7 leave.
+        let seats = vec![
+            Seat::Stays(1),
+            Seat::Stays(2),
+            Seat::Stays(3),
+            Seat::Stays(4),
+            Seat::Leaves(5),
+            Seat::Leaves(6),
+            Seat::Leaves(7),
+        ];
+        let second = Scenario::reshare_of(keys_of(&first), seats, 3).delay(1, 100).run(32);
+        assert_eq!(second.keys.len(), 4);
+        assert_eq!(mpk(&second), key);
+        // 4 -> 6 (t 4): two join, one of them replacing old 2, which lost its store (no dealer).
+        let seats =
+            vec![Seat::Stays(1), Seat::Joins, Seat::Stays(3), Seat::Stays(4), Seat::Joins, Seat::Joins];
+        let third = Scenario::reshare_of(keys_of(&second), seats, 4).run(33);
+        assert_eq!(third.keys.len(), 6);
+        assert_eq!(mpk(&third), key);
+        let epochs: Vec<u64> = [&first, &second, &third].iter().map(|o| o.keys[&1].epoch).collect();
+        assert!(epochs.windows(2).all(|w| w[0] < w[1]), "epochs grow: {epochs:?}");
+        assert!(keys_of(&third).iter().all(|k| k.bls.public().threshold() == 4));
+    }
+
+    #[test]
+    fn twenty_consecutive_refreshes_keep_the_keys() {
+        let seats = || (1..=4).map(Seat::Stays).collect::<Vec<_>>();
+        let mut out = Scenario::reshare(4, 2, seats(), 2).run(40);
+        let key = mpk(&out);
+        for round in 1..20 {
+            out = Scenario::reshare_of(keys_of(&out), seats(), 2).drop(0.02).run(40 + round);
+            assert_eq!(mpk(&out), key, "refresh {round}");
+        }
+        assert_eq!(out.keys.len(), 4);
     }
 }

@@ -184,7 +184,8 @@ impl Config {
             }
             _ => false,
         };
-        let thresholds = p.bls.threshold() == p.layout.old_threshold && p.ed25519.threshold() == p.layout.old_threshold;
+        let thresholds =
+            p.bls.threshold() == p.layout.old_threshold && p.ed25519.threshold() == p.layout.old_threshold;
         if ok && thresholds {
             Ok(())
         } else {
@@ -618,7 +619,14 @@ impl Ceremonies {
                         now,
                         &mut Rng(&mut *self.rng),
                     ),
-                    Dkg::reshare(cfg, identity(), p.ed25519.clone(), own.map(|k| &k.ed25519), now, &mut Rng(&mut *self.rng)),
+                    Dkg::reshare(
+                        cfg,
+                        identity(),
+                        p.ed25519.clone(),
+                        own.map(|k| &k.ed25519),
+                        now,
+                        &mut Rng(&mut *self.rng),
+                    ),
                 )
             }
         };

@@ -588,7 +588,9 @@ impl<S: Suite> Dkg<S> {
 
     fn all_deals_in(&self) -> bool {
         let receives = self.cfg.receives(self.cfg.me);
-        self.dealers().into_iter().all(|d| self.deals.contains_key(&d) && (!receives || self.shares.contains_key(&d)))
+        self.dealers()
+            .into_iter()
+            .all(|d| self.deals.contains_key(&d) && (!receives || self.shares.contains_key(&d)))
     }
 
     // ----- round 2 -----
@@ -871,21 +873,38 @@ impl<S: Suite> Dkg<S> {
     /// The public key set and this node's share (zero when it has none) from the qualified
     /// dealers' commitments and shares, weighted as [`Dkg::weights`] says.
     #[allow(clippy::type_complexity)]
-    fn combine(&self, qualified: &[(u16, Vec<S::Point>, Option<S::Scalar>)]) -> Option<(PublicKeySet<S>, S::Scalar)> {
+    fn combine(
+        &self,
+        qualified: &[(u16, Vec<S::Point>, Option<S::Scalar>)],
+    ) -> Option<(PublicKeySet<S>, S::Scalar)> {
         let dealers: Vec<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
         let weights = self.weights(&dealers)?;
         let mut secret = S::Scalar::ZERO;
-        let mut commitments: Vec<S::Point> = vec![S::Point::identity(); usize::from(self.cfg.threshold)];
-        let plain = self.cfg.resharing.is_none();
-        for ((_, c, s), w) in qualified.iter().zip(&weights) {
+        for ((_, _, s), w) in qualified.iter().zip(&weights) {
             if let Some(s) = s {
                 secret += *s * w;
             }
-            for (acc, ck) in commitments.iter_mut().zip(c) {
-                // A key generation sums (weights are 1: skip the multiplications).
-                *acc += if plain { *ck } else { *ck * w };
-            }
         }
+        let t = usize::from(self.cfg.threshold);
+        let commitments: Vec<S::Point> = if self.cfg.resharing.is_none() {
+            // A key generation sums (every weight is 1).
+            let mut sum = vec![S::Point::identity(); t];
+            for (_, c, _) in qualified {
+                for (acc, ck) in sum.iter_mut().zip(c) {
+                    *acc += ck;
+                }
+            }
+            sum
+        } else {
+            // A reshare weighs each dealer's commitments: one multi-scalar multiplication per
+            // coefficient (public values, so variable time is fine).
+            (0..t)
+                .map(|k| {
+                    let points: Vec<S::Point> = qualified.iter().map(|(_, c, _)| c[k]).collect();
+                    S::msm(&points, &weights)
+                })
+                .collect()
+        };
         let public = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.committee())?;
         Some((public, secret))
     }
@@ -943,7 +962,15 @@ impl<S: Suite> Dkg<S> {
             };
             self.phase = Phase::Done;
             let culprits = self.culprits.iter().cloned().collect();
-            return vec![self.output(fin.share, fin.public, fin.qual, fin.transcript, matching, culprits, false)];
+            return vec![self.output(
+                fin.share,
+                fin.public,
+                fin.qual,
+                fin.transcript,
+                matching,
+                culprits,
+                false,
+            )];
         }
         let still_possible = usize::from(self.cfg.committee()) - differing.len() >= usize::from(quorum);
         if now >= self.deadline || !still_possible {
@@ -1072,7 +1099,15 @@ impl<S: Suite> Dkg<S> {
             self.culprits.extend(requester.culprits().cloned());
         }
         let culprits = self.culprits.iter().cloned().collect();
-        actions.push(self.output(share, public, qual.into_iter().collect(), transcript, certificate, culprits, recovered));
+        actions.push(self.output(
+            share,
+            public,
+            qual.into_iter().collect(),
+            transcript,
+            certificate,
+            culprits,
+            recovered,
+        ));
         actions
     }
 
@@ -1098,7 +1133,9 @@ impl<S: Suite> Dkg<S> {
                 culprits,
                 recovered,
             })),
-            None => Action::HandedOver(Box::new(HandOver { public, qual, transcript, certificate, culprits })),
+            None => {
+                Action::HandedOver(Box::new(HandOver { public, qual, transcript, certificate, culprits }))
+            }
         }
     }
 

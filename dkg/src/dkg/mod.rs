@@ -110,6 +110,18 @@ pub struct Resharing {
     pub dealers: BTreeMap<u16, u16>,
 }
 
+impl Resharing {
+    /// The layout of an authorized roster change ([`kms_proto::reshare::AuthorizedChange::verify`]).
+    pub fn from_layout(layout: &kms_proto::reshare::Layout) -> Self {
+        Resharing {
+            from_epoch: layout.from_epoch,
+            old_threshold: layout.old_threshold,
+            receivers: layout.receivers,
+            dealers: layout.dealers.clone(),
+        }
+    }
+}
+
 impl DkgConfig {
     /// Number of participants (for a key generation, the nodes).
     pub fn n(&self) -> u16 {

@@ -147,8 +147,12 @@ impl<S: Suite> Net<S> {
                 continue;
             }
             // Idle: jump to the earliest timer of an unfinished node.
-            let next =
-                self.timers.iter().filter(|(i, _)| !self.outcomes.contains_key(i) && !self.handed.contains_key(i)).map(|(_, t)| *t).min();
+            let next = self
+                .timers
+                .iter()
+                .filter(|(i, _)| !self.outcomes.contains_key(i) && !self.handed.contains_key(i))
+                .map(|(_, t)| *t)
+                .min();
             let Some(next) = next else { break };
             self.now = self.now.max(next);
             let due: Vec<u16> =
@@ -281,7 +285,8 @@ impl<S: Suite> Net<S> {
             let own = seats[usize::from(i - 1)].old.map(|x| &old[usize::from(x - 1)]);
             let prior = old[0].public().clone();
             let key = net.keys[usize::from(i - 1)].clone();
-            let (dkg, actions) = Dkg::reshare(cfg, key, prior, own, net.now, &mut rng).expect("valid reshare");
+            let (dkg, actions) =
+                Dkg::reshare(cfg, key, prior, own, net.now, &mut rng).expect("valid reshare");
             net.nodes.insert(i, dkg);
             net.apply(i, actions);
         }

@@ -30,8 +30,9 @@ fn old_key<S: Suite>(t: u16, n: u16, seed: u64) -> (S::Scalar, Vec<KeyShare<S>>)
 /// Every seat that receives completed with one transcript and the old key; every t'-subset
 /// tried interpolates to the old secret; leaving seats saw the same end.
 fn assert_reshared<S: Suite>(net: &Net<S>, seats: &[Seat], t: u16, secret: &S::Scalar, old: &[KeyShare<S>]) {
-    let receivers: Vec<u16> =
-        (1..=seats.len() as u16).filter(|&p| seats[usize::from(p - 1)].receives && !net.silent.contains(&p)).collect();
+    let receivers: Vec<u16> = (1..=seats.len() as u16)
+        .filter(|&p| seats[usize::from(p - 1)].receives && !net.silent.contains(&p))
+        .collect();
     let outs = net.completed(&receivers);
     let first = outs[0];
     for out in &outs {
@@ -158,8 +159,29 @@ fn a_chain_five_seven_four_six_with_t_changing() {
     // (seats, t'): 5 -> 7 (t 4), 7 -> 4 (t 3; members 5, 6, 7 leave), 4 -> 6 (t 4).
     let steps: Vec<(Vec<Seat>, u16)> = vec![
         (seats_5_to_7(), 4),
-        (vec![Seat::stays(1), Seat::stays(2), Seat::stays(3), Seat::stays(4), Seat::leaves(5), Seat::leaves(6), Seat::leaves(7)], 3),
-        (vec![Seat::stays(1), Seat::stays(2), Seat::stays(3), Seat::stays(4), Seat::joins(), Seat::joins()], 4),
+        (
+            vec![
+                Seat::stays(1),
+                Seat::stays(2),
+                Seat::stays(3),
+                Seat::stays(4),
+                Seat::leaves(5),
+                Seat::leaves(6),
+                Seat::leaves(7),
+            ],
+            3,
+        ),
+        (
+            vec![
+                Seat::stays(1),
+                Seat::stays(2),
+                Seat::stays(3),
+                Seat::stays(4),
+                Seat::joins(),
+                Seat::joins(),
+            ],
+            4,
+        ),
     ];
     for (k, (seats, t)) in steps.iter().enumerate() {
         let mut net = Net::reshare(&shares, seats, *t, 20 + k as u64, BTreeSet::new(), None);
@@ -188,9 +210,15 @@ fn a_dealer_that_deals_a_different_secret_is_disqualified_and_named() {
         // The same layout, dealing share 2 of another key.
         let mut m = BTreeMap::new();
         let cfg = reshare_config(&keys, &seats, &fake, 4, 2);
-        let (_, actions) =
-            Dkg::reshare(cfg, keys[1].clone(), fake[0].public().clone(), Some(&fake[1]), Default::default(), &mut seeded(2))
-                .expect("config");
+        let (_, actions) = Dkg::reshare(
+            cfg,
+            keys[1].clone(),
+            fake[0].public().clone(),
+            Some(&fake[1]),
+            Default::default(),
+            &mut seeded(2),
+        )
+        .expect("config");
         for a in actions {
             match a {
                 Action::Broadcast(msg) if matches!(msg.body, DkgBody::Deal(_)) => {
@@ -235,9 +263,15 @@ fn a_dealer_with_consistent_commitments_but_different_shares_per_member_is_caugh
     let seats = seats_5_to_7();
     let keys = crate::harness::identity_keys(7, 18 ^ 0xe5);
     let cfg = reshare_config(&keys, &seats, &old, 4, 3);
-    let (_, actions) =
-        Dkg::reshare(cfg, keys[2].clone(), old[0].public().clone(), Some(&old[2]), Default::default(), &mut seeded(77))
-            .expect("config");
+    let (_, actions) = Dkg::reshare(
+        cfg,
+        keys[2].clone(),
+        old[0].public().clone(),
+        Some(&old[2]),
+        Default::default(),
+        &mut seeded(77),
+    )
+    .expect("config");
     let mut other: BTreeMap<u16, DkgMessage> = BTreeMap::new();
     for a in actions {
         match a {
@@ -269,7 +303,11 @@ fn a_dealer_with_consistent_commitments_but_different_shares_per_member_is_caugh
     let outs = net.completed(&honest);
     for out in &outs {
         assert!(!out.qual.contains(&3));
-        assert!(out.culprits.iter().any(|c| c.node == 3 && c.fault == Fault::EquivocatedDeal), "{:?}", out.culprits);
+        assert!(
+            out.culprits.iter().any(|c| c.node == 3 && c.fault == Fault::EquivocatedDeal),
+            "{:?}",
+            out.culprits
+        );
     }
     assert_eq!(outs[0].transcript, outs[5].transcript);
     let shares: Vec<&KeyShare<Bls12381G2>> = outs.iter().map(|o| &o.share).skip(2).collect();
@@ -283,8 +321,15 @@ fn fewer_than_t_old_members_cannot_reshare() {
     let seats = vec![Seat::stays(1), Seat::stays(2), Seat::joins(), Seat::joins()];
     let keys = crate::harness::identity_keys(4, 1);
     let cfg = reshare_config(&keys, &seats, &old, 3, 1);
-    let err = Dkg::reshare(cfg, keys[0].clone(), old[0].public().clone(), Some(&old[0]), Default::default(), &mut seeded(1))
-        .expect_err("refused");
+    let err = Dkg::reshare(
+        cfg,
+        keys[0].clone(),
+        old[0].public().clone(),
+        Some(&old[0]),
+        Default::default(),
+        &mut seeded(1),
+    )
+    .expect_err("refused");
     assert_eq!(err, ConfigError::TooFewDealers { dealers: 2, needed: 3 });
 
     // Three take part but one is down: the attempt fails with too few qualified dealers, and no
@@ -311,8 +356,15 @@ fn a_reshare_refuses_a_prior_that_does_not_fit() {
     let prior = old[0].public().clone();
     let new = |me: u16, own: Option<&KeyShare<Bls12381G2>>| {
         let cfg = reshare_config(&keys, &seats, &old, 4, me);
-        Dkg::reshare(cfg, keys[usize::from(me - 1)].clone(), prior.clone(), own, Default::default(), &mut seeded(3))
-            .map(|_| ())
+        Dkg::reshare(
+            cfg,
+            keys[usize::from(me - 1)].clone(),
+            prior.clone(),
+            own,
+            Default::default(),
+            &mut seeded(3),
+        )
+        .map(|_| ())
     };
     // A dealer without its share, a joining node with one, a dealer with another's share.
     assert_eq!(new(1, None), Err(ConfigError::BadPrior));
@@ -330,7 +382,8 @@ fn a_reshare_refuses_a_prior_that_does_not_fit() {
         r.dealers.insert(2, 1);
     }
     assert_eq!(
-        Dkg::reshare(cfg, keys[0].clone(), prior.clone(), Some(&old[0]), Default::default(), &mut seeded(5)).map(|_| ()),
+        Dkg::reshare(cfg, keys[0].clone(), prior.clone(), Some(&old[0]), Default::default(), &mut seeded(5))
+            .map(|_| ()),
         Err(ConfigError::BadLayout)
     );
 }
@@ -341,9 +394,15 @@ fn a_deal_from_a_node_that_does_not_deal_is_ignored() {
     let seats = seats_5_to_7();
     let keys = crate::harness::identity_keys(7, 3);
     let cfg = reshare_config(&keys, &seats, &old, 4, 1);
-    let (mut dkg, _) =
-        Dkg::reshare(cfg, keys[0].clone(), old[0].public().clone(), Some(&old[0]), Default::default(), &mut seeded(6))
-            .expect("config");
+    let (mut dkg, _) = Dkg::reshare(
+        cfg,
+        keys[0].clone(),
+        old[0].public().clone(),
+        Some(&old[0]),
+        Default::default(),
+        &mut seeded(6),
+    )
+    .expect("config");
     // New member 6 deals as if it were a dealer.
     let cfg6 = reshare_config(&keys, &seats, &old, 4, 6);
     let mut cfg_dealer = cfg6.clone();
@@ -351,9 +410,15 @@ fn a_deal_from_a_node_that_does_not_deal_is_ignored() {
         r.dealers.remove(&1);
         r.dealers.insert(6, 1);
     }
-    let (_, actions) =
-        Dkg::reshare(cfg_dealer, keys[5].clone(), old[0].public().clone(), Some(&old[0]), Default::default(), &mut seeded(7))
-            .expect("config");
+    let (_, actions) = Dkg::reshare(
+        cfg_dealer,
+        keys[5].clone(),
+        old[0].public().clone(),
+        Some(&old[0]),
+        Default::default(),
+        &mut seeded(7),
+    )
+    .expect("config");
     let deal = actions
         .into_iter()
         .find_map(|a| match a {

@@ -197,3 +197,122 @@ fn secret_envelope_vectors() {
         assert_eq!(h(again), c["envelope"]);
     }
 }
+
+/// A 3-of-5 key reshared to 4-of-7 (old members 1..5 stay, two join), computed here by hand:
+/// each dealer's polynomial has its old share as constant term, new share
+/// `s'_j = Σ_i λ_i f_i(j)` with `λ_i` the Lagrange coefficients at zero over the dealers' old
+/// indices. Dealer `i`'s other coefficients are the draws of `ChaCha20Rng::seed_from_u64(31000 +
+/// i)` (as the test harness seeds dealer `i`'s machine), so the machines deal exactly these
+/// polynomials: they must end with exactly these shares, and their transcript hash is pinned.
+fn generate_reshare_case(seed: u64) -> Value {
+    let mut rng = seeded(seed);
+    let s = Scalar::random(&mut rng);
+    let old = trusted_dealer::<Bls12381G2>(3, 5, Some(s), &mut rng);
+    let polys: Vec<Vec<Scalar>> = old
+        .iter()
+        .map(|sh| {
+            let mut draws = seeded(RESHARE_SEED * 1000 + u64::from(sh.index()));
+            let mut p: Vec<Scalar> = (0..4).map(|_| Scalar::random(&mut draws)).collect();
+            p[0] = *sh.secret();
+            p
+        })
+        .collect();
+    let lambdas: Vec<Scalar> = lagrange_at_zero(&[1, 2, 3, 4, 5]).expect("distinct");
+    let new: Vec<Scalar> = (1..=7u64).map(|j| reshare_share(&polys, &lambdas, j)).collect();
+    let mut case = json!({
+        "old_threshold": 3, "old_n": 5, "threshold": 4, "n": 7,
+        "master_secret": h(s.to_bytes_be()), "mpk": h(Bls12381G2::encode_point(old[0].public().public_key())),
+        "old_shares": old.iter().map(|sh| json!({"index": sh.index(), "secret": h(sh.secret().to_bytes_be())})).collect::<Vec<_>>(),
+        "dealer_polynomials": polys.iter().map(|p| p.iter().map(|c| h(c.to_bytes_be())).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "new_shares": new.iter().enumerate().map(|(j, sj)| json!({
+            "index": j + 1, "secret": h(sj.to_bytes_be()), "vk": h(Bls12381G2::encode_point(&(G2Projective::generator() * sj))),
+        })).collect::<Vec<_>>(),
+    });
+    let transcript = machine_reshare(&case).1;
+    case["transcript"] = json!(h(transcript));
+    case
+}
+
+/// The seed of the harness run the reshare vector pins (dealer `i`'s machine draws from
+/// `ChaCha20Rng::seed_from_u64(RESHARE_SEED * 1000 + i)`).
+const RESHARE_SEED: u64 = 31;
+
+fn reshare_share(polys: &[Vec<Scalar>], lambdas: &[Scalar], j: u64) -> Scalar {
+    let x = Scalar::from(j);
+    polys.iter().zip(lambdas).map(|(p, l)| *l * p.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c)).sum()
+}
+
+/// Runs the reshare machines on the vector's old shares; returns their new shares (in new
+/// index order) and the transcript they agreed on.
+fn machine_reshare(c: &Value) -> (Vec<Scalar>, [u8; 32]) {
+    use crate::harness::{Net, Seat};
+    use kms_dkg::KeyShare;
+
+    let mpk = g2(&c["mpk"]);
+    let old_secrets: Vec<Scalar> =
+        c["old_shares"].as_array().expect("old").iter().map(|s| scalar(&s["secret"])).collect();
+    let vks = (1..=5u16).zip(&old_secrets).map(|(i, s)| (i, G2Projective::generator() * s)).collect();
+    let public = PublicKeySet::<Bls12381G2>::new(3, mpk, vks);
+    let old: Vec<KeyShare<Bls12381G2>> = old_secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| KeyShare::new(0, i as u16 + 1, *s, public.clone()).expect("old share"))
+        .collect();
+    let mut seats: Vec<Seat> = (1..=5).map(Seat::stays).collect();
+    seats.extend([Seat::joins(), Seat::joins()]);
+    let mut net = Net::reshare(&old, &seats, 4, RESHARE_SEED, Default::default(), None);
+    net.run();
+    let outs = net.completed(&[1, 2, 3, 4, 5, 6, 7]);
+    let shares = outs.iter().map(|o| *o.share.secret()).collect();
+    (shares, outs[0].transcript)
+}
+
+#[test]
+fn reshare_vectors() {
+    let path = dir().join("reshare.json");
+    if writing() {
+        let doc = json!({ "cases": [generate_reshare_case(41)] });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json") + "\n").expect("write");
+    }
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("vectors present")).expect("json");
+    for c in doc["cases"].as_array().expect("cases") {
+        let s = scalar(&c["master_secret"]);
+        assert_eq!(g2(&c["mpk"]), G2Projective::generator() * s, "mpk");
+        let polys: Vec<Vec<Scalar>> = c["dealer_polynomials"]
+            .as_array()
+            .expect("polys")
+            .iter()
+            .map(|p| p.as_array().expect("coefficients").iter().map(scalar).collect())
+            .collect();
+        let old: Vec<Scalar> =
+            c["old_shares"].as_array().expect("old").iter().map(|x| scalar(&x["secret"])).collect();
+        // The old shares are a 3-of-5 sharing of the master secret.
+        let l: Vec<Scalar> = lagrange_at_zero(&[2, 4, 5]).expect("distinct");
+        assert_eq!([1, 3, 4].iter().zip(&l).map(|(i, li)| old[*i] * li).sum::<Scalar>(), s, "old shares");
+        for (p, si) in polys.iter().zip(&old) {
+            assert_eq!(p.len(), 4, "degree t' - 1");
+            assert_eq!(&p[0], si, "each dealer deals its own old share");
+        }
+        let lambdas: Vec<Scalar> = lagrange_at_zero(&[1, 2, 3, 4, 5]).expect("distinct");
+        let entries = c["new_shares"].as_array().expect("new");
+        let new: Vec<Scalar> = entries.iter().map(|x| scalar(&x["secret"])).collect();
+        for (j, (sj, entry)) in new.iter().zip(entries).enumerate() {
+            assert_eq!(*sj, reshare_share(&polys, &lambdas, j as u64 + 1), "new share {}", j + 1);
+            assert_eq!(g2(&entry["vk"]), G2Projective::generator() * sj, "new vk {}", j + 1);
+        }
+        // Any 4 of the 7 new shares interpolate to the master secret; 3 do not.
+        for idx in [[1u16, 2, 3, 4], [4, 5, 6, 7], [1, 3, 5, 7]] {
+            let l: Vec<Scalar> = lagrange_at_zero(&idx).expect("distinct");
+            let got: Scalar = idx.iter().zip(&l).map(|(i, li)| new[usize::from(*i) - 1] * li).sum();
+            assert_eq!(got, s, "new shares {idx:?}");
+        }
+        let l: Vec<Scalar> = lagrange_at_zero(&[1, 2, 3]).expect("distinct");
+        assert_ne!((0..3).map(|i| new[i] * l[i]).sum::<Scalar>(), s, "3 new shares are not enough");
+        // The machines deal these polynomials and end with exactly these shares and the pinned
+        // transcript.
+        let (machine, transcript) = machine_reshare(c);
+        assert_eq!(machine, new, "the machines' shares");
+        assert_eq!(h(transcript), c["transcript"], "transcript");
+    }
+}

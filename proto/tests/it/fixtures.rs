@@ -150,6 +150,20 @@ pub fn dkg_messages() -> Vec<(&'static str, DkgMessage)> {
             })),
         ),
         (
+            // A reshare's deal: the constant term is the dealer's old verification key, and
+            // there is no proof of knowledge.
+            "dkg_reshare_deal",
+            DkgMessage::new(DkgBody::Deal(Signed {
+                payload: Deal {
+                    header: header(SuiteId::Bls12381G2, 6),
+                    commitments: vec![vec![0xc2; 96], vec![0xc3; 96]],
+                    pok_r: Vec::new(),
+                    pok_z: Vec::new(),
+                },
+                signature: sig.clone(),
+            })),
+        ),
+        (
             "dkg_share",
             DkgMessage::new(DkgBody::Share(ShareMsg {
                 header: header(SuiteId::Bls12381G2, 1),
@@ -263,4 +277,44 @@ fn blinding(sig: &[u8]) -> Signed<Blinding> {
         },
         signature: sig.to_vec(),
     }
+}
+
+/// A 3-of-5 cluster at epoch 4 growing to 4-of-7 (members 1..5 stay, two join), approved by
+/// current members 1, 3 and 5.
+pub fn authorized_change() -> (kms_proto::reshare::AuthorizedChange, kms_proto::reshare::Committee) {
+    use kms_proto::reshare::{Approval, AuthorizedChange, Committee, Member, RosterChange};
+    let old: Vec<SigningKey> = (1..=5u8).map(|i| SigningKey::from_bytes(&[0x30 + i; 32])).collect();
+    let new: Vec<SigningKey> = (6..=7u8).map(|i| SigningKey::from_bytes(&[0x30 + i; 32])).collect();
+    let members = old
+        .iter()
+        .chain(&new)
+        .enumerate()
+        .map(|(i, k)| Member {
+            identity: HexBytes(k.verifying_key().to_bytes()),
+            p2p_addr: format!("/dns4/kms-{}.example/tcp/4001", i + 1),
+            http_url: format!("https://kms-{}.example", i + 1),
+        })
+        .collect();
+    let change = RosterChange {
+        version: 1,
+        cluster_id: HexBytes([0x5e; 32]),
+        from_epoch: 4,
+        threshold: 4,
+        members,
+        dealers: vec![1, 2, 3, 4, 5],
+    };
+    let approvals = [1u16, 3, 5]
+        .iter()
+        .map(|&i| Approval {
+            index: i,
+            signature: HexBytes(old[usize::from(i - 1)].sign(&change.signing_bytes()).to_bytes()),
+        })
+        .collect();
+    let committee = Committee {
+        cluster_id: [0x5e; 32],
+        epoch: 4,
+        threshold: 3,
+        identities: old.iter().map(|k| k.verifying_key()).collect(),
+    };
+    (AuthorizedChange { change, approvals }, committee)
 }

@@ -127,3 +127,13 @@ fn dkg_messages() {
         check_p2p(&format!("{name}.hex"), &msg);
     }
 }
+
+#[test]
+fn authorized_roster_change() {
+    let (change, committee) = fixtures::authorized_change();
+    let layout = change.verify(&committee).unwrap();
+    assert_eq!(layout.receivers, 7);
+    check_json("authorized_change.json", &change);
+    // The session id every reshare message and transcript is bound to, pinned.
+    check_file("reshare_session.txt", format!("{}\n", hex::encode(change.change.session())).as_bytes());
+}

@@ -15,7 +15,6 @@ mod net;
 mod scenario;
 
 pub use scenario::{
-    random_reshare_scenario, random_scenario, Behaviour, Completion, Outcome, PersistCrash, PersistPoint, Reshare,
-    Scenario, Seat, Violation, FROM_EPOCH,
-    WriteKind,
+    random_reshare_scenario, random_scenario, Behaviour, Completion, Outcome, PersistCrash, PersistPoint,
+    Reshare, Scenario, Seat, Violation, WriteKind, FROM_EPOCH,
 };

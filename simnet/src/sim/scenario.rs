@@ -94,9 +94,9 @@ impl Seat {
 }
 
 /// A reshare the scenario runs instead of a key generation: the old committee's keys (of
-/// epoch [`FROM_EPOCH`]) are dealt from the seed by a trusted dealer, and the nodes of the
-/// scenario are the participants, new committee first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// epoch [`FROM_EPOCH`], dealt from the seed by a trusted dealer, or those of an earlier run),
+/// and the nodes of the scenario are the participants, new committee first.
+#[derive(Debug, Clone)]
 pub struct Reshare {
     /// The old committee's size.
     pub old_n: u16,
@@ -104,6 +104,8 @@ pub struct Reshare {
     pub old_t: u16,
     /// The participants: node `i` is `seats[i - 1]`; those that receive come first.
     pub seats: Vec<Seat>,
+    /// The old committee's keys, by old index (`None`: dealt from the seed at [`FROM_EPOCH`]).
+    pub from: Option<Vec<Arc<ActiveKeys>>>,
 }
 
 /// The epoch a simulated reshare starts from.
@@ -201,6 +203,8 @@ pub struct Outcome {
     pub scenario: Scenario,
     /// Honest nodes that activated.
     pub completed: BTreeMap<u16, Completion>,
+    /// Their keys (to chain a reshare of them).
+    pub keys: BTreeMap<u16, Arc<ActiveKeys>>,
     /// Reshare: honest leaving members that handed over (retired).
     pub retired: BTreeSet<u16>,
     /// Failed attempts seen at honest nodes: (node, attempt, reason).
@@ -242,7 +246,16 @@ impl Scenario {
     /// `t`, on a clean network.
     pub fn reshare(old_n: u16, old_t: u16, seats: Vec<Seat>, t: u16) -> Self {
         let n = u16::try_from(seats.len()).unwrap_or(u16::MAX);
-        Scenario { reshare: Some(Reshare { old_n, old_t, seats }), ..Scenario::new(n, t) }
+        Scenario { reshare: Some(Reshare { old_n, old_t, seats, from: None }), ..Scenario::new(n, t) }
+    }
+
+    /// A reshare of the keys an earlier run ended with (`keys`: the old committee's, in index
+    /// order, all of them) among `seats` to threshold `t`.
+    pub fn reshare_of(keys: Vec<Arc<ActiveKeys>>, seats: Vec<Seat>, t: u16) -> Self {
+        let old_n = u16::try_from(keys.len()).unwrap_or(u16::MAX);
+        let old_t = keys.first().map_or(1, |k| k.bls.public().threshold());
+        let n = u16::try_from(seats.len()).unwrap_or(u16::MAX);
+        Scenario { reshare: Some(Reshare { old_n, old_t, seats, from: Some(keys) }), ..Scenario::new(n, t) }
     }
 
     /// Makes `node` byzantine.
@@ -402,7 +415,8 @@ pub fn random_reshare_scenario(seed: u64) -> Scenario {
         if !(f >= 1 && t + f < new_n) {
             return false;
         }
-        let byzantine_dealer = s.byzantine.keys().copied().find(|p| seats[usize::from(p - 1)].old().is_some());
+        let byzantine_dealer =
+            s.byzantine.keys().copied().find(|p| seats[usize::from(p - 1)].old().is_some());
         let dealer = byzantine_dealer.or_else(|| {
             let fits = |p: u16| dealer_budget > 0 && (p > new_n || member_budget > 0);
             honest.iter().rev().copied().find(|&p| seats[usize::from(p - 1)].old().is_some() && fits(p))
@@ -544,17 +558,30 @@ fn old_committee(
     Option<(Resharing, kms_dkg::PublicKeySet<Bls12381G2>, kms_dkg::PublicKeySet<Ed25519>)>,
     BTreeMap<usize, Arc<ActiveKeys>>,
 ) {
-    let bls = kms_dkg::testing::trusted_dealer::<Bls12381G2>(r.old_t, r.old_n, None, rng);
-    let ed = kms_dkg::testing::trusted_dealer::<Ed25519>(r.old_t, r.old_n, None, rng);
+    let (bls, ed, from_epoch): (Vec<KeyShare<Bls12381G2>>, Vec<KeyShare<Ed25519>>, u64) = match &r.from {
+        Some(keys) => (
+            keys.iter().map(|k| share_copy(&k.bls)).collect(),
+            keys.iter().map(|k| share_copy(&k.ed25519)).collect(),
+            keys.first().map_or(FROM_EPOCH, |k| k.epoch),
+        ),
+        None => {
+            let bls = kms_dkg::testing::trusted_dealer::<Bls12381G2>(r.old_t, r.old_n, None, rng);
+            let ed = kms_dkg::testing::trusted_dealer::<Ed25519>(r.old_t, r.old_n, None, rng);
+            let bls = bls.iter().filter_map(|s| at_epoch(s).ok()).collect();
+            let ed = ed.iter().filter_map(|s| at_epoch(s).ok()).collect();
+            (bls, ed, FROM_EPOCH)
+        }
+    };
     let receivers = r.seats.iter().take_while(|s| !matches!(s, Seat::Leaves(_))).count() as u16;
     let dealers: BTreeMap<u16, u16> =
         r.seats.iter().enumerate().filter_map(|(p, s)| s.old().map(|x| (p as u16 + 1, x))).collect();
-    let layout = Resharing { from_epoch: FROM_EPOCH, old_threshold: r.old_t, receivers, dealers };
+    let layout = Resharing { from_epoch, old_threshold: r.old_t, receivers, dealers };
     let mut keys = BTreeMap::new();
     for (p, x) in &layout.dealers {
         let i = usize::from(*x - 1);
-        let (Ok(b), Ok(e)) = (at_epoch(&bls[i]), at_epoch(&ed[i])) else { continue };
-        keys.insert(usize::from(*p), Arc::new(ActiveKeys { epoch: FROM_EPOCH, bls: b, ed25519: e }));
+        let (Some(b), Some(e)) = (bls.get(i), ed.get(i)) else { continue };
+        let (b, e) = (share_copy(b), share_copy(e));
+        keys.insert(usize::from(*p), Arc::new(ActiveKeys { epoch: from_epoch, bls: b, ed25519: e }));
     }
     debug_assert!(usize::from(n) == r.seats.len());
     let prior = (layout, bls[0].public().clone(), ed[0].public().clone());
@@ -996,6 +1023,7 @@ impl Sim {
         let mut completed = BTreeMap::new();
         let mut culprits: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
         let mut keys: Vec<&ActiveKeys> = Vec::new();
+        let mut kept = BTreeMap::new();
         for &i in &honest {
             let Some(n) = self.nodes.get(&i) else { continue };
             let Some(active) = n.store.active.as_ref() else { continue };
@@ -1012,6 +1040,7 @@ impl Sim {
                 }
             }
             completed.insert(i, Completion { epoch, transcripts: [bls.0, ed.0], qual: bls.1.clone() });
+            kept.insert(i, active.clone());
             keys.push(active);
         }
         let transcripts: BTreeSet<[[u8; 32]; 2]> = completed.values().map(|c| c.transcripts).collect();
@@ -1035,7 +1064,15 @@ impl Sim {
         });
         // Faults that only a node that signed something wrong commits: an honest node is never
         // named for one (the others, a missing deal or confirmation, may be a crash or a delay).
-        let proven = ["MalformedDeal", "InvalidProof", "WrongConstantTerm", "EquivocatedDeal", "EquivocatedResponse", "BadBlinding", "EquivocatedBlinding"];
+        let proven = [
+            "MalformedDeal",
+            "InvalidProof",
+            "WrongConstantTerm",
+            "EquivocatedDeal",
+            "EquivocatedResponse",
+            "BadBlinding",
+            "EquivocatedBlinding",
+        ];
         let blamed = culprits.iter().find_map(|(node, faults)| {
             let honest_node = !self.sc.byzantine.contains_key(node);
             let fault = faults.iter().find(|f| proven.contains(&f.as_str()))?;
@@ -1060,11 +1097,13 @@ impl Sim {
         } else {
             None
         };
-        let retired = self.honest().filter(|i| self.nodes.get(i).is_some_and(|n| n.store.retired.is_some())).collect();
+        let retired =
+            self.honest().filter(|i| self.nodes.get(i).is_some_and(|n| n.store.retired.is_some())).collect();
         Outcome {
             seed: self.seed,
             scenario: self.sc,
             completed,
+            keys: kept,
             retired,
             failures: self.failures,
             culprits,
