@@ -159,7 +159,12 @@ pub async fn run(
     driver.with_engine(|e, now, connected| e.handle_peers(connected, now)).await;
     loop {
         let next = driver.engine.as_ref().and_then(Ceremonies::poll_timeout).map(|d| origin + d);
+        // `biased`: messages first, then peer changes, then timers. A loaded node (a large
+        // cluster, many processes on few cores) takes every message that already arrived before
+        // a round timeout is allowed to fire, so a deal waiting in the queue is never counted
+        // missing (the 64-node livelock of the scale issue).
         tokio::select! {
+            biased;
             msg = inbound.recv() => {
                 let Some(Inbound { from, request, reply }) = msg else { return };
                 match request.body {
@@ -278,13 +283,11 @@ impl Driver {
             }
             Event::Failed { suite, failure, retry } => {
                 self.shared.failed_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let culprits: Vec<String> =
-                    failure.culprits.iter().map(|c| format!("{}:{:?}", c.node, c.fault)).collect();
                 warn!(
                     attempt = failure.attempt,
                     ?suite,
                     reason = ?failure.reason,
-                    culprits = %culprits.join(","),
+                    culprits = %culprit_summary(&failure.culprits),
                     retry,
                     "DKG attempt failed"
                 );
@@ -293,9 +296,7 @@ impl Driver {
                 if recovered {
                     info!(attempt, ?suite, "share recovered from other nodes");
                 }
-                let culprits: Vec<String> =
-                    culprits.iter().map(|c| format!("{}:{:?}", c.node, c.fault)).collect();
-                info!(attempt, ?suite, ?qual, culprits = %culprits.join(","), "DKG completed");
+                info!(attempt, ?suite, ?qual, culprits = %culprit_summary(&culprits), "DKG completed");
             }
             Event::Activated { epoch, took } => {
                 if let Ok(mut d) = self.shared.dkg_duration.write() {
@@ -307,5 +308,39 @@ impl Driver {
             Event::Ignored { from, why } => debug!(from, %why, "DKG message ignored"),
             _ => {}
         }
+    }
+}
+
+/// Culprits for a log line, bounded: by fault, with at most 8 nodes named each (a failed attempt
+/// of a large cluster may name every other node `MissingDeal`).
+fn culprit_summary(culprits: &[kms_dkg::dkg::Culprit]) -> String {
+    let mut by_fault: std::collections::BTreeMap<String, Vec<u16>> = std::collections::BTreeMap::new();
+    for c in culprits {
+        let fault = format!("{:?}", c.fault);
+        let kind = fault.split([' ', '{']).next().unwrap_or_default().to_string();
+        by_fault.entry(kind).or_default().push(c.node);
+    }
+    by_fault
+        .iter()
+        .map(|(fault, nodes)| {
+            let shown: Vec<String> = nodes.iter().take(8).map(u16::to_string).collect();
+            let more = if nodes.len() > 8 { format!(" and {} more", nodes.len() - 8) } else { String::new() };
+            format!("{fault}: {}{more}", shown.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use kms_dkg::dkg::{Culprit, Fault};
+
+    #[test]
+    fn a_culprit_summary_is_bounded() {
+        let mut culprits: Vec<Culprit> =
+            (2..=64).map(|node| Culprit { node, fault: Fault::MissingDeal }).collect();
+        culprits.push(Culprit { node: 3, fault: Fault::UnansweredComplaint { accuser: 9 } });
+        let line = super::culprit_summary(&culprits);
+        assert_eq!(line, "MissingDeal: 2 3 4 5 6 7 8 9 and 55 more; UnansweredComplaint: 3");
     }
 }

@@ -375,6 +375,28 @@ pub enum DkgBody {
     /// Proof that a dealer misbehaved, in this attempt or an earlier one of the session, so
     /// that every node disqualifies it (a retry runs without it). Broadcast; self-authenticating.
     Evidence(Evidence),
+    /// The public outcome of an attempt, from a node that completed it, to a peer still in a
+    /// ceremony (with its signed confirmations). Unsigned: the receiver accepts it only when it
+    /// hashes to a transcript a quorum signed.
+    KeySet(KeySet),
+}
+
+/// The public key set an attempt produced: what a node that missed the end needs, besides the
+/// quorum's signatures, to take its part (recover its share) when it cannot rebuild the
+/// transcript from the deals it holds (it lacks one, or holds another version of one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySet {
+    /// Common fields: the attempt that produced the keys, the suite, the sender.
+    pub header: Header,
+    /// The qualified dealers, ascending.
+    pub qual: Vec<u16>,
+    /// Digests of the qualified dealers' signed deals (a reshare's transcript covers them;
+    /// empty for a key generation).
+    pub deal_digests: Vec<(u16, [u8; 32])>,
+    /// The group public key.
+    pub public_key: Vec<u8>,
+    /// The verification keys of nodes 1..=n, in order.
+    pub verification_keys: Vec<Vec<u8>>,
 }
 
 /// Proof of a dealer's fault from its own signatures: one signed deal that is invalid
@@ -417,6 +439,7 @@ impl DkgMessage {
             DkgBody::Blinding(b) => &b.blinding.payload.header,
             DkgBody::RecoverReply(r) => &r.header,
             DkgBody::Evidence(e) => &e.header,
+            DkgBody::KeySet(k) => &k.header,
         }
     }
 }

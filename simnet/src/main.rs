@@ -85,6 +85,13 @@ enum Cmd {
         /// honest reshare of an n-node key (t = 2n/3 + 1) to n new shares.
         #[arg(long)]
         reshare: bool,
+        /// With `--scale`: charge CPU work on this many shared cores (the simulator's cost
+        /// model), as when every node runs on one machine.
+        #[arg(long)]
+        cores: Option<u16>,
+        /// With `--scale`: the DKG round timeout, ms (as `[dkg] round_timeout_ms`).
+        #[arg(long, default_value_t = 2_000)]
+        round_ms: u64,
     },
     /// Write keys and configs for a containerised cluster (used by docker-compose.yml).
     Setup {
@@ -150,7 +157,9 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Cmd::Sim { seeds, from, seed, scale, reshare } => sim(seeds, from, seed, scale, reshare),
+        Cmd::Sim { seeds, from, seed, scale, reshare, cores, round_ms } => {
+            sim(seeds, from, seed, scale.map(|n| (n, cores, round_ms)), reshare)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -349,24 +358,38 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sim(seeds: u64, from: u64, one: Option<u64>, scale: Option<u16>, reshare: bool) -> anyhow::Result<()> {
+fn sim(
+    seeds: u64,
+    from: u64,
+    one: Option<u64>,
+    scale: Option<(u16, Option<u16>, u64)>,
+    reshare: bool,
+) -> anyhow::Result<()> {
     use kms_simnet::sim::{random_reshare_scenario, random_scenario, Scenario, Seat};
     let scenario = if reshare { random_reshare_scenario } else { random_scenario };
-    if let Some(n) = scale {
+    if let Some((n, cores, round_ms)) = scale {
         let t = n * 2 / 3 + 1;
         let started = Instant::now();
         let cpu = cpu_seconds();
-        let out = if reshare {
-            Scenario::reshare(n, t, (1..=n).map(Seat::Stays).collect(), t).run(1)
+        let mut sc = if reshare {
+            Scenario::reshare(n, t, (1..=n).map(Seat::Stays).collect(), t)
         } else {
-            Scenario::new(n, t).run(1)
+            Scenario::new(n, t)
         };
+        sc = sc.round_timeout(round_ms);
+        if let Some(c) = cores {
+            sc = sc.cores(c);
+        }
+        let out = sc.run(1);
+        let attempts: std::collections::BTreeSet<u64> = out.failures.iter().map(|f| f.1).collect();
         println!(
             "{}",
             serde_json::json!({
                 "ceremony": if reshare { "reshare" } else { "dkg" },
                 "n": n, "t": t, "completed": out.completed.len(), "violation": format!("{:?}", out.violation),
-                "messages": out.delivered, "virtual_ms": out.virtual_ms,
+                "messages": out.delivered, "virtual_ms": out.virtual_ms, "cores": cores, "round_ms": round_ms,
+                "failed_attempts": attempts.len(), "charged_cpu_ms": out.cpu_ms,
+                "epoch": out.completed.values().next().map(|c| c.epoch),
                 "wall_seconds": started.elapsed().as_secs_f64(), "cpu_seconds": cpu_seconds() - cpu,
             })
         );

@@ -65,6 +65,12 @@ pub use outbox::{Outgoing, Ready, Write, Written};
 /// Older attempts kept listening for a quorum transcript they could still adopt.
 pub const MAX_LISTENING: usize = 8;
 
+/// Higher attempts whose messages a running node keeps until it joins one, and at most how many
+/// messages per sender and attempt (a node deals, responds, justifies and confirms in each
+/// suite, relays a few more; a byzantine peer cannot make it keep more).
+const MAX_AHEAD: u64 = 8;
+const AHEAD_PER_SENDER: usize = 64;
+
 /// Both shares of an active key epoch. Secret; `Debug` shows the epoch only.
 pub struct ActiveKeys {
     /// The key epoch (the attempt whose ceremony produced the keys).
@@ -141,8 +147,27 @@ impl Config {
             roster: self.roster.clone(),
             excluded: BTreeSet::new(),
             max_faulty: self.max_faulty,
-            timeouts: self.timeouts,
+            timeouts: self.timeouts(attempt),
             resharing: self.prior().map(|p| p.layout.clone()),
+        }
+    }
+
+    /// The round timeouts of `attempt`: the configured ones, times `1 + n/32` (a node checks
+    /// `O(n·t)` values per round and a large cluster's messages take longer to arrive), doubled
+    /// for each earlier attempt of this ceremony up to 8× (an attempt that failed for lack of
+    /// time is not retried in the same time). Every node computes the same timeouts for the
+    /// same attempt. Within an attempt, a round that still receives messages also waits on
+    /// (see `Dkg`).
+    pub fn timeouts(&self, attempt: u64) -> Timeouts {
+        let size = 1 + u32::from(self.n()) / 32;
+        let retries = attempt.saturating_sub(self.base() + 1).min(3);
+        let factor = size * (1u32 << retries);
+        let t = self.timeouts;
+        Timeouts {
+            deal: t.deal * factor,
+            respond: t.respond * factor,
+            justify: t.justify * factor,
+            confirm: t.confirm * factor,
         }
     }
 
@@ -405,7 +430,7 @@ struct Active {
     keys: Arc<ActiveKeys>,
     bls: Helper<Bls12381G2>,
     ed: Helper<Ed25519>,
-    /// This node's signed confirmations of the transcripts of its keys.
+    /// This node's signed confirmations of the transcripts of its keys, then the key sets.
     confirms: Vec<DkgMessage>,
     /// Per peer, the last attempt in which it was sent them.
     reminded: BTreeMap<u16, u64>,
@@ -425,6 +450,14 @@ pub struct Ceremonies {
     active: Option<Active>,
     /// The epoch a reshare handed the keys over at, if this node left the committee.
     retired: Option<u64>,
+    /// Messages of higher attempts received while this node's own attempt runs, per attempt,
+    /// in arrival order: it joins a higher attempt only once `f + 1` peers are in one (see
+    /// [`Ceremonies::handle_message`]), and then takes them.
+    ahead: BTreeMap<u64, Vec<(u16, DkgMessage)>>,
+    /// Confirmations and key sets of attempts this node left (or never joined), from peers with
+    /// keys reminding it: once `f + 1` peers sent them for one attempt, it observes that attempt
+    /// again and adopts its result.
+    behind: BTreeMap<u64, Vec<(u16, DkgMessage)>>,
     out: Outbox,
 }
 
@@ -465,19 +498,30 @@ impl Ceremonies {
             connected: 0,
             active: None,
             retired: restored.retired,
+            ahead: BTreeMap::new(),
+            behind: BTreeMap::new(),
             out: Outbox::default(),
         };
         if me.retired.is_some() {
             return Ok(me);
         }
         if let Some(keys) = restored.active {
-            let confirms = restored
-                .records
-                .values()
-                .filter_map(confirmation_in_record)
-                .map(|c| DkgMessage::new(DkgBody::Confirm(c)))
-                .collect();
-            me.activate(Arc::new(keys), confirms);
+            let confirms: Vec<Signed<kms_proto::dkg::Confirm>> =
+                restored.records.values().filter_map(confirmation_in_record).collect();
+            let mut reminders: Vec<DkgMessage> =
+                confirms.iter().cloned().map(|c| DkgMessage::new(DkgBody::Confirm(c))).collect();
+            for c in &confirms {
+                let h = c.payload.header;
+                let qual = c.payload.qual.clone();
+                // A reshare's digests are not kept across a restart: its key set is not offered.
+                if me.cfg.prior().is_none() {
+                    reminders.extend(match h.suite {
+                        SuiteId::Bls12381G2 => key_set(&keys.bls, h, qual, Vec::new()),
+                        SuiteId::Ed25519 => key_set(&keys.ed25519, h, qual, Vec::new()),
+                    });
+                }
+            }
+            me.activate(Arc::new(keys), reminders);
         } else if restored.attempt > me.cfg.base() {
             me.rejoin(restored, now);
         }
@@ -532,14 +576,28 @@ impl Ceremonies {
         let known = self.current.as_ref().is_some_and(|a| a.number == attempt)
             || self.listening.contains_key(&attempt);
         if !known {
+            if attempt <= self.last_attempt && !self.recovering() {
+                self.hold_behind(from, message, now);
+                return;
+            }
             if attempt <= self.last_attempt || self.recovering() {
                 // An attempt this node left (and stopped listening to), or a newer one while a
                 // quorum already holds the key this node is recovering its share of.
                 return;
             }
-            // A peer is at a higher attempt: join it. The sender's messages are authenticated
-            // by the machine; a forged attempt number only makes this node move on.
-            self.start(attempt, Some(from), now);
+            if self.current.is_some() {
+                // Its own attempt still runs: one peer ahead (slow to agree, or byzantine) does
+                // not pull this node out of it, or one node could keep every attempt from
+                // finishing. It moves on once `f + 1` peers, so at least one honest one, are
+                // in higher attempts, to the highest that many are in, or when its own attempt
+                // ends; what it received of them meanwhile is kept and taken on joining.
+                self.hold_ahead(from, message, now);
+                return;
+            }
+            // Waiting to retry (or never started): join the peer's attempt at once. The
+            // sender's messages are authenticated by the machine; a forged attempt number only
+            // makes this node move on.
+            self.join(attempt, Some(from), now);
         }
         // Logged so that a restart can rebuild this attempt. Recovery replies are not: they
         // answer one request, and a restarted node asks anew.
@@ -548,6 +606,83 @@ impl Ceremonies {
             self.out.write(Write::Message { attempt, from, bytes });
         }
         self.dispatch(attempt, from, message, now);
+    }
+
+    /// Keeps a message of a higher attempt while this node's own attempt runs, and joins the
+    /// highest attempt that `f + 1` distinct peers are in (or beyond).
+    fn hold_ahead(&mut self, from: u16, message: DkgMessage, now: Duration) {
+        let attempt = message.header().attempt;
+        if attempt > self.last_attempt + MAX_AHEAD {
+            return;
+        }
+        let kept = self.ahead.entry(attempt).or_default();
+        if kept.iter().filter(|(f, _)| *f == from).count() < AHEAD_PER_SENDER {
+            kept.push((from, message));
+        }
+        let needed = usize::from(self.cfg.dkg(attempt).faulty()) + 1;
+        let mut senders = BTreeSet::new();
+        let mut target = None;
+        for (a, kept) in self.ahead.iter().rev() {
+            senders.extend(kept.iter().map(|(f, _)| *f));
+            if senders.len() >= needed {
+                target = Some(*a);
+                break;
+            }
+        }
+        if let Some(a) = target {
+            self.join(a, Some(from), now);
+        }
+    }
+
+    /// Keeps a confirmation or key set of an attempt this node no longer listens to (a peer with
+    /// keys reminding it of how that attempt ended), and observes that attempt again once `f + 1`
+    /// peers sent them: a node that joined a later attempt than the one the others completed (it
+    /// started late, or restarted) adopts their keys instead of trying alone forever.
+    fn hold_behind(&mut self, from: u16, message: DkgMessage, now: Duration) {
+        let attempt = message.header().attempt;
+        let reminder = matches!(message.body, DkgBody::Confirm(_) | DkgBody::KeySet(_));
+        if !reminder || attempt <= self.cfg.base() || attempt + 64 < self.last_attempt {
+            return;
+        }
+        let kept = self.behind.entry(attempt).or_default();
+        if kept.iter().filter(|(f, _)| *f == from).count() < 4 {
+            kept.push((from, message));
+        }
+        let senders: BTreeSet<u16> = kept.iter().map(|(f, _)| *f).collect();
+        if senders.len() <= usize::from(self.cfg.dkg(attempt).faulty()) {
+            return;
+        }
+        let Some(kept) = self.behind.remove(&attempt) else { return };
+        let cfg = self.cfg.dkg(attempt);
+        let prior = self.cfg.prior();
+        let bls =
+            Dkg::<Bls12381G2>::observe(cfg.clone(), self.identity.clone(), prior.map(|p| p.bls.clone()), now);
+        let ed = Dkg::<Ed25519>::observe(cfg, self.identity.clone(), prior.map(|p| p.ed25519.clone()), now);
+        let (Ok(bls), Ok(ed)) = (bls, ed) else { return };
+        self.keep_listening(Attempt {
+            number: attempt,
+            started: now,
+            bls: Slot::new(bls),
+            ed: Slot::new(ed),
+        });
+        for (from, message) in kept {
+            self.dispatch(attempt, from, message, now);
+        }
+    }
+
+    /// Starts attempt `attempt`, joined because of `joined`'s messages, and takes what was kept
+    /// of it.
+    fn join(&mut self, attempt: u64, joined: Option<u16>, now: Duration) {
+        self.start(attempt, joined, now);
+        let kept = self.ahead.remove(&attempt).unwrap_or_default();
+        self.ahead.retain(|a, _| *a > attempt);
+        for (from, message) in kept {
+            if !matches!(message.body, DkgBody::RecoverReply(_)) {
+                let bytes = kms_proto::codec::encode_p2p(&message);
+                self.out.write(Write::Message { attempt, from, bytes });
+            }
+            self.dispatch(attempt, from, message, now);
+        }
     }
 
     /// Timers due at `now` fire (call at [`Ceremonies::poll_timeout`] or later).
@@ -592,7 +727,7 @@ impl Ceremonies {
             || self.retry_at.is_some()
             || self.recovering();
         if !busy && self.connected >= self.cfg.min_peers {
-            self.start(self.last_attempt + 1, None, now);
+            self.join(self.last_attempt + 1, None, now);
         }
     }
 
@@ -835,6 +970,18 @@ impl Ceremonies {
             }
         }
         self.finish_if_done(attempt, now);
+        self.join_ahead(now);
+    }
+
+    /// Once this node's own attempt has ended without keys, it joins the highest attempt it
+    /// kept messages of, without waiting for the retry delay.
+    fn join_ahead(&mut self, now: Duration) {
+        let idle =
+            self.current.is_none() && self.active.is_none() && self.retired.is_none() && !self.recovering();
+        let highest = self.ahead.keys().next_back().copied().filter(|a| *a > self.last_attempt);
+        if let (true, Some(a)) = (idle, highest) {
+            self.join(a, None, now);
+        }
     }
 
     /// Activates the keys of `attempt` once both suites completed in it.
@@ -861,15 +1008,31 @@ impl Ceremonies {
             self.current = None;
             self.listening.clear();
             self.retry_at = None;
+            self.ahead.clear();
             return;
         }
         let (Some(bls), Some(ed)) = (bls.output, ed.output) else { return };
         let me = self.cfg.me;
-        let confirms = [bls.certificate.get(&me), ed.certificate.get(&me)]
+        let mut confirms: Vec<DkgMessage> = [bls.certificate.get(&me), ed.certificate.get(&me)]
             .into_iter()
             .flatten()
             .map(|c| DkgMessage::new(DkgBody::Confirm(c.clone())))
             .collect();
+        // Then the key sets: a peer that cannot rebuild the transcript from its deals takes them.
+        let header = |suite| kms_proto::dkg::Header { session: self.cfg.session, attempt, suite, sender: me };
+        let qual = |q: &BTreeSet<u16>| q.iter().copied().collect::<Vec<u16>>();
+        confirms.extend(key_set(
+            &bls.share,
+            header(SuiteId::Bls12381G2),
+            qual(&bls.qual),
+            bls.deal_digests.clone(),
+        ));
+        confirms.extend(key_set(
+            &ed.share,
+            header(SuiteId::Ed25519),
+            qual(&ed.qual),
+            ed.deal_digests.clone(),
+        ));
         let keys = Arc::new(ActiveKeys { epoch: attempt, bls: bls.share, ed25519: ed.share });
         self.out.write(Write::Activate(keys.clone()));
         // Other attempts are over; this one's messages still help peers that missed its end.
@@ -891,6 +1054,8 @@ impl Ceremonies {
         self.current = None;
         self.listening.clear();
         self.retry_at = None;
+        self.ahead.clear();
+        self.behind.clear();
     }
 
     /// Sends peer `from`, which is still in a ceremony (its message was of `attempt`), this
@@ -951,6 +1116,24 @@ impl rand_core::RngCore for Rng<'_> {
 }
 
 impl rand_core::CryptoRng for Rng<'_> {}
+
+/// The [`kms_proto::dkg::KeySet`] of a share's public key set.
+fn key_set<S: Suite>(
+    share: &KeyShare<S>,
+    header: kms_proto::dkg::Header,
+    qual: Vec<u16>,
+    deal_digests: Vec<(u16, [u8; 32])>,
+) -> Option<DkgMessage> {
+    let public = share.public();
+    let key_set = kms_proto::dkg::KeySet {
+        header,
+        qual,
+        deal_digests,
+        public_key: S::encode_point(public.public_key()),
+        verification_keys: public.verification_keys().values().map(S::encode_point).collect(),
+    };
+    Some(DkgMessage::new(DkgBody::KeySet(key_set)))
+}
 
 /// The direct messages among a helper's actions (a helper only ever sends).
 fn sends_of<S: Suite>(actions: Vec<Action<S>>) -> Vec<(u16, DkgMessage)> {

@@ -441,7 +441,19 @@ fn with_a_key_peers_still_in_a_ceremony_are_reminded_of_its_confirmations_once()
         })
         .collect();
     assert_eq!(confirms, [(2, SuiteId::Bls12381G2), (2, SuiteId::Ed25519)].into());
-    assert_eq!(r.messages.len(), 2);
+    // Then the key sets, for a peer that cannot rebuild the transcript from its deals.
+    let key_sets: BTreeSet<(u16, SuiteId)> = r
+        .messages
+        .iter()
+        .filter_map(|o| match &o.message.body {
+            DkgBody::KeySet(k) if k.header.sender == 1 && k.header.attempt == 1 && k.qual.len() >= 3 => {
+                Some((o.to, k.header.suite))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(key_sets, [(2, SuiteId::Bls12381G2), (2, SuiteId::Ed25519)].into());
+    assert_eq!(r.messages.len(), 4);
     node.handle_message(2, deal, Duration::from_secs(12));
     assert!(node.ready().is_none(), "once per attempt of the peer");
     assert_eq!(node.poll_timeout(), None, "no timers once active");
@@ -470,4 +482,43 @@ fn a_node_restarted_with_keys_reminds_peers_from_its_written_records() {
     let sent = node.ready().unwrap().messages;
     let confirms = sent.iter().filter(|o| o.to == 3 && matches!(o.message.body, DkgBody::Confirm(_))).count();
     assert_eq!(confirms, 2, "both suites' confirmations, read back from the records");
+    let key_sets = sent.iter().filter(|o| o.to == 3 && matches!(o.message.body, DkgBody::KeySet(_))).count();
+    assert_eq!(key_sets, 2, "and the key sets, from the keys and the confirmations' QUAL");
+}
+
+/// A message of `attempt` from `from`, signed by nobody in particular (the engine decides
+/// whether to move on by the header; the machine checks signatures afterwards).
+fn ahead_message(from: u16, attempt: u64) -> DkgMessage {
+    let header = kms_proto::dkg::Header { session: SESSION, attempt, suite: SuiteId::Ed25519, sender: from };
+    let confirm = kms_proto::dkg::Confirm { header, transcript: [0; 32], qual: vec![1, 2, 3] };
+    DkgMessage::new(DkgBody::Confirm(kms_proto::dkg::Signed { payload: confirm, signature: vec![0; 64] }))
+}
+
+#[test]
+fn a_running_node_moves_to_a_higher_attempt_only_when_f_plus_one_peers_are_there() {
+    // n = 4, f = 1: one peer ahead does not pull node 1 out of its attempt; two do.
+    let keys = keys(4);
+    let mut node = engine(1, 3, &keys, Restored::default());
+    node.handle_peers(3, Duration::ZERO);
+    assert_eq!(node.status(), Status::Running { attempt: 1 });
+    node.handle_message(2, ahead_message(2, 5), MS);
+    node.handle_message(2, ahead_message(2, 6), MS);
+    assert_eq!(node.status(), Status::Running { attempt: 1 }, "one peer ahead, even in two attempts");
+    node.handle_message(3, ahead_message(3, 5), 2 * MS);
+    assert_eq!(node.status(), Status::Running { attempt: 5 }, "two peers are in attempt 5 or beyond");
+    // Attempts more than MAX_AHEAD beyond are not kept at all.
+    let mut node = engine(1, 3, &keys, Restored::default());
+    node.handle_peers(3, Duration::ZERO);
+    node.handle_message(2, ahead_message(2, 100), MS);
+    node.handle_message(3, ahead_message(3, 100), MS);
+    assert_eq!(node.status(), Status::Running { attempt: 1 });
+}
+
+#[test]
+fn a_node_waiting_to_retry_joins_a_peer_at_once() {
+    let keys = keys(4);
+    let mut node = engine(1, 3, &keys, Restored::default());
+    // Not started yet (no peers connected and min_peers 0 is met only on handle_peers).
+    node.handle_message(2, ahead_message(2, 3), MS);
+    assert_eq!(node.status(), Status::Running { attempt: 3 });
 }

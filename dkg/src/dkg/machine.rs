@@ -9,7 +9,7 @@ use group::Group;
 use rand_core::{CryptoRng, RngCore};
 
 use kms_proto::dkg::{
-    Confirm, Deal, DkgBody, DkgMessage, Evidence, Header, Justification, Response, ShareMsg, Signed,
+    Confirm, Deal, DkgBody, DkgMessage, Evidence, Header, Justification, KeySet, Response, ShareMsg, Signed,
 };
 
 use super::recovery::{self, Requester, Step, Target};
@@ -25,6 +25,10 @@ use crate::suite::{sha256, Suite};
 const DEAL_DIGEST_DOMAIN: &[u8] = b"kms/v1/dkg/deal-digest";
 /// Domain of the transcript hash.
 const TRANSCRIPT_DOMAIN: &[u8] = b"kms/v1/dkg/transcript";
+/// A round that still receives messages when its timeout is up waits on, at most this many
+/// times its timeout.
+const ROUND_STRETCH: u32 = 4;
+
 /// Domain of a reshare's transcript hash.
 const RESHARE_TRANSCRIPT_DOMAIN: &[u8] = b"kms/v1/reshare/transcript";
 
@@ -59,6 +63,9 @@ struct Finalized<S: Suite> {
     transcript: [u8; 32],
 }
 
+/// A qualified dealer, its commitments, and its share to this node (if it receives one).
+type Qualified<S> = (u16, Vec<<S as Suite>::Point>, Option<<S as Suite>::Scalar>);
+
 /// A quorum transcript this node is recovering its share of.
 struct Adoption {
     transcript: [u8; 32],
@@ -73,7 +80,14 @@ pub struct Dkg<S: Suite> {
     /// A reshare's old public key set (the dealers' verification keys and the key to keep).
     prior: Option<PublicKeySet<S>>,
     phase: Phase,
+    /// The current round ends at `deadline`, or later while messages still arrive: until
+    /// `last_progress + timeout / 4`, at most until `hard_deadline` (see [`Dkg::expired`]).
     deadline: Duration,
+    hard_deadline: Duration,
+    round_timeout: Duration,
+    /// When this node last took a new message of the run (a deal, share, response,
+    /// justification or confirmation).
+    last_progress: Duration,
     /// This node's polynomial while it may still have to reveal shares; dropped at finalization.
     poly: Option<Polynomial<S>>,
     deals: BTreeMap<u16, ReceivedDeal<S>>,
@@ -96,6 +110,14 @@ pub struct Dkg<S: Suite> {
     confirms: BTreeMap<u16, Signed<Confirm>>,
     culprits: BTreeSet<Culprit>,
     recovery: Option<(Requester<S>, Adoption)>,
+    /// Public key sets offered by peers that completed ([`KeySet`]), by the transcript they hash
+    /// to; adoption takes one only for a transcript a quorum signed.
+    key_sets: BTreeMap<[u8; 32], PublicKeySet<S>>,
+    /// Peers whose key set this node took (one each).
+    offered: BTreeSet<u16>,
+    /// Whether this node may sign a transcript in this run: not when it observes an attempt it
+    /// had left (it may have signed in it before, and no longer knows what).
+    may_sign: bool,
 }
 
 impl<S: Suite> Dkg<S> {
@@ -175,12 +197,16 @@ impl<S: Suite> Dkg<S> {
             return Err(ConfigError::BadPrior);
         }
         let deadline = now + cfg.timeouts.deal;
+        let round_timeout = cfg.timeouts.deal;
         Ok(Dkg {
             cfg,
             identity,
             prior,
             phase: Phase::Dealing,
             deadline,
+            hard_deadline: now + round_timeout * ROUND_STRETCH,
+            round_timeout,
+            last_progress: now,
             poly: None,
             deals: BTreeMap::new(),
             deal_faults: BTreeMap::new(),
@@ -196,6 +222,9 @@ impl<S: Suite> Dkg<S> {
             confirms: BTreeMap::new(),
             culprits: BTreeSet::new(),
             recovery: None,
+            key_sets: BTreeMap::new(),
+            offered: BTreeSet::new(),
+            may_sign: true,
         })
     }
 
@@ -262,6 +291,22 @@ impl<S: Suite> Dkg<S> {
                 }
             }
         }
+        Ok(dkg)
+    }
+
+    /// An observer of attempt `cfg.attempt`, which this node had left (or never joined) and
+    /// whose end peers with keys now tell it of: it completes only by adopting a transcript a
+    /// quorum signed (from the deals it receives, or a key set, recovering its share if need
+    /// be), and never signs anything in the attempt, since it may have signed in it before.
+    pub fn observe(
+        cfg: DkgConfig,
+        identity: SigningKey,
+        prior: Option<PublicKeySet<S>>,
+        now: Duration,
+    ) -> Result<Self, ConfigError> {
+        let mut dkg = Dkg::build(cfg, identity, prior, now)?;
+        dkg.phase = Phase::Listening;
+        dkg.may_sign = false;
         Ok(dkg)
     }
 
@@ -376,6 +421,10 @@ impl<S: Suite> Dkg<S> {
         if let DkgBody::RecoverReply(reply) = message.body {
             return self.on_recover_reply(from, *reply, now);
         }
+        if let DkgBody::KeySet(k) = message.body {
+            self.on_key_set(from, k)?;
+            return Ok(self.try_adopt(now));
+        }
         if self.phase == Phase::Recovering
             && !matches!(message.body, DkgBody::Share(_) | DkgBody::Justification(_))
         {
@@ -383,6 +432,7 @@ impl<S: Suite> Dkg<S> {
             // justification may still bring it, see `try_adopt`).
             return Err(Ignored::Late(header.sender));
         }
+        let taken = self.taken();
         let mut actions = match message.body {
             DkgBody::Deal(d) => self.on_deal(d)?,
             DkgBody::Share(s) => self.on_share(from, s)?,
@@ -390,10 +440,16 @@ impl<S: Suite> Dkg<S> {
             DkgBody::Justification(j) => self.on_justification(j)?,
             DkgBody::Confirm(c) => self.on_confirm(c)?,
             DkgBody::Evidence(e) => self.on_evidence(e)?,
-            DkgBody::RecoverRequest(_) | DkgBody::Blinding(_) | DkgBody::RecoverReply(_) => {
-                return Err(Ignored::NotExpected("share recovery messages are handled above"))
+            DkgBody::RecoverRequest(_)
+            | DkgBody::Blinding(_)
+            | DkgBody::RecoverReply(_)
+            | DkgBody::KeySet(_) => {
+                return Err(Ignored::NotExpected("share recovery messages and key sets are handled above"))
             }
         };
+        if self.taken() > taken {
+            self.last_progress = now;
+        }
         actions.extend(self.advance(now));
         actions.extend(self.try_adopt(now));
         Ok(actions)
@@ -598,7 +654,7 @@ impl<S: Suite> Dkg<S> {
     fn enter_responding(&mut self, now: Duration) -> Vec<Action<S>> {
         let me = self.cfg.me;
         self.phase = Phase::Responding;
-        self.deadline = now + self.cfg.timeouts.respond;
+        self.start_round(now, self.cfg.timeouts.respond);
         if !self.cfg.receives(me) {
             // A reshare's leaving member receives nothing, so it has nothing to report.
             return vec![Action::Timer(self.deadline)];
@@ -662,7 +718,7 @@ impl<S: Suite> Dkg<S> {
 
     fn enter_justifying(&mut self, now: Duration) -> Vec<Action<S>> {
         self.phase = Phase::Justifying;
-        self.deadline = now + self.cfg.timeouts.justify;
+        self.start_round(now, self.cfg.timeouts.justify);
         let responses: Vec<Signed<Response>> =
             self.responses.values().filter(|r| r.payload.header.sender != self.cfg.me).cloned().collect();
         let mut actions = Vec::new();
@@ -762,7 +818,7 @@ impl<S: Suite> Dkg<S> {
         let me = self.cfg.me;
         let receives = self.cfg.receives(me);
         // Each qualified dealer's commitments and its share to this node (when it receives).
-        let mut qualified: Vec<(u16, Vec<S::Point>, Option<S::Scalar>)> = Vec::new();
+        let mut qualified: Vec<Qualified<S>> = Vec::new();
         for d in self.dealers() {
             if let Some(fault) = self.deal_faults.get(&d) {
                 self.culprits.insert(Culprit { node: d, fault: fault.clone() });
@@ -855,7 +911,7 @@ impl<S: Suite> Dkg<S> {
         let qual_list: Vec<u16> = qual.iter().copied().collect();
         self.finalized = Some(Finalized { share, public, qual, transcript });
         self.phase = Phase::Confirming;
-        self.deadline = now + self.cfg.timeouts.confirm;
+        self.start_round(now, self.cfg.timeouts.confirm);
         if !receives {
             // A leaving member does not sign: it waits for the new committee's quorum.
             return vec![Action::Timer(self.deadline)];
@@ -973,7 +1029,7 @@ impl<S: Suite> Dkg<S> {
             )];
         }
         let still_possible = usize::from(self.cfg.committee()) - differing.len() >= usize::from(quorum);
-        if now >= self.deadline || !still_possible {
+        if self.expired(now) || !still_possible {
             for &j in &differing {
                 self.culprits.insert(Culprit { node: j, fault: Fault::TranscriptMismatch });
             }
@@ -1021,6 +1077,11 @@ impl<S: Suite> Dkg<S> {
         let receives = self.cfg.receives(me);
         let mut missing = false;
         let mut qualified = Vec::with_capacity(qual.len());
+        if qual.iter().any(|d| self.deals.get(d).and_then(|r| r.commitments.as_ref()).is_none()) {
+            // A qualified dealer's deal never reached this node: take the key set a peer
+            // offered, if it hashes to the quorum's transcript.
+            return self.adopt_key_set(Adoption { transcript, qual, certificate }, now);
+        }
         for &d in &qual {
             let Some(c) = self.deals.get(&d).and_then(|r| r.commitments.as_ref()) else {
                 return Vec::new();
@@ -1043,7 +1104,14 @@ impl<S: Suite> Dkg<S> {
             && qual_set.len() >= usize::from(self.cfg.dealers_needed())
             && self.prior.as_ref().is_none_or(|p| p.public_key() == public.public_key())
             && self.transcript(&qual_set, &public) == transcript;
-        if !fits || (missing && self.phase == Phase::Recovering) {
+        if !fits {
+            // This node holds another version of a qualified deal (its dealer equivocated, and
+            // the quorum never saw the other version): the deals cannot rebuild the quorum's
+            // transcript, but a key set a peer offered may.
+            S::zeroize_scalar(&mut secret);
+            return self.adopt_key_set(Adoption { transcript, qual, certificate }, now);
+        }
+        if missing && self.phase == Phase::Recovering {
             S::zeroize_scalar(&mut secret);
             return Vec::new();
         }
@@ -1065,6 +1133,78 @@ impl<S: Suite> Dkg<S> {
         self.complete_adopted(adoption, share, public, false)
     }
 
+    /// Adopts a quorum transcript from an offered key set that hashes to it: the key set is then
+    /// the quorum's. This node's share is the combination of the shares it holds from the
+    /// qualified dealers if that matches its verification key, or else recovered from `t` peers.
+    fn adopt_key_set(&mut self, adoption: Adoption, now: Duration) -> Vec<Action<S>> {
+        if self.phase == Phase::Recovering {
+            return Vec::new();
+        }
+        let Some(public) = self.key_sets.get(&adoption.transcript).cloned() else { return Vec::new() };
+        let me = self.cfg.me;
+        if !self.cfg.receives(me) {
+            return self.complete_adopted(adoption, None, public, false);
+        }
+        let Some(weights) = self.weights(&adoption.qual) else { return Vec::new() };
+        let mut secret = S::Scalar::ZERO;
+        let mut complete = true;
+        for (d, w) in adoption.qual.iter().zip(&weights) {
+            let revealed = self.revealed.get(d).and_then(|r| r.get(&me)).copied().flatten();
+            match revealed.or_else(|| self.shares.get(d).copied().flatten()) {
+                Some(s) => secret += s * w,
+                None => complete = false,
+            }
+        }
+        let matches = public.verification_key(me).is_some_and(|vk| S::Point::generator() * secret == *vk);
+        if complete && matches {
+            let share = KeyShare::new(self.cfg.attempt, me, secret, public.clone());
+            S::zeroize_scalar(&mut secret);
+            if let Ok(share) = share {
+                return self.complete_adopted(adoption, Some(share), public, false);
+            }
+            return Vec::new();
+        }
+        S::zeroize_scalar(&mut secret);
+        self.start_recovery(adoption, public, now)
+    }
+
+    /// A peer's key set, kept by the transcript hash it gives (one per peer; adoption uses it
+    /// only if a quorum signed that transcript).
+    fn on_key_set(&mut self, from: u16, k: KeySet) -> Result<(), Ignored> {
+        if k.header.sender != from || !self.offered.insert(from) {
+            return Err(Ignored::Duplicate(from));
+        }
+        let committee = usize::from(self.cfg.committee());
+        if k.verification_keys.len() != committee {
+            return Err(Ignored::NotExpected("a key set of another committee size"));
+        }
+        let decoded = S::decode_point(&k.public_key).and_then(|pk| {
+            let vks = k.verification_keys.iter().map(|v| S::decode_point(v)).collect::<Option<Vec<_>>>()?;
+            Some((pk, vks))
+        });
+        let Some((pk, vks)) = decoded else {
+            return Err(Ignored::NotExpected("a key set that does not decode"));
+        };
+        let vks = (1u16..).zip(vks).collect();
+        let public = PublicKeySet::<S>::new(self.cfg.threshold, pk, vks);
+        let qual: BTreeSet<u16> = k.qual.iter().copied().collect();
+        let transcript = match &self.cfg.resharing {
+            None => transcript_hash::<S>(&self.cfg, &qual, &public),
+            Some(r) => {
+                let dealers: Vec<u16> = k.deal_digests.iter().map(|(d, _)| *d).collect();
+                if dealers != k.qual {
+                    return Err(Ignored::NotExpected("a key set whose digests do not name its dealers"));
+                }
+                reshare_transcript_hash::<S>(&self.cfg, r, &k.deal_digests, &public)
+            }
+        };
+        if qual.len() != k.qual.len() {
+            return Err(Ignored::NotExpected("a key set with a repeated dealer"));
+        }
+        self.key_sets.entry(transcript).or_insert(public);
+        Ok(())
+    }
+
     /// Completes with a share of a quorum transcript: adds this node's signature to it, unless
     /// it already signed another one in this attempt (an honest node never signs two), since
     /// later laggards may need it to reach the quorum.
@@ -1078,7 +1218,7 @@ impl<S: Suite> Dkg<S> {
         let Adoption { transcript, qual, mut certificate } = adoption;
         let me = self.cfg.me;
         let mut actions = Vec::new();
-        if self.cfg.receives(me) && !self.confirms.contains_key(&me) {
+        if self.cfg.receives(me) && self.may_sign && !self.confirms.contains_key(&me) {
             let confirm =
                 sign(&self.identity, Confirm { header: self.header(), transcript, qual: qual.clone() });
             self.confirms.insert(me, confirm.clone());
@@ -1124,6 +1264,10 @@ impl<S: Suite> Dkg<S> {
         culprits: Vec<Culprit>,
         recovered: bool,
     ) -> Action<S> {
+        let deal_digests = match self.cfg.resharing {
+            Some(_) => qual.iter().map(|d| (*d, self.deals.get(d).map_or([0; 32], |x| x.digest))).collect(),
+            None => Vec::new(),
+        };
         match share {
             Some(share) => Action::Completed(Box::new(DkgOutput {
                 share,
@@ -1132,6 +1276,7 @@ impl<S: Suite> Dkg<S> {
                 certificate,
                 culprits,
                 recovered,
+                deal_digests,
             })),
             None => {
                 Action::HandedOver(Box::new(HandOver { public, qual, transcript, certificate, culprits }))
@@ -1194,24 +1339,63 @@ impl<S: Suite> Dkg<S> {
         loop {
             let before = self.phase;
             match self.phase {
-                Phase::Dealing if self.all_deals_in() || now >= self.deadline => {
+                Phase::Dealing if self.all_deals_in() || self.expired(now) => {
                     actions.extend(self.enter_responding(now));
                 }
                 Phase::Responding
-                    if self.responses.len() == usize::from(self.cfg.committee()) || now >= self.deadline =>
+                    if self.responses.len() == usize::from(self.cfg.committee()) || self.expired(now) =>
                 {
                     actions.extend(self.enter_justifying(now));
                 }
-                Phase::Justifying if self.can_finalize_early() || now >= self.deadline => {
+                Phase::Justifying if self.can_finalize_early() || self.expired(now) => {
                     actions.extend(self.finalize(now));
                 }
                 Phase::Confirming => actions.extend(self.check_quorum(now)),
                 _ => {}
             }
             if self.phase == before {
+                // The timeout is up but messages still arrived lately: wait on, and look again.
+                let in_round = matches!(
+                    self.phase,
+                    Phase::Dealing | Phase::Responding | Phase::Justifying | Phase::Confirming
+                );
+                if in_round && now >= self.deadline && !self.expired(now) {
+                    actions.push(Action::Timer(self.extended()));
+                }
                 return actions;
             }
         }
+    }
+
+    fn start_round(&mut self, now: Duration, timeout: Duration) {
+        self.deadline = now + timeout;
+        self.hard_deadline = now + timeout * ROUND_STRETCH;
+        self.round_timeout = timeout;
+        self.last_progress = now;
+    }
+
+    /// Whether the current round is over: its timeout is up and either nothing new arrived in
+    /// the last quarter of a timeout, or the round has lasted [`ROUND_STRETCH`] timeouts. A round
+    /// that keeps receiving (a loaded machine, a large cluster) is not cut short, so slow nodes'
+    /// deals are not counted missing while they are still coming in; one that receives nothing
+    /// more ends at its timeout, as before.
+    fn expired(&self, now: Duration) -> bool {
+        now >= self.deadline
+            && (now >= self.last_progress + self.round_timeout / 4 || now >= self.hard_deadline)
+    }
+
+    /// When to look again at a round whose timeout is up but that still receives.
+    fn extended(&self) -> Duration {
+        (self.last_progress + self.round_timeout / 4).min(self.hard_deadline)
+    }
+
+    /// How many messages of the run this node has taken (progress, for [`Dkg::expired`]).
+    fn taken(&self) -> usize {
+        self.deals.len()
+            + self.shares.len()
+            + self.responses.len()
+            + self.revealed.values().map(BTreeMap::len).sum::<usize>()
+            + self.confirms.len()
     }
 }
 

@@ -341,6 +341,9 @@ pub struct DkgOutput<S: Suite> {
     pub culprits: Vec<Culprit>,
     /// The share was recovered from other nodes ([`recovery`]) rather than built from deals.
     pub recovered: bool,
+    /// A reshare's qualified deals by digest (its transcript covers them; empty for a key
+    /// generation), for the [`kms_proto::dkg::KeySet`] this node offers peers that missed the end.
+    pub deal_digests: Vec<(u16, [u8; 32])>,
 }
 
 impl<S: Suite> std::fmt::Debug for DkgOutput<S> {

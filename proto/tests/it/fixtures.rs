@@ -221,6 +221,16 @@ pub fn dkg_messages() -> Vec<(&'static str, DkgMessage)> {
             })),
         ),
         (
+            "dkg_key_set",
+            DkgMessage::new(DkgBody::KeySet(kms_proto::dkg::KeySet {
+                header: header(SuiteId::Bls12381G2, 3),
+                qual: vec![1, 2, 3],
+                deal_digests: Vec::new(),
+                public_key: vec![0xb0; 96],
+                verification_keys: vec![vec![0xb1; 96], vec![0xb2; 96], vec![0xb3; 96]],
+            })),
+        ),
+        (
             "dkg_blinding",
             DkgMessage::new(DkgBody::Blinding(Box::new(BlindingMsg {
                 request: recover_request(&sig),

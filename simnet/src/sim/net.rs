@@ -20,6 +20,18 @@ pub enum Event {
         /// Whether the sender's transport had to retransmit it (it was pending, not in flight).
         retransmitted: bool,
     },
+    /// A delivered message has waited for the node's CPU (the cost model,
+    /// [`super::Cpu`]) and is handled now.
+    Process {
+        /// Sender.
+        from: u16,
+        /// Recipient.
+        to: u16,
+        /// The encoded message.
+        bytes: Vec<u8>,
+        /// The attempt it was sent in.
+        generation: u64,
+    },
     /// A node's engine may have a timer due.
     Timer {
         /// Node.

@@ -111,6 +111,19 @@ pub struct Reshare {
 /// The epoch a simulated reshare starts from.
 pub const FROM_EPOCH: u64 = 1;
 
+/// A CPU cost model: the nodes share `cores` cores, and a node handles one message at a time
+/// (as `kms-node`'s ceremony driver does). Delivering a message costs its receiver the checks
+/// it makes (see [`cost_us`]), taken from the benchmark floor; a message waits for the node to
+/// finish the ones before it and for a free core. A node's timers wait until it has handled
+/// the messages that arrived before them (the driver takes input before timers). Without this
+/// model the simulator charges nothing for CPU work, and 64 nodes on 2 cores look as fast as on
+/// 64 machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu {
+    /// Cores shared by all the nodes.
+    pub cores: u16,
+}
+
 /// What the network and the nodes do in one run.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -138,6 +151,8 @@ pub struct Scenario {
     pub round_timeout_ms: u64,
     /// Virtual time limit, ms.
     pub horizon_ms: u64,
+    /// CPU cost model (`None`: CPU work is free).
+    pub cpu: Option<Cpu>,
 }
 
 /// A broken property.
@@ -219,6 +234,8 @@ pub struct Outcome {
     pub recovery_rounds: BTreeMap<u16, u32>,
     /// Crashes injected at persist points that happened.
     pub persist_crashes: usize,
+    /// Cost model: CPU time charged, ms.
+    pub cpu_ms: u64,
     /// The first broken property, if any.
     pub violation: Option<Violation>,
 }
@@ -239,6 +256,7 @@ impl Scenario {
             byzantine: BTreeMap::new(),
             round_timeout_ms: 2_000,
             horizon_ms: 300_000,
+            cpu: None,
         }
     }
 
@@ -256,6 +274,18 @@ impl Scenario {
         let old_t = keys.first().map_or(1, |k| k.bls.public().threshold());
         let n = u16::try_from(seats.len()).unwrap_or(u16::MAX);
         Scenario { reshare: Some(Reshare { old_n, old_t, seats, from: Some(keys) }), ..Scenario::new(n, t) }
+    }
+
+    /// Charges CPU work on `cores` shared cores ([`Cpu`]).
+    pub fn cores(mut self, cores: u16) -> Self {
+        self.cpu = Some(Cpu { cores: cores.max(1) });
+        self
+    }
+
+    /// The round timeout, ms.
+    pub fn round_timeout(mut self, ms: u64) -> Self {
+        self.round_timeout_ms = ms;
+        self
     }
 
     /// Makes `node` byzantine.
@@ -437,7 +467,10 @@ fn pick(rng: &mut ChaCha20Rng, lo: u64, hi: u64) -> u64 {
 
 /// Random loss, duplication and delays, then sometimes one of: a healing partition of a
 /// minority, a crash with restart, a late complaint (`late`, which says whether it applied), a
-/// crash at a persist point.
+/// crash at a persist point. A crashed honest node may miss its complaint against a byzantine
+/// dealer and must then recover its share from `t` honest others, so crashes are drawn only
+/// where `t` plus the byzantine members of the committee stay below its size (the bound of
+/// `with_t_equal_to_n_minus_f_a_late_complaint_cannot_be_healed`).
 fn add_faults(
     s: &mut Scenario,
     rng: &mut ChaCha20Rng,
@@ -449,6 +482,11 @@ fn add_faults(
     s.dup = [0.0, 0.02, 0.1][pick(rng, 0, 2) as usize];
     let max_delay = [5, 50, 300][pick(rng, 0, 2) as usize];
     s.delay_ms = (1, max_delay);
+    let committee = s.reshare.as_ref().map_or(s.n, |r| {
+        u16::try_from(r.seats.iter().filter(|x| !matches!(x, Seat::Leaves(_))).count()).unwrap_or(u16::MAX)
+    });
+    let byzantine_members = s.byzantine.keys().filter(|&&i| i <= committee).count();
+    let crashes = usize::from(s.t) + byzantine_members < usize::from(committee);
     match pick(rng, 0, 6) {
         0 => {
             // A minority partition during the ceremony that heals.
@@ -456,7 +494,7 @@ fn add_faults(
             let from = pick(rng, 0, 1_000);
             s.partitions.push((from, from + pick(rng, 500, 6_000), side.into_iter().collect()));
         }
-        1 => {
+        1 if crashes => {
             // An honest node crashes mid-ceremony and restarts.
             let node = honest[pick(rng, 0, honest.len() as u64 - 1) as usize];
             let at = pick(rng, 0, 200);
@@ -465,7 +503,7 @@ fn add_faults(
         2 => {
             late(s, rng);
         }
-        3 | 4 => {
+        3 | 4 if crashes => {
             // An honest node crashes at one of its persist points and restarts.
             let node = honest[pick(rng, 0, honest.len() as u64 - 1) as usize];
             let (kind, nth) = match pick(rng, 0, 3) {
@@ -626,6 +664,8 @@ struct Node {
     restart_at: Option<u64>,
     /// The earliest timer event queued for this node.
     timer_at: Option<u64>,
+    /// Cost model: until when (µs) this node is busy with messages it already received.
+    busy_until_us: u64,
     /// Pending transmissions of attempts below this one are no longer retransmitted.
     cancelled_below: u64,
     /// Per attempt and suite, the transcripts this node signed.
@@ -651,6 +691,10 @@ struct Sim {
     recovery_rounds: BTreeMap<u16, u32>,
     persist_crashes: usize,
     double_signed: Option<(u16, u64)>,
+    /// Cost model: when each core is next free (µs).
+    cores_free_us: Vec<u64>,
+    /// Cost model: CPU time charged in all (µs).
+    cpu_us: u64,
 }
 
 impl Sim {
@@ -674,6 +718,7 @@ impl Sim {
                     engine: None,
                     restart_at: None,
                     timer_at: None,
+                    busy_until_us: 0,
                     cancelled_below: 0,
                     signed: BTreeMap::new(),
                     completions: BTreeMap::new(),
@@ -689,6 +734,7 @@ impl Sim {
         for (node, at, restart) in &sc.crashes {
             queue.push(*at, Event::Crash { node: *node, restart_at: *restart });
         }
+        let cores_free_us = vec![0; usize::from(sc.cpu.map_or(0, |c| c.cores))];
         Sim {
             sc,
             seed,
@@ -703,6 +749,8 @@ impl Sim {
             recovery_rounds: BTreeMap::new(),
             persist_crashes: 0,
             double_signed: None,
+            cores_free_us,
+            cpu_us: 0,
         }
     }
 
@@ -769,11 +817,21 @@ impl Sim {
                 Event::Deliver { from, to, bytes, generation, retransmitted } => {
                     self.deliver(from, to, bytes, generation, retransmitted)
                 }
+                Event::Process { from, to, bytes, generation } => self.process(from, to, bytes, generation),
                 Event::Timer { node } => {
                     let now = self.now();
                     let Some(n) = self.nodes.get_mut(&node) else { continue };
                     if n.timer_at == Some(at) {
                         n.timer_at = None;
+                    }
+                    // The driver takes the messages that arrived before a timer first.
+                    let backlog = n.busy_until_us.div_ceil(1000);
+                    if backlog > at && n.engine.is_some() {
+                        if n.timer_at.is_none_or(|t| t > backlog) {
+                            n.timer_at = Some(backlog);
+                            self.queue.push(backlog, Event::Timer { node });
+                        }
+                        continue;
                     }
                     let Some(engine) = n.engine.as_mut() else { continue };
                     engine.handle_timeout(now);
@@ -805,6 +863,7 @@ impl Sim {
         let Some(n) = self.nodes.get_mut(&node) else { return };
         let rng = Box::new(ChaCha20Rng::seed_from_u64(n.rng.next_u64()));
         n.restart_at = None;
+        n.busy_until_us = self.now * 1000;
         n.engine = match Ceremonies::new(cfg, n.key.clone(), rng, n.store.restored(), now) {
             Ok(e) => Some(e),
             Err(e) => panic!("simulated node {node}: {e}"),
@@ -835,6 +894,40 @@ impl Sim {
         }
         // Garbage is refused by the decoder, as on the wire.
         let Ok(msg) = kms_proto::codec::decode_p2p::<DkgMessage>(&bytes) else { return };
+        if self.sc.cpu.is_some() {
+            // The message waits for the node to handle those before it, on a free core.
+            let cost = cost_us(&msg, self.sc.t, self.sc.n);
+            let arrived = self.now * 1000;
+            let Some(core) = (0..self.cores_free_us.len()).min_by_key(|&c| self.cores_free_us[c]) else {
+                return;
+            };
+            let Some(n) = self.nodes.get_mut(&to) else { return };
+            let start = arrived.max(n.busy_until_us).max(self.cores_free_us[core]);
+            let finish = start + cost;
+            n.busy_until_us = finish;
+            self.cores_free_us[core] = finish;
+            self.cpu_us += cost;
+            self.queue.push(finish.div_ceil(1000), Event::Process { from, to, bytes, generation });
+            return;
+        }
+        self.handle(from, to, msg);
+    }
+
+    /// A message that waited for the node's CPU: handled now, unless the node crashed meanwhile
+    /// (then the sender's transport delivers it again once the node is back).
+    fn process(&mut self, from: u16, to: u16, bytes: Vec<u8>, generation: u64) {
+        let Some(n) = self.nodes.get(&to) else { return };
+        if n.engine.is_none() {
+            if let Some(r) = n.restart_at.filter(|r| *r >= self.now) {
+                self.queue.push(r + 1, Event::Deliver { from, to, bytes, generation, retransmitted: true });
+            }
+            return;
+        }
+        let Ok(msg) = kms_proto::codec::decode_p2p::<DkgMessage>(&bytes) else { return };
+        self.handle(from, to, msg);
+    }
+
+    fn handle(&mut self, from: u16, to: u16, msg: DkgMessage) {
         self.delivered += 1;
         if trace(to) {
             let h = msg.header();
@@ -865,7 +958,8 @@ impl Sim {
                 self.observe(node, e);
             }
             let Some(n) = self.nodes.get_mut(&node) else { return };
-            for w in ready.writes {
+            let mut writes = ready.writes.into_iter();
+            while let Some(w) = writes.next() {
                 let kind = kind_of(&w);
                 let count = n.store.counts.entry(kind).or_default();
                 *count += 1;
@@ -878,14 +972,18 @@ impl Sim {
                     .copied();
                 if let Some(c) = crash.filter(|c| c.point == PersistPoint::BeforeWrite) {
                     self.persist_crashes += 1;
-                    self.crash(node, Some(self.now + c.restart_after_ms));
+                    let restart = self.now + c.restart_after_ms;
+                    self.crash(node, Some(restart));
+                    self.redeliver_unwritten(node, std::iter::once(w).chain(writes), restart);
                     return;
                 }
                 n.store.apply(w);
                 match crash {
                     Some(c) if c.point == PersistPoint::AfterWrite => {
                         self.persist_crashes += 1;
-                        self.crash(node, Some(self.now + c.restart_after_ms));
+                        let restart = self.now + c.restart_after_ms;
+                        self.crash(node, Some(restart));
+                        self.redeliver_unwritten(node, writes, restart);
                         return;
                     }
                     Some(c) => crash_after_send = Some(c),
@@ -914,6 +1012,19 @@ impl Sim {
             }
         }
         self.arm_timer(node);
+    }
+
+    /// A node crashed before logging messages it had taken: it never acknowledged them, so
+    /// their senders' transports deliver them again once it is back.
+    fn redeliver_unwritten(&mut self, node: u16, lost: impl Iterator<Item = Write>, restart: u64) {
+        for w in lost {
+            if let Write::Message { attempt, from, bytes } = w {
+                let at = restart + 1 + u64::from(self.rng.next_u32() % 200);
+                let generation = attempt;
+                self.queue
+                    .push(at, Event::Deliver { from, to: node, bytes, generation, retransmitted: true });
+            }
+        }
     }
 
     fn arm_timer(&mut self, node: u16) {
@@ -1111,8 +1222,30 @@ impl Sim {
             delivered: self.delivered,
             recovery_rounds: self.recovery_rounds,
             persist_crashes: self.persist_crashes,
+            cpu_ms: self.cpu_us / 1000,
             violation,
         }
+    }
+}
+
+/// CPU time (µs) a node spends on a received message, from the benchmark floor of
+/// `docs/BENCHMARKS.md` on the 2-core machine (G2 decompression ≈ 100 µs and G2 scalar
+/// multiplication ≈ 170 µs; Ed25519 point decompression ≈ 10 µs and scalar multiplication
+/// ≈ 25 µs; an Ed25519 signature check ≈ 50 µs): a deal costs decoding its `t` commitments, the
+/// proof of knowledge (two multiplications), and checking this node's share against it (one
+/// multiplication and `t` small Horner steps); every other signed message a signature check.
+/// Dealing and finalisation (`O(t)` and `O(n·t)` cheap steps) are not charged.
+pub fn cost_us(m: &DkgMessage, t: u16, _n: u16) -> u64 {
+    let t = u64::from(t);
+    let (decode, mul, horner) = match m.header().suite {
+        SuiteId::Bls12381G2 => (100, 170, 10),
+        SuiteId::Ed25519 => (10, 25, 2),
+    };
+    let signature = 50;
+    match &m.body {
+        DkgBody::Deal(_) => signature + t * decode + 3 * mul + t * horner,
+        DkgBody::Share(_) => 5,
+        _ => signature,
     }
 }
 
@@ -1132,6 +1265,7 @@ fn body_name(b: &DkgBody) -> &'static str {
         DkgBody::Blinding(_) => "Blinding",
         DkgBody::RecoverReply(_) => "RecoverReply",
         DkgBody::Evidence(_) => "Evidence",
+        DkgBody::KeySet(_) => "KeySet",
     }
 }
 
