@@ -373,3 +373,20 @@ fn a_failed_confirmation_write_stops_the_node_and_a_restart_resumes() {
     assert_eq!(c.descriptor(0, Duration::from_secs(30)).descriptor, d.descriptor, "the same keys");
     assert!(c.nodes[0].log().contains("rejoining the DKG attempt interrupted by the restart"));
 }
+
+/// 32 real node processes on this machine (t = 22) all end with one key. Before
+/// `docs/decisions.md` 26 this was the edge of the cliff (32 nodes took 8.1 s, 64 never
+/// finished: deals still queued at a loaded node counted as missing, and nodes drifted apart
+/// into different attempts). No fixed time is asserted: rounds wait while messages arrive.
+#[test]
+fn thirty_two_processes_complete_the_dkg() {
+    let c = Cluster::start(Path::new(BIN), 32, 22);
+    let all: Vec<usize> = (0..32).collect();
+    let epoch = c.wait_ready(&all, Duration::from_secs(300));
+    let d = c.descriptor(0, Duration::from_secs(60));
+    d.verify(None).unwrap();
+    assert_eq!(d.descriptor.nodes.len(), 32);
+    assert_eq!(d.descriptor.epoch, epoch);
+    let failed = c.nodes.iter().filter(|n| n.log().contains("DKG attempt failed")).count();
+    eprintln!("32 processes: keys of epoch {epoch}; {failed} nodes logged a failed attempt");
+}
