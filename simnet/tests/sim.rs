@@ -452,6 +452,24 @@ mod reshare {
         assert!(out.retired.iter().copied().eq([5, 6, 7]), "{:?}", out.retired);
     }
 
+    /// Seed 1084 of the reshare property (`docs/decisions.md` 28): new member 1 confirms within
+    /// ~100 ms and crashes at 118 ms; the quorum (4 of 5, member 4 confirming garbage) needs its
+    /// signature. Before its confirmation-only record it came back not knowing it had signed and
+    /// could never complete.
+    #[test]
+    fn a_new_member_that_confirmed_and_crashed_keeps_its_signature() {
+        let seats = vec![Seat::Joins, Seat::Joins, Seat::Stays(3), Seat::Stays(2), Seat::Stays(1)];
+        let out = Scenario::reshare(4, 2, seats, 2)
+            .drop(0.01)
+            .dup(0.1)
+            .delay(1, 50)
+            .crash(1, 118, Some(2_178))
+            .byzantine(4, Behaviour::BadConfirm)
+            .run(1084);
+        assert_eq!(out.violation, None);
+        assert!(out.completed.contains_key(&1), "{:?}", out.completed.keys());
+    }
+
     #[test]
     fn a_reshare_seed_replays_exactly() {
         for seed in [4, 18] {

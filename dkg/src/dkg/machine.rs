@@ -274,8 +274,9 @@ impl<S: Suite> Dkg<S> {
         let mut dkg = Dkg::build(cfg, identity, prior, now)?;
         dkg.phase = Phase::Listening;
         if let Some((share, deal, confirm)) = record.and_then(decode_record) {
-            let ok = deal.payload.header.sender == dkg.cfg.me && dkg.check_signature(&deal).is_ok();
-            if ok {
+            let deal =
+                deal.filter(|d| d.payload.header.sender == dkg.cfg.me && dkg.check_signature(d).is_ok());
+            if let Some(deal) = deal {
                 dkg.accept_deal(deal);
                 // A leaving reshare dealer recorded its deal without a share of its own.
                 if let Some(s) = S::decode_scalar(&share) {
@@ -327,7 +328,14 @@ impl<S: Suite> Dkg<S> {
     /// confirmation once it signed one.
     fn record(&self, confirm: Option<&Signed<Confirm>>) -> Option<Action<S>> {
         let me = self.cfg.me;
-        let deal = &self.deals.get(&me)?.signed;
+        let Some(deal) = self.deals.get(&me).map(|d| &d.signed) else {
+            // A node that dealt nothing in this run (a reshare's new member, or a dealer left out
+            // by evidence) records its confirmation alone: `0x02 ‖ Option<Signed<Confirm>>`.
+            let confirm = confirm?;
+            let mut record = zeroize::Zeroizing::new(Vec::new());
+            kms_proto::codec::encode_p2p_into(&(CONFIRM_ONLY_RECORD, Some(confirm)), &mut record);
+            return Some(Action::Persist(super::DkgRecord(record)));
+        };
         // A reshare's leaving dealer has no share of its own: it records its deal alone.
         let share = self.shares.get(&me).copied().flatten().map(|s| S::encode_scalar(&s)).unwrap_or_default();
         // Pre-sized so the encoder never reallocates and leaves a copy of the share behind.
@@ -1360,7 +1368,8 @@ impl<S: Suite> Dkg<S> {
                     Phase::Dealing | Phase::Responding | Phase::Justifying | Phase::Confirming
                 );
                 if in_round && now >= self.deadline && !self.expired(now) {
-                    actions.push(Action::Timer(self.extended()));
+                    let at = if self.too_few_deals() { self.hard_deadline } else { self.extended() };
+                    actions.push(Action::Timer(at));
                 }
                 return actions;
             }
@@ -1379,9 +1388,21 @@ impl<S: Suite> Dkg<S> {
     /// that keeps receiving (a loaded machine, a large cluster) is not cut short, so slow nodes'
     /// deals are not counted missing while they are still coming in; one that receives nothing
     /// more ends at its timeout, as before.
+    ///
+    /// A deal round with fewer deals than the dealers needed waits on until [`ROUND_STRETCH`]
+    /// timeouts even when nothing arrives: ending it could only fail the attempt, and a node that
+    /// started an attempt before its peers (say, after a restart) would fail it alone and move
+    /// on, always one attempt ahead of them (the simulator's reshare seed 900).
     fn expired(&self, now: Duration) -> bool {
+        if self.too_few_deals() {
+            return now >= self.hard_deadline;
+        }
         now >= self.deadline
             && (now >= self.last_progress + self.round_timeout / 4 || now >= self.hard_deadline)
+    }
+
+    fn too_few_deals(&self) -> bool {
+        self.phase == Phase::Dealing && self.deals.len() < usize::from(self.cfg.dealers_needed())
     }
 
     /// When to look again at a round whose timeout is up but that still receives.
@@ -1404,16 +1425,30 @@ pub fn confirmation_in_record(record: &super::DkgRecord) -> Option<Signed<Confir
     decode_record(record).and_then(|(_, _, c)| c)
 }
 
+/// First byte of a record without a deal (a record with one starts with the share's `u64le`
+/// length, 0 or 32, so never 2).
+const CONFIRM_ONLY_RECORD: u8 = 2;
+
 /// Decodes a restart record: `(share, deal, confirmation)`, or `(share, deal)` as written before
-/// confirmations were recorded.
+/// confirmations were recorded, or `0x02 ‖ confirmation` for a node that dealt nothing.
 #[allow(clippy::type_complexity)]
-fn decode_record(record: &super::DkgRecord) -> Option<(Vec<u8>, Signed<Deal>, Option<Signed<Confirm>>)> {
+fn decode_record(
+    record: &super::DkgRecord,
+) -> Option<(Vec<u8>, Option<Signed<Deal>>, Option<Signed<Confirm>>)> {
     let what = "dkg record";
-    kms_proto::codec::decode_p2p_raw(what, &record.0).ok().or_else(|| {
-        kms_proto::codec::decode_p2p_raw::<(Vec<u8>, Signed<Deal>)>(what, &record.0)
-            .ok()
-            .map(|(s, d)| (s, d, None))
-    })
+    if record.0.first() == Some(&CONFIRM_ONLY_RECORD) {
+        let (_, confirm) =
+            kms_proto::codec::decode_p2p_raw::<(u8, Option<Signed<Confirm>>)>(what, &record.0).ok()?;
+        return Some((Vec::new(), None, confirm));
+    }
+    kms_proto::codec::decode_p2p_raw::<(Vec<u8>, Signed<Deal>, Option<Signed<Confirm>>)>(what, &record.0)
+        .ok()
+        .map(|(s, d, c)| (s, Some(d), c))
+        .or_else(|| {
+            kms_proto::codec::decode_p2p_raw::<(Vec<u8>, Signed<Deal>)>(what, &record.0)
+                .ok()
+                .map(|(s, d)| (s, Some(d), None))
+        })
 }
 
 impl<S: Suite> Drop for Dkg<S> {
