@@ -515,7 +515,7 @@ impl Ceremonies {
                 let qual = c.payload.qual.clone();
                 // A reshare's digests are not kept across a restart: its key set is not offered.
                 if me.cfg.prior().is_none() {
-                    reminders.extend(match h.suite {
+                    reminders.push(match h.suite {
                         SuiteId::Bls12381G2 => key_set(&keys.bls, h, qual, Vec::new()),
                         SuiteId::Ed25519 => key_set(&keys.ed25519, h, qual, Vec::new()),
                     });
@@ -1021,18 +1021,13 @@ impl Ceremonies {
         // Then the key sets: a peer that cannot rebuild the transcript from its deals takes them.
         let header = |suite| kms_proto::dkg::Header { session: self.cfg.session, attempt, suite, sender: me };
         let qual = |q: &BTreeSet<u16>| q.iter().copied().collect::<Vec<u16>>();
-        confirms.extend(key_set(
+        confirms.push(key_set(
             &bls.share,
             header(SuiteId::Bls12381G2),
             qual(&bls.qual),
             bls.deal_digests.clone(),
         ));
-        confirms.extend(key_set(
-            &ed.share,
-            header(SuiteId::Ed25519),
-            qual(&ed.qual),
-            ed.deal_digests.clone(),
-        ));
+        confirms.push(key_set(&ed.share, header(SuiteId::Ed25519), qual(&ed.qual), ed.deal_digests.clone()));
         let keys = Arc::new(ActiveKeys { epoch: attempt, bls: bls.share, ed25519: ed.share });
         self.out.write(Write::Activate(keys.clone()));
         // Other attempts are over; this one's messages still help peers that missed its end.
@@ -1123,7 +1118,7 @@ fn key_set<S: Suite>(
     header: kms_proto::dkg::Header,
     qual: Vec<u16>,
     deal_digests: Vec<(u16, [u8; 32])>,
-) -> Option<DkgMessage> {
+) -> DkgMessage {
     let public = share.public();
     let key_set = kms_proto::dkg::KeySet {
         header,
@@ -1132,7 +1127,7 @@ fn key_set<S: Suite>(
         public_key: S::encode_point(public.public_key()),
         verification_keys: public.verification_keys().values().map(S::encode_point).collect(),
     };
-    Some(DkgMessage::new(DkgBody::KeySet(key_set)))
+    DkgMessage::new(DkgBody::KeySet(key_set))
 }
 
 /// The direct messages among a helper's actions (a helper only ever sends).
