@@ -187,10 +187,19 @@ impl Config {
         u16::try_from(self.roster.len()).unwrap_or(u16::MAX)
     }
 
-    /// The committee that holds the keys at the end: the first `committee` roster entries.
+    /// Size of the committee that holds the keys at the end (the first roster entries).
+    fn committee(&self) -> u16 {
+        self.prior().map_or(self.n(), |p| p.layout.receivers)
+    }
+
+    /// Peers in another attempt needed to move this node (`f + 1`: at least one honest).
+    fn moving_quorum(&self) -> usize {
+        usize::from(crate::dkg::faulty(self.max_faulty, self.committee())) + 1
+    }
+
+    /// The committee's identity keys.
     fn committee_roster(&self) -> Vec<VerifyingKey> {
-        let committee = self.prior().map_or(self.roster.len(), |p| usize::from(p.layout.receivers));
-        self.roster.iter().take(committee).copied().collect()
+        self.roster.iter().take(usize::from(self.committee())).copied().collect()
     }
 
     /// Checks a reshare's prior against the layout: old shares exactly at a dealer, at its old
@@ -510,16 +519,15 @@ impl Ceremonies {
                 restored.records.values().filter_map(confirmation_in_record).collect();
             let mut reminders: Vec<DkgMessage> =
                 confirms.iter().cloned().map(|c| DkgMessage::new(DkgBody::Confirm(c))).collect();
-            for c in &confirms {
-                let h = c.payload.header;
-                let qual = c.payload.qual.clone();
-                // A reshare's digests are not kept across a restart: its key set is not offered.
-                if me.cfg.prior().is_none() {
-                    reminders.push(match h.suite {
+            // A reshare's deal digests are not kept across a restart: its key set is not offered.
+            if me.cfg.prior().is_none() {
+                reminders.extend(confirms.into_iter().map(|c| {
+                    let (h, qual) = (c.payload.header, c.payload.qual);
+                    match h.suite {
                         SuiteId::Bls12381G2 => key_set(&keys.bls, h, qual, Vec::new()),
                         SuiteId::Ed25519 => key_set(&keys.ed25519, h, qual, Vec::new()),
-                    });
-                }
+                    }
+                }));
             }
             me.activate(Arc::new(keys), reminders);
         } else if restored.attempt > me.cfg.base() {
@@ -576,13 +584,14 @@ impl Ceremonies {
         let known = self.current.as_ref().is_some_and(|a| a.number == attempt)
             || self.listening.contains_key(&attempt);
         if !known {
-            if attempt <= self.last_attempt && !self.recovering() {
-                self.hold_behind(from, message, now);
+            if self.recovering() {
+                // A quorum already holds the key this node is recovering its share of.
                 return;
             }
-            if attempt <= self.last_attempt || self.recovering() {
-                // An attempt this node left (and stopped listening to), or a newer one while a
-                // quorum already holds the key this node is recovering its share of.
+            if attempt <= self.last_attempt {
+                // An attempt this node left (and stopped listening to): only a reminder of how
+                // it ended counts.
+                self.hold_behind(from, message, now);
                 return;
             }
             if self.current.is_some() {
@@ -619,7 +628,7 @@ impl Ceremonies {
         if kept.iter().filter(|(f, _)| *f == from).count() < AHEAD_PER_SENDER {
             kept.push((from, message));
         }
-        let needed = usize::from(self.cfg.dkg(attempt).faulty()) + 1;
+        let needed = self.cfg.moving_quorum();
         let mut senders = BTreeSet::new();
         let mut target = None;
         for (a, kept) in self.ahead.iter().rev() {
@@ -649,7 +658,7 @@ impl Ceremonies {
             kept.push((from, message));
         }
         let senders: BTreeSet<u16> = kept.iter().map(|(f, _)| *f).collect();
-        if senders.len() <= usize::from(self.cfg.dkg(attempt).faulty()) {
+        if senders.len() < self.cfg.moving_quorum() {
             return;
         }
         let Some(kept) = self.behind.remove(&attempt) else { return };
@@ -1005,10 +1014,7 @@ impl Ceremonies {
             self.out.cancel_below(attempt);
             self.out.event(Event::Retired { epoch: attempt });
             self.retired = Some(attempt);
-            self.current = None;
-            self.listening.clear();
-            self.retry_at = None;
-            self.ahead.clear();
+            self.settle();
             return;
         }
         let (Some(bls), Some(ed)) = (bls.output, ed.output) else { return };
@@ -1046,6 +1052,11 @@ impl Ceremonies {
             confirms,
             reminded: BTreeMap::new(),
         });
+        self.settle();
+    }
+
+    /// Keys are active or handed over: no attempt runs, listens or waits any more.
+    fn settle(&mut self) {
         self.current = None;
         self.listening.clear();
         self.retry_at = None;

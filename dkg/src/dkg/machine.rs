@@ -66,6 +66,13 @@ struct Finalized<S: Suite> {
 /// A qualified dealer, its commitments, and its share to this node (if it receives one).
 type Qualified<S> = (u16, Vec<<S as Suite>::Point>, Option<<S as Suite>::Scalar>);
 
+/// Zeroizes the shares of qualified dealers.
+fn wipe<S: Suite>(qualified: &mut [Qualified<S>]) {
+    for s in qualified.iter_mut().filter_map(|(_, _, s)| s.as_mut()) {
+        S::zeroize_scalar(s);
+    }
+}
+
 /// A quorum transcript this node is recovering its share of.
 struct Adoption {
     transcript: [u8; 32],
@@ -894,9 +901,10 @@ impl<S: Suite> Dkg<S> {
         let qual: BTreeSet<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
         let needed = self.cfg.dealers_needed();
         if qual.len() < usize::from(needed) {
+            wipe::<S>(&mut qualified);
             return self.fail(FailureReason::NotEnoughQualified { qualified: qual.len(), threshold: needed });
         }
-        let Some((public, mut secret)) = self.combine(&qualified) else {
+        let Some((public, mut secret)) = self.combine(&mut qualified) else {
             return self.fail(FailureReason::NotEnoughQualified { qualified: 0, threshold: needed });
         };
         if self.prior.as_ref().is_some_and(|p| p.public_key() != public.public_key()) {
@@ -937,23 +945,25 @@ impl<S: Suite> Dkg<S> {
     /// The public key set and this node's share (zero when it has none) from the qualified
     /// dealers' commitments and shares, weighted as [`Dkg::weights`] says.
     #[allow(clippy::type_complexity)]
-    fn combine(
-        &self,
-        qualified: &[(u16, Vec<S::Point>, Option<S::Scalar>)],
-    ) -> Option<(PublicKeySet<S>, S::Scalar)> {
+    /// The shares in `qualified` are wiped once used.
+    fn combine(&self, qualified: &mut [Qualified<S>]) -> Option<(PublicKeySet<S>, S::Scalar)> {
         let dealers: Vec<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
-        let weights = self.weights(&dealers)?;
+        let Some(weights) = self.weights(&dealers) else {
+            wipe::<S>(qualified);
+            return None;
+        };
         let mut secret = S::Scalar::ZERO;
         for ((_, _, s), w) in qualified.iter().zip(&weights) {
             if let Some(s) = s {
                 secret += *s * w;
             }
         }
+        wipe::<S>(qualified);
         let t = usize::from(self.cfg.threshold);
         let commitments: Vec<S::Point> = if self.cfg.resharing.is_none() {
             // A key generation sums (every weight is 1).
             let mut sum = vec![S::Point::identity(); t];
-            for (_, c, _) in qualified {
+            for (_, c, _) in qualified.iter() {
                 for (acc, ck) in sum.iter_mut().zip(c) {
                     *acc += ck;
                 }
@@ -1101,13 +1111,7 @@ impl<S: Suite> Dkg<S> {
             qualified.push((d, c.clone(), mine.filter(|_| receives)));
         }
         let qual_set: BTreeSet<u16> = qual.iter().copied().collect();
-        let combined = self.combine(&qualified);
-        for (_, _, s) in qualified.iter_mut() {
-            if let Some(s) = s.as_mut() {
-                S::zeroize_scalar(s);
-            }
-        }
-        let Some((public, mut secret)) = combined else { return Vec::new() };
+        let Some((public, mut secret)) = self.combine(&mut qualified) else { return Vec::new() };
         let fits = qual_set.len() == qual.len()
             && qual_set.len() >= usize::from(self.cfg.dealers_needed())
             && self.prior.as_ref().is_none_or(|p| p.public_key() == public.public_key())

@@ -153,7 +153,7 @@ impl DkgConfig {
 
     /// `f` of the committee.
     pub fn faulty(&self) -> u16 {
-        self.max_faulty.unwrap_or(self.committee().saturating_sub(1) / 3)
+        faulty(self.max_faulty, self.committee())
     }
 
     /// Matching confirmations needed, from the committee: the least `q` with
@@ -205,6 +205,11 @@ impl DkgConfig {
         }
         Ok(())
     }
+}
+
+/// `f`: `max_faulty`, or `⌊(n - 1)/3⌋` of a committee of `n`.
+pub(crate) fn faulty(max_faulty: Option<u16>, n: u16) -> u16 {
+    max_faulty.unwrap_or(n.saturating_sub(1) / 3)
 }
 
 /// The configuration cannot run.
