@@ -39,30 +39,13 @@ pub fn run_dkg_in_memory<S: Suite>(
     epoch: u64,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Vec<crate::dkg::DkgOutput<S>>, String> {
-    use crate::dkg::{Action, Dkg, DkgConfig, Timeouts};
-    use std::collections::VecDeque;
+    use crate::dkg::{Dkg, DkgConfig, Timeouts};
     use std::time::Duration;
 
     let keys: Vec<ed25519_dalek::SigningKey> =
         (0..n).map(|_| ed25519_dalek::SigningKey::generate(rng)).collect();
     let roster: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
-    let mut nodes = Vec::new();
-    let mut queue: VecDeque<(u16, u16, kms_proto::dkg::DkgMessage)> = VecDeque::new();
-    let mut outputs: Vec<Option<crate::dkg::DkgOutput<S>>> = (0..n).map(|_| None).collect();
-    let route = |from: u16, actions: Vec<Action<S>>, queue: &mut VecDeque<_>, outputs: &mut Vec<_>| {
-        for a in actions {
-            match a {
-                Action::Broadcast(m) => {
-                    queue.extend((1..=n).filter(|&to| to != from).map(|to| (from, to, m.clone())));
-                }
-                Action::Send { to, message } => queue.push_back((from, to, message)),
-                Action::Completed(out) => outputs[usize::from(from - 1)] = Some(*out),
-                Action::Failed(f) => return Err(format!("node {from}: {f}")),
-                _ => {}
-            }
-        }
-        Ok(())
-    };
+    let mut started = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let me = u16::try_from(i + 1).map_err(|e| e.to_string())?;
         let cfg = DkgConfig {
@@ -76,21 +59,9 @@ pub fn run_dkg_in_memory<S: Suite>(
             timeouts: Timeouts::default(),
             resharing: None,
         };
-        let (dkg, actions) =
-            Dkg::<S>::new(cfg, key.clone(), Duration::ZERO, rng).map_err(|e| e.to_string())?;
-        nodes.push(dkg);
-        route(me, actions, &mut queue, &mut outputs)?;
+        started.push(Dkg::<S>::new(cfg, key.clone(), Duration::ZERO, rng).map_err(|e| e.to_string())?);
     }
-    while let Some((from, to, msg)) = queue.pop_front() {
-        let node = &mut nodes[usize::from(to - 1)];
-        if node.is_finished() {
-            continue;
-        }
-        if let Ok(actions) = node.handle_message(from, msg, Duration::ZERO) {
-            route(to, actions, &mut queue, &mut outputs)?;
-        }
-    }
-    outputs.into_iter().enumerate().map(|(i, o)| o.ok_or(format!("node {} did not finish", i + 1))).collect()
+    run_started(started, n)
 }
 
 /// Reshares `old` (the shares of an old committee, by index) to `n` new members with threshold
@@ -103,8 +74,8 @@ pub fn run_reshare_in_memory<S: Suite>(
     t: u16,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Vec<crate::dkg::DkgOutput<S>>, String> {
-    use crate::dkg::{Action, Dkg, DkgConfig, Resharing, Timeouts};
-    use std::collections::{BTreeMap, VecDeque};
+    use crate::dkg::{Dkg, DkgConfig, Resharing, Timeouts};
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     let first = old.first().ok_or("no old shares")?;
@@ -119,23 +90,7 @@ pub fn run_reshare_in_memory<S: Suite>(
         receivers: n,
         dealers: (1..=old_n).map(|i| (i, i)).collect::<BTreeMap<u16, u16>>(),
     };
-    let mut nodes = Vec::new();
-    let mut queue: VecDeque<(u16, u16, kms_proto::dkg::DkgMessage)> = VecDeque::new();
-    let mut outputs: Vec<Option<crate::dkg::DkgOutput<S>>> = (0..n).map(|_| None).collect();
-    let route = |from: u16, actions: Vec<Action<S>>, queue: &mut VecDeque<_>, outputs: &mut Vec<_>| {
-        for a in actions {
-            match a {
-                Action::Broadcast(m) => {
-                    queue.extend((1..=participants).filter(|&to| to != from).map(|to| (from, to, m.clone())));
-                }
-                Action::Send { to, message } => queue.push_back((from, to, message)),
-                Action::Completed(out) => outputs[usize::from(from - 1)] = Some(*out),
-                Action::Failed(f) => return Err(format!("participant {from}: {f}")),
-                _ => {}
-            }
-        }
-        Ok(())
-    };
+    let mut started = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let me = u16::try_from(i + 1).map_err(|e| e.to_string())?;
         let cfg = DkgConfig {
@@ -150,11 +105,44 @@ pub fn run_reshare_in_memory<S: Suite>(
             resharing: Some(layout.clone()),
         };
         let own = old.get(i);
-        let (dkg, actions) =
-            Dkg::<S>::reshare(cfg, key.clone(), first.public().clone(), own, Duration::ZERO, rng)
-                .map_err(|e| e.to_string())?;
-        nodes.push(dkg);
-        route(me, actions, &mut queue, &mut outputs)?;
+        let machine = Dkg::<S>::reshare(cfg, key.clone(), first.public().clone(), own, Duration::ZERO, rng);
+        started.push(machine.map_err(|e| e.to_string())?);
+    }
+    run_started(started, n)
+}
+
+/// Runs machines that have just started (each beside its first actions) with FIFO delivery and
+/// no faults until nothing is left to deliver; returns the outputs of participants
+/// `1..=receivers`, in order.
+fn run_started<S: Suite>(
+    started: Vec<(crate::dkg::Dkg<S>, Vec<crate::dkg::Action<S>>)>,
+    receivers: u16,
+) -> Result<Vec<crate::dkg::DkgOutput<S>>, String> {
+    use crate::dkg::Action;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    let participants = u16::try_from(started.len()).map_err(|e| e.to_string())?;
+    let mut queue: VecDeque<(u16, u16, kms_proto::dkg::DkgMessage)> = VecDeque::new();
+    let mut outputs: Vec<Option<crate::dkg::DkgOutput<S>>> = (0..receivers).map(|_| None).collect();
+    let route = |from: u16, actions: Vec<Action<S>>, queue: &mut VecDeque<_>, outputs: &mut Vec<_>| {
+        for a in actions {
+            match a {
+                Action::Broadcast(m) => {
+                    queue.extend((1..=participants).filter(|&to| to != from).map(|to| (from, to, m.clone())));
+                }
+                Action::Send { to, message } => queue.push_back((from, to, message)),
+                Action::Completed(out) => outputs[usize::from(from - 1)] = Some(*out),
+                Action::Failed(f) => return Err(format!("participant {from}: {f}")),
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    let mut nodes = Vec::new();
+    for (from, (machine, actions)) in (1u16..).zip(started) {
+        nodes.push(machine);
+        route(from, actions, &mut queue, &mut outputs)?;
     }
     while let Some((from, to, msg)) = queue.pop_front() {
         let node = &mut nodes[usize::from(to - 1)];
@@ -168,7 +156,7 @@ pub fn run_reshare_in_memory<S: Suite>(
     outputs
         .into_iter()
         .enumerate()
-        .map(|(i, o)| o.ok_or(format!("member {} did not finish", i + 1)))
+        .map(|(i, o)| o.ok_or(format!("participant {} did not finish", i + 1)))
         .collect()
 }
 
