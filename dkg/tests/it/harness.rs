@@ -62,6 +62,23 @@ pub fn config(keys: &[SigningKey], t: u16, me: u16, epoch: u64, excluded: BTreeS
 }
 
 impl<S: Suite> Net<S> {
+    /// A network of these identities with no machine yet.
+    fn idle(keys: Vec<SigningKey>, silent: BTreeSet<u16>, tamper: Option<Tamper>) -> Self {
+        Net {
+            n: keys.len() as u16,
+            keys,
+            nodes: BTreeMap::new(),
+            queue: VecDeque::new(),
+            timers: BTreeMap::new(),
+            now: Duration::ZERO,
+            outcomes: BTreeMap::new(),
+            handed: BTreeMap::new(),
+            silent,
+            tamper,
+            delivered: 0,
+        }
+    }
+
     pub fn new(n: u16, t: u16, seed: u64) -> Self {
         Self::with(n, t, seed, 1, BTreeSet::new(), BTreeSet::new(), None)
     }
@@ -75,20 +92,7 @@ impl<S: Suite> Net<S> {
         silent: BTreeSet<u16>,
         tamper: Option<Tamper>,
     ) -> Self {
-        let keys = identity_keys(n, seed);
-        let mut net = Net {
-            n,
-            keys,
-            nodes: BTreeMap::new(),
-            queue: VecDeque::new(),
-            timers: BTreeMap::new(),
-            now: Duration::ZERO,
-            outcomes: BTreeMap::new(),
-            handed: BTreeMap::new(),
-            silent,
-            tamper,
-            delivered: 0,
-        };
+        let mut net = Net::idle(identity_keys(n, seed), silent, tamper);
         for i in 1..=n {
             if net.silent.contains(&i) {
                 continue;
@@ -262,20 +266,7 @@ impl<S: Suite> Net<S> {
         tamper: Option<Tamper>,
     ) -> Self {
         let n = seats.len() as u16;
-        let keys = identity_keys(n, seed ^ 0xe5);
-        let mut net = Net {
-            n,
-            keys,
-            nodes: BTreeMap::new(),
-            queue: VecDeque::new(),
-            timers: BTreeMap::new(),
-            now: Duration::ZERO,
-            outcomes: BTreeMap::new(),
-            handed: BTreeMap::new(),
-            silent,
-            tamper,
-            delivered: 0,
-        };
+        let mut net = Net::idle(identity_keys(n, seed ^ 0xe5), silent, tamper);
         for i in 1..=n {
             if net.silent.contains(&i) {
                 continue;
