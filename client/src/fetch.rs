@@ -60,6 +60,12 @@ pub enum NodeOutcome {
         /// What was wrong.
         reason: String,
     },
+    /// Answered from another key epoch than the descriptor's (a reshare happened): its partial
+    /// belongs to other verification keys. Not a fault.
+    OtherEpoch {
+        /// The epoch it served.
+        epoch: u64,
+    },
     /// No answer in time.
     Timeout,
     /// Could not be reached.
@@ -77,6 +83,7 @@ impl std::fmt::Display for NodeOutcome {
             NodeOutcome::Refused { code, reason } => write!(f, "refused: {code}: {reason}"),
             NodeOutcome::InvalidPartial { fault } => write!(f, "invalid partial key: {fault}"),
             NodeOutcome::InvalidResponse { reason } => write!(f, "invalid response: {reason}"),
+            NodeOutcome::OtherEpoch { epoch } => write!(f, "answered from epoch {epoch}"),
             NodeOutcome::Timeout => write!(f, "timed out"),
             NodeOutcome::Unreachable { error } => write!(f, "unreachable: {error}"),
         }
@@ -92,6 +99,8 @@ pub struct NodeReport {
     pub url: String,
     /// What it did.
     pub outcome: NodeOutcome,
+    /// The key epoch it answered from, if it answered with a key.
+    pub epoch: Option<u64>,
     /// Time to its answer (zero for `NotNeeded`).
     pub elapsed: Duration,
 }
@@ -100,8 +109,11 @@ pub struct NodeReport {
 pub struct Fetched {
     /// The app key (zeroized on drop).
     pub key: AppKey,
-    /// Every node's outcome, by index.
+    /// Every node's outcome, by index (of the descriptor the key was fetched with).
     pub report: Vec<NodeReport>,
+    /// A newer descriptor the client moved to, verified under the same group key, when nodes
+    /// answered from a newer epoch than the one it was given (keep it for the next fetch).
+    pub refreshed: Option<Cluster>,
 }
 
 /// The fetch failed.
@@ -133,7 +145,10 @@ pub enum FetchError {
 pub fn format_report(report: &[NodeReport]) -> String {
     report
         .iter()
-        .map(|r| format!("  node {} ({}): {} [{:.1?}]", r.index, r.url, r.outcome, r.elapsed))
+        .map(|r| {
+            let epoch = r.epoch.map(|e| format!(" epoch {e}")).unwrap_or_default();
+            format!("  node {} ({}): {}{epoch} [{:.1?}]", r.index, r.url, r.outcome, r.elapsed)
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -163,6 +178,7 @@ async fn ask(
     client: reqwest::Client,
     url: String,
     index: u16,
+    epoch: u64,
     body: Vec<u8>,
     secret: StaticSecret,
     binding: [u8; 32],
@@ -196,6 +212,9 @@ async fn ask(
     };
     if r.node_index != index {
         return invalid(format!("answered as node {}", r.node_index));
+    }
+    if r.epoch != epoch {
+        return Answer::Failed(NodeOutcome::OtherEpoch { epoch: r.epoch });
     }
     let envelope = match r.envelope_bytes() {
         Ok(e) => e,
@@ -232,7 +251,78 @@ fn settle(
 /// Fetches the key `(app, label)` from the cluster as the attested enclave `provider` speaks
 /// for. Every node is asked at once; partials are verified (in a batch, falling back to one by
 /// one to name the bad ones) and the first t valid ones are combined and checked against `MPK`.
+///
+/// Only partials of the descriptor's epoch are combined. If too few nodes answer from it and
+/// some answer from a newer epoch (the cluster reshared), the client fetches the newer signed
+/// descriptor from one of them, checks it under the same group key (the same cluster, a
+/// higher epoch), and fetches again with it once; [`Fetched::refreshed`] then holds it.
 pub async fn fetch_key(
+    cluster: &Cluster,
+    app: &AppId,
+    label: &Label,
+    provider: &dyn AttestationProvider,
+    opts: &FetchOptions,
+) -> Result<Fetched, FetchError> {
+    let first = fetch_once(cluster, app, label, provider, opts).await;
+    let report = match &first {
+        Err(FetchError::NotEnoughShares { report, .. }) => report,
+        _ => return first,
+    };
+    let epoch = cluster.descriptor().epoch;
+    let newer: Vec<&NodeReport> = report
+        .iter()
+        .filter(|r| matches!(r.outcome, NodeOutcome::OtherEpoch { epoch: e } if e > epoch))
+        .collect();
+    if newer.is_empty() {
+        return first;
+    }
+    let client = match &opts.client {
+        Some(c) => c.clone(),
+        None => reqwest::Client::builder().build().map_err(|e| FetchError::Combine(e.to_string()))?,
+    };
+    for r in newer {
+        if let Some(next) = newer_descriptor(&client, cluster, &r.url, opts.timeout).await {
+            let mut fetched = fetch_once(&next, app, label, provider, opts).await?;
+            fetched.refreshed = Some(next);
+            return Ok(fetched);
+        }
+    }
+    first
+}
+
+/// The newer signed descriptor a node serves, if it verifies under `cluster`'s group key and
+/// is of the same cluster and a higher epoch. A node signs its epoch's descriptor shortly after
+/// the keys activate: a few tries over about two seconds.
+async fn newer_descriptor(
+    client: &reqwest::Client,
+    cluster: &Cluster,
+    url: &str,
+    timeout: Duration,
+) -> Option<Cluster> {
+    let old = cluster.descriptor();
+    let pin = crate::cluster::Pin::GroupKey(*old.group_key.as_bytes());
+    for _ in 0..8 {
+        let got =
+            client.get(format!("{}/v1/cluster", url.trim_end_matches('/'))).timeout(timeout).send().await;
+        if let Ok(resp) = got {
+            if let Ok(Some(bytes)) = read_limited(resp, MAX_DESCRIPTOR).await {
+                if let Ok(next) = Cluster::from_json(&bytes, pin) {
+                    let d = next.descriptor();
+                    if d.cluster_id == old.cluster_id && d.epoch > old.epoch {
+                        return Some(next);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+/// Largest descriptor accepted from a node.
+const MAX_DESCRIPTOR: usize = 1 << 20;
+
+async fn fetch_once(
     cluster: &Cluster,
     app: &AppId,
     label: &Label,
@@ -271,9 +361,12 @@ pub async fn fetch_key(
             (client.clone(), node.http_url.clone(), body.clone(), secret.clone());
         let index = node.index;
         let timeout = opts.timeout;
+        let epoch = cluster.descriptor().epoch;
         tasks.spawn(async move {
             let answer =
-                match tokio::time::timeout(timeout, ask(client, url, index, body, secret, binding)).await {
+                match tokio::time::timeout(timeout, ask(client, url, index, epoch, body, secret, binding))
+                    .await
+                {
                     Ok(a) => a,
                     Err(_) => Answer::Failed(NodeOutcome::Timeout),
                 };
@@ -316,14 +409,19 @@ pub async fn fetch_key(
         .map(|(index, url)| {
             let (outcome, elapsed) =
                 outcomes.remove(&index).unwrap_or((NodeOutcome::NotNeeded, Duration::ZERO));
-            NodeReport { index, url, outcome, elapsed }
+            let epoch = match &outcome {
+                NodeOutcome::Valid | NodeOutcome::InvalidPartial { .. } => Some(cluster.descriptor().epoch),
+                NodeOutcome::OtherEpoch { epoch } => Some(*epoch),
+                _ => None,
+            };
+            NodeReport { index, url, outcome, epoch, elapsed }
         })
         .collect();
     if valid.len() < t {
         return Err(FetchError::NotEnoughShares { needed: cluster.threshold(), valid: valid.len(), report });
     }
     let key = combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?;
-    Ok(Fetched { key, report })
+    Ok(Fetched { key, report, refreshed: None })
 }
 
 #[cfg(test)]

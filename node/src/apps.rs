@@ -20,8 +20,6 @@ const GOSSIP_GENERATION: u64 = u64::MAX;
 pub struct Apps {
     store: Arc<NodeStore>,
     p2p: Option<P2pHandle>,
-    roster: Vec<u16>,
-    me: u16,
     /// Serializes check-then-store so two concurrent uploads cannot both win.
     lock: Mutex<()>,
 }
@@ -37,8 +35,19 @@ pub enum Offer {
 
 impl Apps {
     /// A registry over the store; `p2p` is `None` in tests without a network.
-    pub fn new(store: Arc<NodeStore>, p2p: Option<P2pHandle>, roster: Vec<u16>, me: u16) -> Self {
-        Apps { store, p2p, roster, me, lock: Mutex::new(()) }
+    pub fn new(store: Arc<NodeStore>, p2p: Option<P2pHandle>) -> Self {
+        Apps { store, p2p, lock: Mutex::new(()) }
+    }
+
+    /// Sends every manifest held to every roster peer (after a reshare: new members hold none).
+    pub fn gossip_all(&self) -> Result<usize, ApiError> {
+        let all = self.store.manifests().map_err(ApiError::internal)?;
+        if let Some(p2p) = &self.p2p {
+            for m in &all {
+                p2p.broadcast(NodeRequest::new(RequestBody::Manifest(encode_json(m))), GOSSIP_GENERATION);
+            }
+        }
+        Ok(all.len())
     }
 
     /// The newest manifest held for `app`.
@@ -69,14 +78,7 @@ impl Apps {
         tracing::info!(app_id = %app, seq = m.manifest.seq, revoked = m.manifest.policy.revoked, "manifest accepted");
         if gossip {
             if let Some(p2p) = &self.p2p {
-                let bytes = encode_json(m);
-                for &to in self.roster.iter().filter(|&&i| i != self.me) {
-                    p2p.send_reliable(
-                        to,
-                        NodeRequest::new(RequestBody::Manifest(bytes.clone())),
-                        GOSSIP_GENERATION,
-                    );
-                }
+                p2p.broadcast(NodeRequest::new(RequestBody::Manifest(encode_json(m))), GOSSIP_GENERATION);
             }
         }
         Ok(Offer::Accepted)

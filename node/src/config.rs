@@ -46,7 +46,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
-    /// This node's roster index (1..=n).
+    /// This node's index (1..=n) in `cluster.nodes`; leave it out (0) on a node that joins an
+    /// existing cluster (`cluster.join`). A reshare may give the node another index: the
+    /// committee it is in is kept in its store from then on.
+    #[serde(default)]
     pub index: u16,
     /// libp2p listen multiaddress, e.g. `/ip4/0.0.0.0/tcp/7001`; port 0 picks a free port
     /// (reported in the log and in `<data_dir>/listen.json`).
@@ -65,17 +68,33 @@ pub struct NodeSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// Shares needed for a key (t).
+    /// Shares needed for a key (t) in the genesis committee (`cluster.nodes`).
+    #[serde(default)]
     pub threshold: u16,
     /// Byzantine nodes tolerated by DKG agreement (f); default `⌊(n-1)/3⌋`.
     #[serde(default)]
     pub max_faulty: Option<u16>,
-    /// Every node, including this one.
+    /// The genesis committee: every node, including this one. Empty on a joining node.
+    #[serde(default)]
     pub nodes: Vec<RosterEntry>,
+    /// A node that joins an existing cluster through a reshare: instead of `nodes`.
+    #[serde(default)]
+    pub join: Option<JoinSection>,
+}
+
+/// How a new node finds the cluster it joins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSection {
+    /// The cluster's current signed descriptor (`cluster.json`, or `GET /v1/cluster` of any
+    /// member), trusted only under `group_key`.
+    pub descriptor: PathBuf,
+    /// The cluster's Ed25519 group key (64 hex characters), pinned out of band.
+    pub group_key: String,
 }
 
 /// One roster entry.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RosterEntry {
     /// Index (1..=n), unique.
@@ -176,6 +195,13 @@ impl Default for DkgSection {
     }
 }
 
+impl JoinSection {
+    /// The pinned group key, if `group_key` is 64 hex characters.
+    pub fn pinned_group_key(&self) -> Option<[u8; 32]> {
+        hex::decode(self.group_key.trim()).ok()?.try_into().ok()
+    }
+}
+
 impl Config {
     /// Reads and validates a TOML file; relative paths resolve against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -205,6 +231,9 @@ impl Config {
             }
         };
         fix(&mut self.data_dir);
+        if let Some(j) = &mut self.cluster.join {
+            fix(&mut j.descriptor);
+        }
         for p in [
             &mut self.attestation.jwks_file,
             &mut self.attestation.pki_root_pem,
@@ -219,6 +248,18 @@ impl Config {
 
     /// Checks everything that TOML types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(j) = &self.cluster.join {
+            if !self.cluster.nodes.is_empty() || self.cluster.threshold != 0 || self.node.index != 0 {
+                return Err(err(
+                    "cluster.join",
+                    "a joining node has no cluster.nodes, cluster.threshold or node.index: the reshare that adds it assigns them",
+                ));
+            }
+            if j.pinned_group_key().is_none() {
+                return Err(err("cluster.join.group_key", "must be 64 hex characters"));
+            }
+            return self.validate_common(usize::from(kms_dkg::dkg::MAX_NODES));
+        }
         let n = self.cluster.nodes.len();
         if n == 0 {
             return Err(err("cluster.nodes", "the roster is empty"));
@@ -263,6 +304,11 @@ impl Config {
         if !seen_idx.contains(&self.node.index) {
             return Err(err("node.index", format!("{} is not an index of cluster.nodes", self.node.index)));
         }
+        self.validate_common(n)
+    }
+
+    /// Checks of every configuration, genesis or joining; `n` bounds `dkg.min_peers`.
+    fn validate_common(&self, n: usize) -> Result<(), ConfigError> {
         if self.node.listen_p2p.parse::<libp2p::Multiaddr>().is_err() {
             return Err(err("node.listen_p2p", "not a multiaddress"));
         }

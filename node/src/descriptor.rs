@@ -23,17 +23,12 @@ use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::p2p::{NodeRequest, NodeResponse, RequestBody, ResponseBody};
 use kms_proto::HexBytes;
 
-use crate::config::RosterEntry;
 use crate::p2p::P2pHandle;
 use crate::state::Shared;
 use crate::store::{ActiveKeys, NodeStore};
 
 /// Builds descriptors and takes part in signing them.
 pub struct DescriptorSigner {
-    /// This node.
-    pub me: u16,
-    /// The roster from the configuration.
-    pub roster: Vec<RosterEntry>,
     /// Cluster id.
     pub cluster_id: [u8; 32],
     /// Store.
@@ -51,23 +46,20 @@ fn refused(why: impl Into<String>) -> NodeResponse {
 
 impl DescriptorSigner {
     /// A signer.
-    pub fn new(
-        me: u16,
-        roster: Vec<RosterEntry>,
-        cluster_id: [u8; 32],
-        store: Arc<NodeStore>,
-        shared: Arc<Shared>,
-        p2p: P2pHandle,
-    ) -> Self {
-        DescriptorSigner { me, roster, cluster_id, store, shared, p2p, nonces: Mutex::new(HashMap::new()) }
+    pub fn new(cluster_id: [u8; 32], store: Arc<NodeStore>, shared: Arc<Shared>, p2p: P2pHandle) -> Self {
+        DescriptorSigner { cluster_id, store, shared, p2p, nonces: Mutex::new(HashMap::new()) }
     }
 
-    /// The descriptor this node's keys and configuration define.
+    /// The descriptor this node's keys and committee define.
     pub fn build(&self, keys: &ActiveKeys) -> Option<ClusterDescriptor> {
         let bls = keys.bls.public();
         let ed = keys.ed25519.public();
-        let nodes = self
-            .roster
+        let membership = self.shared.membership();
+        if membership.epoch != keys.epoch {
+            return None;
+        }
+        let nodes = membership
+            .members
             .iter()
             .map(|e| {
                 let vk: [u8; 96] =
@@ -168,7 +160,8 @@ impl DescriptorSigner {
         let t = usize::from(keys.bls.public().threshold());
         let timeout = Duration::from_secs(5);
         let mut commitments = BTreeMap::new();
-        let me_id = frost::Identifier::try_from(self.me).map_err(|e| e.to_string())?;
+        let me = keys.bls.index();
+        let me_id = frost::Identifier::try_from(me).map_err(|e| e.to_string())?;
         let own = self.commit(keys.epoch, digest)?;
         commitments
             .insert(me_id, frost::round1::SigningCommitments::deserialize(&own).map_err(|e| e.to_string())?);
@@ -244,7 +237,8 @@ impl DescriptorSigner {
             match self.store.get_public("descriptor", keys.epoch) {
                 Ok(Some(bytes)) => {
                     // Done here; make sure every peer has it too (idempotent), then wait.
-                    for e in self.roster.iter().filter(|e| e.index != self.me) {
+                    let me = keys.bls.index();
+                    for e in self.shared.membership().members.iter().filter(|e| e.index != me) {
                         self.p2p.send_reliable(
                             e.index,
                             NodeRequest::new(RequestBody::Descriptor(bytes.clone())),
@@ -257,8 +251,9 @@ impl DescriptorSigner {
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "reading the descriptor"),
             }
+            let me = keys.bls.index();
             let rank =
-                self.shared.connected.read().map(|c| c.iter().filter(|&&i| i < self.me).count()).unwrap_or(0);
+                self.shared.connected.read().map(|c| c.iter().filter(|&&i| i < me).count()).unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(300 + 3_000 * rank as u64)).await;
             if matches!(self.store.get_public("descriptor", keys.epoch), Ok(Some(_))) {
                 continue;

@@ -8,21 +8,29 @@
 //! log): nothing that depended on the write is ever sent. Restarting the node once its store is
 //! fixed resumes from what was written.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ed25519_dalek::VerifyingKey;
+use libp2p::PeerId;
 use rand_core::OsRng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use kms_dkg::ceremony::{self, Ceremonies, Event, Outgoing, Restored, Status, Write};
-use kms_dkg::dkg::DkgRecord;
-use kms_dkg::{Bls12381G2, Suite};
-use kms_proto::dkg::SuiteId;
+use kms_dkg::ceremony::{self, Ceremonies, Event, Kind, Outgoing, Prior, Restored, Status, Write};
+use kms_dkg::dkg::{DkgRecord, Resharing, Timeouts};
+use kms_dkg::{Bls12381G2, Ed25519, PublicKeySet, Suite};
+use kms_proto::cluster::SignedClusterDescriptor;
+use kms_proto::codec::{decode_json, encode_json};
+use kms_proto::dkg::{DkgMessage, SuiteId};
 use kms_proto::p2p::{NodeRequest, NodeResponse, RequestBody, ResponseBody};
+use kms_proto::reshare::AuthorizedChange;
 
+use crate::membership::{self, Membership};
 use crate::p2p::{Inbound, P2pHandle, PeerEvent};
+use crate::reshare;
 use crate::state::{DkgStatus, Shared};
 use crate::store::{NodeStore, StoreError};
 
@@ -31,13 +39,27 @@ pub const WRITE_RETRIES: u32 = 3;
 
 /// Static inputs of the driver.
 pub struct DriverConfig {
-    /// The engine's parameters.
-    pub ceremony: ceremony::Config,
+    /// The genesis key generation's parameters; `None` on a node that joins through a reshare.
+    pub genesis: Option<ceremony::Config>,
     /// This node's identity.
     pub identity: ed25519_dalek::SigningKey,
+    /// Round timeouts of a reshare's attempts (scaled by the engine like a key generation's).
+    pub timeouts: Timeouts,
+    /// Wait after a failed attempt.
+    pub retry_delay: Duration,
 }
 
-/// Handler for non-DKG inbound requests (manifests, FROST, descriptor).
+/// What feeds the driver.
+pub struct Inputs {
+    /// Requests from peers.
+    pub inbound: mpsc::UnboundedReceiver<Inbound>,
+    /// Connectivity.
+    pub peers: mpsc::UnboundedReceiver<PeerEvent>,
+    /// Roster changes once authorized and stored ([`crate::reshare::Reshares`]).
+    pub changes: mpsc::UnboundedReceiver<AuthorizedChange>,
+}
+
+/// Handler for non-DKG inbound requests (manifests, FROST, descriptor, roster changes).
 pub type OtherHandler =
     Arc<dyn Fn(u16, RequestBody) -> futures::future::BoxFuture<'static, NodeResponse> + Send + Sync>;
 
@@ -49,36 +71,50 @@ pub fn suite_name(suite: SuiteId) -> &'static str {
     }
 }
 
-/// What the node kept across a restart.
-fn restore(store: &NodeStore) -> Result<Restored, StoreError> {
-    let records = |attempt: u64| -> Result<_, StoreError> {
-        let mut records = std::collections::BTreeMap::new();
-        for suite in [SuiteId::Bls12381G2, SuiteId::Ed25519] {
-            if let Some(r) = store.dkg_record(attempt, suite_name(suite))? {
-                records.insert(suite, DkgRecord(r));
-            }
+fn records(store: &NodeStore, attempt: u64) -> Result<BTreeMap<SuiteId, DkgRecord>, StoreError> {
+    let mut records = BTreeMap::new();
+    for suite in [SuiteId::Bls12381G2, SuiteId::Ed25519] {
+        if let Some(r) = store.dkg_record(attempt, suite_name(suite))? {
+            records.insert(suite, DkgRecord(r));
         }
-        Ok(records)
-    };
+    }
+    Ok(records)
+}
+
+/// What the node kept of the genesis key generation across a restart.
+fn restore(store: &NodeStore) -> Result<Restored, StoreError> {
     if let Some(keys) = store.active()? {
         // The records of the attempt that produced the keys hold this node's confirmations.
-        let records = records(keys.epoch)?;
+        let records = records(store, keys.epoch)?;
         return Ok(Restored { active: Some(keys), records, ..Restored::default() });
     }
+    restore_attempt(store, 0)
+}
+
+/// The attempt a node was in (if above `base`), with its records and logged messages.
+fn restore_attempt(store: &NodeStore, base: u64) -> Result<Restored, StoreError> {
     let attempt = store.dkg_attempt()?;
-    let mut restored = Restored { attempt, ..Restored::default() };
-    if attempt > 0 {
-        restored.records = records(attempt)?;
-        restored.log = store.dkg_messages(attempt)?;
+    if attempt <= base {
+        return Ok(Restored::default());
     }
-    Ok(restored)
+    Ok(Restored {
+        attempt,
+        records: records(store, attempt)?,
+        log: store.dkg_messages(attempt)?,
+        ..Restored::default()
+    })
 }
 
 /// Writes `w`, retrying a failed write up to [`WRITE_RETRIES`] times with backoff.
-async fn write_with_retries(store: &NodeStore, shared: &Shared, w: &Write) -> Result<(), StoreError> {
+async fn write_with_retries(
+    store: &NodeStore,
+    shared: &Shared,
+    reshare: Option<&RunningReshare>,
+    w: &Write,
+) -> Result<(), StoreError> {
     let mut tries = 0;
     loop {
-        match write(store, shared, w) {
+        match write(store, shared, reshare, w) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 shared.count_persist_failure();
@@ -93,8 +129,14 @@ async fn write_with_retries(store: &NodeStore, shared: &Shared, w: &Write) -> Re
     }
 }
 
-/// Carries out one write; activated keys are installed once they are durable.
-fn write(store: &NodeStore, shared: &Shared, w: &Write) -> Result<(), StoreError> {
+/// Carries out one write; activated keys are installed once they are durable, and a reshare's
+/// new committee replaces the old one once this node's part in it is durable.
+fn write(
+    store: &NodeStore,
+    shared: &Shared,
+    reshare: Option<&RunningReshare>,
+    w: &Write,
+) -> Result<(), StoreError> {
     #[cfg(feature = "test-faults")]
     if crate::faults::fail_write(w) {
         return Err(StoreError::Backend("injected write failure (test fault)".into()));
@@ -107,16 +149,45 @@ fn write(store: &NodeStore, shared: &Shared, w: &Write) -> Result<(), StoreError
         Write::Message { attempt, from, bytes } => store.log_dkg_message(*attempt, *from, bytes),
         Write::Activate(keys) => {
             store.activate(keys)?;
+            let membership = match reshare {
+                Some(r) => finish_reshare(store, &r.change, keys.epoch)?,
+                None => Membership { epoch: keys.epoch, ..shared.membership() },
+            };
             info!(
                 epoch = keys.epoch,
+                index = keys.bls.index(),
+                threshold = membership.threshold,
+                members = membership.n(),
                 mpk = %hex::encode(Bls12381G2::encode_point(keys.bls.public().public_key())),
                 "keys active"
             );
+            shared.set_membership(membership);
             shared.install(keys.clone());
+            Ok(())
+        }
+        Write::Retire { epoch } => {
+            store.retire(*epoch)?;
+            if let Some(r) = reshare {
+                shared.set_membership(finish_reshare(store, &r.change, *epoch)?);
+            }
+            info!(epoch, "retired: the new committee holds the keys; this node's shares are erased");
+            shared.retire(*epoch);
             Ok(())
         }
         _ => Err(StoreError::Backend(format!("unknown ceremony write {w:?}"))),
     }
+}
+
+/// Records the committee a completed reshare created and clears the authorized change.
+fn finish_reshare(
+    store: &NodeStore,
+    change: &AuthorizedChange,
+    epoch: u64,
+) -> Result<Membership, StoreError> {
+    let membership = Membership::after(&change.change, epoch);
+    store.put_doc(reshare::MEMBERSHIP, &encode_json(&membership))?;
+    store.remove_doc(reshare::AUTHORIZED)?;
+    Ok(membership)
 }
 
 /// Runs the driver until the inbound channel closes.
@@ -125,35 +196,25 @@ pub async fn run(
     store: Arc<NodeStore>,
     shared: Arc<Shared>,
     p2p: P2pHandle,
-    mut inbound: mpsc::UnboundedReceiver<Inbound>,
-    mut peers: mpsc::UnboundedReceiver<PeerEvent>,
+    inputs: Inputs,
     other: OtherHandler,
 ) {
+    let Inputs { mut inbound, mut peers, mut changes } = inputs;
     let origin = Instant::now();
-    let me = cfg.ceremony.me;
-    let needed = cfg.ceremony.min_peers;
-    shared.set_status(DkgStatus::Ceremony(Status::Waiting { connected: 0, needed }));
-    let engine = match restore(&store) {
-        // Never run a ceremony over state we cannot read (e.g. a wrong seal key): that would
-        // replace this node's share.
-        Err(e) => Err(format!("cannot read the stored shares or ceremony state: {e}")),
-        Ok(restored) => {
-            if let Some(keys) = &restored.active {
-                info!(epoch = keys.epoch, "keys loaded from the store");
-            }
-            Ceremonies::new(cfg.ceremony, cfg.identity, Box::new(OsRng), restored, origin.elapsed())
-                .map_err(|e| format!("invalid ceremony configuration: {e}"))
-        }
+    let mut driver = Driver {
+        cfg,
+        store,
+        shared,
+        p2p,
+        origin,
+        engine: None,
+        stopped: false,
+        roster: HashMap::new(),
+        connected: HashSet::new(),
+        reshare: None,
     };
-    let mut driver = Driver { me, store, shared, p2p, origin, engine: None };
-    match engine {
-        Ok(engine) => {
-            if let Some(keys) = engine.active() {
-                driver.shared.install(keys.clone());
-            }
-            driver.engine = Some(engine);
-        }
-        Err(reason) => driver.stop(reason),
+    if let Err(reason) = driver.resume() {
+        driver.stop(reason);
     }
     // A cluster of one, or `min_peers = 0`, starts at once.
     driver.with_engine(|e, now, connected| e.handle_peers(connected, now)).await;
@@ -166,13 +227,10 @@ pub async fn run(
         tokio::select! {
             biased;
             msg = inbound.recv() => {
-                let Some(Inbound { from, request, reply }) = msg else { return };
+                let Some(Inbound { from, peer, request, reply }) = msg else { return };
                 match request.body {
                     RequestBody::Dkg(m) => {
-                        // Acknowledged only once taken durably (its log record written): the
-                        // sender retransmits anything this node has not, across a crash too.
-                        driver.with_engine(|e, now, _| e.handle_message(from, m, now)).await;
-                        let answer = if driver.engine.is_some() { ResponseBody::Ack } else { ResponseBody::Unavailable };
+                        let answer = driver.on_dkg(peer, m).await;
                         let _ = reply.send(NodeResponse::new(answer));
                     }
                     body => {
@@ -181,14 +239,20 @@ pub async fn run(
                     }
                 }
             }
+            change = changes.recv() => {
+                let Some(change) = change else { return };
+                if let Err(reason) = driver.start_reshare(change) {
+                    error!(%reason, "cannot take part in the authorized reshare");
+                }
+                driver.with_engine(|e, now, connected| e.handle_peers(connected, now)).await;
+            }
             ev = peers.recv() => {
                 let Some(ev) = ev else { return };
-                if let Ok(mut c) = driver.shared.connected.write() {
-                    match ev {
-                        PeerEvent::Connected(i) => { c.insert(i); }
-                        PeerEvent::Disconnected(i) => { c.remove(&i); }
-                    }
+                match ev {
+                    PeerEvent::Connected(p) => { driver.connected.insert(p); }
+                    PeerEvent::Disconnected(p) => { driver.connected.remove(&p); }
                 }
+                driver.publish_connected();
                 driver.with_engine(|e, now, connected| e.handle_peers(connected, now)).await;
             }
             _ = sleep_until(next) => driver.with_engine(|e, now, _| e.handle_timeout(now)).await,
@@ -203,19 +267,291 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// The reshare this node runs.
+struct RunningReshare {
+    change: AuthorizedChange,
+}
+
 struct Driver {
-    /// This node (for test fault injection).
-    #[cfg_attr(not(feature = "test-faults"), allow(dead_code))]
-    me: u16,
+    cfg: DriverConfig,
     store: Arc<NodeStore>,
     shared: Arc<Shared>,
     p2p: P2pHandle,
     origin: Instant,
-    /// `None` once the node stopped taking part in ceremonies.
+    /// The ceremony this node is in: the genesis key generation, or a reshare. `None` when it
+    /// is in none (a joining node not yet added, a retired node, a node whose reshare
+    /// completed before a restart) or stopped.
     engine: Option<Ceremonies>,
+    /// The node stopped taking part in ceremonies (a failed write, an unreadable store).
+    stopped: bool,
+    /// The engine's roster: peer id → index.
+    roster: HashMap<PeerId, u16>,
+    /// Connected peers.
+    connected: HashSet<PeerId>,
+    reshare: Option<RunningReshare>,
 }
 
 impl Driver {
+    /// Picks up where the node was: retired, in a reshare, in (or done with) the genesis key
+    /// generation, or a new node waiting to be added.
+    fn resume(&mut self) -> Result<(), String> {
+        let unreadable = |e: StoreError| format!("cannot read the stored shares or ceremony state: {e}");
+        if let Some(epoch) = self.store.retired().map_err(unreadable)? {
+            info!(epoch, "this node retired at a reshare; it serves no keys");
+            self.shared.retire(epoch);
+            return Ok(());
+        }
+        let authorized: Option<AuthorizedChange> =
+            match self.store.get_doc(reshare::AUTHORIZED).map_err(unreadable)? {
+                Some(b) => Some(
+                    decode_json(&b).map_err(|e| format!("the stored roster change is unreadable: {e}"))?,
+                ),
+                None => None,
+            };
+        // Never run a ceremony over state we cannot read (e.g. a wrong seal key): that would
+        // replace this node's share.
+        let active = self.store.active().map_err(unreadable)?;
+        if let Some(keys) = &active {
+            info!(epoch = keys.epoch, "keys loaded from the store");
+        }
+        match authorized {
+            Some(change) if active.as_ref().is_some_and(|k| k.epoch > change.change.from_epoch) => {
+                // The reshare completed before the restart; only its bookkeeping is left.
+                let keys = active.map(Arc::new);
+                let epoch = keys.as_ref().map_or(0, |k| k.epoch);
+                let membership = finish_reshare(&self.store, &change, epoch).map_err(unreadable)?;
+                self.shared.set_membership(membership);
+                if let Some(k) = keys {
+                    self.shared.install(k);
+                }
+                Ok(())
+            }
+            Some(change) => {
+                if let Some(k) = active {
+                    self.shared.install(Arc::new(k));
+                }
+                self.start_reshare(change)
+            }
+            None => {
+                let from_reshare = self.store.get_doc(reshare::MEMBERSHIP).map_err(unreadable)?.is_some();
+                match (&self.cfg.genesis, from_reshare) {
+                    (Some(genesis), false) => {
+                        let restored = restore(&self.store).map_err(unreadable)?;
+                        let engine = Ceremonies::new(
+                            genesis.clone(),
+                            self.cfg.identity.clone(),
+                            Box::new(OsRng),
+                            restored,
+                            self.origin.elapsed(),
+                        )
+                        .map_err(|e| format!("invalid ceremony configuration: {e}"))?;
+                        if let Some(keys) = engine.active() {
+                            self.shared.install(keys.clone());
+                        }
+                        let membership = self.shared.membership();
+                        self.set_roster(
+                            membership
+                                .members
+                                .iter()
+                                .map(|e| (e.index, e.peer_id.clone(), e.p2p_addr.clone())),
+                            genesis.me,
+                        );
+                        self.engine = Some(engine);
+                    }
+                    _ => {
+                        // Keys from a reshare (its ceremony is over), or a new node waiting for
+                        // the reshare that adds it.
+                        match active {
+                            Some(k) => self.shared.install(Arc::new(k)),
+                            None => info!("waiting to be added to the cluster by a reshare"),
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts (or, after a restart, resumes) this node's part in an authorized reshare.
+    fn start_reshare(&mut self, change: AuthorizedChange) -> Result<(), String> {
+        let session = change.change.session();
+        if self.reshare.as_ref().is_some_and(|r| r.change.change.session() == session) {
+            return Ok(());
+        }
+        let membership = self.shared.membership();
+        let layout = change
+            .verify(&membership.committee()?)
+            .map_err(|e| format!("the authorized change does not hold for this node's committee: {e}"))?;
+        let me = layout
+            .participants
+            .iter()
+            .position(|p| *p == self.shared.identity)
+            .map(|p| u16::try_from(p + 1).unwrap_or(u16::MAX));
+        let Some(me) = me else {
+            info!("this node neither deals nor receives in the authorized reshare; it leaves the committee");
+            return Ok(());
+        };
+        let active = self.shared.active().filter(|k| k.epoch == layout.from_epoch);
+        let (bls, ed25519) = match &active {
+            Some(k) => (k.bls.public().clone(), k.ed25519.public().clone()),
+            None => self.prior_from_descriptor(layout.from_epoch)?,
+        };
+        let keys = if layout.dealers.contains_key(&me) {
+            Some(active.clone().ok_or_else(|| {
+                format!("this node deals in the reshare but holds no share of epoch {}", layout.from_epoch)
+            })?)
+        } else {
+            None
+        };
+        let roster: Vec<VerifyingKey> = layout
+            .participants
+            .iter()
+            .map(|p| {
+                VerifyingKey::from_bytes(p).map_err(|_| "a participant's identity key is invalid".to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let n = roster.len();
+        let receivers = usize::from(layout.receivers);
+        let f = usize::from(kms_dkg::dkg::faulty(None, layout.receivers));
+        let addrs = (1..=n).map(|j| {
+            let peer = membership::peer_id_of(&layout.participants[j - 1])
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let addr = if j <= receivers {
+                change.change.members[j - 1].p2p_addr.clone()
+            } else {
+                let old = layout.dealers.get(&u16::try_from(j).unwrap_or(u16::MAX)).copied().unwrap_or(0);
+                membership.member(old).map(|e| e.p2p_addr.clone()).unwrap_or_default()
+            };
+            (u16::try_from(j).unwrap_or(u16::MAX), peer, addr)
+        });
+        let config = ceremony::Config {
+            session,
+            me,
+            threshold: layout.threshold,
+            max_faulty: None,
+            roster,
+            timeouts: self.cfg.timeouts,
+            retry_delay: self.cfg.retry_delay,
+            min_peers: n.saturating_sub(1 + f),
+            kind: Kind::Reshare(Arc::new(Prior {
+                layout: Resharing::from_layout(&layout),
+                bls,
+                ed25519,
+                keys,
+            })),
+        };
+        let restored = restore_attempt(&self.store, layout.from_epoch)
+            .map_err(|e| format!("cannot read the reshare's ceremony state: {e}"))?;
+        let engine = Ceremonies::new(
+            config,
+            self.cfg.identity.clone(),
+            Box::new(OsRng),
+            restored,
+            self.origin.elapsed(),
+        )
+        .map_err(|e| format!("invalid reshare configuration: {e}"))?;
+        self.set_roster(addrs.collect::<Vec<_>>().into_iter(), me);
+        // Every participant learns of the change (a new member only this way).
+        let doc = encode_json(&change);
+        for j in (1..=u16::try_from(n).unwrap_or(u16::MAX)).filter(|&j| j != me) {
+            self.p2p.send_reliable(j, NodeRequest::new(RequestBody::Reshare(doc.clone())), u64::MAX);
+        }
+        info!(
+            session = %hex::encode(session),
+            participant = me,
+            from_epoch = layout.from_epoch,
+            dealers = layout.dealers.len(),
+            receivers = layout.receivers,
+            threshold = layout.threshold,
+            "reshare started"
+        );
+        self.engine = Some(engine);
+        self.reshare = Some(RunningReshare { change });
+        Ok(())
+    }
+
+    /// The old keys' public sets from the signed descriptor of `epoch` (a node without a share
+    /// of it: a new member, or one replaced after losing its store).
+    fn prior_from_descriptor(
+        &self,
+        epoch: u64,
+    ) -> Result<(PublicKeySet<Bls12381G2>, PublicKeySet<Ed25519>), String> {
+        let bytes =
+            self.store.get_public("descriptor", epoch).map_err(|e| e.to_string())?.ok_or_else(|| {
+                format!("no signed descriptor of epoch {epoch}: start the node with the current one")
+            })?;
+        let signed: SignedClusterDescriptor = decode_json(&bytes).map_err(|e| e.to_string())?;
+        let d = &signed.descriptor;
+        let point = |b: &[u8]| Bls12381G2::decode_point(b).ok_or("invalid key in the descriptor");
+        let epoint = |b: &[u8]| Ed25519::decode_point(b).ok_or("invalid key in the descriptor");
+        let mut vks = BTreeMap::new();
+        let mut fvks = BTreeMap::new();
+        for e in &d.nodes {
+            vks.insert(e.index, point(e.vk.as_bytes())?);
+            fvks.insert(e.index, epoint(e.frost_vk.as_bytes())?);
+        }
+        Ok((
+            PublicKeySet::new(d.threshold, point(d.mpk.as_bytes())?, vks),
+            PublicKeySet::new(d.threshold, epoint(d.group_key.as_bytes())?, fvks),
+        ))
+    }
+
+    /// Points the transport and the driver at a new roster.
+    fn set_roster(&mut self, roster: impl Iterator<Item = (u16, String, String)>, me: u16) {
+        let mut map = BTreeMap::new();
+        self.roster.clear();
+        for (i, peer, addr) in roster {
+            let (Ok(peer), Ok(addr)) = (peer.parse::<PeerId>(), addr.parse::<libp2p::Multiaddr>()) else {
+                warn!(node = i, "roster entry with a bad peer id or address skipped");
+                continue;
+            };
+            self.roster.insert(peer, i);
+            map.insert(i, (peer, addr));
+        }
+        self.p2p.set_roster(map, me);
+        self.publish_connected();
+    }
+
+    /// Tells the shared state which roster peers are connected.
+    fn publish_connected(&self) {
+        let indices: BTreeSet<u16> =
+            self.connected.iter().filter_map(|p| self.roster.get(p).copied()).collect();
+        if let Ok(mut c) = self.shared.connected.write() {
+            *c = indices;
+        }
+    }
+
+    /// A DKG message from `peer`: to the engine if it is of its ceremony and from its roster.
+    async fn on_dkg(&mut self, peer: PeerId, m: DkgMessage) -> ResponseBody {
+        let header = *m.header();
+        let from = self.roster.get(&peer).copied();
+        let ours = self.engine.as_ref().is_some_and(|e| e.session() == header.session);
+        match from {
+            Some(from) if ours => {
+                // Acknowledged only once taken durably (its log record written): the sender
+                // retransmits anything this node has not, across a crash too.
+                self.with_engine(|e, now, _| e.handle_message(from, m, now)).await;
+                if self.engine.is_some() {
+                    ResponseBody::Ack
+                } else {
+                    ResponseBody::Unavailable
+                }
+            }
+            _ if self.stopped => ResponseBody::Unavailable,
+            _ => {
+                let over = matches!(self.shared.status(), DkgStatus::Ceremony(Status::Retired { .. }))
+                    || self.shared.active().is_some_and(|k| k.epoch >= header.attempt);
+                if over {
+                    ResponseBody::Refused("not a ceremony of this node".into())
+                } else {
+                    // Perhaps a reshare this node has not heard of yet: the sender retries.
+                    ResponseBody::Unavailable
+                }
+            }
+        }
+    }
+
     /// Feeds the engine one input, then carries out everything it has ready.
     async fn with_engine(&mut self, input: impl FnOnce(&mut Ceremonies, Duration, usize)) {
         let connected = self.shared.connected();
@@ -231,7 +567,8 @@ impl Driver {
             let Some(ready) = self.engine.as_mut().and_then(Ceremonies::ready) else { break };
             let written = ready.written();
             for w in &ready.writes {
-                if let Err(e) = write_with_retries(&self.store, &self.shared, w).await {
+                if let Err(e) = write_with_retries(&self.store, &self.shared, self.reshare.as_ref(), w).await
+                {
                     self.stop(format!("cannot persist {w:?}: {e}"));
                     return;
                 }
@@ -258,6 +595,7 @@ impl Driver {
     fn stop(&mut self, reason: String) {
         error!(%reason, "this node stops taking part in key ceremonies; restart it once the store is fixed");
         self.engine = None;
+        self.stopped = true;
         self.shared.set_status(DkgStatus::Stopped { reason });
     }
 
@@ -266,20 +604,28 @@ impl Driver {
         #[cfg(feature = "test-faults")]
         let mut message = message;
         #[cfg(feature = "test-faults")]
-        if !crate::faults::outgoing(self.me, to, &mut message) {
+        if !crate::faults::outgoing(self.me(), to, &mut message) {
             return;
         }
         self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), generation);
     }
 
+    /// This node's index in the engine's roster (for test fault injection).
+    #[cfg(feature = "test-faults")]
+    fn me(&self) -> u16 {
+        let own = crate::membership::peer_id_of(&self.shared.identity);
+        own.and_then(|p| self.roster.get(&p).copied()).unwrap_or(0)
+    }
+
     fn log(&self, e: Event) {
+        let what = if self.reshare.is_some() { "reshare" } else { "DKG" };
         match e {
-            Event::Started { attempt, joined: None } => info!(attempt, "DKG started"),
+            Event::Started { attempt, joined: None } => info!(attempt, "{what} started"),
             Event::Started { attempt, joined: Some(from) } => {
-                info!(attempt, from, "joining the DKG attempt started by a peer")
+                info!(attempt, from, "joining the {what} attempt started by a peer")
             }
             Event::Rejoined { attempt } => {
-                info!(attempt, "rejoining the DKG attempt interrupted by the restart")
+                info!(attempt, "rejoining the {what} attempt interrupted by the restart")
             }
             Event::Failed { suite, failure, retry } => {
                 self.shared.failed_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -289,21 +635,22 @@ impl Driver {
                     reason = ?failure.reason,
                     culprits = %culprit_summary(&failure.culprits),
                     retry,
-                    "DKG attempt failed"
+                    "{what} attempt failed"
                 );
             }
             Event::SuiteCompleted { attempt, suite, qual, culprits, recovered, .. } => {
                 if recovered {
                     info!(attempt, ?suite, "share recovered from other nodes");
                 }
-                info!(attempt, ?suite, ?qual, culprits = %culprit_summary(&culprits), "DKG completed");
+                info!(attempt, ?suite, ?qual, culprits = %culprit_summary(&culprits), "{what} completed");
             }
             Event::Activated { epoch, took } => {
                 if let Ok(mut d) = self.shared.dkg_duration.write() {
                     *d = Some(took);
                 }
-                info!(epoch, dkg_ms = took.as_millis() as u64, "ceremony complete: both suites agree");
+                info!(epoch, took_ms = took.as_millis() as u64, "{what} complete: both suites agree");
             }
+            Event::Retired { epoch } => info!(epoch, "reshare complete: keys handed over"),
             Event::Helping { from, suite } => info!(from, ?suite, "helping a node recover its share"),
             Event::Ignored { from, why } => debug!(from, %why, "DKG message ignored"),
             _ => {}

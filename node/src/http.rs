@@ -29,8 +29,6 @@ use crate::store::NodeStore;
 
 /// Shared state of the handlers.
 pub struct AppState {
-    /// This node's index.
-    pub me: u16,
     /// Key requests.
     pub keys: KeyService,
     /// Manifests.
@@ -41,6 +39,8 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Roster changes.
+    pub reshares: Arc<crate::reshare::Reshares>,
     /// Request bodies above this are refused.
     pub max_body: usize,
     /// Requests in flight.
@@ -109,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/apps", post(post_app))
         .route("/v1/apps/{app_id}", get(get_app))
         .route("/v1/audit", get(audit))
+        .route("/v1/reshare", get(reshare_status).post(reshare_offer))
         .route("/metrics", get(metrics))
         .fallback(|| async { refusal(&ApiError::new(ErrorCode::MalformedRequest, "no such endpoint")) })
         .with_state(state)
@@ -142,7 +143,7 @@ fn finish(state: &AppState, endpoint: &str, started: Instant, r: Result<Response
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {
-    json(StatusCode::OK, &HealthBody { version: 1, node_index: s.me })
+    json(StatusCode::OK, &HealthBody { version: 1, node_index: s.shared.me().unwrap_or(0) })
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
@@ -221,6 +222,29 @@ async fn get_app(State(s): State<Arc<AppState>>, Path(app_id): Path<String>) -> 
     finish(&s, "/v1/apps/{app_id}", started, r)
 }
 
+async fn reshare_status(State(s): State<Arc<AppState>>) -> Response {
+    let started = Instant::now();
+    let r = s.reshares.status().map(|b| json(StatusCode::OK, &b));
+    finish(&s, "/v1/reshare", started, r)
+}
+
+async fn reshare_offer(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let r = async {
+        let _permit = admit(&s, peer)?;
+        let bytes = read_body(&s, body).await?;
+        let offered: kms_proto::reshare::AuthorizedChange = decode_json(&bytes).map_err(decode_error)?;
+        let status = s.reshares.offer(offered)?;
+        Ok(json(StatusCode::OK, &status))
+    }
+    .await;
+    finish(&s, "/v1/reshare", started, r)
+}
+
 #[derive(Deserialize)]
 struct AuditQuery {
     app_id: Option<String>,
@@ -266,13 +290,32 @@ pub fn drain_timeout(ms: u64) -> Duration {
 /// A minimal blocking HTTP/1.1 GET against a local node (for `kms-node status` and tests):
 /// returns the body. No TLS, no redirects.
 pub fn get_local(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    local_request(addr, "GET", path, None).map(|(_, body)| body)
+}
+
+/// A minimal blocking HTTP/1.1 request against a local node (for `kms-node` subcommands):
+/// returns the status code and the body. No TLS, no redirects.
+pub fn local_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_string()))
 }
 
 #[cfg(test)]

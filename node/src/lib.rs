@@ -4,6 +4,7 @@
 //! sealed share store, the attestation verifiers and policy engine, and the HTTP API.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod api_error;
 pub mod apps;
 pub mod attestation;
@@ -16,8 +17,10 @@ pub mod http;
 pub mod identity;
 pub mod jwks_source;
 pub mod listen_file;
+pub mod membership;
 pub mod metrics;
 pub mod p2p;
+pub mod reshare;
 pub mod run;
 pub mod seal;
 pub mod service;

@@ -99,8 +99,12 @@ struct Behaviour {
 
 /// A request from a roster peer, with the channel to answer it.
 pub struct Inbound {
-    /// Roster index of the sender (authenticated by Noise).
+    /// Roster index of the sender (authenticated by Noise) in the roster the swarm had when
+    /// the request arrived.
     pub from: u16,
+    /// The sender's peer id (authenticated by Noise): what a consumer that changes rosters
+    /// maps to its own index.
+    pub peer: PeerId,
     /// The request.
     pub request: NodeRequest,
     /// Answer here; dropping it answers `Refused`.
@@ -110,10 +114,10 @@ pub struct Inbound {
 /// Connectivity changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerEvent {
-    /// First connection to a roster peer established.
-    Connected(u16),
-    /// Last connection to a roster peer closed.
-    Disconnected(u16),
+    /// First connection to an allowed peer established.
+    Connected(PeerId),
+    /// Last connection to an allowed peer closed.
+    Disconnected(PeerId),
 }
 
 enum Command {
@@ -124,6 +128,10 @@ enum Command {
     Call { to: u16, request: NodeRequest, reply: oneshot::Sender<Result<NodeResponse, String>> },
     /// Drop every pending reliable request of an older generation.
     Cancel { below: u64 },
+    /// Deliver reliably to every roster peer but this node.
+    Broadcast { request: NodeRequest, generation: u64 },
+    /// Replace the roster (a reshare's participants): indices map to these peers from now on.
+    SetRoster { roster: BTreeMap<u16, (PeerId, Multiaddr)>, me: u16 },
 }
 
 /// Sends to the swarm task.
@@ -158,6 +166,18 @@ impl P2pHandle {
     pub fn cancel_below(&self, below: u64) {
         let _ = self.tx.send(Command::Cancel { below });
     }
+
+    /// Queues a request for reliable delivery to every roster peer but this node.
+    pub fn broadcast(&self, request: NodeRequest, generation: u64) {
+        let _ = self.tx.send(Command::Broadcast { request, generation });
+    }
+
+    /// Replaces the roster: index `i` is `roster[i]` for every request queued from now on
+    /// (requests already queued keep the peer they were addressed to). Peers of earlier
+    /// rosters stay allowed to connect; only this roster's peers are dialled and indexed.
+    pub fn set_roster(&self, roster: BTreeMap<u16, (PeerId, Multiaddr)>, me: u16) {
+        let _ = self.tx.send(Command::SetRoster { roster, me });
+    }
 }
 
 /// Everything the swarm task needs.
@@ -174,6 +194,7 @@ pub struct P2pConfig {
 
 struct Pending {
     to: u16,
+    peer: PeerId,
     request: NodeRequest,
     generation: u64,
     attempt: u32,
@@ -265,7 +286,31 @@ impl SwarmTask {
                 cmd = self.rx.recv() => match cmd {
                     None => return,
                     Some(Command::Reliable { to, request, generation }) => {
-                        self.send(Pending { to, request, generation, attempt: 0 });
+                        if let Some((peer, _)) = self.cfg.roster.get(&to) {
+                            let peer = *peer;
+                            self.send(Pending { to, peer, request, generation, attempt: 0 });
+                        }
+                    }
+                    Some(Command::Broadcast { request, generation }) => {
+                        let peers: Vec<(u16, PeerId)> = self.cfg.roster.iter()
+                            .filter(|(i, _)| **i != self.cfg.me)
+                            .map(|(i, (p, _))| (*i, *p))
+                            .collect();
+                        for (to, peer) in peers {
+                            self.send(Pending { to, peer, request: request.clone(), generation, attempt: 0 });
+                        }
+                    }
+                    Some(Command::SetRoster { roster, me }) => {
+                        for (i, (peer, addr)) in &roster {
+                            self.swarm.behaviour_mut().allow.allow_peer(*peer);
+                            if *i != me {
+                                self.swarm.add_peer_address(*peer, addr.clone());
+                            }
+                        }
+                        self.by_peer = roster.iter().map(|(i, (p, _))| (*p, *i)).collect();
+                        self.cfg.roster = roster;
+                        self.cfg.me = me;
+                        self.redial();
                     }
                     Some(Command::Call { to, request, reply }) => match self.cfg.roster.get(&to) {
                         Some((peer, _)) => {
@@ -306,8 +351,7 @@ impl SwarmTask {
     }
 
     fn send(&mut self, p: Pending) {
-        let Some((peer, _)) = self.cfg.roster.get(&p.to) else { return };
-        let id = self.swarm.behaviour_mut().rpc.send_request(peer, p.request.clone());
+        let id = self.swarm.behaviour_mut().rpc.send_request(&p.peer, p.request.clone());
         self.pending.insert(id, p);
     }
 
@@ -338,17 +382,15 @@ impl SwarmTask {
                     let _ = tx.send(Err(why));
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
-                if let (Some(i), 1) = (self.by_peer.get(&peer_id), num_established.get()) {
-                    info!(node = i, "connected to roster peer");
-                    let _ = self.ev_tx.send(PeerEvent::Connected(*i));
-                }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
+                if num_established.get() == 1 =>
+            {
+                info!(node = ?self.by_peer.get(&peer_id), %peer_id, "connected to peer");
+                let _ = self.ev_tx.send(PeerEvent::Connected(peer_id));
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                if let Some(i) = self.by_peer.get(&peer_id) {
-                    info!(node = i, "disconnected from roster peer");
-                    let _ = self.ev_tx.send(PeerEvent::Disconnected(*i));
-                }
+                info!(node = ?self.by_peer.get(&peer_id), %peer_id, "disconnected from peer");
+                let _ = self.ev_tx.send(PeerEvent::Disconnected(peer_id));
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 warn!(addr = %send_back_addr, %error, "refused incoming connection (not a roster peer, or handshake failed)");
@@ -370,7 +412,7 @@ impl SwarmTask {
                     return;
                 };
                 let (reply, rx) = oneshot::channel();
-                if self.in_tx.send(Inbound { from, request, reply }).is_err() {
+                if self.in_tx.send(Inbound { from, peer, request, reply }).is_err() {
                     return;
                 }
                 replies.push(Box::pin(async move {

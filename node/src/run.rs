@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 
+use kms_proto::cluster::SignedClusterDescriptor;
+use kms_proto::codec::decode_json;
 use kms_proto::p2p::{NodeResponse, RequestBody, ResponseBody};
 
 use crate::apps::Apps;
@@ -21,8 +23,10 @@ use crate::http::{self, AppState, RateLimiter};
 use crate::identity::{self, peer_verifying_key, DB_DIR};
 use crate::jwks_source::JwksSource;
 use crate::listen_file::{self, ListenAddrs};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::p2p::{self, P2pConfig};
+use crate::reshare::{self, Reshares};
 use crate::service::{KeyService, TdxTrust};
 use crate::state::Shared;
 use crate::store::{NodeStore, SledKv};
@@ -87,6 +91,51 @@ fn tdx_trust(cfg: &Config) -> anyhow::Result<Option<TdxTrust>> {
     Ok(Some(TdxTrust { collateral }))
 }
 
+/// A joining node's descriptor (`cluster.join`), verified under the pinned group key, with its
+/// bytes.
+fn join_descriptor(cfg: &Config) -> anyhow::Result<Option<(SignedClusterDescriptor, Vec<u8>)>> {
+    let Some(join) = &cfg.cluster.join else { return Ok(None) };
+    let bytes = std::fs::read(&join.descriptor)
+        .with_context(|| format!("cluster.join.descriptor: reading {}", join.descriptor.display()))?;
+    let signed: SignedClusterDescriptor =
+        decode_json(&bytes).map_err(|e| anyhow::anyhow!("cluster.join.descriptor: {e}"))?;
+    let pin = join.pinned_group_key().context("cluster.join.group_key")?;
+    signed.verify(Some(&pin)).map_err(|e| anyhow::anyhow!("cluster.join.descriptor: {e}"))?;
+    Ok(Some((signed, bytes)))
+}
+
+/// The committee of the current epoch: the one a reshare recorded in the store, else the
+/// genesis roster of the configuration, else (a joining node) the descriptor's, whose signed
+/// bytes are kept as the public keys of that epoch.
+fn membership(
+    cfg: &Config,
+    store: &NodeStore,
+    cluster_id: [u8; 32],
+    joining: Option<&(SignedClusterDescriptor, Vec<u8>)>,
+) -> anyhow::Result<Membership> {
+    if let Some(bytes) = store.get_doc(reshare::MEMBERSHIP).context("reading the committee")? {
+        return decode_json(&bytes).map_err(|e| anyhow::anyhow!("the stored committee is unreadable: {e}"));
+    }
+    match joining {
+        Some((signed, bytes)) => {
+            let epoch = signed.descriptor.epoch;
+            if store.get_public("descriptor", epoch).context("reading the descriptor")?.is_none() {
+                store.put_public("descriptor", epoch, bytes).context("storing the descriptor")?;
+            }
+            Ok(Membership::from_descriptor(&signed.descriptor))
+        }
+        None => {
+            let mut m = Membership::genesis(cfg, cluster_id);
+            // Keys of the genesis key generation, if it completed (unreadable keys are the
+            // driver's to report).
+            if let Ok(Some(keys)) = store.active() {
+                m.epoch = keys.epoch;
+            }
+            Ok(m)
+        }
+    }
+}
+
 /// Binds the HTTP API listener on `node.listen_http` (port 0 picks a free port), with
 /// `SO_REUSEADDR`, and `SO_REUSEPORT` if `node.reuse_port`. Call it inside a Tokio runtime.
 pub fn bind_http(node: &NodeSection) -> anyhow::Result<TcpListener> {
@@ -116,17 +165,24 @@ pub async fn run(
         identity::load(&cfg.data_dir).context("loading the node identity (run `kms-node init`)")?;
     let listen_path = cfg.data_dir.join(listen_file::LISTEN_FILE);
     listen_file::remove(&cfg.data_dir).with_context(|| format!("removing {}", listen_path.display()))?;
-    let me = cfg.node.index;
-    let roster = cfg.roster();
-    let own = roster.iter().find(|e| e.index == me).context("node.index is not in cluster.nodes")?;
-    if own.peer_id != identity.peer_id().to_string() {
-        bail!(
-            "node.index: roster entry {me} has peer id {} but {} holds {}",
-            own.peer_id,
-            cfg.data_dir.display(),
-            identity.peer_id()
-        );
-    }
+    let joining = join_descriptor(&cfg)?;
+    let cluster_id = match &joining {
+        Some((signed, _)) => *signed.descriptor.cluster_id.as_bytes(),
+        None => {
+            let me = cfg.node.index;
+            let roster = cfg.roster();
+            let own = roster.iter().find(|e| e.index == me).context("node.index is not in cluster.nodes")?;
+            if own.peer_id != identity.peer_id().to_string() {
+                bail!(
+                    "node.index: roster entry {me} has peer id {} but {} holds {}",
+                    own.peer_id,
+                    cfg.data_dir.display(),
+                    identity.peer_id()
+                );
+            }
+            cluster_id(&cfg)
+        }
+    };
     let cs = verifier(&cfg)?;
     let jwks = Arc::new(jwks_source(&cfg)?);
     jwks.refresh(http::unix_now()).await;
@@ -142,41 +198,33 @@ pub async fn run(
     let tdx = tdx_trust(&cfg)?;
     let kv = SledKv::open(&cfg.data_dir.join(DB_DIR)).context("opening the database")?;
     let store = Arc::new(NodeStore::new(Box::new(kv), seal));
-    let cluster_id = cluster_id(&cfg);
-    store.bind_cluster(&cluster_id).context("cluster.nodes / cluster.threshold")?;
+    store.bind_cluster(&cluster_id).context("cluster.nodes / cluster.threshold / cluster.join")?;
+    let membership = membership(&cfg, &store, cluster_id, joining.as_ref())?;
 
     let mut p2p_roster = std::collections::BTreeMap::new();
-    let mut roster_keys = Vec::new();
-    for e in &roster {
-        let peer: libp2p::PeerId = e.peer_id.parse().context("cluster.nodes: bad peer id")?;
-        let addr: libp2p::Multiaddr = e.p2p_addr.parse().context("cluster.nodes: bad p2p_addr")?;
-        roster_keys.push(
-            peer_verifying_key(&peer)
-                .with_context(|| format!("cluster.nodes[{}]: not an Ed25519 peer id", e.index))?,
-        );
+    for e in &membership.members {
+        let peer: libp2p::PeerId = e.peer_id.parse().context("committee: bad peer id")?;
+        let addr: libp2p::Multiaddr = e.p2p_addr.parse().context("committee: bad p2p_addr")?;
         p2p_roster.insert(e.index, (peer, addr));
     }
+    let me = membership.index_of(&identity.peer_id()).unwrap_or(0);
     let listen: libp2p::Multiaddr = cfg.node.listen_p2p.parse().context("node.listen_p2p")?;
     let (p2p, inbound, peers, p2p_addr) =
         p2p::spawn(P2pConfig { keypair: identity.keypair.clone(), listen, roster: p2p_roster, me }).await?;
 
-    let shared = Shared::new();
-    let indices: Vec<u16> = roster.iter().map(|e| e.index).collect();
-    let apps = Arc::new(Apps::new(store.clone(), Some(p2p.clone()), indices, me));
-    let signer = Arc::new(DescriptorSigner::new(
-        me,
-        roster.clone(),
-        cluster_id,
-        store.clone(),
-        shared.clone(),
-        p2p.clone(),
-    ));
+    let shared = Shared::new(identity.signing.verifying_key().to_bytes(), membership);
+    let apps = Arc::new(Apps::new(store.clone(), Some(p2p.clone())));
+    let signer = Arc::new(DescriptorSigner::new(cluster_id, store.clone(), shared.clone(), p2p.clone()));
+    let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    let reshares = Arc::new(Reshares::new(store.clone(), shared.clone(), p2p.clone(), changes_tx));
     let other: OtherHandler = {
         let apps = apps.clone();
         let signer = signer.clone();
+        let reshares = reshares.clone();
         Arc::new(move |from, body| {
             let apps = apps.clone();
             let signer = signer.clone();
+            let reshares = reshares.clone();
             Box::pin(async move {
                 match body {
                     RequestBody::Manifest(bytes) => match apps.on_gossip(&bytes) {
@@ -186,34 +234,60 @@ pub async fn run(
                             NodeResponse::new(ResponseBody::Refused(e.to_string()))
                         }
                     },
+                    RequestBody::Reshare(bytes) => match reshares.on_gossip(from, &bytes) {
+                        Ok(()) => NodeResponse::new(ResponseBody::Ack),
+                        Err(e) => NodeResponse::new(ResponseBody::Refused(e.to_string())),
+                    },
                     body => signer.handle(body),
                 }
             })
         })
     };
-    let n = roster.len();
     let round = Duration::from_millis(cfg.dkg.round_timeout_ms);
-    let driver_cfg = DriverConfig {
-        ceremony: kms_dkg::ceremony::Config {
+    let timeouts = kms_dkg::dkg::Timeouts { deal: round, respond: round, justify: round, confirm: round * 2 };
+    let retry_delay = Duration::from_secs(1);
+    let genesis = if joining.is_some() {
+        None
+    } else {
+        let roster = cfg.roster();
+        let mut roster_keys = Vec::new();
+        for e in &roster {
+            let peer: libp2p::PeerId = e.peer_id.parse().context("cluster.nodes: bad peer id")?;
+            roster_keys.push(
+                peer_verifying_key(&peer)
+                    .with_context(|| format!("cluster.nodes[{}]: not an Ed25519 peer id", e.index))?,
+            );
+        }
+        Some(kms_dkg::ceremony::Config {
             session: cluster_id,
-            me,
+            me: cfg.node.index,
             threshold: cfg.cluster.threshold,
             max_faulty: cfg.cluster.max_faulty,
             roster: roster_keys,
-            timeouts: kms_dkg::dkg::Timeouts {
-                deal: round,
-                respond: round,
-                justify: round,
-                confirm: round * 2,
-            },
-            retry_delay: Duration::from_secs(1),
-            min_peers: cfg.dkg.min_peers.map(usize::from).unwrap_or(n - 1),
+            timeouts,
+            retry_delay,
+            min_peers: cfg.dkg.min_peers.map(usize::from).unwrap_or(roster.len() - 1),
             kind: kms_dkg::ceremony::Kind::Generate,
-        },
-        identity: identity.signing.clone(),
+        })
     };
-    tokio::spawn(driver::run(driver_cfg, store.clone(), shared.clone(), p2p.clone(), inbound, peers, other));
+    let driver_cfg = DriverConfig { genesis, identity: identity.signing.clone(), timeouts, retry_delay };
+    let inputs = driver::Inputs { inbound, peers, changes };
+    tokio::spawn(driver::run(driver_cfg, store.clone(), shared.clone(), p2p.clone(), inputs, other));
     tokio::spawn(signer.run());
+    {
+        // New members hold no manifests: every activation (a reshare's included) sends them all.
+        let apps = apps.clone();
+        let mut activated = shared.activated.subscribe();
+        tokio::spawn(async move {
+            while activated.changed().await.is_ok() {
+                match apps.gossip_all() {
+                    Ok(n) if n > 0 => info!(manifests = n, "manifests sent to the committee"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "manifests could not be sent"),
+                }
+            }
+        });
+    }
     {
         let store = store.clone();
         tokio::spawn(async move {
@@ -227,9 +301,7 @@ pub async fn run(
 
     let replay_window_secs = cfg.attestation.max_age_secs + 2 * cfg.attestation.leeway_secs;
     let state = Arc::new(AppState {
-        me,
         keys: KeyService {
-            me,
             store: store.clone(),
             shared: shared.clone(),
             apps: apps.clone(),
@@ -242,16 +314,18 @@ pub async fn run(
         store: store.clone(),
         shared,
         metrics: Arc::new(Metrics::default()),
+        reshares,
         max_body: cfg.limits.max_body_bytes,
         inflight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_concurrency)),
         limiter: RateLimiter::new(cfg.limits.rate_per_sec, cfg.limits.rate_burst),
     });
+    let me = state.shared.me();
     let app = http::router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
         Duration::from_millis(cfg.limits.request_timeout_ms),
     ));
     let http_addr = listener.local_addr().context("node.listen_http: local address")?;
-    info!(addr = %http_addr, node = me, peer_id = %identity.peer_id(), "HTTP API listening");
+    info!(addr = %http_addr, node = ?me, peer_id = %identity.peer_id(), "HTTP API listening");
     listen_file::write(&cfg.data_dir, &ListenAddrs { http: http_addr, p2p: p2p_addr.to_string() })
         .with_context(|| format!("writing {}", listen_path.display()))?;
 

@@ -21,8 +21,6 @@ use crate::store::{AuditEntry, NodeStore};
 
 /// Everything a key request needs.
 pub struct KeyService {
-    /// This node's index.
-    pub me: u16,
     /// Sealed storage (replay cache, audit log).
     pub store: Arc<NodeStore>,
     /// Active keys.
@@ -176,7 +174,7 @@ impl KeyService {
         let envelope = response::seal(
             req.client_public_key.as_bytes(),
             binding,
-            self.me,
+            keys.bls.index(),
             &partial.to_bytes(),
             &mut OsRng,
         )
@@ -189,6 +187,6 @@ impl KeyService {
         if !fresh {
             return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
         }
-        Ok((KeyResponse::new(self.me, keys.epoch, &envelope), workload, manifest.manifest.seq))
+        Ok((KeyResponse::new(keys.bls.index(), keys.epoch, &envelope), workload, manifest.manifest.seq))
     }
 }

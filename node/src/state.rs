@@ -11,6 +11,8 @@ use tokio::sync::watch;
 
 pub use kms_dkg::ceremony::{ActiveKeys, Status};
 
+use crate::membership::Membership;
+
 /// Where the node's ceremonies stand, for `/v1/ready`, `/v1/health` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DkgStatus {
@@ -55,12 +57,18 @@ pub struct Shared {
     pub persist_failures: AtomicU64,
     /// Ceremony attempts that failed at this node.
     pub failed_attempts: AtomicU64,
+    /// The committee of the current epoch.
+    pub membership: RwLock<Membership>,
+    /// This node's identity key (to find itself in a committee).
+    pub identity: [u8; 32],
 }
 
 impl Shared {
-    /// Empty state.
-    pub fn new() -> Arc<Self> {
+    /// Empty state of the node with this identity key, in `membership`.
+    pub fn new(identity: [u8; 32], membership: Membership) -> Arc<Self> {
         Arc::new(Shared {
+            membership: RwLock::new(membership),
+            identity,
             active: RwLock::new(None),
             status: RwLock::new(DkgStatus::Ceremony(Status::Waiting { connected: 0, needed: 0 })),
             connected: RwLock::new(BTreeSet::new()),
@@ -95,6 +103,36 @@ impl Shared {
             *a = Some(keys);
         }
         self.set_status(DkgStatus::Ceremony(Status::Active { epoch }));
+        self.activated.send_replace(epoch);
+    }
+
+    /// The committee of the current epoch.
+    pub fn membership(&self) -> Membership {
+        match self.membership.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the committee (a reshare completed).
+    pub fn set_membership(&self, m: Membership) {
+        if let Ok(mut held) = self.membership.write() {
+            *held = m;
+        }
+    }
+
+    /// This node's index in the current committee, if it is a member.
+    pub fn me(&self) -> Option<u16> {
+        let peer = crate::membership::peer_id_of(&self.identity)?;
+        self.membership().index_of(&peer)
+    }
+
+    /// A reshare handed the keys to a committee without this node: nothing is served any more.
+    pub fn retire(&self, epoch: u64) {
+        if let Ok(mut a) = self.active.write() {
+            *a = None;
+        }
+        self.set_status(DkgStatus::Ceremony(Status::Retired { epoch }));
         self.activated.send_replace(epoch);
     }
 

@@ -227,6 +227,7 @@ pub struct NodeStore {
 const META_ATTEMPT: &[u8] = b"dkg/attempt";
 const META_ACTIVE: &[u8] = b"active-epoch";
 const META_CLUSTER: &[u8] = b"cluster-id";
+const META_RETIRED: &[u8] = b"retired-epoch";
 
 fn share_name(suite: &str, epoch: u64) -> String {
     format!("share/{suite}/{epoch}")
@@ -256,7 +257,7 @@ impl NodeStore {
             Some(held) if held.as_slice() == cluster_id => Ok(()),
             Some(held) => Err(StoreError::Corrupt(format!(
                 "this data directory belongs to cluster {}, but the configuration defines cluster {}; \
-                 a changed roster or threshold needs a new data directory (resharing is not supported yet)",
+                 a new roster or threshold for a running cluster is made with a reshare (docs/node-config.md)",
                 hex::encode(held),
                 hex::encode(cluster_id)
             ))),
@@ -289,7 +290,78 @@ impl NodeStore {
         self.kv.put(Space::Keys, ed_name.as_bytes(), &ed)?;
         self.kv.flush()?;
         self.kv.put(Space::Meta, META_ACTIVE, &keys.epoch.to_be_bytes())?;
+        self.kv.flush()?;
+        // A reshare's new shares replace the old ones, which are then erased from this store.
+        self.remove_shares(|epoch| epoch != keys.epoch)
+    }
+
+    /// Removes every stored share whose epoch `doomed` selects, durably.
+    fn remove_shares(&self, doomed: impl Fn(u64) -> bool) -> Result<(), StoreError> {
+        for (name, _) in self.kv.scan_prefix(Space::Keys, b"share/")? {
+            let epoch = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| n.rsplit('/').next())
+                .and_then(|e| e.parse::<u64>().ok());
+            if epoch.is_some_and(&doomed) {
+                self.kv.remove(Space::Keys, &name)?;
+            }
+        }
         self.kv.flush()
+    }
+
+    /// The epochs of which this store holds shares, ascending.
+    pub fn share_epochs(&self) -> Result<Vec<u64>, StoreError> {
+        let mut epochs: Vec<u64> = self
+            .kv
+            .scan_prefix(Space::Keys, b"share/")?
+            .into_iter()
+            .filter_map(|(name, _)| std::str::from_utf8(&name).ok()?.rsplit('/').next()?.parse().ok())
+            .collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        Ok(epochs)
+    }
+
+    /// A reshare handed the keys to a committee without this node at `epoch`: every share is
+    /// erased and the node is marked retired, durably.
+    pub fn retire(&self, epoch: u64) -> Result<(), StoreError> {
+        self.kv.put(Space::Meta, META_RETIRED, &epoch.to_be_bytes())?;
+        self.kv.remove(Space::Meta, META_ACTIVE)?;
+        self.kv.flush()?;
+        self.remove_shares(|_| true)
+    }
+
+    /// The epoch at which this node retired, if it did.
+    pub fn retired(&self) -> Result<Option<u64>, StoreError> {
+        self.get_u64(META_RETIRED)
+    }
+
+    /// Stores a public document (a roster change, the committee) under `name`, durably.
+    pub fn put_doc(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.kv.put(Space::Meta, format!("doc/{name}").as_bytes(), bytes)?;
+        self.kv.flush()
+    }
+
+    /// A public document stored with [`NodeStore::put_doc`].
+    pub fn get_doc(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(Space::Meta, format!("doc/{name}").as_bytes())
+    }
+
+    /// Removes a public document, durably.
+    pub fn remove_doc(&self, name: &str) -> Result<(), StoreError> {
+        self.kv.remove(Space::Meta, format!("doc/{name}").as_bytes())?;
+        self.kv.flush()
+    }
+
+    /// Every public document whose name starts with `prefix`, by name.
+    pub fn docs(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let full = format!("doc/{prefix}");
+        Ok(self
+            .kv
+            .scan_prefix(Space::Meta, full.as_bytes())?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).trim_start_matches("doc/").to_string(), v))
+            .collect())
     }
 
     fn open_share(&self, name: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {

@@ -299,3 +299,57 @@ impl JsonDocument for ReadyBody {
     const WHAT: &'static str = "ready body";
     const VERSION: u64 = API_VERSION;
 }
+
+/// One roster change a node knows of, in `GET /v1/reshare`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalStatus {
+    /// The reshare's session id (hex), `SHA-256("kms/v1/reshare/session" ‖ signing bytes)`.
+    pub session: HexBytes<32>,
+    /// The change.
+    pub change: crate::reshare::RosterChange,
+    /// Current members whose valid approvals the node holds.
+    pub approved_by: Vec<u16>,
+    /// Approvals needed (the current threshold).
+    pub needed: u16,
+}
+
+/// Body of `GET /v1/reshare`: the committee this node knows and where its reshares stand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshareStatusBody {
+    /// Always [`API_VERSION`].
+    pub version: u64,
+    /// The cluster.
+    pub cluster_id: HexBytes<32>,
+    /// Epoch of the current committee's keys (0 before the first key generation completed).
+    pub epoch: u64,
+    /// The current threshold.
+    pub threshold: u16,
+    /// Size of the current committee.
+    pub members: u16,
+    /// This node's index in the current committee, if it is a member.
+    pub node_index: Option<u16>,
+    /// `idle`, `approving` (a change awaits approvals), `running` (an authorized change
+    /// runs), `retired` (a reshare handed the keys to a committee without this node),
+    /// `waiting` (a new node waiting to be added), or `stopped`.
+    pub state: String,
+    /// The authorized change being run, if any.
+    pub running: Option<ProposalStatus>,
+    /// What the running reshare is doing (`waiting for 4 peers, 2 connected`, `attempt 6`,
+    /// ...), if one runs.
+    pub progress: Option<String>,
+    /// Changes of the current epoch still short of approvals.
+    pub proposals: Vec<ProposalStatus>,
+}
+
+impl JsonDocument for ProposalStatus {
+    const WHAT: &'static str = "roster change status";
+    const VERSION_PATH: &'static [&'static str] = &["change"];
+    const VERSION: u64 = crate::reshare::ROSTER_CHANGE_VERSION;
+}
+
+impl JsonDocument for ReshareStatusBody {
+    const WHAT: &'static str = "reshare status";
+    const VERSION: u64 = API_VERSION;
+}

@@ -129,6 +129,12 @@ error_codes! {
     TdxMeasurementNotAllowed = "tdx_measurement_not_allowed" => 403,
     /// This request (nonce) was already served.
     RequestReplayed = "request_replayed" => 409,
+    /// A roster change or approval is invalid for this node's committee (wrong cluster or
+    /// epoch, bad roster, too few dealers, an approval that does not verify).
+    ReshareInvalid = "reshare_invalid" => 400,
+    /// Another roster change of the same epoch is already authorized here, or this node
+    /// retired.
+    ReshareConflict = "reshare_conflict" => 409,
     /// The node failed; the reason is not disclosed.
     Internal = "internal" => 500,
 }
@@ -175,6 +181,6 @@ mod tests {
             assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
             assert!((400..600).contains(&c.http_status()));
         }
-        assert_eq!(ErrorCode::ALL.len(), 35);
+        assert_eq!(ErrorCode::ALL.len(), 37);
     }
 }

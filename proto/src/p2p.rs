@@ -48,6 +48,10 @@ pub enum RequestBody {
     /// The FROST-signed cluster descriptor (JSON of `SignedClusterDescriptor`); answered with
     /// `Ack`.
     Descriptor(Vec<u8>),
+    /// A roster change with the approvals the sender holds (JSON of
+    /// [`crate::reshare::AuthorizedChange`]; fewer than `t` approvals is a proposal still being
+    /// approved); answered with `Ack`, or `Refused` with the reason.
+    Reshare(Vec<u8>),
 }
 
 /// A node's answer.

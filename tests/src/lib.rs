@@ -257,7 +257,51 @@ pub fn write_config_with(
     std::fs::write(&node.config, toml).unwrap();
 }
 
+/// Writes the config of a node that joins a running cluster from its signed descriptor
+/// (`descriptor.json` in the node's directory) under the pinned `group_key`.
+pub fn write_join_config(node: &Node, p2p_port: u16, descriptor: &[u8], group_key: &str) {
+    let path = node.dir.join("descriptor.json");
+    std::fs::write(&path, descriptor).unwrap();
+    let toml = format!(
+        "data_dir = {:?}\n\n[node]\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p_port}\"\nlisten_http = \"{}\"\nreuse_port = true\n\n\
+         [cluster.join]\ndescriptor = {path:?}\ngroup_key = \"{group_key}\"\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\npki_root_pem = {:?}\n\n\
+         [dkg]\nround_timeout_ms = 3000\n\n[limits]\nrate_per_sec = 10000\nrate_burst = 10000\n",
+        node.dir.join("data"),
+        node.http,
+        fixtures().join("oidc/jwks.json"),
+        fixtures().join("confidential-space/confidential-space-root.pem"),
+    );
+    std::fs::write(&node.config, toml).unwrap();
+}
+
 impl Cluster {
+    /// A new node, not started, that joins the cluster `descriptor` describes (pinned to its
+    /// group key) once a reshare adds it: `(position in nodes, peer id, p2p address, HTTP URL)`.
+    pub fn add_joiner(&mut self, bin: &Path, descriptor: &[u8]) -> (usize, String, String, String) {
+        let signed: SignedClusterDescriptor = decode_json(descriptor).unwrap();
+        let group_key = hex_lower(signed.descriptor.group_key.as_bytes());
+        let position = self.nodes.len();
+        let dir = self.tmp.path().join(format!("node{}", position + 1));
+        std::fs::create_dir_all(&dir).unwrap();
+        let peer = init(bin, &dir.join("data"));
+        let (p2p, http) = (PortReservation::new(), PortReservation::new());
+        let node = Node {
+            index: u16::try_from(position + 1).unwrap(),
+            config: dir.join("node.toml"),
+            dir,
+            http: http.addr(),
+            child: None,
+            bin: bin.to_path_buf(),
+            env: Vec::new(),
+            ports: vec![http, p2p],
+        };
+        let p2p_port = node.ports[1].port();
+        write_join_config(&node, p2p_port, descriptor, &group_key);
+        let addrs = (format!("/ip4/127.0.0.1/tcp/{p2p_port}"), format!("http://{}", node.http));
+        self.nodes.push(node);
+        (position, peer, addrs.0, addrs.1)
+    }
+
     /// Prepares and starts n nodes with threshold t.
     pub fn start(bin: &Path, n: u16, t: u16) -> Cluster {
         let c = Self::prepare(bin, n, t, "");
@@ -337,6 +381,10 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Last 30 lines.

@@ -348,7 +348,7 @@ async fn fetch(
 fn report_json(report: &[fetch::NodeReport]) -> serde_json::Value {
     json!(report
         .iter()
-        .map(|r| json!({"index": r.index, "url": r.url, "outcome": r.outcome.to_string(), "ms": r.elapsed.as_secs_f64() * 1e3}))
+        .map(|r| json!({"index": r.index, "url": r.url, "outcome": r.outcome.to_string(), "epoch": r.epoch, "ms": r.elapsed.as_secs_f64() * 1e3}))
         .collect::<Vec<_>>())
 }
 

@@ -554,6 +554,11 @@ impl Ceremonies {
         }
     }
 
+    /// The ceremony's session (every message of it carries it).
+    pub fn session(&self) -> [u8; 32] {
+        self.cfg.session
+    }
+
     /// The active keys, once a ceremony completed (and its [`Write::Activate`] was issued).
     pub fn active(&self) -> Option<&Arc<ActiveKeys>> {
         self.active.as_ref().map(|a| &a.keys)

@@ -208,7 +208,7 @@ impl DkgConfig {
 }
 
 /// `f`: `max_faulty`, or `⌊(n - 1)/3⌋` of a committee of `n`.
-pub(crate) fn faulty(max_faulty: Option<u16>, n: u16) -> u16 {
+pub fn faulty(max_faulty: Option<u16>, n: u16) -> u16 {
     max_faulty.unwrap_or(n.saturating_sub(1) / 3)
 }
 

@@ -22,19 +22,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
 
 use kms_tests::{init, tail, write_config, Cluster, Node, PortReservation};
 /// An enclave: its X25519 key, a fresh nonce, and an OIDC-style token binding both.
-struct Enclave {
+pub(crate) struct Enclave {
     secret: x25519_dalek::StaticSecret,
     nonce: [u8; 32],
 }
 
 impl Enclave {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
         Enclave { secret: x25519_dalek::StaticSecret::random_from_rng(OsRng), nonce }
     }
 
-    fn request(&self, app: &kms_proto::AppId, image: &ImageDigest) -> (KeyRequest, [u8; 32]) {
+    pub(crate) fn request(&self, app: &kms_proto::AppId, image: &ImageDigest) -> (KeyRequest, [u8; 32]) {
         let public = x25519_dalek::PublicKey::from(&self.secret).to_bytes();
         let label = Label::default();
         let binding = kms_proto::api::binding(app, &label, &public, &self.nonce);
@@ -50,7 +50,7 @@ impl Enclave {
         (req, binding)
     }
 
-    fn open(&self, binding: &[u8; 32], body: &[u8]) -> PartialKey {
+    pub(crate) fn open(&self, binding: &[u8; 32], body: &[u8]) -> PartialKey {
         let resp: KeyResponse = decode_json(body).unwrap();
         let env = resp.envelope_bytes().unwrap();
         let bytes = response::open(&self.secret, binding, resp.node_index, &env).unwrap();
@@ -58,13 +58,13 @@ impl Enclave {
     }
 }
 
-fn bls_keys(d: &SignedClusterDescriptor) -> BlsPublicKeys {
+pub(crate) fn bls_keys(d: &SignedClusterDescriptor) -> BlsPublicKeys {
     let point = |b: &[u8]| Bls12381G2::decode_point(b).unwrap();
     let vks = d.descriptor.nodes.iter().map(|e| (e.index, point(e.vk.as_bytes()))).collect();
     PublicKeySet::new(d.descriptor.threshold, point(d.descriptor.mpk.as_bytes()), vks)
 }
 
-fn error_code(body: &[u8]) -> ErrorCode {
+pub(crate) fn error_code(body: &[u8]) -> ErrorCode {
     let e: kms_proto::api::ErrorBody = decode_json(body)
         .unwrap_or_else(|e| panic!("not an error body ({e}): {}", String::from_utf8_lossy(body)));
     e.code

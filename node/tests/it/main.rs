@@ -4,5 +4,6 @@ mod attestation;
 mod cluster;
 mod common;
 mod ports;
+mod reshare;
 mod service;
 mod store;

@@ -42,7 +42,17 @@ fn fixture(active: bool) -> Fixture {
 
 fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
     let store = Arc::new(NodeStore::new(Box::new(MemKv::default()), SealKey::from_bytes([1; 32])));
-    let shared = Shared::new();
+    let shared = Shared::new(
+        [0; 32],
+        kms_node::membership::Membership {
+            version: 1,
+            cluster_id: kms_proto::HexBytes([0; 32]),
+            epoch: 4,
+            threshold: 2,
+            max_faulty: None,
+            members: Vec::new(),
+        },
+    );
     let mut rng = seeded_rng(3);
     let bls = trusted_dealer::<Bls12381G2>(2, 3, None, &mut rng).remove(1);
     let ed = trusted_dealer::<Ed25519>(2, 3, None, &mut rng).remove(1);
@@ -50,9 +60,8 @@ fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
     if active {
         *shared.active.write().unwrap() = Some(Arc::new(ActiveKeys { epoch: 4, bls, ed25519: ed }));
     }
-    let apps = Arc::new(Apps::new(store.clone(), None, vec![1, 2, 3], 2));
+    let apps = Arc::new(Apps::new(store.clone(), None));
     let service = KeyService {
-        me: 2,
         store,
         shared,
         apps: apps.clone(),

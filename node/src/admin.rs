@@ -1,0 +1,160 @@
+//! What `kms-node reshare propose|approve|status` do, as library functions (the local-network
+//! tool and the tests drive reshares with them too).
+//!
+//! A proposal is built from the cluster's current signed descriptor, so it names exactly the
+//! committee that holds the keys; an approval is the node's identity signature over the change,
+//! posted to the node's `POST /v1/reshare`.
+
+use anyhow::{bail, Context};
+use ed25519_dalek::{Signer, SigningKey};
+use libp2p::PeerId;
+
+use kms_proto::cluster::ClusterDescriptor;
+use kms_proto::reshare::{Approval, AuthorizedChange, Member, RosterChange, ROSTER_CHANGE_VERSION};
+use kms_proto::HexBytes;
+
+use crate::identity::peer_verifying_key;
+
+/// A node that enters the committee: `PEER_ID,P2P_ADDR,HTTP_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNode {
+    /// Its libp2p peer id (printed by `kms-node init`).
+    pub peer_id: String,
+    /// Where it listens for peers.
+    pub p2p_addr: String,
+    /// Its HTTP API.
+    pub http_url: String,
+}
+
+impl std::str::FromStr for NewNode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(',').collect();
+        let [peer_id, p2p_addr, http_url] = parts[..] else {
+            return Err(format!("{s:?}: expected PEER_ID,P2P_ADDR,HTTP_URL"));
+        };
+        Ok(NewNode { peer_id: peer_id.into(), p2p_addr: p2p_addr.into(), http_url: http_url.into() })
+    }
+}
+
+/// What an operator asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Proposal {
+    /// Nodes to add, at the end of the committee.
+    pub add: Vec<NewNode>,
+    /// Current members that leave (they still deal their shares).
+    pub remove: Vec<u16>,
+    /// Current members replaced by a new node at the same index; the old one does not deal (it
+    /// lost its store, or is gone).
+    pub replace: Vec<(u16, NewNode)>,
+    /// Current members that cannot deal (lost store) but stay: they receive a new share.
+    pub lost: Vec<u16>,
+    /// The new threshold; default the current one.
+    pub threshold: Option<u16>,
+}
+
+fn member(node: &NewNode) -> anyhow::Result<Member> {
+    let peer: PeerId = node.peer_id.parse().with_context(|| format!("{}: not a peer id", node.peer_id))?;
+    let key =
+        peer_verifying_key(&peer).with_context(|| format!("{}: not an Ed25519 peer id", node.peer_id))?;
+    node.p2p_addr
+        .parse::<libp2p::Multiaddr>()
+        .with_context(|| format!("{}: not a multiaddress", node.p2p_addr))?;
+    if !(node.http_url.starts_with("http://") || node.http_url.starts_with("https://")) {
+        bail!("{}: the HTTP URL must start with http:// or https://", node.http_url);
+    }
+    Ok(Member {
+        identity: HexBytes(key.to_bytes()),
+        p2p_addr: node.p2p_addr.clone(),
+        http_url: node.http_url.clone(),
+    })
+}
+
+/// The roster change a proposal makes of the committee `current` describes. With nothing
+/// asked it is a refresh: same committee, same threshold, new shares.
+pub fn propose(current: &ClusterDescriptor, p: &Proposal) -> anyhow::Result<RosterChange> {
+    let known = |i: u16| -> anyhow::Result<()> {
+        if current.node(i).is_none() {
+            bail!("node {i} is not a member of epoch {}", current.epoch);
+        }
+        Ok(())
+    };
+    let mut members = Vec::new();
+    let mut dealers = Vec::new();
+    for e in &current.nodes {
+        let replaced = p.replace.iter().find(|(i, _)| *i == e.index);
+        let removed = p.remove.contains(&e.index);
+        if replaced.is_none() && !p.lost.contains(&e.index) {
+            dealers.push(e.index);
+        }
+        match replaced {
+            Some((_, node)) => members.push(member(node)?),
+            None if removed => {}
+            None => {
+                let peer: PeerId = e.peer_id.parse().context("descriptor: bad peer id")?;
+                let key = peer_verifying_key(&peer).context("descriptor: not an Ed25519 peer id")?;
+                members.push(Member {
+                    identity: HexBytes(key.to_bytes()),
+                    p2p_addr: e.p2p_addr.clone(),
+                    http_url: e.http_url.clone(),
+                });
+            }
+        }
+    }
+    for i in p.remove.iter().chain(p.lost.iter()).chain(p.replace.iter().map(|(i, _)| i)) {
+        known(*i)?;
+    }
+    for node in &p.add {
+        members.push(member(node)?);
+    }
+    Ok(RosterChange {
+        version: ROSTER_CHANGE_VERSION,
+        cluster_id: current.cluster_id,
+        from_epoch: current.epoch,
+        threshold: p.threshold.unwrap_or(current.threshold),
+        members,
+        dealers,
+    })
+}
+
+/// This node's approval of `change`, as member `index` of the current committee.
+pub fn approve(identity: &SigningKey, index: u16, change: RosterChange) -> AuthorizedChange {
+    let signature = identity.sign(&change.signing_bytes()).to_bytes();
+    AuthorizedChange { change, approvals: vec![Approval { index, signature: HexBytes(signature) }] }
+}
+
+/// A human summary of a change, for the operator who reviews it.
+pub fn summary(current: &ClusterDescriptor, change: &RosterChange) -> String {
+    let mut lines = vec![
+        format!("session   {}", hex::encode(change.session())),
+        format!(
+            "epoch     {} -> new epoch; threshold {} -> {}; committee {} -> {}",
+            change.from_epoch,
+            current.threshold,
+            change.threshold,
+            current.n(),
+            change.members.len()
+        ),
+        format!("dealers   {:?}", change.dealers),
+    ];
+    for (j, m) in change.members.iter().enumerate() {
+        let peer =
+            crate::membership::peer_id_of(m.identity.as_bytes()).map(|p| p.to_string()).unwrap_or_default();
+        let was = current.nodes.iter().find(|e| e.peer_id == peer).map(|e| e.index);
+        let note = match was {
+            Some(i) if usize::from(i) == j + 1 => "stays".to_string(),
+            Some(i) => format!("stays (was {i})"),
+            None => "joins".to_string(),
+        };
+        lines.push(format!("member {:>3} {peer} {} [{note}]", j + 1, m.http_url));
+    }
+    for e in &current.nodes {
+        let stays = change.members.iter().any(|m| {
+            crate::membership::peer_id_of(m.identity.as_bytes()).is_some_and(|p| p.to_string() == e.peer_id)
+        });
+        if !stays {
+            lines.push(format!("leaves     {} (was {})", e.peer_id, e.index));
+        }
+    }
+    lines.join("\n")
+}

@@ -1,0 +1,236 @@
+//! Roster changes as operators make them: proposals, approvals, authorization.
+//!
+//! An operator proposes a [`RosterChange`] of the current epoch and approves it on their own
+//! node (`kms-node reshare approve` signs it with the node's identity key and posts it to
+//! `POST /v1/reshare`). A node checks every approval against its current committee, keeps the
+//! valid ones (durably), and passes new ones on to the other members. Once a change holds
+//! approvals from `t` current members it is authorized: the node stores it before anything
+//! acts on it and hands it to the ceremony driver, which runs the reshare and sends the
+//! authorized change to every participant (new members learn of it that way).
+//!
+//! A node authorizes at most one change per epoch: once one is authorized, any other change of
+//! the same epoch is refused (`reshare_conflict`), so a node never deals in two reshares of
+//! one epoch.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::Signature;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use kms_proto::api::{ProposalStatus, ReshareStatusBody, API_VERSION};
+use kms_proto::codec::{decode_json, encode_json};
+use kms_proto::p2p::{NodeRequest, RequestBody};
+use kms_proto::reshare::{Approval, AuthorizedChange};
+use kms_proto::{ErrorCode, HexBytes};
+
+use crate::api_error::ApiError;
+use crate::p2p::P2pHandle;
+use crate::state::{DkgStatus, Shared, Status};
+use crate::store::NodeStore;
+
+/// Store name of the authorized change being run.
+pub const AUTHORIZED: &str = "reshare/authorized";
+/// Store name of the current committee (after a reshare, or a joining node's descriptor's).
+pub const MEMBERSHIP: &str = "membership";
+/// Store names of proposals still short of approvals: this prefix and the session in hex.
+const PROPOSAL: &str = "reshare/proposal/";
+/// Generation of reshare gossip: never cancelled by ceremony attempts.
+const GOSSIP_GENERATION: u64 = u64::MAX;
+
+/// Proposals, approvals and authorization (see the module docs).
+pub struct Reshares {
+    store: Arc<NodeStore>,
+    shared: Arc<Shared>,
+    p2p: P2pHandle,
+    /// The ceremony driver, told of each authorized change once it is stored.
+    start: mpsc::UnboundedSender<AuthorizedChange>,
+    /// Serializes check-merge-store.
+    lock: Mutex<()>,
+}
+
+fn invalid(why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::ReshareInvalid, why.to_string())
+}
+
+impl Reshares {
+    /// The coordinator; authorized changes go to `start`.
+    pub fn new(
+        store: Arc<NodeStore>,
+        shared: Arc<Shared>,
+        p2p: P2pHandle,
+        start: mpsc::UnboundedSender<AuthorizedChange>,
+    ) -> Self {
+        Reshares { store, shared, p2p, start, lock: Mutex::new(()) }
+    }
+
+    /// The change authorized here and not finished, if any.
+    pub fn authorized(&self) -> Result<Option<AuthorizedChange>, ApiError> {
+        match self.store.get_doc(AUTHORIZED).map_err(ApiError::internal)? {
+            Some(bytes) => decode_json(&bytes).map(Some).map_err(ApiError::internal),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes a change with approvals (from an operator's `POST /v1/reshare`, or from a peer):
+    /// checks the change against the current committee and every approval, merges the valid
+    /// approvals with those held, stores them, passes new ones on, and authorizes the change
+    /// once `t` current members approved it.
+    pub fn offer(&self, offered: AuthorizedChange) -> Result<ProposalStatus, ApiError> {
+        if let DkgStatus::Ceremony(Status::Retired { epoch }) = self.shared.status() {
+            return Err(ApiError::new(
+                ErrorCode::ReshareConflict,
+                format!("this node retired at epoch {epoch}: it is no longer a member"),
+            ));
+        }
+        let membership = self.shared.membership();
+        let committee = membership.committee().map_err(ApiError::internal)?;
+        let change = &offered.change;
+        change.layout(&committee).map_err(invalid)?;
+        let bytes = change.signing_bytes();
+        for a in &offered.approvals {
+            let key = committee.identities.get(usize::from(a.index).wrapping_sub(1));
+            let signature = Signature::from_bytes(a.signature.as_bytes());
+            if key.is_none_or(|k| k.verify_strict(&bytes, &signature).is_err()) {
+                return Err(invalid(format!("approval by member {} does not verify", a.index)));
+            }
+        }
+        let session = change.session();
+        let _guard = self.lock.lock().map_err(|_| ApiError::internal("reshare lock poisoned"))?;
+        if let Some(running) = self.authorized()? {
+            if running.change.from_epoch == change.from_epoch {
+                if running.change.session() == session {
+                    return Ok(status_of(&running, committee.threshold));
+                }
+                return Err(ApiError::new(
+                    ErrorCode::ReshareConflict,
+                    format!("another roster change of epoch {} is already authorized", change.from_epoch),
+                ));
+            }
+        }
+        let name = format!("{PROPOSAL}{}", hex::encode(session));
+        let mut held: BTreeMap<u16, Approval> = match self.store.get_doc(&name).map_err(ApiError::internal)? {
+            Some(b) => decode_json::<AuthorizedChange>(&b)
+                .map_err(ApiError::internal)?
+                .approvals
+                .into_iter()
+                .map(|a| (a.index, a))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        let before = held.len();
+        for a in offered.approvals {
+            held.entry(a.index).or_insert(a);
+        }
+        let merged =
+            AuthorizedChange { change: offered.change.clone(), approvals: held.into_values().collect() };
+        let status = status_of(&merged, committee.threshold);
+        if merged.approvals.len() == before {
+            return Ok(status);
+        }
+        let doc = encode_json(&merged);
+        if merged.verify(&committee).is_ok() {
+            // Stored before anything acts on it: after a crash the node resumes this reshare.
+            self.store.put_doc(AUTHORIZED, &doc).map_err(ApiError::internal)?;
+            for (stale, _) in self.store.docs(PROPOSAL).map_err(ApiError::internal)? {
+                self.store.remove_doc(&stale).map_err(ApiError::internal)?;
+            }
+            info!(
+                session = %hex::encode(session),
+                from_epoch = change.from_epoch,
+                members = change.members.len(),
+                threshold = change.threshold,
+                "roster change authorized: the reshare starts"
+            );
+            let _ = self.start.send(merged);
+        } else {
+            self.store.put_doc(&name, &doc).map_err(ApiError::internal)?;
+            info!(
+                session = %hex::encode(session),
+                approvals = merged.approvals.len(),
+                needed = committee.threshold,
+                "roster change approval taken; waiting for more approvals"
+            );
+        }
+        // Pass the news on to the other current members (idempotent at each).
+        for e in membership.members.iter().filter(|e| Some(e.index) != self.shared.me()) {
+            self.p2p.send_reliable(
+                e.index,
+                NodeRequest::new(RequestBody::Reshare(doc.clone())),
+                GOSSIP_GENERATION,
+            );
+        }
+        Ok(status)
+    }
+
+    /// Handles a change gossiped by a peer.
+    pub fn on_gossip(&self, from: u16, bytes: &[u8]) -> Result<(), ApiError> {
+        let offered: AuthorizedChange = decode_json(bytes).map_err(invalid)?;
+        self.offer(offered)
+            .map(|_| ())
+            .inspect_err(|e| warn!(from, reason = %e, "roster change from a peer refused"))
+    }
+
+    /// What `GET /v1/reshare` shows.
+    pub fn status(&self) -> Result<ReshareStatusBody, ApiError> {
+        let membership = self.shared.membership();
+        let t = membership.threshold;
+        let running = self.authorized()?.map(|a| status_of(&a, t));
+        let mut proposals = Vec::new();
+        for (_, bytes) in self.store.docs(PROPOSAL).map_err(ApiError::internal)? {
+            let p: AuthorizedChange = decode_json(&bytes).map_err(ApiError::internal)?;
+            if p.change.from_epoch == membership.epoch {
+                proposals.push(status_of(&p, t));
+            }
+        }
+        let status = self.shared.status();
+        let me = self.shared.me();
+        let (state, progress) = match (&status, &running) {
+            (DkgStatus::Stopped { .. }, _) => ("stopped", None),
+            (DkgStatus::Ceremony(Status::Retired { .. }), _) => ("retired", None),
+            (s, Some(_)) => ("running", Some(progress(s))),
+            (_, None) if me.is_none() => ("waiting", None),
+            (_, None) if !proposals.is_empty() => ("approving", None),
+            _ => ("idle", None),
+        };
+        Ok(ReshareStatusBody {
+            version: API_VERSION,
+            cluster_id: membership.cluster_id,
+            epoch: membership.epoch,
+            threshold: t,
+            members: membership.n(),
+            node_index: me,
+            state: state.into(),
+            running,
+            progress,
+            proposals,
+        })
+    }
+}
+
+fn progress(s: &DkgStatus) -> String {
+    match s {
+        DkgStatus::Ceremony(Status::Waiting { connected, needed }) => {
+            format!("waiting for peers: {connected} of {needed} connected")
+        }
+        DkgStatus::Ceremony(Status::Running { attempt }) => format!("attempt {attempt} running"),
+        DkgStatus::Ceremony(Status::Recovering { attempt }) => {
+            format!("recovering this node's share of attempt {attempt}")
+        }
+        DkgStatus::Ceremony(Status::Active { epoch }) => {
+            format!("keys of epoch {epoch} active; finishing")
+        }
+        DkgStatus::Ceremony(Status::Retired { epoch }) => format!("retired at epoch {epoch}"),
+        DkgStatus::Stopped { reason } => format!("stopped: {reason}"),
+    }
+}
+
+fn status_of(a: &AuthorizedChange, needed: u16) -> ProposalStatus {
+    ProposalStatus {
+        session: HexBytes(a.change.session()),
+        change: a.change.clone(),
+        approved_by: a.approvals.iter().map(|a| a.index).collect(),
+        needed,
+    }
+}
