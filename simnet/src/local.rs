@@ -81,6 +81,8 @@ impl LocalNode {
             .stderr(log)
             .spawn()
             .context("starting a node process")?;
+        // `reshare` finds a node's process here (to replace or stop it).
+        std::fs::write(self.dir.join("pid"), child.id().to_string())?;
         self.child = Some(child);
         Ok(())
     }
@@ -203,6 +205,227 @@ impl LocalNet {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The config of a node that joins the cluster of `D/cluster.json` through a reshare.
+fn write_join_config(
+    node_dir: &Path,
+    issuer: &issuer::IssuerFiles,
+    p2p: u16,
+    http: u16,
+    group_key: &str,
+) -> anyhow::Result<()> {
+    let toml = format!(
+        "data_dir = \"data\"\n\n[node]\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p}\"\nlisten_http = \"127.0.0.1:{http}\"\nreuse_port = true\n\n\
+         # Joins the cluster this descriptor describes, trusting only this group key.\n\
+         [cluster.join]\ndescriptor = {:?}\ngroup_key = \"{group_key}\"\n\n\
+         [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n\n\
+         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n",
+        node_dir.join("descriptor.json"),
+        issuer.jwks
+    );
+    std::fs::write(node_dir.join("node.toml"), toml)?;
+    Ok(())
+}
+
+/// Sends SIGTERM (or SIGKILL) to the node process of `node_dir`, if its pid file names one.
+fn signal(node_dir: &Path, kill: bool) {
+    if let Ok(pid) = std::fs::read_to_string(node_dir.join("pid")) {
+        let _ = Command::new("kill").args([if kill { "-KILL" } else { "-TERM" }, pid.trim()]).status();
+    }
+}
+
+/// What `kms-simnet reshare` does.
+#[derive(Debug, Clone, Default)]
+pub struct ReshareRequest {
+    /// The new committee's size (default: the current one).
+    pub nodes: Option<u16>,
+    /// The new threshold (default: the current one, at most the new size).
+    pub threshold: Option<u16>,
+    /// Members whose store is wiped and who are replaced by a fresh node at the same index.
+    pub replace: Vec<u16>,
+}
+
+/// `reshare`: changes the committee of the network in `dir` (started with `up`, which keeps
+/// running): starts the processes of new nodes (joining from `D/cluster.json`), wipes and
+/// replaces the nodes asked for, has `t` current members approve the change, waits until every
+/// member of the new committee serves the new epoch, stops the nodes that left, and rewrites
+/// `D/cluster.json`. Returns the new descriptor's bytes.
+pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>> {
+    use kms_node::admin::{self, NewNode, Proposal};
+    use kms_proto::cluster::SignedClusterDescriptor;
+    use kms_proto::codec::{decode_json, encode_json};
+
+    let bytes = std::fs::read(dir.join("cluster.json"))
+        .with_context(|| format!("no network at {} (start one with `kms-simnet up`)", dir.display()))?;
+    let current: SignedClusterDescriptor = decode_json(&bytes)?;
+    current.verify(Some(current.descriptor.group_key.as_bytes()))?;
+    let d = &current.descriptor;
+    let issuer = issuer::ensure(&dir.join("attestation"))?;
+    let group_key = hex::encode(d.group_key.as_bytes());
+
+    // Which directory holds which member.
+    let mut dirs = std::collections::BTreeMap::new();
+    let mut next = 1u32;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(k) = name.strip_prefix("node").and_then(|k| k.parse::<u32>().ok()) else { continue };
+        next = next.max(k + 1);
+        if let Ok((id, _)) = kms_node::identity::load(&entry.path().join("data")) {
+            if let Some(e) = d.nodes.iter().find(|e| e.peer_id == id.peer_id().to_string()) {
+                dirs.insert(e.index, entry.path());
+            }
+        }
+    }
+    let n = d.nodes.len();
+    let target = req.nodes.map_or(n, usize::from);
+    if target == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let threshold = req.threshold.unwrap_or(d.threshold.min(u16::try_from(target)?));
+    let mut ports = Vec::new();
+    let mut proposal = Proposal { threshold: Some(threshold), ..Proposal::default() };
+    let fresh = |node_dir: &Path| -> anyhow::Result<String> {
+        std::fs::create_dir_all(node_dir)?;
+        std::fs::write(node_dir.join("descriptor.json"), &bytes)?;
+        Ok(kms_node::identity::init(&node_dir.join("data"))?.peer_id().to_string())
+    };
+    let port = |s: &str| s.rsplit(['/', ':']).next().and_then(|p| p.parse::<u16>().ok());
+    for &i in &req.replace {
+        let e = d.node(i).with_context(|| format!("--replace {i}: no such member"))?;
+        let node_dir = dirs
+            .get(&i)
+            .with_context(|| format!("--replace {i}: its directory is not in {}", dir.display()))?;
+        signal(node_dir, true);
+        std::fs::remove_dir_all(node_dir.join("data"))?;
+        let peer_id = fresh(node_dir)?;
+        let (p2p, http) = (port(&e.p2p_addr), port(&e.http_url));
+        let (Some(p2p), Some(http)) = (p2p, http) else { bail!("member {i}: unexpected addresses") };
+        write_join_config(node_dir, &issuer, p2p, http, &group_key)?;
+        eprintln!("   node {i}: store wiped; replaced by {peer_id}");
+        proposal
+            .replace
+            .push((i, NewNode { peer_id, p2p_addr: e.p2p_addr.clone(), http_url: e.http_url.clone() }));
+    }
+    let mut started = Vec::new();
+    for _ in n..target {
+        let node_dir = dir.join(format!("node{next}"));
+        next += 1;
+        let peer_id = fresh(&node_dir)?;
+        let (p2p, http) = (PortReservation::new()?, PortReservation::new()?);
+        write_join_config(&node_dir, &issuer, p2p.port(), http.port(), &group_key)?;
+        proposal.add.push(NewNode {
+            peer_id,
+            p2p_addr: format!("/ip4/127.0.0.1/tcp/{}", p2p.port()),
+            http_url: format!("http://127.0.0.1:{}", http.port()),
+        });
+        ports.extend([p2p, http]);
+        started.push(node_dir);
+    }
+    proposal.remove = (u16::try_from(target.min(n))? + 1..=u16::try_from(n)?).collect();
+    let change = admin::propose(d, &proposal)?;
+    eprintln!("{}", admin::summary(d, &change));
+    // Start the new and replacement nodes (they wait to be added).
+    let mut pids = Vec::new();
+    for node_dir in started.iter().chain(req.replace.iter().filter_map(|i| dirs.get(i))) {
+        let mut node = LocalNode { index: 0, dir: node_dir.clone(), url: String::new(), child: None };
+        node.start()?;
+        if let Some(c) = node.child.take() {
+            pids.push(c.id().to_string());
+        }
+    }
+    if !pids.is_empty() {
+        let mut all = std::fs::read_to_string(dir.join("pids")).unwrap_or_default();
+        for p in &pids {
+            all.push_str(&format!("\n{p}"));
+        }
+        std::fs::write(dir.join("pids"), all)?;
+    }
+    // t current members that keep their store approve, each with its own identity key.
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let approvers: Vec<u16> = d
+        .nodes
+        .iter()
+        .map(|e| e.index)
+        .filter(|i| !req.replace.contains(i))
+        .take(usize::from(d.threshold))
+        .collect();
+    if approvers.len() < usize::from(d.threshold) {
+        bail!("fewer than t = {} members keep their store: the change cannot be approved", d.threshold);
+    }
+    let approved_at = Instant::now();
+    for &i in &approvers {
+        let node_dir =
+            dirs.get(&i).with_context(|| format!("member {i}: its directory is not in {}", dir.display()))?;
+        let (id, _) = kms_node::identity::load(&node_dir.join("data"))?;
+        let url = &d.node(i).context("member")?.http_url;
+        let body = encode_json(&admin::approve(&id.signing, i, change.clone()));
+        let resp = client.post(format!("{url}/v1/reshare")).body(body).send().await?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("member {i} refused the approval: HTTP {status}: {text}");
+        }
+    }
+    eprintln!("   approved by members {approvers:?}; the reshare runs");
+    // Every member of the new committee serves the new epoch; then the descriptor is signed.
+    let deadline = Instant::now() + Duration::from_secs(120.max(4 * target as u64));
+    let urls: Vec<&str> = change.members.iter().map(|m| m.http_url.as_str()).collect();
+    let fresh_descriptor = loop {
+        let mut ready = 0;
+        for url in &urls {
+            if let Ok(r) = client.get(format!("{url}/v1/ready")).send().await {
+                let b = r.bytes().await.unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+                if v["epoch"].as_u64().is_some_and(|e| e > d.epoch) {
+                    ready += 1;
+                }
+            }
+        }
+        if ready == urls.len() {
+            let mut found = None;
+            for url in &urls {
+                if let Ok(r) = client.get(format!("{url}/v1/cluster")).send().await {
+                    let b = r.bytes().await.unwrap_or_default().to_vec();
+                    if let Ok(s) = decode_json::<SignedClusterDescriptor>(&b) {
+                        if s.descriptor.epoch > d.epoch && s.verify(Some(d.group_key.as_bytes())).is_ok() {
+                            found = Some(b);
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(b) = found {
+                break b;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the new epoch was not active on all {} members in time; see {}/node*/node.log",
+                urls.len(),
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = approved_at.elapsed();
+    std::fs::write(dir.join("cluster.json"), &fresh_descriptor)?;
+    // Nodes that left retired (their shares erased): stop their processes.
+    for i in &proposal.remove {
+        if let Some(node_dir) = dirs.get(i) {
+            signal(node_dir, false);
+        }
+    }
+    let next_d: SignedClusterDescriptor = decode_json(&fresh_descriptor)?;
+    eprintln!(
+        "   epoch {} active on all {} members {:.2} s after the approvals (t = {}); cluster.json rewritten",
+        next_d.descriptor.epoch,
+        next_d.descriptor.nodes.len(),
+        took.as_secs_f64(),
+        next_d.descriptor.threshold
+    );
+    drop(ports);
+    Ok(fresh_descriptor)
 }
 
 /// `down`: stops the processes listed in `D/pids`.

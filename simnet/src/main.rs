@@ -39,6 +39,26 @@ enum Cmd {
         #[arg(long, default_value = "kms-local")]
         dir: PathBuf,
     },
+    /// Change the committee of a network started with `up` (which keeps running): grow or
+    /// shrink it to N nodes, change t, replace nodes whose store is wiped, or (with no option)
+    /// refresh the shares. Returns once the new epoch is active everywhere and `cluster.json`
+    /// is rewritten.
+    Reshare {
+        /// The network's directory.
+        #[arg(long, default_value = "kms-local")]
+        dir: PathBuf,
+        /// The new number of nodes (default: unchanged). New nodes are started here; the
+        /// highest-indexed ones leave when it shrinks.
+        #[arg(long)]
+        nodes: Option<u16>,
+        /// The new threshold (default: unchanged).
+        #[arg(long)]
+        threshold: Option<u16>,
+        /// Wipe member I's store (kill -9, data deleted) and replace it with a fresh node at the
+        /// same index (repeatable).
+        #[arg(long)]
+        replace: Vec<u16>,
+    },
     /// Stop a network started with `up` in another terminal.
     Down {
         /// The network's directory.
@@ -138,6 +158,11 @@ fn main() -> ExitCode {
                 .map(|_| println!("cluster of {nodes} (t = {threshold}) written to {}", dir.display()))
         }
         Cmd::Client { node, attestation } => runtime().and_then(|rt| rt.block_on(client(node, attestation))),
+        Cmd::Reshare { dir, nodes, threshold, replace } => runtime().and_then(|rt| {
+            let req = kms_simnet::local::ReshareRequest { nodes, threshold, replace };
+            rt.block_on(kms_simnet::local::reshare(&dir, &req))
+                .map(|_| println!("cluster descriptor: {}", dir.join("cluster.json").display()))
+        }),
         Cmd::Down { dir } => down(&dir).map(|n| println!("stopped {n} node processes")),
         Cmd::Up { nodes, threshold, dir } => runtime().and_then(|rt| rt.block_on(up(nodes, threshold, dir))),
         Cmd::Demo => runtime().and_then(|rt| rt.block_on(demo())),
@@ -233,6 +258,8 @@ async fn up(n: u16, t: u16, dir: PathBuf) -> anyhow::Result<()> {
             }
         }
     }
+    // Nodes added by `kms-simnet reshare` are not this process's children: stop them too.
+    let _ = down(&dir);
     drop(net);
     let _ = std::fs::remove_file(dir.join("pids"));
     Ok(())
