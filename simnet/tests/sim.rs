@@ -542,3 +542,73 @@ mod chains {
         assert_eq!(out.keys.len(), 4);
     }
 }
+
+/// `kms-simnet reshare` against a network started with `kms-simnet up`: real processes on
+/// 127.0.0.1. It grows the network (5 -> 7, t 3 -> 4), wipes and replaces a node, shrinks it
+/// back (7 -> 5, t 3); each time it returns only once every member serves the new epoch and
+/// `cluster.json` holds the new descriptor, under the same group key and master key. `down`
+/// then stops every node, the added ones included.
+mod local_network {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    use kms_proto::cluster::SignedClusterDescriptor;
+    use kms_proto::codec::decode_json;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_kms-simnet");
+
+    fn descriptor(dir: &std::path::Path) -> SignedClusterDescriptor {
+        decode_json(&std::fs::read(dir.join("cluster.json")).unwrap()).unwrap()
+    }
+
+    fn reshare(dir: &std::path::Path, args: &[&str]) {
+        let out = Command::new(BIN).args(["reshare", "--dir"]).arg(dir).args(args).output().unwrap();
+        assert!(out.status.success(), "reshare {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn reshare_changes_a_running_local_network() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net");
+        let mut up = Command::new(BIN)
+            .args(["up", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+        // `up` prints "running; ..." once every node is ready and cluster.json is written.
+        assert!(lines.any(|l| l.unwrap().starts_with("running;")), "up did not start the network");
+        let d0 = descriptor(&dir);
+
+        reshare(&dir, &["--nodes", "7", "--threshold", "4"]);
+        let d1 = descriptor(&dir);
+        assert_eq!((d1.descriptor.nodes.len(), d1.descriptor.threshold), (7, 4));
+        assert!(d1.descriptor.epoch > d0.descriptor.epoch);
+        d1.verify(Some(d0.descriptor.group_key.as_bytes())).unwrap();
+        assert_eq!(d1.descriptor.mpk, d0.descriptor.mpk);
+
+        reshare(&dir, &["--replace", "2"]);
+        let d2 = descriptor(&dir);
+        assert_ne!(d2.descriptor.nodes[1].peer_id, d1.descriptor.nodes[1].peer_id, "node 2 has a new identity");
+        assert_eq!(d2.descriptor.mpk, d0.descriptor.mpk);
+
+        reshare(&dir, &["--nodes", "5", "--threshold", "3"]);
+        let d3 = descriptor(&dir);
+        assert_eq!((d3.descriptor.nodes.len(), d3.descriptor.threshold), (5, 3));
+        assert_eq!(d3.descriptor.mpk, d0.descriptor.mpk);
+
+        let out = Command::new(BIN).args(["down", "--dir"]).arg(&dir).output().unwrap();
+        assert!(out.status.success());
+        // `up` exits once every node it watches is gone; the added nodes were stopped by `down`.
+        assert!(up.wait().unwrap().success());
+        for k in 1..=7 {
+            let pid = std::fs::read_to_string(dir.join(format!("node{k}/pid"))).unwrap();
+            let alive = std::path::Path::new(&format!("/proc/{}", pid.trim())).exists();
+            let zombie_or_gone = !alive
+                || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| s.contains(") Z "));
+            assert!(zombie_or_gone, "node{k} (pid {pid}) still runs after down");
+        }
+    }
+}
