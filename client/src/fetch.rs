@@ -146,7 +146,10 @@ pub fn format_report(report: &[NodeReport]) -> String {
     report
         .iter()
         .map(|r| {
-            let epoch = r.epoch.map(|e| format!(" epoch {e}")).unwrap_or_default();
+            let epoch = match (&r.outcome, r.epoch) {
+                (NodeOutcome::OtherEpoch { .. }, _) | (_, None) => String::new(),
+                (_, Some(e)) => format!(" epoch {e}"),
+            };
             format!("  node {} ({}): {}{epoch} [{:.1?}]", r.index, r.url, r.outcome, r.elapsed)
         })
         .collect::<Vec<_>>()
@@ -210,11 +213,12 @@ async fn ask(
         Ok(r) => r,
         Err(e) => return invalid(e.to_string()),
     };
-    if r.node_index != index {
-        return invalid(format!("answered as node {}", r.node_index));
-    }
+    // The epoch first: after a reshare a node may hold another index too.
     if r.epoch != epoch {
         return Answer::Failed(NodeOutcome::OtherEpoch { epoch: r.epoch });
+    }
+    if r.node_index != index {
+        return invalid(format!("answered as node {}", r.node_index));
     }
     let envelope = match r.envelope_bytes() {
         Ok(e) => e,

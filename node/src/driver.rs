@@ -187,6 +187,9 @@ fn finish_reshare(
     let membership = Membership::after(&change.change, epoch);
     store.put_doc(reshare::MEMBERSHIP, &encode_json(&membership))?;
     store.remove_doc(reshare::AUTHORIZED)?;
+    // Its ceremony state holds this node's old share (the constant term of its deal): a node
+    // restarted after a reshare runs no ceremony for it, so none of it is needed any more.
+    store.forget_ceremonies_through(epoch)?;
     Ok(membership)
 }
 

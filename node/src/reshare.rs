@@ -32,7 +32,8 @@ use crate::store::NodeStore;
 
 /// Store name of the authorized change being run.
 pub const AUTHORIZED: &str = "reshare/authorized";
-/// Store name of the current committee (after a reshare, or a joining node's descriptor's).
+/// Store name of the current committee, once a reshare created it (before: the genesis roster
+/// of the configuration, or a joining node's descriptor).
 pub const MEMBERSHIP: &str = "membership";
 /// Store names of proposals still short of approvals: this prefix and the session in hex.
 const PROPOSAL: &str = "reshare/proposal/";

@@ -291,8 +291,32 @@ impl NodeStore {
         self.kv.flush()?;
         self.kv.put(Space::Meta, META_ACTIVE, &keys.epoch.to_be_bytes())?;
         self.kv.flush()?;
-        // A reshare's new shares replace the old ones, which are then erased from this store.
-        self.remove_shares(|epoch| epoch != keys.epoch)
+        // A reshare's new shares replace the old ones, which are then erased from this store,
+        // with the ceremony records and logged messages of earlier attempts (they hold the
+        // shares dealt to this node then, from which an old share could be computed again).
+        self.remove_shares(|epoch| epoch != keys.epoch)?;
+        self.remove_ceremony_state(|attempt| attempt < keys.epoch)
+    }
+
+    /// Erases the ceremony records and logged messages of every attempt up to `epoch`, durably:
+    /// after a reshare, the record of the completing attempt holds this node's deal, whose
+    /// constant term is its old share.
+    pub fn forget_ceremonies_through(&self, epoch: u64) -> Result<(), StoreError> {
+        self.remove_ceremony_state(|attempt| attempt <= epoch)
+    }
+
+    /// Removes the ceremony records and logged messages of the attempts `doomed` selects.
+    fn remove_ceremony_state(&self, doomed: impl Fn(u64) -> bool) -> Result<(), StoreError> {
+        for (name, _) in self.kv.scan_prefix(Space::Meta, b"dkg/")? {
+            let attempt = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| n.split('/').nth(1))
+                .and_then(|a| a.parse::<u64>().ok());
+            if attempt.is_some_and(&doomed) {
+                self.kv.remove(Space::Meta, &name)?;
+            }
+        }
+        self.kv.flush()
     }
 
     /// Removes every stored share whose epoch `doomed` selects, durably.
@@ -328,7 +352,8 @@ impl NodeStore {
         self.kv.put(Space::Meta, META_RETIRED, &epoch.to_be_bytes())?;
         self.kv.remove(Space::Meta, META_ACTIVE)?;
         self.kv.flush()?;
-        self.remove_shares(|_| true)
+        self.remove_shares(|_| true)?;
+        self.remove_ceremony_state(|_| true)
     }
 
     /// The epoch at which this node retired, if it did.

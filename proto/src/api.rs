@@ -336,8 +336,8 @@ pub struct ReshareStatusBody {
     pub state: String,
     /// The authorized change being run, if any.
     pub running: Option<ProposalStatus>,
-    /// What the running reshare is doing (`waiting for 4 peers, 2 connected`, `attempt 6`,
-    /// ...), if one runs.
+    /// What the running reshare is doing (`waiting for peers: 2 of 4 connected`,
+    /// `attempt 6 running`, ...), if one runs.
     pub progress: Option<String>,
     /// Changes of the current epoch still short of approvals.
     pub proposals: Vec<ProposalStatus>,

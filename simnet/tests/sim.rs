@@ -591,7 +591,10 @@ mod local_network {
 
         reshare(&dir, &["--replace", "2"]);
         let d2 = descriptor(&dir);
-        assert_ne!(d2.descriptor.nodes[1].peer_id, d1.descriptor.nodes[1].peer_id, "node 2 has a new identity");
+        assert_ne!(
+            d2.descriptor.nodes[1].peer_id, d1.descriptor.nodes[1].peer_id,
+            "node 2 has a new identity"
+        );
         assert_eq!(d2.descriptor.mpk, d0.descriptor.mpk);
 
         reshare(&dir, &["--nodes", "5", "--threshold", "3"]);
@@ -607,7 +610,8 @@ mod local_network {
             let pid = std::fs::read_to_string(dir.join(format!("node{k}/pid"))).unwrap();
             let alive = std::path::Path::new(&format!("/proc/{}", pid.trim())).exists();
             let zombie_or_gone = !alive
-                || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| s.contains(") Z "));
+                || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                    .is_ok_and(|s| s.contains(") Z "));
             assert!(zombie_or_gone, "node{k} (pid {pid}) still runs after down");
         }
     }

@@ -114,3 +114,36 @@ fn a_store_is_bound_to_its_cluster() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// A reshare's new shares replace the old ones: activating epoch 2 erases epoch 1's shares and
+/// the ceremony state of earlier attempts (which holds the shares dealt then);
+/// `forget_ceremonies_through` erases the completing attempt's too; retiring erases everything.
+#[test]
+fn new_shares_and_retirement_erase_old_shares_and_ceremony_state() {
+    let store = NodeStore::new(Box::new(kms_node::store::MemKv::default()), SealKey::from_bytes([3; 32]));
+    let mut rng = seeded_rng(11);
+    let keys = |epoch, rng: &mut _| ActiveKeys {
+        epoch,
+        bls: trusted_dealer::<Bls12381G2>(2, 3, None, rng).remove(0),
+        ed25519: trusted_dealer::<Ed25519>(2, 3, None, rng).remove(0),
+    };
+    store.put_dkg_record(1, "bls12381g2", b"deal of attempt 1").unwrap();
+    store.log_dkg_message(1, 2, b"share from node 2").unwrap();
+    store.activate(&keys(1, &mut rng)).unwrap();
+    store.put_dkg_record(2, "bls12381g2", b"deal of attempt 2").unwrap();
+    store.log_dkg_message(2, 2, b"share from node 2").unwrap();
+    store.activate(&keys(2, &mut rng)).unwrap();
+    assert_eq!(store.share_epochs().unwrap(), vec![2]);
+    assert_eq!(store.active().unwrap().unwrap().epoch, 2);
+    assert!(store.dkg_record(1, "bls12381g2").unwrap().is_none(), "attempt 1's record survives");
+    assert!(store.dkg_messages(1).unwrap().is_empty(), "attempt 1's messages survive");
+    assert!(store.dkg_record(2, "bls12381g2").unwrap().is_some(), "the active attempt's record is kept");
+    store.forget_ceremonies_through(2).unwrap();
+    assert!(store.dkg_record(2, "bls12381g2").unwrap().is_none());
+    assert!(store.dkg_messages(2).unwrap().is_empty());
+
+    store.retire(3).unwrap();
+    assert!(store.share_epochs().unwrap().is_empty());
+    assert!(store.active().unwrap().is_none());
+    assert_eq!(store.retired().unwrap(), Some(3));
+}
