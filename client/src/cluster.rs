@@ -47,6 +47,7 @@ pub enum ClusterError {
 #[derive(Debug, Clone)]
 pub struct Cluster {
     descriptor: ClusterDescriptor,
+    signature: kms_proto::HexBytes<64>,
     keys: BlsPublicKeys,
 }
 
@@ -65,7 +66,7 @@ impl Cluster {
             _ => None,
         };
         signed.verify(group.as_ref()).map_err(|e| ClusterError::Unverified(e.to_string()))?;
-        let d = signed.descriptor;
+        let SignedClusterDescriptor { descriptor: d, signature } = signed;
         if let Pin::Mpk(mpk) = pin {
             if d.mpk.as_bytes() != &mpk {
                 return Err(ClusterError::MpkMismatch {
@@ -83,7 +84,15 @@ impl Cluster {
             .map(|e| point(e.vk.as_bytes(), format!("node {}", e.index)).map(|p| (e.index, p)))
             .collect::<Result<BTreeMap<_, _>, _>>()?;
         let keys = PublicKeySet::new(d.threshold, mpk, vks);
-        Ok(Cluster { descriptor: d, keys })
+        Ok(Cluster { descriptor: d, signature, keys })
+    }
+
+    /// The signed descriptor as JSON (what `cluster.json` holds).
+    pub fn to_json(&self) -> Vec<u8> {
+        kms_proto::codec::encode_json(&SignedClusterDescriptor {
+            descriptor: self.descriptor.clone(),
+            signature: self.signature,
+        })
     }
 
     /// The descriptor.

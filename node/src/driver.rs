@@ -590,7 +590,20 @@ impl Driver {
             }
         }
         if let Some(engine) = &self.engine {
-            self.shared.set_status(DkgStatus::Ceremony(engine.status()));
+            let status = engine.status();
+            if self.reshare.is_some() && self.shared.status() != DkgStatus::Ceremony(status) {
+                // What a reshare waits for, once per change.
+                match status {
+                    Status::Waiting { connected, needed } => {
+                        info!(connected, needed, "reshare waiting for participants to connect")
+                    }
+                    Status::Recovering { attempt } => {
+                        info!(attempt, "reshare: recovering this node's new share from the others")
+                    }
+                    _ => {}
+                }
+            }
+            self.shared.set_status(DkgStatus::Ceremony(status));
         }
     }
 

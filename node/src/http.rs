@@ -274,6 +274,21 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     if let Some(d) = s.shared.dkg_duration.read().ok().and_then(|d| *d) {
         s.metrics.dkg_seconds.set(d.as_secs_f64());
     }
+    if let Ok(r) = s.reshares.status() {
+        s.metrics.threshold.set(i64::from(r.threshold));
+        s.metrics.committee_size.set(i64::from(r.members));
+        let state = match r.state.as_str() {
+            "approving" => 1,
+            "running" => 2,
+            "retired" => 3,
+            "waiting" => 4,
+            "stopped" => 5,
+            _ => 0,
+        };
+        s.metrics.reshare_state.set(state);
+        let most = r.proposals.iter().map(|p| p.approved_by.len()).max().unwrap_or(0);
+        s.metrics.reshare_approvals.set(i64::try_from(most).unwrap_or(i64::MAX));
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],

@@ -38,7 +38,7 @@ pub struct Metrics {
     /// Latency by endpoint.
     pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     /// 0 waiting for peers, 1 ceremony running, 2 keys active, 3 recovering a share, 4 stopped
-    /// (a ceremony write failed, or the store could not be read).
+    /// (a ceremony write failed, or the store could not be read), 5 retired.
     pub dkg_state: Gauge<i64, AtomicI64>,
     /// Ceremony writes that failed (each is retried before the node stops).
     pub persist_failures: Gauge<i64, AtomicI64>,
@@ -50,6 +50,15 @@ pub struct Metrics {
     pub peers: Gauge<i64, AtomicI64>,
     /// Duration of the last successful DKG, seconds (0 if none ran in this process).
     pub dkg_seconds: Gauge<f64, AtomicU64>,
+    /// Shares needed to use a key (the current committee's threshold).
+    pub threshold: Gauge<i64, AtomicI64>,
+    /// Members of the current committee.
+    pub committee_size: Gauge<i64, AtomicI64>,
+    /// 0 idle, 1 approving (a change awaits approvals), 2 running, 3 retired, 4 waiting to be
+    /// added (a new node), 5 stopped.
+    pub reshare_state: Gauge<i64, AtomicI64>,
+    /// Approvals held for the most-approved change still short of them (0 if none).
+    pub reshare_approvals: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -64,11 +73,25 @@ impl Default for Metrics {
         let dkg_seconds = Gauge::<f64, AtomicU64>::default();
         let persist_failures = Gauge::default();
         let failed_attempts = Gauge::default();
+        let (threshold, committee_size, reshare_state, reshare_approvals) =
+            (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register("threshold", "Shares needed to use a key (current committee)", threshold.clone());
+        registry.register("committee_size", "Members of the current committee", committee_size.clone());
+        registry.register(
+            "reshare_state",
+            "0 idle, 1 approving, 2 running, 3 retired, 4 waiting to be added, 5 stopped",
+            reshare_state.clone(),
+        );
+        registry.register(
+            "reshare_approvals",
+            "Approvals held for the most-approved roster change still short of them",
+            reshare_approvals.clone(),
+        );
         registry.register("requests", "HTTP requests by endpoint and outcome", requests.clone());
         registry.register("request_duration_seconds", "HTTP request latency", latency.clone());
         registry.register(
             "dkg_state",
-            "0 waiting for peers, 1 ceremony running, 2 keys active, 3 recovering a share, 4 stopped",
+            "0 waiting for peers, 1 ceremony running, 2 keys active, 3 recovering a share, 4 stopped, 5 retired",
             dkg_state.clone(),
         );
         registry.register(
@@ -98,6 +121,10 @@ impl Default for Metrics {
             epoch,
             peers,
             dkg_seconds,
+            threshold,
+            committee_size,
+            reshare_state,
+            reshare_approvals,
         }
     }
 }

@@ -324,8 +324,11 @@ fn provider(args: &ProviderArgs) -> anyhow::Result<Box<dyn AttestationProvider>>
     })
 }
 
+/// Fetches the key; when the nodes answered from a newer epoch and the client moved to their
+/// newer descriptor (same group key, same cluster), it replaces the descriptor file `save`.
 async fn fetch(
     cluster: &Cluster,
+    save: &std::path::Path,
     app: &AppId,
     label: &Label,
     args: &ProviderArgs,
@@ -337,6 +340,17 @@ async fn fetch(
         Ok(f) => {
             if !json_mode {
                 eprintln!("{}", fetch::format_report(&f.report));
+            }
+            if let Some(newer) = &f.refreshed {
+                std::fs::write(save, newer.to_json())
+                    .with_context(|| format!("writing {}", save.display()))?;
+                if !json_mode {
+                    eprintln!(
+                        "the cluster reshared: {} now holds the descriptor of epoch {}",
+                        save.display(),
+                        newer.descriptor().epoch
+                    );
+                }
             }
             Ok(f)
         }
@@ -526,7 +540,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             let c = load_cluster(&cluster)?;
             let env = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             let (app, label) = secrets::envelope_key(&env).map_err(|e| Exit(2, e.into()))?;
-            let f = fetch(&c, &app, &label, &p, json_mode).await?;
+            let f = fetch(&c, &cluster.path, &app, &label, &p, json_mode).await?;
             let plain = secrets::decrypt(&f.key, &c, &env).map_err(|e| Exit(2, e.into()))?;
             write_private(&output, &plain)?;
             out(
@@ -539,7 +553,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             let c = load_cluster(&cluster)?;
             let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
             let label = Label::new(label).map_err(|e| anyhow!("--label: {e}"))?;
-            let f = fetch(&c, &app, &label, &p, json_mode).await?;
+            let f = fetch(&c, &cluster.path, &app, &label, &p, json_mode).await?;
             let fingerprint = hex::encode(&secrets::derive(&f.key, "kms/fingerprint")[..8]);
             if let Some(path) = out_root_secret {
                 write_private(&path, &f.key.root_secret()[..])?;

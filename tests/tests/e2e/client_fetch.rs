@@ -222,3 +222,85 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
     assert!(named, "the liar was never named");
     procs.nodes[4].kill9();
 }
+
+/// Runs `kms-node` with `args`; panics with its stderr unless it succeeds; returns stdout.
+fn kms_node(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(node_binary()).args(args).output().unwrap();
+    assert!(out.status.success(), "kms-node {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A client that holds the descriptor of an earlier epoch still fetches after a reshare: the
+/// operators change the committee with `kms-node reshare propose` and `approve` (node 1
+/// leaves, so every other member's index moves down, and t becomes 2), the nodes answer from the
+/// new epoch, the client moves to their newer descriptor (same group key) and fetches; the
+/// report says which epoch each node served, and an envelope sealed before decrypts.
+#[test]
+fn a_client_with_the_previous_descriptor_follows_a_reshare() {
+    let procs = Procs::start(&node_binary(), 5, 3);
+    procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
+    let (old, _) = cluster_of(&procs);
+    let img = image(0xaa);
+    let app = register(&procs, "payments-api", &img);
+    let label = Label::default();
+    let envelope = secrets::encrypt(&old, &app, &label, b"sealed at epoch 1").unwrap();
+
+    // Operator 2 proposes: node 1 leaves, t 3 -> 2. Operators 1, 2 and 3 review and approve.
+    let config = |i: usize| procs.nodes[i].config.clone().into_os_string();
+    let change = procs.tmp.path().join("change.json");
+    let config1 = config(1);
+    let propose = [
+        "reshare".as_ref(),
+        "propose".as_ref(),
+        "--config".as_ref(),
+        config1.as_os_str(),
+        "--remove".as_ref(),
+        "1".as_ref(),
+        "--threshold".as_ref(),
+        "2".as_ref(),
+        "--out".as_ref(),
+        change.as_os_str(),
+    ];
+    kms_node(&propose);
+    for i in 0..3 {
+        let out = kms_node(&[
+            "reshare".as_ref(),
+            "approve".as_ref(),
+            "--config".as_ref(),
+            config(i).as_os_str(),
+            "--change".as_ref(),
+            change.as_os_str(),
+        ]);
+        assert!(out.contains(&format!("approved as member {}", i + 1)), "{out}");
+        assert!(out.contains("leaves"), "the summary shows who leaves:\n{out}");
+    }
+    let d = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let d = procs.descriptor(1, Duration::from_secs(30));
+            if d.descriptor.epoch > old.descriptor().epoch {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "no new epoch\n{}", procs.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!((d.descriptor.nodes.len(), d.descriptor.threshold), (4, 2));
+    let status =
+        kms_node(&["reshare".as_ref(), "status".as_ref(), "--config".as_ref(), config(1).as_os_str()]);
+    assert!(status.contains("threshold 2 of 4 members; this node: member 1; state: idle"), "{status}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fetched =
+        rt.block_on(fetch_key(&old, &app, &label, &issuer(&img), &FetchOptions::default())).expect("fetch");
+    let newer = fetched.refreshed.as_ref().expect("the client moved to the new descriptor");
+    assert_eq!(newer.descriptor(), &d.descriptor);
+    let served: Vec<u64> =
+        fetched.report.iter().filter(|r| r.outcome == NodeOutcome::Valid).filter_map(|r| r.epoch).collect();
+    assert!(
+        served.len() >= 2 && served.iter().all(|&e| e == d.descriptor.epoch),
+        "{:?}",
+        outcomes(&fetched.report)
+    );
+    assert_eq!(&*secrets::decrypt(&fetched.key, newer, &envelope).unwrap(), b"sealed at epoch 1");
+}
