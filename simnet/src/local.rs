@@ -264,19 +264,7 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
     let issuer = issuer::ensure(&dir.join("attestation"))?;
     let group_key = hex::encode(d.group_key.as_bytes());
 
-    // Which directory holds which member.
-    let mut dirs = std::collections::BTreeMap::new();
-    let mut next = 1u32;
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Some(k) = name.strip_prefix("node").and_then(|k| k.parse::<u32>().ok()) else { continue };
-        next = next.max(k + 1);
-        if let Ok((id, _)) = kms_node::identity::load(&entry.path().join("data")) {
-            if let Some(e) = d.nodes.iter().find(|e| e.peer_id == id.peer_id().to_string()) {
-                dirs.insert(e.index, entry.path());
-            }
-        }
-    }
+    let (dirs, mut next) = member_dirs(dir, d)?;
     let n = d.nodes.len();
     let target = req.nodes.map_or(n, usize::from);
     if target == 0 {
@@ -426,6 +414,115 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
     );
     drop(ports);
     Ok(fresh_descriptor)
+}
+
+/// Which directory under `dir` (`node<k>/`) holds which member of `d`, by the identity in its
+/// `data/`; and the next free `k`.
+fn member_dirs(
+    dir: &Path,
+    d: &kms_proto::cluster::ClusterDescriptor,
+) -> anyhow::Result<(std::collections::BTreeMap<u16, PathBuf>, u32)> {
+    let mut dirs = std::collections::BTreeMap::new();
+    let mut next = 1u32;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(k) = name.strip_prefix("node").and_then(|k| k.parse::<u32>().ok()) else { continue };
+        next = next.max(k + 1);
+        if let Ok((id, _)) = kms_node::identity::load(&entry.path().join("data")) {
+            if let Some(e) = d.nodes.iter().find(|e| e.peer_id == id.peer_id().to_string()) {
+                dirs.insert(e.index, entry.path());
+            }
+        }
+    }
+    Ok((dirs, next))
+}
+
+/// The first t members of `d` not in `except` approve `change`, each with the identity key in
+/// its directory, at its own node. Returns who approved.
+async fn approve_by_t(
+    client: &reqwest::Client,
+    d: &kms_proto::cluster::ClusterDescriptor,
+    dirs: &std::collections::BTreeMap<u16, PathBuf>,
+    change: &kms_proto::reshare::RosterChange,
+    except: &[u16],
+) -> anyhow::Result<Vec<u16>> {
+    let approvers: Vec<u16> = d
+        .nodes
+        .iter()
+        .map(|e| e.index)
+        .filter(|i| !except.contains(i))
+        .take(usize::from(d.threshold))
+        .collect();
+    if approvers.len() < usize::from(d.threshold) {
+        bail!("fewer than t = {} members keep their store: the change cannot be approved", d.threshold);
+    }
+    for &i in &approvers {
+        let node_dir = dirs.get(&i).with_context(|| format!("member {i}: its directory is not here"))?;
+        let (id, _) = kms_node::identity::load(&node_dir.join("data"))?;
+        let url = &d.node(i).context("member")?.http_url;
+        let body = kms_proto::codec::encode_json(&kms_node::admin::approve(&id.signing, i, change.clone()));
+        let resp = client.post(format!("{url}/v1/reshare")).body(body).send().await?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("member {i} refused the approval: HTTP {status}: {text}");
+        }
+    }
+    Ok(approvers)
+}
+
+/// `replace` for a containerised cluster (`setup_containers`; run in a one-off container with
+/// every node's volume, while node `index`'s container is stopped): wipes node `index`'s store,
+/// gives it a new identity and a `[cluster.join]` configuration (the cluster's current
+/// descriptor, fetched from `<prefix>1`, pinned to its group key), proposes its replacement at
+/// the same index, and has t other members approve. Starting the node's container then lets
+/// the reshare complete. Returns the new peer id.
+pub async fn replace_in_containers(dir: &Path, index: u16, prefix: &str) -> anyhow::Result<String> {
+    use kms_proto::cluster::SignedClusterDescriptor;
+    use kms_proto::codec::decode_json;
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let mut bytes = None;
+    for k in 1..=u16::MAX {
+        if k == index {
+            continue;
+        }
+        let Ok(r) = client.get(format!("http://{prefix}{k}:8000/v1/cluster")).send().await else { break };
+        if r.status().is_success() {
+            bytes = Some(r.bytes().await?.to_vec());
+            break;
+        }
+    }
+    let bytes = bytes.context("no member served the cluster descriptor")?;
+    let current: SignedClusterDescriptor = decode_json(&bytes)?;
+    let d = &current.descriptor;
+    current.verify(Some(d.group_key.as_bytes()))?;
+    let e = d.node(index).with_context(|| format!("node {index} is not a member"))?.clone();
+    let (dirs, _) = member_dirs(dir, d)?;
+    let node_dir = dir.join(format!("{prefix}{index}"));
+    let _ = std::fs::remove_dir_all(node_dir.join("data"));
+    let peer_id = kms_node::identity::init(&node_dir.join("data"))?.peer_id().to_string();
+    std::fs::write(node_dir.join("descriptor.json"), &bytes)?;
+    let toml = format!(
+        "data_dir = \"data\"\n\n[node]\nlisten_p2p = \"/ip4/0.0.0.0/tcp/7000\"\nlisten_http = \"0.0.0.0:8000\"\n\n\
+         [cluster.join]\ndescriptor = \"descriptor.json\"\ngroup_key = \"{}\"\n\n\
+         [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = \"../attestation/jwks.json\"\n\n\
+         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n",
+        hex::encode(d.group_key.as_bytes())
+    );
+    std::fs::write(node_dir.join("node.toml"), toml)?;
+    let proposal = kms_node::admin::Proposal {
+        replace: vec![(
+            index,
+            kms_node::admin::NewNode { peer_id: peer_id.clone(), p2p_addr: e.p2p_addr, http_url: e.http_url },
+        )],
+        ..kms_node::admin::Proposal::default()
+    };
+    let change = kms_node::admin::propose(d, &proposal)?;
+    eprintln!("{}", kms_node::admin::summary(d, &change));
+    let approvers = approve_by_t(&client, d, &dirs, &change, &[index]).await?;
+    eprintln!("approved by members {approvers:?}; start node {index} to let the reshare complete");
+    Ok(peer_id)
 }
 
 /// `down`: stops the processes listed in `D/pids`.

@@ -131,6 +131,20 @@ enum Cmd {
         #[arg(long)]
         min_peers: Option<u16>,
     },
+    /// In a containerised cluster (run in a one-off container with every node's volume, the
+    /// node's own container stopped): wipe node I's store, give it a new identity joining from
+    /// the current descriptor, and have t other members approve its replacement at index I.
+    Replace {
+        /// The cluster directory (as for `setup`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node to replace.
+        #[arg(long)]
+        index: u16,
+        /// Host name prefix of the node containers.
+        #[arg(long, default_value = "node")]
+        prefix: String,
+    },
     /// The enclave side of the demo against a running cluster: register a fixed app, encrypt,
     /// fetch as an attested enclave, decrypt; prints the key fingerprint and per-node report.
     Client {
@@ -157,6 +171,10 @@ fn main() -> ExitCode {
             kms_simnet::local::setup_containers(&dir, nodes, threshold, &prefix, min_peers)
                 .map(|_| println!("cluster of {nodes} (t = {threshold}) written to {}", dir.display()))
         }
+        Cmd::Replace { dir, index, prefix } => runtime().and_then(|rt| {
+            rt.block_on(kms_simnet::local::replace_in_containers(&dir, index, &prefix))
+                .map(|p| println!("{p}"))
+        }),
         Cmd::Client { node, attestation } => runtime().and_then(|rt| rt.block_on(client(node, attestation))),
         Cmd::Reshare { dir, nodes, threshold, replace } => runtime().and_then(|rt| {
             let req = kms_simnet::local::ReshareRequest { nodes, threshold, replace };

@@ -143,6 +143,55 @@ fn containers_survive_node_loss_restarts_and_kill_9() {
     }
 }
 
+/// The epoch node `i` serves (0 if it serves none).
+fn epoch_of(i: u16) -> u64 {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 18000 + i));
+    kms_tests::http(addr, "GET", "/v1/ready", b"")
+        .ok()
+        .filter(|(s, _)| *s == 200)
+        .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["epoch"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A node's volume is wiped and the node replaced through a reshare: `kms-simnet replace`, in a
+/// one-off container with the volumes, gives node 2 a new identity joining from the current
+/// descriptor and has three other members approve; node 2's container starts again, the
+/// reshare completes on all five, and the enclave gets the same key, with nodes 4 and 5 down
+/// (so node 2's new share is one of the three used).
+#[test]
+#[ignore = "needs Docker and the kms-node:dev image (see the module docs)"]
+fn a_wiped_node_is_replaced_through_a_reshare_and_the_key_is_unchanged() {
+    if !enabled() {
+        return;
+    }
+    let c = Compose { project: format!("kmsrep{}", std::process::id()) };
+    c.ok(&["up", "-d"]);
+    c.wait_ready(&[1, 2, 3, 4, 5]);
+    let key = c.fetch().expect("fetch with all five nodes");
+    let before = epoch_of(1);
+
+    c.ok(&["kill", "-s", "SIGKILL", "node2"]);
+    let out = c.run(&["run", "--rm", "setup", "replace", "--dir", "/cluster", "--index", "2"]);
+    assert!(out.status.success(), "replace failed");
+    let peer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(peer.starts_with("12D3KooW"), "the new peer id: {peer}");
+    c.ok(&["start", "node2"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (1..=5).any(|i| epoch_of(i) <= before) {
+        assert!(Instant::now() < deadline, "the reshare did not complete on all five nodes");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.wait_ready(&[1, 2, 3, 4, 5]);
+    let (_, body) =
+        kms_tests::http(std::net::SocketAddr::from(([127, 0, 0, 1], 18002)), "GET", "/v1/cluster", b"")
+            .unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(d["descriptor"]["nodes"][1]["peer_id"], peer.as_str(), "node 2 has its new identity");
+    c.ok(&["stop", "node4", "node5"]);
+    assert_eq!(c.fetch().expect("fetch with the replaced node among three"), key, "the key is unchanged");
+}
+
 /// A node cut off from the network from its start: the other four run the DKG without it and
 /// serve keys; the report names it unreachable.
 #[test]
