@@ -24,7 +24,8 @@ use crate::common::{digest, manifest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
 
-/// The app key from the nodes at `positions` (their partials verified against `keys`).
+/// The app key from the nodes at `positions` (their partials verified against `keys`), once
+/// each holds the app's manifest (gossiped on upload, and to new members when they join).
 fn fetch(
     c: &Cluster,
     positions: &[usize],
@@ -32,6 +33,13 @@ fn fetch(
     image: &ImageDigest,
     keys: &BlsPublicKeys,
 ) -> AppKey {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &p in positions {
+        while c.nodes[p].get(&format!("/v1/apps/{app}")).0 != 200 {
+            assert!(Instant::now() < deadline, "the manifest never reached position {p}\n{}", c.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let enclave = Enclave::new();
     let (req, binding) = enclave.request(app, image);
     let body = encode_json(&req);
