@@ -107,14 +107,20 @@ pub fn propose(current: &ClusterDescriptor, p: &Proposal) -> anyhow::Result<Rost
     for node in &p.add {
         members.push(member(node)?);
     }
-    Ok(RosterChange {
+    let change = RosterChange {
         version: ROSTER_CHANGE_VERSION,
         cluster_id: current.cluster_id,
         from_epoch: current.epoch,
         threshold: p.threshold.unwrap_or(current.threshold),
         members,
         dealers,
-    })
+    };
+    // Refused here as every node would refuse it (new threshold, repeated members, too few
+    // dealers), before anyone is asked to approve it.
+    change.layout(
+        &crate::membership::Membership::from_descriptor(current).committee().map_err(anyhow::Error::msg)?,
+    )?;
+    Ok(change)
 }
 
 /// This node's approval of `change`, as member `index` of the current committee.
@@ -146,7 +152,7 @@ pub fn summary(current: &ClusterDescriptor, change: &RosterChange) -> String {
             Some(i) => format!("stays (was {i})"),
             None => "joins".to_string(),
         };
-        lines.push(format!("member {:>3} {peer} {} [{note}]", j + 1, m.http_url));
+        lines.push(format!("member {:>3} {peer} {} {} [{note}]", j + 1, m.p2p_addr, m.http_url));
     }
     for e in &current.nodes {
         let stays = change.members.iter().any(|m| {
@@ -157,4 +163,84 @@ pub fn summary(current: &ClusterDescriptor, change: &RosterChange) -> String {
         }
     }
     lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use kms_proto::cluster::{NodeEntry, CLUSTER_VERSION};
+
+    use super::*;
+
+    fn descriptor(n: u8, t: u16) -> ClusterDescriptor {
+        let nodes = (1..=n)
+            .map(|i| {
+                let key = SigningKey::from_bytes(&[i; 32]);
+                let peer = crate::membership::peer_id_of(&key.verifying_key().to_bytes()).unwrap();
+                NodeEntry {
+                    index: u16::from(i),
+                    peer_id: peer.to_string(),
+                    p2p_addr: format!("/ip4/127.0.0.1/tcp/{}", 7000 + u16::from(i)),
+                    http_url: format!("http://127.0.0.1:{}", 8000 + u16::from(i)),
+                    vk: HexBytes([0; 96]),
+                    frost_vk: HexBytes([0; 32]),
+                }
+            })
+            .collect();
+        ClusterDescriptor {
+            version: CLUSTER_VERSION,
+            cluster_id: HexBytes([5; 32]),
+            epoch: 3,
+            threshold: t,
+            nodes,
+            mpk: HexBytes([0; 96]),
+            group_key: HexBytes([0; 32]),
+        }
+    }
+
+    fn new_node(i: u8) -> NewNode {
+        let key = SigningKey::from_bytes(&[100 + i; 32]);
+        let peer = crate::membership::peer_id_of(&key.verifying_key().to_bytes()).unwrap();
+        NewNode {
+            peer_id: peer.to_string(),
+            p2p_addr: "/ip4/127.0.0.1/tcp/9000".into(),
+            http_url: "http://127.0.0.1:9001".into(),
+        }
+    }
+
+    #[test]
+    fn a_proposal_makes_the_asked_change() {
+        let d = descriptor(5, 3);
+        let refresh = propose(&d, &Proposal::default()).unwrap();
+        assert_eq!((refresh.members.len(), refresh.threshold, refresh.from_epoch), (5, 3, 3));
+        assert_eq!(refresh.dealers, vec![1, 2, 3, 4, 5]);
+        let p = Proposal {
+            add: vec![new_node(1)],
+            remove: vec![1],
+            replace: vec![(3, new_node(2))],
+            threshold: Some(2),
+            ..Proposal::default()
+        };
+        let c = propose(&d, &p).unwrap();
+        // 1 leaves (it deals), 3 is replaced in place (it does not), the new node comes last.
+        assert_eq!(c.dealers, vec![1, 2, 4, 5]);
+        assert_eq!(c.members.len(), 5);
+        assert_eq!(c.members[1].p2p_addr, "/ip4/127.0.0.1/tcp/9000", "the replacement takes 3's place");
+        assert_eq!(c.members[4].http_url, "http://127.0.0.1:9001");
+        assert_eq!(c.threshold, 2);
+    }
+
+    #[test]
+    fn a_change_the_nodes_would_refuse_is_refused_when_proposed() {
+        let d = descriptor(5, 3);
+        let too_high = propose(&d, &Proposal { threshold: Some(6), ..Proposal::default() }).unwrap_err();
+        assert!(too_high.to_string().contains("new threshold 6 is not in 1..=5"), "{too_high}");
+        let lost = Proposal { lost: vec![1, 2, 3], ..Proposal::default() };
+        let few = propose(&d, &lost).unwrap_err();
+        assert!(few.to_string().contains("2 dealers; the current threshold 3 must deal"), "{few}");
+        let unknown = propose(&d, &Proposal { remove: vec![9], ..Proposal::default() }).unwrap_err();
+        assert!(unknown.to_string().contains("node 9 is not a member of epoch 3"), "{unknown}");
+        let twice = Proposal { add: vec![new_node(1), new_node(1)], ..Proposal::default() };
+        assert!(propose(&d, &twice).unwrap_err().to_string().contains("repeats an identity key"));
+        assert!("a,b".parse::<NewNode>().is_err());
+    }
 }

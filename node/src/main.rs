@@ -80,6 +80,9 @@ enum ReshareCmd {
         /// The change (JSON, from `propose`).
         #[arg(long)]
         change: PathBuf,
+        /// Approve without asking (after reviewing the summary some other way).
+        #[arg(long)]
+        yes: bool,
     },
     /// The committee, pending changes and the running reshare.
     Status {
@@ -242,12 +245,27 @@ fn reshare(cmd: ReshareCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ReshareCmd::Approve { config, change } => {
+        ReshareCmd::Approve { config, change, yes } => {
             let cfg = kms_node::config::Config::load(&config)?;
             let bytes = std::fs::read(&change).with_context(|| format!("reading {}", change.display()))?;
             let change: kms_node::proto::reshare::RosterChange = decode_json(&bytes)?;
             let current = descriptor(&cfg)?;
             println!("{}", admin::summary(&current, &change));
+            if !yes {
+                use std::io::{BufRead, IsTerminal, Write};
+                if !std::io::stdin().is_terminal() {
+                    anyhow::bail!(
+                        "review the change above, then approve it with --yes (stdin is not a terminal)"
+                    );
+                }
+                print!("approve this change with this node's identity key? [y/N] ");
+                std::io::stdout().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().lock().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    anyhow::bail!("not approved");
+                }
+            }
             let status: kms_node::proto::api::ReshareStatusBody =
                 decode_json(ask(&cfg, "GET", "/v1/reshare", None)?.as_bytes())?;
             let index = status.node_index.ok_or_else(|| {

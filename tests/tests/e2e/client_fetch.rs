@@ -262,6 +262,15 @@ fn a_client_with_the_previous_descriptor_follows_a_reshare() {
         change.as_os_str(),
     ];
     kms_node(&propose);
+    // Without --yes and without a terminal to ask on, nothing is approved.
+    let out = std::process::Command::new(node_binary())
+        .args(["reshare".as_ref(), "approve".as_ref(), "--config".as_ref(), config1.as_os_str()])
+        .args(["--change".as_ref(), change.as_os_str()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("approve it with --yes"), "{out:?}");
     for i in 0..3 {
         let out = kms_node(&[
             "reshare".as_ref(),
@@ -270,6 +279,7 @@ fn a_client_with_the_previous_descriptor_follows_a_reshare() {
             config(i).as_os_str(),
             "--change".as_ref(),
             change.as_os_str(),
+            "--yes".as_ref(),
         ]);
         assert!(out.contains(&format!("approved as member {}", i + 1)), "{out}");
         assert!(out.contains("leaves"), "the summary shows who leaves:\n{out}");
