@@ -74,9 +74,29 @@ fn approve(c: &Cluster, current: &SignedClusterDescriptor, approvers: &[usize], 
 /// Waits until every node at `positions` serves one epoch above `from`, and returns that
 /// epoch's signed descriptor (from the first of them).
 fn wait_epoch(c: &Cluster, positions: &[usize], from: u64) -> SignedClusterDescriptor {
+    wait_epoch_serving(c, positions, from, &[])
+}
+
+/// [`wait_epoch`], checking on every poll that the nodes at `serving` are ready all along: the
+/// old epoch serves until the new one is active, with no gap.
+fn wait_epoch_serving(
+    c: &Cluster,
+    positions: &[usize],
+    from: u64,
+    serving: &[usize],
+) -> SignedClusterDescriptor {
     let deadline = Instant::now() + Duration::from_secs(90);
     for &p in positions {
         loop {
+            for &s in serving {
+                let (status, body) = c.nodes[s].get("/v1/ready");
+                assert_eq!(
+                    status,
+                    200,
+                    "position {s} stopped serving mid-reshare: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
             let (status, body) = c.nodes[p].get("/v1/ready");
             let epoch = (status == 200)
                 .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
@@ -245,7 +265,7 @@ fn reshares_change_the_committee_and_keep_the_master_key() {
 /// injection), in the key generation and again in a refresh: it is named and left out of the
 /// qualified dealers, and the refresh completes with the other four. Then, node 5 honest again,
 /// node 4 is killed (SIGKILL) right after a second refresh is authorized, while it runs; the
-/// others finish without it, and once restarted it takes its new share (resuming the reshare
+/// others serve the old epoch without a gap until they finish without it, and once restarted it takes its new share (resuming the reshare
 /// from its store, or adopting the quorum's result).
 #[test]
 fn a_byzantine_dealer_is_named_and_a_member_killed_mid_reshare_catches_up() {
@@ -274,7 +294,7 @@ fn a_byzantine_dealer_is_named_and_a_member_killed_mid_reshare_catches_up() {
     let started = Instant::now();
     approve(&c, &d1, &[0, 1, 2], &change);
     c.nodes[3].kill9();
-    let d2 = wait_epoch(&c, &[0, 1, 2, 4], d1.descriptor.epoch);
+    let d2 = wait_epoch_serving(&c, &[0, 1, 2, 4], d1.descriptor.epoch, &[0, 1, 2, 4]);
     eprintln!(
         "refresh of 5 with one member killed: the other 4 active {:.2?} after the last approval",
         started.elapsed()
