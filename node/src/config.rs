@@ -163,6 +163,16 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// Time given to in-flight requests on SIGTERM, milliseconds.
     pub drain_ms: u64,
+    /// Open HTTP connections in all; more are closed at once.
+    pub max_connections: usize,
+    /// Open HTTP connections per source IP address; more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Deadline for a request's headers, milliseconds, from when the node waits for them (the
+    /// accept, or the end of the previous response: also the idle timeout of keep-alive).
+    pub header_timeout_ms: u64,
+    /// Deadline for reading a request's body, milliseconds (before a concurrency permit is
+    /// taken).
+    pub body_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -174,6 +184,10 @@ impl Default for Limits {
             rate_burst: 400,
             request_timeout_ms: 5_000,
             drain_ms: 5_000,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 2_000,
         }
     }
 }
@@ -348,6 +362,18 @@ impl Config {
                     format!("{m} exceeds the {} other nodes: the DKG would never start", n - 1),
                 ));
             }
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+            return Err(err(
+                "limits.max_connections",
+                "max_connections and max_connections_per_ip must be at least 1",
+            ));
+        }
+        if self.limits.header_timeout_ms == 0 || self.limits.body_timeout_ms == 0 {
+            return Err(err(
+                "limits.header_timeout_ms",
+                "header_timeout_ms and body_timeout_ms must be at least 1",
+            ));
         }
         if self.limits.request_timeout_ms == 0 {
             return Err(err("limits.request_timeout_ms", "must be at least 1"));

@@ -43,6 +43,8 @@ pub struct AppState {
     pub reshares: Arc<crate::reshare::Reshares>,
     /// Request bodies above this are refused.
     pub max_body: usize,
+    /// A request body must arrive within this.
+    pub body_timeout: Duration,
     /// Requests in flight.
     pub inflight: Arc<Semaphore>,
     /// Per-source token buckets.
@@ -115,22 +117,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Reads the body, at most `max_body` bytes within `body_timeout`. No concurrency permit is
+/// held meanwhile: a slow sender holds its connection only (bounded in `serve.rs`).
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, state.max_body).await.map_err(|_| {
-        ApiError::new(ErrorCode::BodyTooLarge, format!("request body exceeds {} bytes", state.max_body))
-    })
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!("request body exceeds {} bytes", state.max_body),
+        )),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::BodyTimeout,
+            format!("request body not received within {} ms", state.body_timeout.as_millis()),
+        )),
+    }
 }
 
-/// Admission: rate limit per source, then the concurrency limit.
-fn admit(state: &AppState, peer: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    if !state.limiter.allow(peer.ip()) {
-        return Err(ApiError::new(ErrorCode::RateLimited, "too many requests from this source"));
+/// Admission, first step: the rate limit per source.
+fn rate_limit(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
+    if state.limiter.allow(peer.ip()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::RateLimited, "too many requests from this source"))
     }
+}
+
+/// Admission, second step (after the body arrived): a concurrency permit, refused at once when
+/// none is free.
+fn permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     state
         .inflight
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::new(ErrorCode::RateLimited, "the node is at its concurrency limit"))
+}
+
+/// Admission of a request without a body: rate limit, then a permit.
+fn admit(state: &AppState, peer: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    rate_limit(state, peer)?;
+    permit(state)
 }
 
 fn finish(state: &AppState, endpoint: &str, started: Instant, r: Result<Response, ApiError>) -> Response {
@@ -152,9 +177,10 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
     json(status, &ReadyBody { version: 1, ready: epoch.is_some(), epoch })
 }
 
-async fn cluster(State(s): State<Arc<AppState>>) -> Response {
+async fn cluster(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
     let started = Instant::now();
     let r = (|| {
+        let _permit = admit(&s, peer)?;
         let keys =
             s.shared.active().ok_or_else(|| ApiError::new(ErrorCode::NotReady, "no active key yet"))?;
         let doc =
@@ -173,9 +199,16 @@ async fn keys(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        let _permit = admit(&s, peer)?;
+        rate_limit(&s, peer)?;
         let bytes = read_body(&s, body).await?;
-        let resp = s.keys.handle(&bytes, unix_now()).await?;
+        let _permit = permit(&s)?;
+        let now = unix_now();
+        // The evidence's signatures and the partial key are CPU work: off the async workers.
+        let prepared = s.keys.prepare(&bytes, now).await?;
+        let state = s.clone();
+        let resp = tokio::task::spawn_blocking(move || state.keys.release(prepared, now))
+            .await
+            .map_err(ApiError::internal)??;
         Ok(json(StatusCode::OK, &resp))
     }
     .await;
@@ -189,8 +222,9 @@ async fn post_app(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        let _permit = admit(&s, peer)?;
+        rate_limit(&s, peer)?;
         let bytes = read_body(&s, body).await?;
+        let _permit = permit(&s)?;
         let m: SignedManifest = decode_json(&bytes).map_err(decode_error)?;
         let offer = s.apps.offer(&m, true)?;
         let body = serde_json::json!({
@@ -209,9 +243,14 @@ fn parse_app_id(s: &str) -> Result<AppId, ApiError> {
         .map_err(|_| ApiError::new(ErrorCode::MalformedRequest, "app_id must be 64 lowercase hex characters"))
 }
 
-async fn get_app(State(s): State<Arc<AppState>>, Path(app_id): Path<String>) -> Response {
+async fn get_app(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(app_id): Path<String>,
+) -> Response {
     let started = Instant::now();
     let r = (|| {
+        let _permit = admit(&s, peer)?;
         let app = parse_app_id(&app_id)?;
         let m = s
             .apps
@@ -222,9 +261,12 @@ async fn get_app(State(s): State<Arc<AppState>>, Path(app_id): Path<String>) -> 
     finish(&s, "/v1/apps/{app_id}", started, r)
 }
 
-async fn reshare_status(State(s): State<Arc<AppState>>) -> Response {
+async fn reshare_status(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
     let started = Instant::now();
-    let r = s.reshares.status().map(|b| json(StatusCode::OK, &b));
+    let r = admit(&s, peer).and_then(|_permit| s.reshares.status()).map(|b| json(StatusCode::OK, &b));
     finish(&s, "/v1/reshare", started, r)
 }
 
@@ -235,8 +277,9 @@ async fn reshare_offer(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        let _permit = admit(&s, peer)?;
+        rate_limit(&s, peer)?;
         let bytes = read_body(&s, body).await?;
+        let _permit = permit(&s)?;
         let offered: kms_proto::reshare::AuthorizedChange = decode_json(&bytes).map_err(decode_error)?;
         let status = s.reshares.offer(offered)?;
         Ok(json(StatusCode::OK, &status))
@@ -250,9 +293,14 @@ struct AuditQuery {
     app_id: Option<String>,
 }
 
-async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> Response {
+async fn audit(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
     let started = Instant::now();
     let r = (|| {
+        let _permit = admit(&s, peer)?;
         let app = parse_app_id(q.app_id.as_deref().unwrap_or(""))?;
         let entries = s.store.audit_log(&app).map_err(ApiError::internal)?;
         let body = serde_json::json!({ "app_id": app, "entries": entries });
@@ -261,7 +309,11 @@ async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> R
     finish(&s, "/v1/audit", started, r)
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+async fn metrics(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    let _permit = match admit(&s, peer) {
+        Ok(p) => p,
+        Err(e) => return refusal(&e),
+    };
     let status = s.shared.status();
     s.metrics.dkg_state.set(status.gauge());
     let epoch = s.shared.active().map_or(0, |k| k.epoch);

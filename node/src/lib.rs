@@ -23,6 +23,7 @@ pub mod p2p;
 pub mod reshare;
 pub mod run;
 pub mod seal;
+pub mod serve;
 pub mod service;
 pub mod state;
 pub mod store;

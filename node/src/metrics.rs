@@ -19,6 +19,13 @@ pub struct RequestLabels {
     pub outcome: String,
 }
 
+/// Labels of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The limit that refused it.
+    pub reason: String,
+}
+
 /// Labels of latency metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -59,6 +66,10 @@ pub struct Metrics {
     pub reshare_state: Gauge<i64, AtomicI64>,
     /// Approvals held for the most-approved change still short of them (0 if none).
     pub reshare_approvals: Gauge<i64, AtomicI64>,
+    /// Open HTTP connections.
+    pub http_connections: Gauge<i64, AtomicI64>,
+    /// HTTP connections closed at once, by the limit that refused them.
+    pub connections_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +86,14 @@ impl Default for Metrics {
         let failed_attempts = Gauge::default();
         let (threshold, committee_size, reshare_state, reshare_approvals) =
             (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
+        let http_connections = Gauge::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register("http_connections", "Open HTTP connections", http_connections.clone());
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once: limits.max_connections or limits.max_connections_per_ip",
+            connections_refused.clone(),
+        );
         registry.register("threshold", "Shares needed to use a key (current committee)", threshold.clone());
         registry.register("committee_size", "Members of the current committee", committee_size.clone());
         registry.register(
@@ -125,6 +144,8 @@ impl Default for Metrics {
             committee_size,
             reshare_state,
             reshare_approvals,
+            http_connections,
+            connections_refused,
         }
     }
 }
@@ -136,6 +157,11 @@ impl Metrics {
             .get_or_create(&RequestLabels { endpoint: endpoint.into(), outcome: outcome.into() })
             .inc();
         self.latency.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(seconds);
+    }
+
+    /// Counts a connection refused by `reason` (the limit's name).
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
 
     /// Text exposition format.

@@ -1,7 +1,6 @@
 //! Assembles a node from its configuration and runs it until shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::p2p::{self, P2pConfig};
 use crate::reshare::{self, Reshares};
+use crate::serve::{serve, ConnLimits};
 use crate::service::{KeyService, TdxTrust};
 use crate::state::Shared;
 use crate::store::{NodeStore, SledKv};
@@ -300,6 +300,7 @@ pub async fn run(
     }
 
     let replay_window_secs = cfg.attestation.max_age_secs + 2 * cfg.attestation.leeway_secs;
+    let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
         keys: KeyService {
             store: store.clone(),
@@ -313,9 +314,10 @@ pub async fn run(
         apps,
         store: store.clone(),
         shared,
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         reshares,
         max_body: cfg.limits.max_body_bytes,
+        body_timeout: Duration::from_millis(cfg.limits.body_timeout_ms),
         inflight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_concurrency)),
         limiter: RateLimiter::new(cfg.limits.rate_per_sec, cfg.limits.rate_burst),
     });
@@ -329,20 +331,17 @@ pub async fn run(
     listen_file::write(&cfg.data_dir, &ListenAddrs { http: http_addr, p2p: p2p_addr.to_string() })
         .with_context(|| format!("writing {}", listen_path.display()))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
-    shutdown.await;
-    info!("shutting down: draining HTTP requests");
-    let _ = stop_tx.send(());
-    if tokio::time::timeout(Duration::from_millis(cfg.limits.drain_ms), server).await.is_err() {
-        warn!("drain timed out; closing remaining connections");
-    }
+    let limits = ConnLimits {
+        max_connections: cfg.limits.max_connections,
+        max_per_ip: cfg.limits.max_connections_per_ip,
+        header_timeout: Duration::from_millis(cfg.limits.header_timeout_ms),
+        drain: Duration::from_millis(cfg.limits.drain_ms),
+    };
+    serve(listener, app, limits, metrics, async move {
+        shutdown.await;
+        info!("shutting down: draining HTTP requests");
+    })
+    .await;
     store.flush().context("flushing the store")?;
     info!("stopped");
     Ok(())

@@ -53,13 +53,34 @@ pub fn decode_error(e: CodecError) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
+/// A key request decoded and checked as far as it can be without its evidence: see
+/// [`KeyService::prepare`].
+pub struct Prepared {
+    req: KeyRequest,
+    binding: [u8; 32],
+    /// A refusal found before the evidence was looked at (audited by `release`).
+    early: Result<(), ApiError>,
+}
+
 impl KeyService {
-    /// Handles one request body at time `now` (unix seconds). Every outcome is audited.
+    /// Handles one request body at time `now` (unix seconds): [`KeyService::prepare`], then
+    /// [`KeyService::release`]. Every outcome is audited.
     pub async fn handle(&self, body: &[u8], now: u64) -> Result<KeyResponse, ApiError> {
+        let prepared = self.prepare(body, now).await?;
+        self.release(prepared, now)
+    }
+
+    /// The asynchronous part of a request: decodes it, checks what needs no cryptography (the
+    /// request's fields, active keys, a manifest to apply), and only for a request that passes
+    /// those, fetches the issuer's keys if its token names a key not held (rate-limited): a
+    /// malformed or hopeless request never makes the node call out.
+    pub async fn prepare(&self, body: &[u8], now: u64) -> Result<Prepared, ApiError> {
         let req: KeyRequest = decode_json(body).map_err(decode_error)?;
+        let binding = req.binding();
+        let early = self.precheck(&req);
         // An OIDC token naming a key we do not hold may mean the issuer rotated its keys:
         // re-fetch (rate-limited) before verifying. PKI tokens (`x5c`) carry their own chain.
-        if let Evidence::ConfidentialSpace { token } = &req.evidence {
+        if let (Ok(()), Evidence::ConfidentialSpace { token }) = (&early, &req.evidence) {
             if let Ok(header) = jsonwebtoken::decode_header(token) {
                 if let (Some(kid), None) = (&header.kid, &header.x5c) {
                     if kid.len() <= 256 {
@@ -68,8 +89,29 @@ impl KeyService {
                 }
             }
         }
-        let binding = req.binding();
-        let result = self.process(&req, &binding, now);
+        Ok(Prepared { req, binding, early })
+    }
+
+    /// What a request must pass before its evidence is looked at.
+    fn precheck(&self, req: &KeyRequest) -> Result<(), ApiError> {
+        req.validate().map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        if self.shared.active().is_none() {
+            return Err(ApiError::new(ErrorCode::NotReady, "the cluster key is not active yet"));
+        }
+        if req.manifest.is_none() && self.apps.get(&req.app_id)?.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::UnknownApp,
+                format!("no manifest is held for app {}", req.app_id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPU-bound part of a request (run it off the async workers): verifies the evidence
+    /// against the policy, computes the partial key, records the nonce, audits the outcome.
+    pub fn release(&self, prepared: Prepared, now: u64) -> Result<KeyResponse, ApiError> {
+        let Prepared { req, binding, early } = prepared;
+        let result = early.and_then(|()| self.process(&req, &binding, now));
         let (outcome, workload, seq) = match &result {
             Ok((_, w, seq)) => ("released".to_string(), w.clone(), Some(*seq)),
             Err(e) => (e.code.as_str().to_string(), None, None),

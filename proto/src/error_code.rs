@@ -67,6 +67,8 @@ error_codes! {
     UnsupportedVersion = "unsupported_version" => 400,
     /// The body or a field in it exceeds its size limit.
     BodyTooLarge = "body_too_large" => 413,
+    /// The request body did not arrive within `limits.body_timeout_ms`.
+    BodyTimeout = "body_timeout" => 408,
     /// Too many requests; retry later.
     RateLimited = "rate_limited" => 429,
     /// The node has no active key yet (DKG not finished); retry later.
@@ -181,6 +183,6 @@ mod tests {
             assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
             assert!((400..600).contains(&c.http_status()));
         }
-        assert_eq!(ErrorCode::ALL.len(), 37);
+        assert_eq!(ErrorCode::ALL.len(), 38);
     }
 }

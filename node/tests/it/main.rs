@@ -3,6 +3,7 @@
 mod attestation;
 mod cluster;
 mod common;
+mod limits;
 mod ports;
 mod reshare;
 mod service;

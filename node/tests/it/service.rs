@@ -313,3 +313,39 @@ fn jwks_url_is_fetched_and_refetched_on_unknown_kid_at_a_bounded_rate() {
     assert!(kms_node::jwks_source::check_url("http://example.com/jwks").is_err());
     assert!(kms_node::jwks_source::check_url("https://www.googleapis.com/oauth2/v3/certs").is_ok());
 }
+
+/// The issuer's keys are fetched for an unknown `kid` only for a request that passes the checks
+/// needing no cryptography: a request for an app no manifest is held for (or with a malformed
+/// field, or before keys are active) never makes the node call out.
+#[test]
+fn an_unknown_kid_is_fetched_only_for_a_request_that_could_succeed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    {
+        let hits = hits.clone();
+        let doc = std::fs::read(fixtures().join("oidc/jwks.json")).unwrap();
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (hits, doc) = (hits.clone(), doc.clone());
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    doc
+                }
+            }),
+        );
+        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    // Never fetched yet: the first unknown kid of a plausible request triggers a fetch.
+    let source = Arc::new(JwksSource::url(format!("http://{addr}/jwks"), Jwks::default()).unwrap());
+    let f = fixture_with(true, source);
+    let mut stranger = f.request();
+    stranger.req.app_id = kms_proto::AppId([0x42; 32]);
+    refused(f.send(&stranger), ErrorCode::UnknownApp, "no manifest is held");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "a request for an unknown app made the node fetch keys");
+    f.send(&f.request()).expect("a plausible request fetches the issuer's keys and is served");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}

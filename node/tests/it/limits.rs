@@ -1,0 +1,154 @@
+//! A client cannot take a node's connections, permits or file descriptors: connections that
+//! send nothing, stall in their headers or sit idle are closed; connections beyond the limits
+//! are closed at once (other sources unaffected); a slow request body holds no concurrency
+//! permit and is refused when its time is up; GET endpoints are rate-limited; a request framed by
+//! both `Content-Length` and `Transfer-Encoding` cannot smuggle a second one. One real node (a
+//! cluster of one) with small limits.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use kms_proto::ErrorCode;
+use kms_tests::Cluster;
+
+use crate::cluster::error_code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
+
+/// A running node of a cluster of one, with `limits` added to its `[limits]` table.
+fn node(limits: &str) -> Cluster {
+    let c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+    let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let config = config.replace("rate_burst = 10000\n", &format!("rate_burst = 10000\n{limits}"));
+    std::fs::write(&c.nodes[0].config, config).unwrap();
+    let c = c.start_all();
+    c.wait_ready(&[0], Duration::from_secs(30));
+    c
+}
+
+/// A connection from `source` (an address of 127.0.0.0/8) to `to`.
+fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Reads until the node closes the connection; panics if it does not within the read timeout
+/// (20 s, far above the limits under test). Returns what was read.
+fn closed_by_node(mut s: TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => out,
+        Err(e) => panic!("the node kept the connection open: {e}"),
+    }
+}
+
+fn status_and_body(response: &[u8]) -> (u16, Vec<u8>) {
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, response[split + 4..].to_vec())
+}
+
+#[test]
+fn silent_stalled_and_idle_connections_are_closed() {
+    let c = node("header_timeout_ms = 300\n");
+    let addr = c.nodes[0].http;
+    // Sends nothing.
+    assert!(closed_by_node(connect_from([127, 0, 0, 1], addr)).is_empty());
+    // Stalls in its headers.
+    let mut s = connect_from([127, 0, 0, 1], addr);
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    closed_by_node(s);
+    // One request on a keep-alive connection, then idle.
+    let mut s = connect_from([127, 0, 0, 1], addr);
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = closed_by_node(s);
+    assert_eq!(status_and_body(&answer).0, 200, "the request itself was served");
+}
+
+#[test]
+fn connections_beyond_the_limits_are_closed_at_once_and_other_sources_still_connect() {
+    let c = node("max_connections_per_ip = 3\nheader_timeout_ms = 60000\n");
+    let addr = c.nodes[0].http;
+    let held: Vec<TcpStream> = (0..3).map(|_| connect_from([127, 0, 0, 7], addr)).collect();
+    // The three are open: a request on one of them is served.
+    let mut first = held[0].try_clone().unwrap();
+    first.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    let n = first.read(&mut buf).unwrap();
+    assert_eq!(status_and_body(&buf[..n]).0, 200);
+    // A fourth from the same source is closed without an answer.
+    let mut fourth = connect_from([127, 0, 0, 7], addr);
+    let _ = fourth.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(closed_by_node(fourth).is_empty(), "the fourth connection was served");
+    // Another source is not affected.
+    let mut other = connect_from([127, 0, 0, 8], addr);
+    other.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let (status, body) = status_and_body(&closed_by_node(other));
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics.contains("kms_http_connections_refused_total{reason=\"max_connections_per_ip\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kms_http_connections 4"), "three held and this one:\n{metrics}");
+    drop(held);
+}
+
+#[test]
+fn a_slow_body_holds_no_permit_and_is_refused_when_its_time_is_up() {
+    let c = node("max_concurrency = 1\nbody_timeout_ms = 1500\n");
+    let addr = c.nodes[0].http;
+    // Three senders start bodies they never finish.
+    let slow: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect_from([127, 0, 0, 1], addr);
+            s.write_all(b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"version\"")
+                .unwrap();
+            s
+        })
+        .collect();
+    // With the only permit free, a complete request is processed (refused on its merits, not
+    // for want of a permit).
+    let (status, body) = c.nodes[0].post("/v1/keys", b"{\"version\": 1}");
+    assert_eq!((status, error_code(&body)), (400, ErrorCode::MalformedRequest));
+    for s in slow {
+        let (status, body) = status_and_body(&closed_by_node(s));
+        assert_eq!((status, error_code(&body)), (408, ErrorCode::BodyTimeout));
+    }
+}
+
+#[test]
+fn get_endpoints_are_rate_limited_and_two_way_framing_smuggles_nothing() {
+    let c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+    let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let config =
+        config.replace("rate_per_sec = 10000\nrate_burst = 10000\n", "rate_per_sec = 1\nrate_burst = 3\n");
+    std::fs::write(&c.nodes[0].config, config).unwrap();
+    let c = c.start_all();
+    c.wait_ready(&[0], Duration::from_secs(30));
+    let codes: Vec<u16> = (0..4).map(|_| c.nodes[0].get("/v1/reshare").0).collect();
+    assert_eq!(codes[..3], [200, 200, 200]);
+    let (status, body) = c.nodes[0].get("/v1/cluster");
+    assert_eq!((status, error_code(&body)), (429, ErrorCode::RateLimited), "after {codes:?}");
+
+    // Content-Length and Transfer-Encoding together (a smuggling attempt: the "length" would
+    // leave a second request in the stream): the transfer coding frames the body, and the
+    // connection is closed after the answer, so the smuggled request is never read.
+    let mut s = connect_from([127, 0, 0, 9], c.nodes[0].http);
+    s.write_all(
+        b"POST /v1/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let answer = String::from_utf8_lossy(&closed_by_node(s)).to_string();
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer only:\n{answer}");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+}
