@@ -2,7 +2,6 @@
 //! `kms-node init`.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -40,19 +39,11 @@ impl Identity {
     }
 }
 
-/// Writes `bytes` to a new file readable only by the owner (mode 0600), refusing to overwrite.
+/// Writes `bytes` to a new file readable only by the owner (mode 0600), durably, refusing to
+/// overwrite (the one writer of secret files, [`kms_proto::secret_file`]).
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+    kms_proto::secret_file::write(path, bytes, kms_proto::secret_file::Existing::Refuse)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {

@@ -23,6 +23,7 @@ pub mod error_code;
 pub mod hex_bytes;
 pub mod p2p;
 pub mod reshare;
+pub mod secret_file;
 
 pub use app::{AppId, Label};
 pub use codec::CodecError;

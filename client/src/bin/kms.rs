@@ -266,18 +266,11 @@ fn out(json_mode: bool, value: serde_json::Value, text: String) {
     }
 }
 
+/// Writes a secret output (owner key, plaintext, root secret): mode 0600 from creation,
+/// replacing an existing file atomically, durable before the command reports success.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
+    kms_proto::secret_file::write(path, bytes, kms_proto::secret_file::Existing::Replace)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn hex_array<const N: usize>(s: &str, what: &str) -> anyhow::Result<[u8; N]> {
@@ -354,7 +347,18 @@ async fn fetch(
             }
             Ok(f)
         }
-        Err(e @ FetchError::NotEnoughShares { .. }) => Err(Exit(3, e.into())),
+        Err(e @ FetchError::NotEnoughShares { .. }) => {
+            if json_mode {
+                // The failure report, as the success output would carry it.
+                if let FetchError::NotEnoughShares { needed, valid, report } = &e {
+                    println!(
+                        "{}",
+                        json!({"error": "not_enough_shares", "needed": needed, "valid": valid, "nodes": report_json(report)})
+                    );
+                }
+            }
+            Err(Exit(3, e.into()))
+        }
         Err(e) => Err(Exit(1, e.into())),
     }
 }
@@ -384,7 +388,12 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 ));
             }
             let owner = SigningKey::generate(&mut OsRng);
-            write_private(&key_path, &owner.to_bytes())?;
+            kms_proto::secret_file::write(
+                &key_path,
+                &owner.to_bytes(),
+                kms_proto::secret_file::Existing::Refuse,
+            )
+            .with_context(|| format!("creating {}", key_path.display()))?;
             let m = Manifest::new(owner.verifying_key().to_bytes(), name, 0, Policy::default());
             let signed = SignedManifest::sign(m, &owner);
             std::fs::write(app_dir_manifest(&dir), encode_json(&signed))?;

@@ -126,4 +126,16 @@ fn kms_cli_end_to_end() {
     let out = kms(&args);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("app_revoked"));
+    // With --json the failure report is JSON on stdout too.
+    args.push("--json");
+    let out = kms(&args);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON failure report");
+    assert_eq!(
+        (v["error"].as_str(), v["needed"].as_u64(), v["valid"].as_u64()),
+        (Some("not_enough_shares"), Some(3), Some(0))
+    );
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    assert!(nodes.iter().all(|n| n["outcome"].as_str().unwrap().contains("app_revoked")), "{v}");
 }
