@@ -209,7 +209,7 @@ async fn keys(
         let resp = tokio::task::spawn_blocking(move || state.keys.release(prepared, now))
             .await
             .map_err(ApiError::internal)??;
-        Ok(json(StatusCode::OK, &resp))
+        Ok(json(StatusCode::OK, &resp.into_inner()))
     }
     .await;
     finish(&s, "/v1/keys", started, r)

@@ -17,7 +17,7 @@ use crate::apps::Apps;
 use crate::attestation::{check_policy, ConfidentialSpaceVerifier};
 use crate::jwks_source::JwksSource;
 use crate::state::Shared;
-use crate::store::{AuditEntry, NodeStore};
+use crate::store::{AuditEntry, Durable, NodeStore};
 
 /// Everything a key request needs.
 pub struct KeyService {
@@ -67,7 +67,7 @@ impl KeyService {
     /// [`KeyService::release`]. Every outcome is audited.
     pub async fn handle(&self, body: &[u8], now: u64) -> Result<KeyResponse, ApiError> {
         let prepared = self.prepare(body, now).await?;
-        self.release(prepared, now)
+        self.release(prepared, now).map(Durable::into_inner)
     }
 
     /// The asynchronous part of a request: decodes it, checks what needs no cryptography (the
@@ -108,8 +108,10 @@ impl KeyService {
     }
 
     /// The CPU-bound part of a request (run it off the async workers): verifies the evidence
-    /// against the policy, computes the partial key, records the nonce, audits the outcome.
-    pub fn release(&self, prepared: Prepared, now: u64) -> Result<KeyResponse, ApiError> {
+    /// against the policy, computes the partial key, records the nonce, audits the outcome. A
+    /// release is answered only once its replay record and audit entry are on disk: after a
+    /// crash right after the answer, the same request is still refused as a replay.
+    pub fn release(&self, prepared: Prepared, now: u64) -> Result<Durable<KeyResponse>, ApiError> {
         let Prepared { req, binding, early } = prepared;
         let result = early.and_then(|()| self.process(&req, &binding, now));
         let (outcome, workload, seq) = match &result {
@@ -133,7 +135,8 @@ impl KeyService {
             }
             tracing::error!(error = %e, "cannot audit a refusal");
         }
-        result.map(|(r, _, _)| r)
+        let (response, _, _) = result?;
+        self.store.durable(response).map_err(ApiError::internal)
     }
 
     fn manifest(&self, req: &KeyRequest) -> Result<SignedManifest, ApiError> {

@@ -533,4 +533,23 @@ impl NodeStore {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush()
     }
+
+    /// `value` once everything written before this call is on disk (a flush): what a release
+    /// promised (its replay record, its audit entry) survives a crash right after it is sent.
+    pub fn durable<T>(&self, value: T) -> Result<Durable<T>, StoreError> {
+        self.kv.flush()?;
+        Ok(Durable(value))
+    }
+}
+
+/// A value whose records are on disk; only [`NodeStore::durable`] makes one, so an answer that
+/// must not outrun its records can only be sent from one (persist before send, by type).
+#[derive(Debug)]
+pub struct Durable<T>(T);
+
+impl<T> Durable<T> {
+    /// The value, to send.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
 }

@@ -152,3 +152,30 @@ fn get_endpoints_are_rate_limited_and_two_way_framing_smuggles_nothing() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
 }
+
+/// A release is answered only once its replay record is on disk: a node killed (SIGKILL) the
+/// moment it answered still refuses the same request after its restart.
+#[test]
+fn a_request_released_just_before_a_crash_is_refused_as_a_replay_after_it() {
+    let owner = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let image = crate::common::digest(0xaa);
+    let m = crate::common::manifest(&owner, 1, std::slice::from_ref(&image));
+    let mut c = node("");
+    let (status, _) = c.nodes[0].post("/v1/apps", &kms_proto::codec::encode_json(&m));
+    assert_eq!(status, 200);
+    for _ in 0..3 {
+        let enclave = crate::cluster::Enclave::new();
+        let (req, _) = enclave.request(&m.manifest.app_id, &image);
+        let body = kms_proto::codec::encode_json(&req);
+        assert_eq!(c.nodes[0].post("/v1/keys", &body).0, 200);
+        c.nodes[0].kill9();
+        c.nodes[0].start();
+        c.wait_ready(&[0], Duration::from_secs(30));
+        let (status, resp) = c.nodes[0].post("/v1/keys", &body);
+        assert_eq!(
+            (status, error_code(&resp)),
+            (409, ErrorCode::RequestReplayed),
+            "served again after a crash"
+        );
+    }
+}
