@@ -222,6 +222,26 @@ pub struct AuditEntry {
 pub struct NodeStore {
     kv: Box<dyn Kv>,
     seal: SealKey,
+    group: GroupFlush,
+}
+
+/// Group commit for [`NodeStore::durable`]: callers that need a flush at about the same time
+/// share one. Each caller takes a ticket after its writes; a flush started after a ticket was
+/// taken covers that caller's writes.
+#[derive(Default)]
+struct GroupFlush {
+    state: std::sync::Mutex<FlushState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Tickets issued.
+    requested: u64,
+    /// Every ticket up to this one is covered by a completed flush.
+    flushed: u64,
+    /// A flush is running.
+    running: bool,
 }
 
 const META_ATTEMPT: &[u8] = b"dkg/attempt";
@@ -236,7 +256,7 @@ fn share_name(suite: &str, epoch: u64) -> String {
 impl NodeStore {
     /// Wraps a backend with the node's seal key.
     pub fn new(kv: Box<dyn Kv>, seal: SealKey) -> Self {
-        NodeStore { kv, seal }
+        NodeStore { kv, seal, group: GroupFlush::default() }
     }
 
     fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -536,9 +556,36 @@ impl NodeStore {
 
     /// `value` once everything written before this call is on disk (a flush): what a release
     /// promised (its replay record, its audit entry) survives a crash right after it is sent.
+    ///
+    /// Concurrent callers share flushes (group commit): one flush covers every caller that took
+    /// its ticket before it started.
     pub fn durable<T>(&self, value: T) -> Result<Durable<T>, StoreError> {
-        self.kv.flush()?;
-        Ok(Durable(value))
+        let poisoned = || StoreError::Backend("flush lock poisoned".into());
+        let g = &self.group;
+        let mut st = g.state.lock().map_err(|_| poisoned())?;
+        st.requested += 1;
+        let ticket = st.requested;
+        loop {
+            if st.flushed >= ticket {
+                return Ok(Durable(value));
+            }
+            if st.running {
+                st = g.done.wait(st).map_err(|_| poisoned())?;
+                continue;
+            }
+            st.running = true;
+            let target = st.requested;
+            drop(st);
+            let flushed = self.kv.flush();
+            st = g.state.lock().map_err(|_| poisoned())?;
+            st.running = false;
+            if flushed.is_ok() {
+                st.flushed = st.flushed.max(target);
+            }
+            g.done.notify_all();
+            // A failed flush fails its caller; the others try again.
+            flushed?;
+        }
     }
 }
 
