@@ -108,7 +108,8 @@ enum AppCmd {
         /// TDX MRTD to allow (96 hex chars), repeatable.
         #[arg(long = "tdx-mrtd")]
         mrtds: Vec<String>,
-        /// Hardware model to allow (e.g. GCP_INTEL_TDX), repeatable.
+        /// Hardware model to allow (e.g. GCP_INTEL_TDX), repeatable. When an image is allowed and
+        /// no model was ever named: GCP_AMD_SEV and GCP_INTEL_TDX.
         #[arg(long = "hwmodel")]
         hwmodels: Vec<String>,
         /// Allow debug images (never in production).
@@ -230,6 +231,10 @@ struct ProviderArgs {
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
 }
+
+/// The hardware models Confidential Space runs on: `kms app allow` allows these when an image is
+/// allowed and no `--hwmodel` was ever given.
+const DEFAULT_HWMODELS: &[&str] = &["GCP_AMD_SEV", "GCP_INTEL_TDX"];
 
 /// An error with an exit code.
 struct Exit(u8, anyhow::Error);
@@ -462,13 +467,32 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 m.policy.min_swversion = min_swversion;
             }
             m.policy.revoked = revoke;
+            // An image allowed on no hardware would be refused everywhere: unless the owner
+            // names the models, allow every model Confidential Space runs on (the image digest
+            // is what the policy is about; each model is a genuine TEE).
+            let defaulted =
+                !m.policy.allowed_image_digests.is_empty() && m.policy.allowed_hwmodels.is_empty();
+            if defaulted {
+                m.policy.allowed_hwmodels = DEFAULT_HWMODELS.iter().map(|h| h.to_string()).collect();
+            }
             m.seq += 1;
             let signed = SignedManifest::sign(m, &owner);
             std::fs::write(app_dir_manifest(&dir), encode_json(&signed))?;
+            let hw = &signed.manifest.policy.allowed_hwmodels;
             out(
                 json_mode,
-                json!({"app_id": signed.manifest.app_id, "seq": signed.manifest.seq}),
-                format!("manifest seq {} signed for app {}", signed.manifest.seq, signed.manifest.app_id),
+                json!({"app_id": signed.manifest.app_id, "seq": signed.manifest.seq, "hwmodels": hw, "hwmodels_defaulted": defaulted}),
+                format!(
+                    "manifest seq {} signed for app {}; hardware models {}{}",
+                    signed.manifest.seq,
+                    signed.manifest.app_id,
+                    hw.join(", "),
+                    if defaulted {
+                        " (the default: every model Confidential Space runs on; narrow it with --hwmodel)"
+                    } else {
+                        ""
+                    }
+                ),
             );
         }
         Cmd::App(AppCmd::Publish { dir, cluster }) => {

@@ -126,6 +126,19 @@ fn kms_cli_end_to_end() {
     let out = kms(&args);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("app_revoked"));
+    // An owner who names no hardware model gets the Confidential Space models, and the key.
+    let other_dir = d.join("other");
+    let other = ok(&["app", "create", "--name", "billing", "--dir", s(&other_dir), "--json"])["app_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = ok(&["app", "allow", "--dir", s(&other_dir), "--image", &image, "--json"]);
+    assert_eq!(v["hwmodels"], serde_json::json!(["GCP_AMD_SEV", "GCP_INTEL_TDX"]));
+    assert_eq!(v["hwmodels_defaulted"], true);
+    ok(&["app", "publish", "--dir", s(&other_dir), "--cluster", s(&cluster), "--json"]);
+    let mut other_args = vec!["fetch-key", "--cluster", s(&cluster), "--app", &other, "--json"];
+    other_args.extend(enclave);
+    assert_eq!(ok(&other_args)["fingerprint"].as_str().map(str::len), Some(16));
     // With --json the failure report is JSON on stdout too.
     args.push("--json");
     let out = kms(&args);
