@@ -113,6 +113,9 @@ impl LocalNet {
             bail!("--threshold must be in 1..={n}");
         }
         std::fs::create_dir_all(dir)?;
+        // Absolute: the configs name files under it, and a node resolves relative paths against
+        // its own config's directory.
+        let dir = &std::fs::canonicalize(dir)?;
         let issuer = issuer::ensure(&dir.join("attestation"))?;
         let mut roster = Vec::new();
         let mut ports = Vec::new();
@@ -252,6 +255,7 @@ pub struct ReshareRequest {
 /// member of the new committee serves the new epoch, stops the nodes that left, and rewrites
 /// `D/cluster.json`. Returns the new descriptor's bytes.
 pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>> {
+    let dir = &std::fs::canonicalize(dir).with_context(|| format!("no network at {}", dir.display()))?;
     use kms_node::admin::{self, NewNode, Proposal};
     use kms_proto::cluster::SignedClusterDescriptor;
     use kms_proto::codec::{decode_json, encode_json};

@@ -562,7 +562,13 @@ mod local_network {
     }
 
     fn reshare(dir: &std::path::Path, args: &[&str]) {
-        let out = Command::new(BIN).args(["reshare", "--dir"]).arg(dir).args(args).output().unwrap();
+        let parent = dir.parent().unwrap();
+        let out = Command::new(BIN)
+            .current_dir(parent)
+            .args(["reshare", "--dir", "net"])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "reshare {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -570,9 +576,10 @@ mod local_network {
     fn reshare_changes_a_running_local_network() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("net");
+        // A relative --dir, as in the README (the configs must still name the right files).
         let mut up = Command::new(BIN)
-            .args(["up", "--dir"])
-            .arg(&dir)
+            .current_dir(tmp.path())
+            .args(["up", "--dir", "net"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -186,6 +186,10 @@ struct ClusterArgs {
     /// Pinned master public key (hex); also `KMS_PIN_MPK`.
     #[arg(long, env = "KMS_PIN_MPK")]
     pin_mpk: Option<String>,
+    /// Accept the descriptor without a pin (trust on first use): only to look at a cluster,
+    /// never inside an enclave. Without a pin and without this, commands refuse (exit 2).
+    #[arg(long)]
+    tofu: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -288,7 +292,16 @@ fn load_cluster(args: &ClusterArgs) -> Result<Cluster, Exit> {
     let pin = match (&args.pin_group_key, &args.pin_mpk) {
         (Some(k), _) => Pin::GroupKey(hex_array(k, "--pin-group-key")?),
         (None, Some(m)) => Pin::Mpk(hex_array(m, "--pin-mpk")?),
-        (None, None) => Pin::None,
+        (None, None) if args.tofu => Pin::None,
+        (None, None) => {
+            return Err(Exit(
+                2,
+                anyhow!(
+                    "{} is not pinned: pass --pin-group-key HEX (or set KMS_PIN_GROUP_KEY; `kms cluster fetch` prints the group key) or --pin-mpk HEX; --tofu accepts it unpinned",
+                    args.path.display()
+                ),
+            ))
+        }
     };
     Cluster::from_json(&bytes, pin).map_err(|e| Exit(2, e.into()))
 }
@@ -616,7 +629,20 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             out(
                 json_mode,
                 json!({"out": output, "epoch": d.epoch, "group_key": d.group_key}),
-                format!("wrote {} (epoch {}, group key {})", output.display(), d.epoch, d.group_key),
+                format!(
+                    "wrote {} (epoch {}, group key {}){}",
+                    output.display(),
+                    d.epoch,
+                    d.group_key,
+                    if pin_group_key.is_some() {
+                        String::new()
+                    } else {
+                        format!(
+                            "\nnot pinned: check the group key with the cluster's operators, then pin it for every later command:\n  export KMS_PIN_GROUP_KEY={}",
+                            d.group_key
+                        )
+                    }
+                ),
             );
         }
         Cmd::Cluster(ClusterCmd::Show { cluster }) => {

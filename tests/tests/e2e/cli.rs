@@ -7,8 +7,16 @@ use std::time::Duration;
 
 use kms_tests::{binary, fixtures, node_binary, Cluster as Procs, AUDIENCE};
 
+/// The pinned group key, once the test has fetched the descriptor: every later command runs
+/// with `KMS_PIN_GROUP_KEY` set to it, as an operator's shell would.
+static PIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn kms(args: &[&str]) -> Output {
-    let out = Command::new(binary("kms-client", "kms")).args(args).output().unwrap();
+    let mut cmd = Command::new(binary("kms-client", "kms"));
+    if let Some(pin) = PIN.get() {
+        cmd.env("KMS_PIN_GROUP_KEY", pin);
+    }
+    let out = cmd.args(args).output().unwrap();
     eprintln!("kms {}: {}\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -35,7 +43,13 @@ fn kms_cli_end_to_end() {
 
     let v = ok(&["cluster", "fetch", "--node", &node1, "--out", s(&cluster), "--json"]);
     let group_key = v["group_key"].as_str().unwrap().to_string();
+    // Without a pin a descriptor is refused (exit 2), unless trusted on first use explicitly.
+    let unpinned = kms(&["cluster", "verify", "--cluster", s(&cluster)]);
+    assert_eq!(unpinned.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unpinned.stderr).contains("is not pinned"));
+    ok(&["cluster", "show", "--cluster", s(&cluster), "--tofu", "--json"]);
     ok(&["cluster", "verify", "--cluster", s(&cluster), "--pin-group-key", &group_key, "--json"]);
+    PIN.set(group_key.clone()).unwrap();
     let bad = kms(&["cluster", "verify", "--cluster", s(&cluster), "--pin-group-key", &"00".repeat(32)]);
     assert_eq!(bad.status.code(), Some(2), "a wrong pin is a verification failure");
 
