@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Packs the static binary into a FROM-scratch image as a docker-archive, deterministically:
-fixed timestamps, owners and ordering, a fixed `created` date. The same binary always gives the
+"""Packs the static binaries into a FROM-scratch image as a docker-archive, deterministically:
+fixed timestamps, owners and ordering, a fixed `created` date. The same binaries always give the
 same image id (sha256 of the config), so two clean builds can be compared.
 
-usage: pack-image.py BINARY TAG OUT.tar   (then: docker load -i OUT.tar)
+The image's entry point is the node daemon, `/kms-node run --config /data/node.toml`; `/kms-simnet`
+(setup, the dev issuer, the enclave client, replacements) is next to it.
+
+usage: pack-image.py KMS_SIMNET_BINARY TAG OUT.tar   (kms-node is taken from the same directory;
+then: docker load -i OUT.tar)
 """
-import hashlib, io, json, sys, tarfile
+import hashlib, io, json, os, sys, tarfile
 
 def add(tar, name, data=None, mode=0o644, is_dir=False):
     info = tarfile.TarInfo(name)
@@ -23,12 +27,13 @@ def main(binary, tag, out):
         add(t, "data", is_dir=True)
         add(t, "etc", is_dir=True)
         add(t, "etc/hosts", open("docker/etc/hosts", "rb").read())
+        add(t, "kms-node", open(os.path.join(os.path.dirname(binary), "kms-node"), "rb").read(), mode=0o755)
         add(t, "kms-simnet", open(binary, "rb").read(), mode=0o755)
     layer_bytes = layer.getvalue()
     diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
     config = {
         "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
-        "config": {"Entrypoint": ["/kms-simnet"], "Cmd": ["node", "--config", "/data/node.toml"], "WorkingDir": "/data"},
+        "config": {"Entrypoint": ["/kms-node"], "Cmd": ["run", "--config", "/data/node.toml"], "WorkingDir": "/data"},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "scripts/pack-image.py"}],
     }
