@@ -1,7 +1,8 @@
 //! Known-answer vectors in `dkg/tests/vectors/`. Every field is recomputed and compared.
 //!
 //! Regenerate (only after a deliberate format change) with
-//! `KMS_WRITE_VECTORS=1 cargo test -p kms-dkg --test it vectors`.
+//! `KMS_WRITE_VECTORS=1 cargo test -p kms-dkg --test it vectors`: a file that changes is rewritten
+//! and the run fails on purpose; review the diff, commit it, run again without the variable.
 
 use std::path::PathBuf;
 
@@ -23,7 +24,23 @@ fn dir() -> PathBuf {
 }
 
 fn writing() -> bool {
-    std::env::var_os("KMS_WRITE_VECTORS").is_some()
+    std::env::var("KMS_WRITE_VECTORS").is_ok_and(|v| v == "1")
+}
+
+/// Writes regenerated vectors. Regeneration is a deliberate, reviewed act: a file whose content
+/// changes is rewritten and the run fails on purpose (an unchanged one passes), so vectors
+/// rewritten by the code under test can never pass unreviewed.
+fn write_vectors(path: &std::path::Path, doc: &Value) {
+    let text = serde_json::to_string_pretty(doc).expect("json") + "\n";
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return;
+    }
+    std::fs::write(path, &text).expect("write");
+    panic!(
+        "{} rewritten (KMS_WRITE_VECTORS=1): review `git diff`, commit it, and run again without \
+         KMS_WRITE_VECTORS; this run fails on purpose",
+        path.display()
+    );
 }
 
 fn h(bytes: impl AsRef<[u8]>) -> String {
@@ -131,7 +148,7 @@ fn threshold_key_vectors() {
                 generate_threshold_case(7, 10, "wallet", "signing/2026", 3),
             ],
         });
-        std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json") + "\n").expect("write");
+        write_vectors(&path, &doc);
     }
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("vectors present")).expect("json");
@@ -171,7 +188,7 @@ fn secret_envelope_vectors() {
                 generate_envelope_case(2, 3, "env/production", &[0xA5; 300], 13),
             ],
         });
-        std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json") + "\n").expect("write");
+        write_vectors(&path, &doc);
     }
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("vectors present")).expect("json");
@@ -272,7 +289,7 @@ fn reshare_vectors() {
     let path = dir().join("reshare.json");
     if writing() {
         let doc = json!({ "cases": [generate_reshare_case(41)] });
-        std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json") + "\n").expect("write");
+        write_vectors(&path, &doc);
     }
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("vectors present")).expect("json");

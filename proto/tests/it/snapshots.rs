@@ -5,7 +5,8 @@
 //! * `*.hex`: `codec::encode_p2p` in lowercase hex, 64 characters (32 bytes) per line, each line
 //!   ending in `\n`.
 //!
-//! With `KMS_UPDATE_SNAPSHOTS=1` the files are (re)written instead of compared.
+//! With `KMS_UPDATE_SNAPSHOTS=1` a file whose content changed is rewritten and its test fails, on
+//! purpose: review the diff, commit it, run again without the variable.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -27,9 +28,14 @@ fn updating() -> bool {
 /// Compares `actual` with the snapshot file, or writes it when updating. Returns the file bytes.
 fn check_file(file: &str, actual: &[u8]) -> Vec<u8> {
     let p = path(file);
-    if updating() {
+    if updating() && std::fs::read(&p).ok().as_deref() != Some(actual) {
+        // Regeneration is a deliberate, reviewed act: the file is rewritten and this run fails,
+        // so an unreviewed rewrite can never pass (a run whose snapshots are unchanged passes).
         std::fs::write(&p, actual).unwrap();
-        return actual.to_vec();
+        panic!(
+            "{file} rewritten (KMS_UPDATE_SNAPSHOTS=1): review `git diff {}`, commit it, and run again without KMS_UPDATE_SNAPSHOTS; this run fails on purpose",
+            p.display()
+        );
     }
     let expected = std::fs::read(&p)
         .unwrap_or_else(|e| panic!("{}: {e}; run with KMS_UPDATE_SNAPSHOTS=1 to create it", p.display()));
