@@ -201,26 +201,34 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
     let app = register(&procs, "payments-api", &img);
     let provider = issuer(&img);
     let opts = FetchOptions::default();
-    let mut named = false;
-    let mut first_key = None;
-    for _ in 0..20 {
-        let f = rt
-            .block_on(fetch_key(&cluster, &app, &Label::default(), &provider, &opts))
-            .expect("fetch succeeds despite the liar");
-        let key = *f.key.root_secret();
-        assert_eq!(*first_key.get_or_insert(key), key);
-        match &f.report[1].outcome {
-            NodeOutcome::InvalidPartial { fault } => {
-                assert!(fault.contains("PairingCheckFailed"), "{fault}");
-                named = true;
-                break;
-            }
-            NodeOutcome::NotNeeded => {}
-            other => panic!("node 2 reported as {other}"),
-        }
-    }
-    assert!(named, "the liar was never named");
+    let label = Label::default();
+    // Sealed offline before any fetch: the key a fetch returns must open it.
+    let envelope = secrets::encrypt(&cluster, &app, &label, b"sealed before the fetch").unwrap();
+
+    // With nodes 4 and 5 down, the liar's answer is one of the only three: the fetch must look
+    // at it, name it, and fail (two valid partials, three needed) rather than use it.
+    procs.nodes[3].kill9();
     procs.nodes[4].kill9();
+    let err = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).err().expect("2 of 3 needed");
+    let FetchError::NotEnoughShares { valid, report, .. } = err else { panic!("{err}") };
+    assert_eq!(valid, 2, "{:?}", outcomes(&report));
+    assert!(
+        matches!(&report[1].outcome, NodeOutcome::InvalidPartial { fault } if fault.contains("PairingCheckFailed")),
+        "node 2 is named with the failed check: {:?}",
+        outcomes(&report)
+    );
+    assert_eq!((&report[0].outcome, &report[2].outcome), (&NodeOutcome::Valid, &NodeOutcome::Valid));
+
+    // Node 4 back: the fetch succeeds without the liar, and its key opens the envelope.
+    procs.nodes[3].start();
+    procs.wait_ready(&[3], Duration::from_secs(30));
+    let f = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).expect("fetch despite the liar");
+    assert_eq!(&*secrets::decrypt(&f.key, &cluster, &envelope).unwrap(), b"sealed before the fetch");
+    assert!(
+        matches!(&f.report[1].outcome, NodeOutcome::InvalidPartial { .. } | NodeOutcome::NotNeeded),
+        "the liar's partial is never counted valid: {:?}",
+        outcomes(&f.report)
+    );
 }
 
 /// Runs `kms-node` with `args`; panics with its stderr unless it succeeds; returns stdout.
