@@ -137,7 +137,7 @@ fn write(
     reshare: Option<&RunningReshare>,
     w: &Write,
 ) -> Result<(), StoreError> {
-    #[cfg(feature = "test-faults")]
+    #[cfg(all(feature = "test-faults", debug_assertions))]
     if crate::faults::fail_write(w) {
         return Err(StoreError::Backend("injected write failure (test fault)".into()));
     }
@@ -617,9 +617,9 @@ impl Driver {
 
     fn send(&self, o: Outgoing) {
         let Outgoing { to, message, generation } = o;
-        #[cfg(feature = "test-faults")]
+        #[cfg(all(feature = "test-faults", debug_assertions))]
         let mut message = message;
-        #[cfg(feature = "test-faults")]
+        #[cfg(all(feature = "test-faults", debug_assertions))]
         if !crate::faults::outgoing(self.me(), to, &mut message) {
             return;
         }
@@ -627,7 +627,7 @@ impl Driver {
     }
 
     /// This node's index in the engine's roster (for test fault injection).
-    #[cfg(feature = "test-faults")]
+    #[cfg(all(feature = "test-faults", debug_assertions))]
     fn me(&self) -> u16 {
         let own = crate::membership::peer_id_of(&self.shared.identity);
         own.and_then(|p| self.roster.get(&p).copied()).unwrap_or(0)

@@ -1,5 +1,7 @@
 //! Test-only fault injection (cargo feature `test-faults`, enabled only for this crate's own
-//! tests): with `KMS_TEST_FAULT` set, the node misbehaves in the DKG, so an end-to-end test can
+//! tests, and compiled only into debug builds: a release build, even of the tests or with
+//! `--all-features`, contains none of it, so no environment variable can make a release binary
+//! misbehave): with `KMS_TEST_FAULT` set, the node misbehaves in the DKG, so an end-to-end test can
 //! produce what an honest cluster on a healthy network never does: a complaint that nobody hears,
 //! against a dealer that never justifies, which share recovery then heals.
 //!

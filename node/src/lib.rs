@@ -11,7 +11,7 @@ pub mod attestation;
 pub mod config;
 pub mod descriptor;
 pub mod driver;
-#[cfg(feature = "test-faults")]
+#[cfg(all(feature = "test-faults", debug_assertions))]
 mod faults;
 pub mod http;
 pub mod identity;

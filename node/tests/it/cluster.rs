@@ -288,6 +288,7 @@ fn restart_mid_ceremony_restarts_the_attempt_cleanly() {
 /// complaint, so the other four qualify node 5 and agree. Node 1 adopts their transcript and
 /// recovers its BLS share from three helpers; the recovered share then serves keys.
 #[test]
+#[cfg_attr(not(debug_assertions), ignore = "fault injection is compiled only into debug builds")]
 fn a_late_complaint_is_healed_by_share_recovery() {
     let mut c = Cluster::prepare(Path::new(BIN), 5, 3, "");
     c.nodes[4].env.push(("KMS_TEST_FAULT".into(), "withhold-share:1".into()));
@@ -339,6 +340,7 @@ fn a_late_complaint_is_healed_by_share_recovery() {
 /// asks its peers to keep their messages, the other four are a quorum and activate; restarted
 /// with a working store, node 1 rejoins the attempt and activates the same keys.
 #[test]
+#[cfg_attr(not(debug_assertions), ignore = "fault injection is compiled only into debug builds")]
 fn a_failed_confirmation_write_stops_the_node_and_a_restart_resumes() {
     let mut c = Cluster::prepare(Path::new(BIN), 5, 3, "");
     c.nodes[0].env.push(("KMS_TEST_FAULT".into(), "fail-confirm-record".into()));

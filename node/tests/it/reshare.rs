@@ -268,6 +268,7 @@ fn reshares_change_the_committee_and_keep_the_master_key() {
 /// others serve the old epoch without a gap until they finish without it, and once restarted it takes its new share (resuming the reshare
 /// from its store, or adopting the quorum's result).
 #[test]
+#[cfg_attr(not(debug_assertions), ignore = "fault injection is compiled only into debug builds")]
 fn a_byzantine_dealer_is_named_and_a_member_killed_mid_reshare_catches_up() {
     let mut c = Cluster::prepare(Path::new(BIN), 5, 3, "");
     c.nodes[4].env.push(("KMS_TEST_FAULT".into(), "withhold-share:1".into()));
