@@ -179,3 +179,28 @@ fn a_request_released_just_before_a_crash_is_refused_as_a_replay_after_it() {
         );
     }
 }
+
+/// Before its keys are active a node refuses key requests and has no descriptor to serve:
+/// `503 not_ready` over HTTP, with its reason. (Two nodes in the roster, one started: the key
+/// generation waits for the other.)
+#[test]
+fn a_node_without_keys_answers_not_ready() {
+    let mut c = Cluster::prepare(Path::new(BIN), 2, 2, "");
+    c.nodes[0].start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.nodes[0].get("/v1/health").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "node 1 never answered\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let owner = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let image = crate::common::digest(0xaa);
+    let m = crate::common::manifest(&owner, 1, std::slice::from_ref(&image));
+    let enclave = crate::cluster::Enclave::new();
+    let (req, _) = enclave.request(&m.manifest.app_id, &image);
+    let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
+    assert_eq!((status, error_code(&body)), (503, ErrorCode::NotReady));
+    assert!(String::from_utf8_lossy(&body).contains("not active yet"), "{}", String::from_utf8_lossy(&body));
+    let (status, body) = c.nodes[0].get("/v1/cluster");
+    assert_eq!((status, error_code(&body)), (503, ErrorCode::NotReady));
+    assert_eq!(c.nodes[0].get("/v1/ready").0, 503);
+}

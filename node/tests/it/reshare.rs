@@ -230,6 +230,17 @@ fn reshares_change_the_committee_and_keep_the_master_key() {
         }
         assert_eq!(c.nodes[p].get("/v1/ready").0, 503, "a retired node serves no key");
     }
+    // A retired node takes no roster change: 409 reshare_conflict, with its reason.
+    let (identity, _) = kms_node::identity::load(&c.nodes[5].dir.join("data")).unwrap();
+    let late =
+        admin::approve(&identity.signing, 6, admin::propose(&d2.descriptor, &Proposal::default()).unwrap());
+    let (code, body) = c.nodes[5].post("/v1/reshare", &encode_json(&late));
+    assert_eq!((code, error_code(&body)), (409, ErrorCode::ReshareConflict));
+    assert!(
+        String::from_utf8_lossy(&body).contains("retired at epoch"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let keys3 = bls_keys(&d3);
     assert_eq!(*fetch(&c, &[0, 3, 4], &app, &image, &keys3).to_bytes(), *key0.to_bytes());
 
