@@ -231,16 +231,19 @@ fn five_nodes_on_loopback() {
     roster.push((6, peer, p2p_port, outsider.http.port()));
     write_config(&outsider, 6, 3, &roster, p2p_port);
     outsider.start();
-    std::thread::sleep(Duration::from_secs(4));
+    // The event, not a sleep: every running roster node has refused the outsider's dial (it
+    // dials each of them at start and every 2 s).
+    let refusals = |n: &Node| n.log().matches("refused incoming connection").count();
+    let before: Vec<usize> = c.nodes[..4].iter().map(refusals).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.nodes[..4].iter().zip(&before).any(|(n, b)| refusals(n) <= *b) {
+        assert!(Instant::now() < deadline, "not every roster node refused the outsider\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (_, metrics) = outsider.get("/metrics");
     let metrics = String::from_utf8_lossy(&metrics).to_string();
     assert!(metrics.contains("kms_peers_connected 0"), "outsider connected:\n{metrics}\n{}", outsider.log());
     assert_eq!(outsider.get("/v1/ready").0, 503);
-    assert!(
-        c.nodes.iter().any(|n| n.log().contains("refused incoming connection")),
-        "no roster node logged the refusal\n{}",
-        c.logs()
-    );
 }
 
 /// A node killed mid-ceremony restarts it cleanly: it never deals twice in one attempt (it starts
