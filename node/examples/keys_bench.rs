@@ -53,7 +53,7 @@ fn config(spec: &NodeSpec, all: &[NodeSpec], t: u16) -> kms_node::config::Config
     let mut toml = format!(
         "data_dir = {:?}\n[node]\nindex = {}\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{}\"\nlisten_http = \"127.0.0.1:{}\"\n\
          [cluster]\nthreshold = {t}\n[attestation]\naudience = \"bench\"\njwks_file = {:?}\n\
-         [limits]\nrate_per_sec = 1000000\nrate_burst = 1000000\nmax_concurrency = 4096\n",
+         [limits]\nrate_per_sec = 1000000\nrate_burst = 1000000\nmax_concurrency = 4096\nmax_connections_per_ip = 4096\n",
         spec.dir,
         spec.index,
         spec.p2p,

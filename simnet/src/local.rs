@@ -139,7 +139,7 @@ impl LocalNet {
                  reuse_port = true\n\n\
                  [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n\n\
                  # Every local client is 127.0.0.1: a per-source limit would throttle them all.\n\
-                 [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n",
+                 [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n",
                 issuer.jwks
             );
             for (j, peer, p, h, _) in &roster {
@@ -223,7 +223,7 @@ fn write_join_config(
          # Joins the cluster this descriptor describes, trusting only this group key.\n\
          [cluster.join]\ndescriptor = {:?}\ngroup_key = \"{group_key}\"\n\n\
          [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n\n\
-         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n",
+         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n",
         node_dir.join("descriptor.json"),
         issuer.jwks
     );
@@ -511,7 +511,7 @@ pub async fn replace_in_containers(dir: &Path, index: u16, prefix: &str) -> anyh
         "data_dir = \"data\"\n\n[node]\nlisten_p2p = \"/ip4/0.0.0.0/tcp/7000\"\nlisten_http = \"0.0.0.0:8000\"\n\n\
          [cluster.join]\ndescriptor = \"descriptor.json\"\ngroup_key = \"{}\"\n\n\
          [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = \"../attestation/jwks.json\"\n\n\
-         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n",
+         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n",
         hex::encode(d.group_key.as_bytes())
     );
     std::fs::write(node_dir.join("node.toml"), toml)?;
@@ -574,7 +574,7 @@ pub fn setup_containers(
         let mut toml = format!(
             "data_dir = \"data\"\n\n[node]\nindex = {i}\nlisten_p2p = \"/ip4/0.0.0.0/tcp/7000\"\nlisten_http = \"0.0.0.0:8000\"\n\n\
              [cluster]\nthreshold = {t}\n\n[attestation]\naudience = \"{AUDIENCE}\"\njwks_file = \"../attestation/jwks.json\"\n\n\
-             [limits]\nrate_per_sec = 100000\nrate_burst = 100000\n"
+             [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n"
         );
         if let Some(m) = min_peers {
             toml.push_str(&format!("\n[dkg]\nmin_peers = {m}\n"));
