@@ -16,7 +16,7 @@ use crate::api_error::ApiError;
 use crate::apps::Apps;
 use crate::attestation::{check_policy, ConfidentialSpaceVerifier};
 use crate::jwks_source::JwksSource;
-use crate::state::Shared;
+use crate::state::{ActiveKeys, Shared};
 use crate::store::{AuditEntry, Durable, NodeStore};
 
 /// Everything a key request needs.
@@ -58,8 +58,15 @@ pub fn decode_error(e: CodecError) -> ApiError {
 pub struct Prepared {
     req: KeyRequest,
     binding: [u8; 32],
-    /// A refusal found before the evidence was looked at (audited by `release`).
-    early: Result<(), ApiError>,
+    /// What the checks before the evidence found, or their refusal (audited by `release`).
+    early: Result<Checked, ApiError>,
+}
+
+/// What a request passed before its evidence is looked at.
+struct Checked {
+    keys: Arc<ActiveKeys>,
+    /// The manifest held for the app, when the request supplies none.
+    held: Option<SignedManifest>,
 }
 
 impl KeyService {
@@ -80,7 +87,7 @@ impl KeyService {
         let early = self.precheck(&req);
         // An OIDC token naming a key we do not hold may mean the issuer rotated its keys:
         // re-fetch (rate-limited) before verifying. PKI tokens (`x5c`) carry their own chain.
-        if let (Ok(()), Evidence::ConfidentialSpace { token }) = (&early, &req.evidence) {
+        if let (Ok(_), Evidence::ConfidentialSpace { token }) = (&early, &req.evidence) {
             if let Ok(header) = jsonwebtoken::decode_header(token) {
                 if let (Some(kid), None) = (&header.kid, &header.x5c) {
                     if kid.len() <= 256 {
@@ -92,19 +99,25 @@ impl KeyService {
         Ok(Prepared { req, binding, early })
     }
 
-    /// What a request must pass before its evidence is looked at.
-    fn precheck(&self, req: &KeyRequest) -> Result<(), ApiError> {
+    /// What a request must pass before its evidence is looked at: its fields, active keys, and a
+    /// manifest to apply (held, unless the request supplies one).
+    fn precheck(&self, req: &KeyRequest) -> Result<Checked, ApiError> {
         req.validate().map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-        if self.shared.active().is_none() {
-            return Err(ApiError::new(ErrorCode::NotReady, "the cluster key is not active yet"));
-        }
-        if req.manifest.is_none() && self.apps.get(&req.app_id)?.is_none() {
-            return Err(ApiError::new(
-                ErrorCode::UnknownApp,
-                format!("no manifest is held for app {}", req.app_id),
-            ));
-        }
-        Ok(())
+        let keys = self
+            .shared
+            .active()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotReady, "the cluster key is not active yet"))?;
+        let held = match req.manifest {
+            Some(_) => None,
+            None => Some(self.held_manifest(req)?),
+        };
+        Ok(Checked { keys, held })
+    }
+
+    fn held_manifest(&self, req: &KeyRequest) -> Result<SignedManifest, ApiError> {
+        self.apps.get(&req.app_id)?.ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {}", req.app_id))
+        })
     }
 
     /// The CPU-bound part of a request (run it off the async workers): verifies the evidence
@@ -113,7 +126,7 @@ impl KeyService {
     /// crash right after the answer, the same request is still refused as a replay.
     pub fn release(&self, prepared: Prepared, now: u64) -> Result<Durable<KeyResponse>, ApiError> {
         let Prepared { req, binding, early } = prepared;
-        let result = early.and_then(|()| self.process(&req, &binding, now));
+        let result = early.and_then(|checked| self.process(&req, &binding, checked, now));
         let (outcome, workload, seq) = match &result {
             Ok((_, w, seq)) => ("released".to_string(), w.clone(), Some(*seq)),
             Err(e) => (e.code.as_str().to_string(), None, None),
@@ -139,7 +152,12 @@ impl KeyService {
         self.store.durable(response).map_err(ApiError::internal)
     }
 
-    fn manifest(&self, req: &KeyRequest) -> Result<SignedManifest, ApiError> {
+    /// The manifest to apply: the one held (looked up by `precheck`), or, when the request
+    /// supplies one, the newest held after offering it.
+    fn manifest(&self, req: &KeyRequest, held: Option<SignedManifest>) -> Result<SignedManifest, ApiError> {
+        if let Some(m) = held {
+            return Ok(m);
+        }
         if let Some(m) = &req.manifest {
             if m.manifest.app_id != req.app_id {
                 return Err(ApiError::new(
@@ -155,23 +173,18 @@ impl KeyService {
                 Err(e) => return Err(e),
             }
         }
-        self.apps.get(&req.app_id)?.ok_or_else(|| {
-            ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {}", req.app_id))
-        })
+        self.held_manifest(req)
     }
 
     fn process(
         &self,
         req: &KeyRequest,
         binding: &[u8; 32],
+        checked: Checked,
         now: u64,
     ) -> Result<(KeyResponse, Option<String>, u64), ApiError> {
-        req.validate().map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-        let keys = self
-            .shared
-            .active()
-            .ok_or_else(|| ApiError::new(ErrorCode::NotReady, "the cluster key is not active yet"))?;
-        let manifest = self.manifest(req)?;
+        let Checked { keys, held } = checked;
+        let manifest = self.manifest(req, held)?;
         let policy = &manifest.manifest.policy;
         if policy.revoked {
             return Err(ApiError::new(
