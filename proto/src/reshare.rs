@@ -264,6 +264,16 @@ impl RosterChange {
     }
 }
 
+impl Approval {
+    /// Whether this is current member `index`'s valid identity signature (strict Ed25519) over
+    /// `change_bytes`, a change's [`RosterChange::signing_bytes`].
+    pub fn is_valid(&self, change_bytes: &[u8], current: &Committee) -> bool {
+        let key = current.identities.get(usize::from(self.index).wrapping_sub(1));
+        let signature = Signature::from_bytes(self.signature.as_bytes());
+        key.is_some_and(|k| k.verify_strict(change_bytes, &signature).is_ok())
+    }
+}
+
 impl AuthorizedChange {
     /// Checks the change ([`RosterChange::layout`]) and that at least the current threshold of
     /// distinct current members approved it with valid identity signatures; returns the layout.
@@ -274,10 +284,7 @@ impl AuthorizedChange {
         let bytes = self.change.signing_bytes();
         let mut approved = BTreeSet::new();
         for a in &self.approvals {
-            let key = current.identities.get(usize::from(a.index).wrapping_sub(1));
-            let signature = Signature::from_bytes(a.signature.as_bytes());
-            let valid = key.is_some_and(|k| k.verify_strict(&bytes, &signature).is_ok());
-            if !valid || !approved.insert(a.index) {
+            if !a.is_valid(&bytes, current) || !approved.insert(a.index) {
                 return Err(ChangeError::BadApproval(a.index));
             }
         }
