@@ -61,6 +61,8 @@ pub struct Shared {
     pub membership: RwLock<Membership>,
     /// This node's identity key (to find itself in a committee).
     pub identity: [u8; 32],
+    /// Its libp2p peer id, as committees list it (derived once from `identity`).
+    peer_id: String,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
         Arc::new(Shared {
             membership: RwLock::new(membership),
             identity,
+            peer_id: crate::membership::peer_id_of(&identity).map(|p| p.to_string()).unwrap_or_default(),
             active: RwLock::new(None),
             status: RwLock::new(DkgStatus::Ceremony(Status::Waiting { connected: 0, needed: 0 })),
             connected: RwLock::new(BTreeSet::new()),
@@ -123,8 +126,8 @@ impl Shared {
 
     /// This node's index in the current committee, if it is a member.
     pub fn me(&self) -> Option<u16> {
-        let peer = crate::membership::peer_id_of(&self.identity)?;
-        self.membership().index_of(&peer)
+        let m = self.membership.read().unwrap_or_else(|p| p.into_inner());
+        m.members.iter().find(|e| e.peer_id == self.peer_id).map(|e| e.index)
     }
 
     /// A reshare handed the keys to a committee without this node: nothing is served any more.
