@@ -152,6 +152,18 @@ fn permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiErro
         .map_err(|_| ApiError::new(ErrorCode::RateLimited, "the node is at its concurrency limit"))
 }
 
+/// Admission of a request with a body: rate limit, then the body (no permit held while it
+/// arrives), then a permit.
+async fn admit_body(
+    state: &AppState,
+    peer: SocketAddr,
+    body: Body,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), ApiError> {
+    rate_limit(state, peer)?;
+    let bytes = read_body(state, body).await?;
+    Ok((bytes, permit(state)?))
+}
+
 /// Admission of a request without a body: rate limit, then a permit.
 fn admit(state: &AppState, peer: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     rate_limit(state, peer)?;
@@ -199,9 +211,7 @@ async fn keys(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        rate_limit(&s, peer)?;
-        let bytes = read_body(&s, body).await?;
-        let _permit = permit(&s)?;
+        let (bytes, _permit) = admit_body(&s, peer, body).await?;
         let now = unix_now();
         // The evidence's signatures and the partial key are CPU work: off the async workers.
         let prepared = s.keys.prepare(&bytes, now).await?;
@@ -222,9 +232,7 @@ async fn post_app(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        rate_limit(&s, peer)?;
-        let bytes = read_body(&s, body).await?;
-        let _permit = permit(&s)?;
+        let (bytes, _permit) = admit_body(&s, peer, body).await?;
         let m: SignedManifest = decode_json(&bytes).map_err(decode_error)?;
         let offer = s.apps.offer(&m, true)?;
         let body = serde_json::json!({
@@ -277,9 +285,7 @@ async fn reshare_offer(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        rate_limit(&s, peer)?;
-        let bytes = read_body(&s, body).await?;
-        let _permit = permit(&s)?;
+        let (bytes, _permit) = admit_body(&s, peer, body).await?;
         let offered: kms_proto::reshare::AuthorizedChange = decode_json(&bytes).map_err(decode_error)?;
         let status = s.reshares.offer(offered)?;
         Ok(json(StatusCode::OK, &status))

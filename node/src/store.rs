@@ -253,6 +253,11 @@ fn share_name(suite: &str, epoch: u64) -> String {
     format!("share/{suite}/{epoch}")
 }
 
+/// The epoch of a [`share_name`].
+fn share_epoch(name: &[u8]) -> Option<u64> {
+    std::str::from_utf8(name).ok()?.rsplit('/').next()?.parse().ok()
+}
+
 impl NodeStore {
     /// Wraps a backend with the node's seal key.
     pub fn new(kv: Box<dyn Kv>, seal: SealKey) -> Self {
@@ -342,11 +347,7 @@ impl NodeStore {
     /// Removes every stored share whose epoch `doomed` selects, durably.
     fn remove_shares(&self, doomed: impl Fn(u64) -> bool) -> Result<(), StoreError> {
         for (name, _) in self.kv.scan_prefix(Space::Keys, b"share/")? {
-            let epoch = std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| n.rsplit('/').next())
-                .and_then(|e| e.parse::<u64>().ok());
-            if epoch.is_some_and(&doomed) {
+            if share_epoch(&name).is_some_and(&doomed) {
                 self.kv.remove(Space::Keys, &name)?;
             }
         }
@@ -359,7 +360,7 @@ impl NodeStore {
             .kv
             .scan_prefix(Space::Keys, b"share/")?
             .into_iter()
-            .filter_map(|(name, _)| std::str::from_utf8(&name).ok()?.rsplit('/').next()?.parse().ok())
+            .filter_map(|(name, _)| share_epoch(&name))
             .collect();
         epochs.sort_unstable();
         epochs.dedup();
