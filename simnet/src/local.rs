@@ -210,25 +210,31 @@ impl LocalNet {
     }
 }
 
-/// The config of a node that joins the cluster of `D/cluster.json` through a reshare.
+/// The config of a node that joins a cluster through a reshare, from the descriptor at
+/// `descriptor` pinned to `group_key`; `listen` is the body of its `[node]` table.
 fn write_join_config(
     node_dir: &Path,
-    issuer: &issuer::IssuerFiles,
-    p2p: u16,
-    http: u16,
+    listen: &str,
+    descriptor: &Path,
+    jwks: &Path,
     group_key: &str,
 ) -> anyhow::Result<()> {
     let toml = format!(
-        "data_dir = \"data\"\n\n[node]\nlisten_p2p = \"/ip4/127.0.0.1/tcp/{p2p}\"\nlisten_http = \"127.0.0.1:{http}\"\nreuse_port = true\n\n\
+        "data_dir = \"data\"\n\n[node]\n{listen}\n\
          # Joins the cluster this descriptor describes, trusting only this group key.\n\
-         [cluster.join]\ndescriptor = {:?}\ngroup_key = \"{group_key}\"\n\n\
-         [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {:?}\n\n\
-         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n",
-        node_dir.join("descriptor.json"),
-        issuer.jwks
+         [cluster.join]\ndescriptor = {descriptor:?}\ngroup_key = \"{group_key}\"\n\n\
+         [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {jwks:?}\n\n\
+         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n"
     );
     std::fs::write(node_dir.join("node.toml"), toml)?;
     Ok(())
+}
+
+/// `[node]` of a local node on 127.0.0.1 (ports reserved by `up` or `reshare`).
+fn local_listen(p2p: u16, http: u16) -> String {
+    format!(
+        "listen_p2p = \"/ip4/127.0.0.1/tcp/{p2p}\"\nlisten_http = \"127.0.0.1:{http}\"\nreuse_port = true\n"
+    )
 }
 
 /// Sends SIGTERM (or SIGKILL) to the node process of `node_dir`, if its pid file names one.
@@ -293,7 +299,13 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
         let peer_id = fresh(node_dir)?;
         let (p2p, http) = (port(&e.p2p_addr), port(&e.http_url));
         let (Some(p2p), Some(http)) = (p2p, http) else { bail!("member {i}: unexpected addresses") };
-        write_join_config(node_dir, &issuer, p2p, http, &group_key)?;
+        write_join_config(
+            node_dir,
+            &local_listen(p2p, http),
+            &node_dir.join("descriptor.json"),
+            &issuer.jwks,
+            &group_key,
+        )?;
         eprintln!("   node {i}: store wiped; replaced by {peer_id}");
         proposal
             .replace
@@ -305,7 +317,13 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
         next += 1;
         let peer_id = fresh(&node_dir)?;
         let (p2p, http) = (PortReservation::new()?, PortReservation::new()?);
-        write_join_config(&node_dir, &issuer, p2p.port(), http.port(), &group_key)?;
+        write_join_config(
+            &node_dir,
+            &local_listen(p2p.port(), http.port()),
+            &node_dir.join("descriptor.json"),
+            &issuer.jwks,
+            &group_key,
+        )?;
         proposal.add.push(NewNode {
             peer_id,
             p2p_addr: format!("/ip4/127.0.0.1/tcp/{}", p2p.port()),
@@ -507,14 +525,13 @@ pub async fn replace_in_containers(dir: &Path, index: u16, prefix: &str) -> anyh
     let _ = std::fs::remove_dir_all(node_dir.join("data"));
     let peer_id = kms_node::identity::init(&node_dir.join("data"))?.peer_id().to_string();
     std::fs::write(node_dir.join("descriptor.json"), &bytes)?;
-    let toml = format!(
-        "data_dir = \"data\"\n\n[node]\nlisten_p2p = \"/ip4/0.0.0.0/tcp/7000\"\nlisten_http = \"0.0.0.0:8000\"\n\n\
-         [cluster.join]\ndescriptor = \"descriptor.json\"\ngroup_key = \"{}\"\n\n\
-         [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = \"../attestation/jwks.json\"\n\n\
-         [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n",
-        hex::encode(d.group_key.as_bytes())
-    );
-    std::fs::write(node_dir.join("node.toml"), toml)?;
+    write_join_config(
+        &node_dir,
+        "listen_p2p = \"/ip4/0.0.0.0/tcp/7000\"\nlisten_http = \"0.0.0.0:8000\"\n",
+        Path::new("descriptor.json"),
+        Path::new("../attestation/jwks.json"),
+        &hex::encode(d.group_key.as_bytes()),
+    )?;
     let proposal = kms_node::admin::Proposal {
         replace: vec![(
             index,
