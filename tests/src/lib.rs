@@ -162,6 +162,26 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node `index` not started: `<root>/node<index>/` with a fresh identity (`kms-node init`)
+    /// and two reserved ports, HTTP (`ports[0]`) and p2p (`ports[1]`). Returns it with its peer id.
+    pub fn fresh(bin: &Path, root: &Path, index: u16) -> (Node, String) {
+        let dir = root.join(format!("node{index}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let peer = init(bin, &dir.join("data"));
+        let (p2p, http) = (PortReservation::new(), PortReservation::new());
+        let node = Node {
+            index,
+            config: dir.join("node.toml"),
+            dir,
+            http: http.addr(),
+            child: None,
+            bin: bin.to_path_buf(),
+            env: Vec::new(),
+            ports: vec![http, p2p],
+        };
+        (node, peer)
+    }
+
     /// Starts the process (stderr appended to `node.log`).
     pub fn start(&mut self) {
         let log =
@@ -281,20 +301,7 @@ impl Cluster {
         let signed: SignedClusterDescriptor = decode_json(descriptor).unwrap();
         let group_key = hex_lower(signed.descriptor.group_key.as_bytes());
         let position = self.nodes.len();
-        let dir = self.tmp.path().join(format!("node{}", position + 1));
-        std::fs::create_dir_all(&dir).unwrap();
-        let peer = init(bin, &dir.join("data"));
-        let (p2p, http) = (PortReservation::new(), PortReservation::new());
-        let node = Node {
-            index: u16::try_from(position + 1).unwrap(),
-            config: dir.join("node.toml"),
-            dir,
-            http: http.addr(),
-            child: None,
-            bin: bin.to_path_buf(),
-            env: Vec::new(),
-            ports: vec![http, p2p],
-        };
+        let (node, peer) = Node::fresh(bin, self.tmp.path(), u16::try_from(position + 1).unwrap());
         let p2p_port = node.ports[1].port();
         write_join_config(&node, p2p_port, descriptor, &group_key);
         let addrs = (format!("/ip4/127.0.0.1/tcp/{p2p_port}"), format!("http://{}", node.http));
@@ -322,21 +329,9 @@ impl Cluster {
         let mut roster = Vec::new();
         let mut nodes = Vec::new();
         for i in 1..=n {
-            let dir = tmp.path().join(format!("node{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let peer = init(bin, &dir.join("data"));
-            let (p2p, http) = (PortReservation::new(), PortReservation::new());
-            roster.push((i, peer, p2p.port(), http.port()));
-            nodes.push(Node {
-                index: i,
-                config: dir.join("node.toml"),
-                dir,
-                http: http.addr(),
-                child: None,
-                bin: bin.to_path_buf(),
-                env: Vec::new(),
-                ports: vec![http, p2p],
-            });
+            let (node, peer) = Node::fresh(bin, tmp.path(), i);
+            roster.push((i, peer, node.ports[1].port(), node.http.port()));
+            nodes.push(node);
         }
         for (node, (i, _, p2p, _)) in nodes.iter().zip(&roster) {
             write_config_with(node, *i, t, &roster, *p2p, dkg_extra);
