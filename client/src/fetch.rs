@@ -10,7 +10,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use kms_dkg::envelope::response;
 use kms_dkg::threshold::{combine, verify_partials, AppKey, KeyId, PartialKey};
-use kms_proto::api::{binding, ErrorBody, KeyRequest, KeyResponse, API_VERSION};
+use kms_proto::api::{ErrorBody, Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{AppId, Label, SignedManifest};
 use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::{ErrorCode, HexBytes};
@@ -49,14 +49,21 @@ pub enum NodeOutcome {
         /// Its reason.
         reason: String,
     },
-    /// Returned a partial that does not verify (a faulty or lying node).
+    /// Returned a partial that does not verify in a response signed with its identity key: the
+    /// node lied (or is faulty), and the signed response shows it.
     InvalidPartial {
         /// What was wrong.
         fault: String,
     },
     /// Returned something that is not a valid response (bad JSON, wrong node index, envelope
-    /// that does not open).
+    /// that does not open) under a valid signature of the node.
     InvalidResponse {
+        /// What was wrong.
+        reason: String,
+    },
+    /// Answered with a key response that the node's identity key did not sign: something on
+    /// the path (or a node of another identity) answered in its place. Blames nobody.
+    Unauthenticated {
         /// What was wrong.
         reason: String,
     },
@@ -83,6 +90,7 @@ impl std::fmt::Display for NodeOutcome {
             NodeOutcome::Refused { code, reason } => write!(f, "refused: {code}: {reason}"),
             NodeOutcome::InvalidPartial { fault } => write!(f, "invalid partial key: {fault}"),
             NodeOutcome::InvalidResponse { reason } => write!(f, "invalid response: {reason}"),
+            NodeOutcome::Unauthenticated { reason } => write!(f, "unauthenticated response: {reason}"),
             NodeOutcome::OtherEpoch { epoch } => write!(f, "answered from epoch {epoch}"),
             NodeOutcome::Timeout => write!(f, "timed out"),
             NodeOutcome::Unreachable { error } => write!(f, "unreachable: {error}"),
@@ -177,15 +185,19 @@ enum Answer {
     Failed(NodeOutcome),
 }
 
-async fn ask(
-    client: reqwest::Client,
+/// What the client needs to check one node's answer.
+struct Asked {
     url: String,
     index: u16,
+    /// Its identity key, from the descriptor.
+    identity: Option<ed25519_dalek::VerifyingKey>,
     epoch: u64,
-    body: Vec<u8>,
-    secret: StaticSecret,
+    cluster_id: [u8; 32],
     binding: [u8; 32],
-) -> Answer {
+}
+
+async fn ask(client: reqwest::Client, asked: Asked, body: Vec<u8>, secret: StaticSecret) -> Answer {
+    let Asked { url, index, identity, epoch, cluster_id, binding } = asked;
     let resp = match client.post(format!("{}/v1/keys", url.trim_end_matches('/'))).body(body).send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return Answer::Failed(NodeOutcome::Timeout),
@@ -213,17 +225,23 @@ async fn ask(
         Ok(r) => r,
         Err(e) => return invalid(e.to_string()),
     };
-    // The epoch first: after a reshare a node may hold another index too.
+    // The epoch first: after a reshare a node may hold another index and identity too; the
+    // answer is only a hint to fetch the newer descriptor (which is checked on its own).
     if r.epoch != epoch {
         return Answer::Failed(NodeOutcome::OtherEpoch { epoch: r.epoch });
     }
+    let Some(identity) = identity else {
+        return Answer::Failed(NodeOutcome::Unauthenticated {
+            reason: "the descriptor holds no identity key for this node".into(),
+        });
+    };
+    let envelope = match r.verify(&identity, &cluster_id, &binding) {
+        Ok(e) => e,
+        Err(e) => return Answer::Failed(NodeOutcome::Unauthenticated { reason: e.to_string() }),
+    };
     if r.node_index != index {
         return invalid(format!("answered as node {}", r.node_index));
     }
-    let envelope = match r.envelope_bytes() {
-        Ok(e) => e,
-        Err(e) => return invalid(e.to_string()),
-    };
     let plain = match response::open(&secret, &binding, index, &envelope) {
         Ok(p) => p,
         Err(e) => return invalid(format!("envelope: {e}")),
@@ -339,17 +357,20 @@ async fn fetch_once(
     let public = PublicKey::from(&secret).to_bytes();
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
-    let binding = binding(app, label, &public, &nonce);
-    let evidence = provider.evidence(&binding).await?;
-    let request = KeyRequest {
-        version: API_VERSION,
+    let cluster_id = *cluster.descriptor().cluster_id.as_bytes();
+    let mut request = KeyRequest {
+        version: KEY_API_VERSION,
+        cluster_id: HexBytes(cluster_id),
         app_id: *app,
         label: label.clone(),
         client_public_key: HexBytes(public),
         nonce: HexBytes(nonce),
-        evidence,
+        time: unix_now(),
+        evidence: Evidence::ConfidentialSpace { token: String::new() },
         manifest: opts.manifest.clone(),
     };
+    let binding = request.binding();
+    request.evidence = provider.evidence(&binding).await?;
     let body = encode_json(&request);
     let client = match &opts.client {
         Some(c) => c.clone(),
@@ -361,19 +382,22 @@ async fn fetch_once(
     let mut urls = BTreeMap::new();
     for node in cluster.nodes() {
         urls.insert(node.index, node.http_url.clone());
-        let (client, url, body, secret) =
-            (client.clone(), node.http_url.clone(), body.clone(), secret.clone());
+        let (client, body, secret) = (client.clone(), body.clone(), secret.clone());
         let index = node.index;
+        let asked = Asked {
+            url: node.http_url.clone(),
+            index,
+            identity: node.identity(),
+            epoch: cluster.descriptor().epoch,
+            cluster_id,
+            binding,
+        };
         let timeout = opts.timeout;
-        let epoch = cluster.descriptor().epoch;
         tasks.spawn(async move {
-            let answer =
-                match tokio::time::timeout(timeout, ask(client, url, index, epoch, body, secret, binding))
-                    .await
-                {
-                    Ok(a) => a,
-                    Err(_) => Answer::Failed(NodeOutcome::Timeout),
-                };
+            let answer = match tokio::time::timeout(timeout, ask(client, asked, body, secret)).await {
+                Ok(a) => a,
+                Err(_) => Answer::Failed(NodeOutcome::Timeout),
+            };
             (index, answer)
         });
     }
@@ -426,6 +450,11 @@ async fn fetch_once(
     }
     let key = combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?;
     Ok(Fetched { key, report, refreshed: None })
+}
+
+/// Seconds since the Unix epoch (the request's `time`).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

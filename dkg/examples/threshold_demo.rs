@@ -16,7 +16,7 @@ use kms_dkg::envelope::{response, secret};
 use kms_dkg::testing::run_dkg_in_memory;
 use kms_dkg::threshold::{combine, partial_key, verify_partials, KeyId, PartialKey};
 use kms_dkg::{Bls12381G2, Ed25519, Suite};
-use kms_proto::api::binding;
+use kms_proto::api::{binding, BindingFields};
 use kms_proto::app::{derive_app_id, Label};
 use rand_core::{OsRng, RngCore};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -56,7 +56,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nonce = [0u8; 32];
     rng.fill_bytes(&mut nonce);
     let label = Label::new("root")?;
-    let digest = binding(&app_id, &label, &enclave_pub, &nonce);
+    let digest = binding(&BindingFields {
+        cluster_id: &[0x5a; 32],
+        app_id: &app_id,
+        label: &label,
+        client_pub: &enclave_pub,
+        nonce: &nonce,
+        time: 1_700_000_000,
+    });
     let mut responses = Vec::new();
     for out in bls.iter().filter(|o| ![2, 4].contains(&o.share.index())) {
         let mut partial = partial_key(&out.share, &id).to_bytes();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use kms_proto::api::{Evidence, KeyRequest, API_VERSION};
+use kms_proto::api::{Evidence, KeyRequest, KEY_API_VERSION};
 use kms_proto::app::{AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
 use kms_proto::codec::encode_json;
 use kms_proto::HexBytes;
@@ -172,10 +172,16 @@ fn floor() -> serde_json::Value {
             kms_dkg::envelope::response::seal(&client_pub, &[1; 32], 1, &[2; 48], &mut OsRng).unwrap(),
         );
     });
-    let total = partial + rs256 + seal;
+    let identity = SigningKey::from_bytes(&[3; 32]);
+    let sign = time_us(2000, || {
+        use ed25519_dalek::Signer as _;
+        std::hint::black_box(identity.sign(&[5; 120]));
+    });
+    let total = partial + rs256 + seal + sign;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     json!({
         "hash_to_g1_plus_g1_mul_us": partial, "rs256_verify_us": rs256, "x25519_ecies_seal_us": seal,
+        "ed25519_sign_us": sign,
         "total_us": total, "cores": cores, "floor_requests_per_s": cores * 1e6 / total,
     })
 }
@@ -204,6 +210,12 @@ fn keys_bench() {
         &owner,
     );
     let app = m.manifest.app_id;
+    let cluster_id = rt.block_on(async {
+        let body = client.get(format!("http://127.0.0.1:{http}/v1/cluster")).send().await.unwrap();
+        let d: kms_proto::cluster::SignedClusterDescriptor =
+            kms_proto::codec::decode_json(&body.bytes().await.unwrap()).unwrap();
+        d.descriptor.cluster_id
+    });
     rt.block_on(async {
         let r = client
             .post(format!("http://127.0.0.1:{http}/v1/apps"))
@@ -234,19 +246,19 @@ fn keys_bench() {
                             .to_bytes();
                             let mut nonce = [0u8; 32];
                             OsRng.fill_bytes(&mut nonce);
-                            let label = Label::default();
-                            let binding = kms_proto::api::binding(&app, &label, &public, &nonce);
-                            let req = KeyRequest {
-                                version: API_VERSION,
+                            let mut req = KeyRequest {
+                                version: KEY_API_VERSION,
+                                cluster_id,
                                 app_id: app,
-                                label,
+                                label: Label::default(),
                                 client_public_key: HexBytes(public),
                                 nonce: HexBytes(nonce),
-                                evidence: Evidence::ConfidentialSpace {
-                                    token: token(&binding, &image, &key),
-                                },
+                                time: now(),
+                                evidence: Evidence::ConfidentialSpace { token: String::new() },
                                 manifest: None,
                             };
+                            let binding = req.binding();
+                            req.evidence = Evidence::ConfidentialSpace { token: token(&binding, &image, &key) };
                             encode_json(&req)
                         })
                         .collect::<Vec<_>>()

@@ -299,7 +299,6 @@ pub async fn run(
         });
     }
 
-    let replay_window_secs = cfg.attestation.max_age_secs + 2 * cfg.attestation.leeway_secs;
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
         keys: KeyService {
@@ -309,7 +308,10 @@ pub async fn run(
             cs,
             jwks,
             tdx,
-            replay_window_secs,
+            cluster_id,
+            identity: identity.signing.clone(),
+            max_age_secs: cfg.attestation.max_age_secs,
+            leeway_secs: cfg.attestation.leeway_secs,
         },
         apps,
         store: store.clone(),

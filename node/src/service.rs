@@ -33,8 +33,14 @@ pub struct KeyService {
     pub jwks: Arc<JwksSource>,
     /// TDX quote verification: collateral and acceptable TCB statuses, if configured.
     pub tdx: Option<TdxTrust>,
-    /// Replay-cache lifetime of a nonce, seconds (≥ the token's maximum age plus leeway).
-    pub replay_window_secs: u64,
+    /// The cluster this node serves: a request naming another is refused (`wrong_cluster`).
+    pub cluster_id: [u8; 32],
+    /// The node's identity key: it signs every key response.
+    pub identity: ed25519_dalek::SigningKey,
+    /// Oldest request `time` accepted, seconds before now (the attestation's maximum age).
+    pub max_age_secs: u64,
+    /// Clock skew allowed between enclave and node, seconds.
+    pub leeway_secs: u64,
 }
 
 /// What a node trusts for TDX quotes.
@@ -84,7 +90,7 @@ impl KeyService {
     pub async fn prepare(&self, body: &[u8], now: u64) -> Result<Prepared, ApiError> {
         let req: KeyRequest = decode_json(body).map_err(decode_error)?;
         let binding = req.binding();
-        let early = self.precheck(&req);
+        let early = self.precheck(&req, now);
         // An OIDC token naming a key we do not hold may mean the issuer rotated its keys:
         // re-fetch (rate-limited) before verifying. PKI tokens (`x5c`) carry their own chain.
         if let (Ok(_), Evidence::ConfidentialSpace { token }) = (&early, &req.evidence) {
@@ -101,8 +107,15 @@ impl KeyService {
 
     /// What a request must pass before its evidence is looked at: its fields, active keys, and a
     /// manifest to apply (held, unless the request supplies one).
-    fn precheck(&self, req: &KeyRequest) -> Result<Checked, ApiError> {
+    fn precheck(&self, req: &KeyRequest, now: u64) -> Result<Checked, ApiError> {
         req.validate().map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        if req.cluster_id.as_bytes() != &self.cluster_id {
+            return Err(ApiError::new(
+                ErrorCode::WrongCluster,
+                format!("this node serves cluster {}, not {}", hex::encode(self.cluster_id), req.cluster_id),
+            ));
+        }
+        self.check_time(req.time, now)?;
         let keys = self
             .shared
             .active()
@@ -112,6 +125,41 @@ impl KeyService {
             None => Some(self.held_manifest(req)?),
         };
         Ok(Checked { keys, held })
+    }
+
+    /// A request is served only while its replay record would still be kept: its `time` at
+    /// most `max_age + leeway` before `now` and at most `leeway` after it. The record is kept
+    /// [`KeyService::replay_window_secs`] from the release, which covers every `now` at which the
+    /// same request would pass this check again.
+    fn check_time(&self, time: u64, now: u64) -> Result<(), ApiError> {
+        let oldest = now.saturating_sub(self.max_age_secs + self.leeway_secs);
+        if time < oldest {
+            return Err(ApiError::new(
+                ErrorCode::RequestExpired,
+                format!(
+                    "request time is {} s before this node's clock, limit {} s",
+                    now - time,
+                    self.max_age_secs + self.leeway_secs
+                ),
+            ));
+        }
+        if time > now + self.leeway_secs {
+            return Err(ApiError::new(
+                ErrorCode::RequestExpired,
+                format!(
+                    "request time is {} s ahead of this node's clock, limit {} s",
+                    time - now,
+                    self.leeway_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long a released request's nonce is remembered, seconds: long enough that the request
+    /// is refused by [`KeyService::check_time`] once its record is dropped.
+    pub fn replay_window_secs(&self) -> u64 {
+        self.max_age_secs + 2 * self.leeway_secs
     }
 
     fn held_manifest(&self, req: &KeyRequest) -> Result<SignedManifest, ApiError> {
@@ -240,11 +288,19 @@ impl KeyService {
         // Replay check last: a refused request does not burn its nonce.
         let fresh = self
             .store
-            .use_nonce(&req.app_id, req.nonce.as_bytes(), now + self.replay_window_secs)
+            .use_nonce(&req.app_id, req.nonce.as_bytes(), now + self.replay_window_secs())
             .map_err(ApiError::internal)?;
         if !fresh {
             return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
         }
-        Ok((KeyResponse::new(keys.bls.index(), keys.epoch, &envelope), workload, manifest.manifest.seq))
+        let response = KeyResponse::signed(
+            &self.identity,
+            &self.cluster_id,
+            binding,
+            keys.bls.index(),
+            keys.epoch,
+            &envelope,
+        );
+        Ok((response, workload, manifest.manifest.seq))
     }
 }

@@ -15,11 +15,18 @@ use crate::codec::JsonDocument;
 use crate::error_code::ErrorCode;
 use crate::hex_bytes::HexBytes;
 
-/// Version of every HTTP body in this module.
+/// Version of the HTTP bodies in this module other than the key request and response.
 pub const API_VERSION: u64 = 1;
 
+/// Version of the key request and key response bodies ([`KeyRequest`], [`KeyResponse`]):
+/// version 2 binds the cluster and the request time and signs the response.
+pub const KEY_API_VERSION: u64 = 2;
+
 /// Domain-separation prefix of [`binding`].
-pub const BINDING_DOMAIN: &[u8] = b"kms/v1/key-request";
+pub const BINDING_DOMAIN: &[u8] = b"kms/v2/key-request";
+
+/// Domain-separation prefix of [`KeyResponse::signing_bytes`].
+pub const RESPONSE_DOMAIN: &[u8] = b"kms/v2/key-response";
 
 /// Largest Confidential Space token accepted, in bytes (64 KiB: real debug tokens with
 /// `env_override` reach ~47 KB).
@@ -31,29 +38,50 @@ pub const MAX_TDX_QUOTE: usize = 64 << 10;
 /// Length of the base64 encoding of [`MAX_TDX_QUOTE`] bytes.
 const MAX_TDX_QUOTE_BASE64: usize = MAX_TDX_QUOTE.div_ceil(3) * 4;
 
-/// The value the enclave's evidence must carry, tying it to one request:
+/// What a request's evidence is bound to: every field of a [`KeyRequest`] except the evidence
+/// and the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct BindingFields<'a> {
+    /// The cluster asked ([`crate::cluster::ClusterDescriptor::cluster_id`]).
+    pub cluster_id: &'a [u8; 32],
+    /// The app.
+    pub app_id: &'a AppId,
+    /// The key's label.
+    pub label: &'a Label,
+    /// The enclave's ephemeral X25519 public key.
+    pub client_pub: &'a [u8; 32],
+    /// The request nonce.
+    pub nonce: &'a [u8; 32],
+    /// When the request was made, unix seconds.
+    pub time: u64,
+}
+
+/// The value the enclave's evidence must carry, tying it to one request of one cluster at one
+/// time:
 ///
-/// `SHA-256("kms/v1/key-request" ‖ app_id(32) ‖ len(label)(1) ‖ label ‖ client_x25519_pub(32) ‖
-/// request_nonce(32))`
+/// `SHA-256("kms/v2/key-request" ‖ cluster_id(32) ‖ app_id(32) ‖ len(label)(1) ‖ label ‖
+/// client_x25519_pub(32) ‖ request_nonce(32) ‖ time(8, big-endian))`
 ///
 /// The label, the only variable-length field, is preceded by its length in bytes as one byte (a
-/// [`Label`] is at most 64 bytes). This refines the plain concatenation written in DESIGN §2:
-/// every field is then self-delimiting, so the encoding stays unambiguous even if a field is
-/// ever added after the label.
+/// [`Label`] is at most 64 bytes), so every field is self-delimiting. The time matters for
+/// evidence that carries none (a TDX quote): a node refuses a request whose time is outside its
+/// replay window, so a captured request cannot be served again once its replay record expired.
 ///
 /// Confidential Space: `eat_nonce` = lowercase hex of the binding. TDX: `report_data[0..32]` =
 /// binding, `report_data[32..64]` = 0.
-pub fn binding(app_id: &AppId, label: &Label, client_pub: &[u8; 32], nonce: &[u8; 32]) -> [u8; 32] {
-    let label = label.as_str().as_bytes();
+pub fn binding(f: &BindingFields<'_>) -> [u8; 32] {
+    let label = f.label.as_str().as_bytes();
     // A Label is at most 64 bytes, so its length fits in one byte.
     let len = u8::try_from(label.len()).unwrap_or(u8::MAX);
     let mut h = Sha256::new();
     h.update(BINDING_DOMAIN);
-    h.update(app_id.as_bytes());
+    h.update(f.cluster_id);
+    h.update(f.app_id.as_bytes());
     h.update([len]);
     h.update(label);
-    h.update(client_pub);
-    h.update(nonce);
+    h.update(f.client_pub);
+    h.update(f.nonce);
+    h.update(f.time.to_be_bytes());
     h.finalize().into()
 }
 
@@ -177,8 +205,10 @@ impl fmt::Debug for Evidence {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
-    /// Always [`API_VERSION`].
+    /// Always [`KEY_API_VERSION`].
     pub version: u64,
+    /// The cluster asked (its descriptor's `cluster_id`); a node of another cluster refuses.
+    pub cluster_id: HexBytes<32>,
     /// The app whose key is requested.
     pub app_id: AppId,
     /// Which of the app's keys; `"root"` when absent.
@@ -188,6 +218,9 @@ pub struct KeyRequest {
     pub client_public_key: HexBytes<32>,
     /// A fresh random nonce chosen by the enclave.
     pub nonce: HexBytes<32>,
+    /// When the enclave made the request, unix seconds; a node refuses a time outside its
+    /// replay window (`request_expired`).
+    pub time: u64,
     /// Attestation evidence carrying [`KeyRequest::binding`].
     pub evidence: Evidence,
     /// The app's owner-signed manifest, if the enclave brings one (the node keeps the newest it
@@ -198,7 +231,14 @@ pub struct KeyRequest {
 impl KeyRequest {
     /// The [`binding`] of this request's fields.
     pub fn binding(&self) -> [u8; 32] {
-        binding(&self.app_id, &self.label, self.client_public_key.as_bytes(), self.nonce.as_bytes())
+        binding(&BindingFields {
+            cluster_id: self.cluster_id.as_bytes(),
+            app_id: &self.app_id,
+            label: &self.label,
+            client_pub: self.client_public_key.as_bytes(),
+            nonce: self.nonce.as_bytes(),
+            time: self.time,
+        })
     }
 
     /// Checks what the JSON shape cannot: evidence sizes and encoding.
@@ -209,14 +249,20 @@ impl KeyRequest {
 
 impl JsonDocument for KeyRequest {
     const WHAT: &'static str = "key request";
-    const VERSION: u64 = API_VERSION;
+    const VERSION: u64 = KEY_API_VERSION;
 }
 
-/// Successful answer to `POST /v1/keys`: this node's partial key in a response envelope.
+/// Successful answer to `POST /v1/keys`: this node's partial key in a response envelope, signed
+/// by the node's identity key.
+///
+/// The signature is what makes the client's per-node report evidence: anything on the path can
+/// seal a wrong partial to the enclave's public key (it is in the request), but only the node
+/// can sign it, so a response that verifies under the node's identity key and carries a wrong
+/// partial proves that node lied, and one that does not verify blames nobody.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyResponse {
-    /// Always [`API_VERSION`].
+    /// Always [`KEY_API_VERSION`].
     pub version: u64,
     /// Index (1..=n) of the answering node; selects its verification key and Lagrange weight.
     pub node_index: u16,
@@ -224,23 +270,83 @@ pub struct KeyResponse {
     pub epoch: u64,
     /// The response envelope bytes (X25519 ECIES over the partial key), base64.
     pub envelope: String,
+    /// The node's Ed25519 identity signature over [`KeyResponse::signing_bytes`].
+    pub signature: HexBytes<64>,
 }
 
 impl KeyResponse {
-    /// A response carrying `envelope`, base64-encoded.
-    pub fn new(node_index: u16, epoch: u64, envelope: &[u8]) -> Self {
-        KeyResponse { version: API_VERSION, node_index, epoch, envelope: BASE64.encode(envelope) }
+    /// The bytes a node signs for a response to the request with `binding`:
+    ///
+    /// `"kms/v2/key-response" ‖ cluster_id(32) ‖ epoch(8, BE) ‖ node_index(2, BE) ‖ binding(32) ‖
+    /// SHA-256(envelope)(32)`
+    pub fn signing_bytes(
+        cluster_id: &[u8; 32],
+        epoch: u64,
+        node_index: u16,
+        binding: &[u8; 32],
+        envelope: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RESPONSE_DOMAIN.len() + 32 + 8 + 2 + 32 + 32);
+        out.extend_from_slice(RESPONSE_DOMAIN);
+        out.extend_from_slice(cluster_id);
+        out.extend_from_slice(&epoch.to_be_bytes());
+        out.extend_from_slice(&node_index.to_be_bytes());
+        out.extend_from_slice(binding);
+        out.extend_from_slice(&Sha256::digest(envelope));
+        out
     }
 
-    /// The decoded envelope bytes.
-    pub fn envelope_bytes(&self) -> Result<Vec<u8>, BodyError> {
-        BASE64.decode(&self.envelope).map_err(|_| BodyError::BadBase64 { field: "envelope" })
+    /// A response carrying `envelope` (base64-encoded), signed with the node's identity key.
+    pub fn signed(
+        identity: &ed25519_dalek::SigningKey,
+        cluster_id: &[u8; 32],
+        binding: &[u8; 32],
+        node_index: u16,
+        epoch: u64,
+        envelope: &[u8],
+    ) -> Self {
+        use ed25519_dalek::Signer as _;
+        let bytes = Self::signing_bytes(cluster_id, epoch, node_index, binding, envelope);
+        KeyResponse {
+            version: KEY_API_VERSION,
+            node_index,
+            epoch,
+            envelope: BASE64.encode(envelope),
+            signature: HexBytes(identity.sign(&bytes).to_bytes()),
+        }
     }
+
+    /// The decoded envelope, if the signature verifies (strict Ed25519) under `identity` for
+    /// the request with `binding` to the cluster `cluster_id`.
+    pub fn verify(
+        &self,
+        identity: &ed25519_dalek::VerifyingKey,
+        cluster_id: &[u8; 32],
+        binding: &[u8; 32],
+    ) -> Result<Vec<u8>, ResponseError> {
+        let envelope = BASE64.decode(&self.envelope).map_err(|_| ResponseError::BadBase64)?;
+        let bytes = Self::signing_bytes(cluster_id, self.epoch, self.node_index, binding, &envelope);
+        let signature = ed25519_dalek::Signature::from_bytes(self.signature.as_bytes());
+        identity.verify_strict(&bytes, &signature).map_err(|_| ResponseError::BadSignature)?;
+        Ok(envelope)
+    }
+}
+
+/// Why a key response is not authentic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResponseError {
+    /// The envelope is not standard, padded base64.
+    #[error("envelope is not valid base64")]
+    BadBase64,
+    /// The signature does not verify under the node's identity key.
+    #[error("signature does not verify under the node's identity key")]
+    BadSignature,
 }
 
 impl JsonDocument for KeyResponse {
     const WHAT: &'static str = "key response";
-    const VERSION: u64 = API_VERSION;
+    const VERSION: u64 = KEY_API_VERSION;
 }
 
 /// Body of every error response: a stable code and a human-readable reason that reveals nothing

@@ -40,6 +40,37 @@ pub struct NodeEntry {
     pub frost_vk: HexBytes<32>,
 }
 
+/// The fixed prefix of an Ed25519 libp2p peer id once base58-decoded: multihash `identity`
+/// (0x00) of length 36 over the protobuf `PublicKey { Type: Ed25519 (1), Data: <32 bytes> }`.
+const ED25519_PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/// The Ed25519 identity key inside a libp2p peer id (base58btc of the multihash above), if it is
+/// one; `None` for any other kind of peer id.
+pub fn identity_of_peer_id(peer_id: &str) -> Option<VerifyingKey> {
+    if peer_id.len() > 64 {
+        return None;
+    }
+    let bytes = bs58::decode(peer_id).into_vec().ok()?;
+    let key = bytes.strip_prefix(&ED25519_PEER_ID_PREFIX[..])?;
+    let key: [u8; 32] = key.try_into().ok()?;
+    VerifyingKey::from_bytes(&key).ok().filter(|k| !k.is_weak())
+}
+
+/// The libp2p peer id (base58btc) of an Ed25519 identity key.
+pub fn peer_id_of_identity(key: &[u8; 32]) -> String {
+    let mut bytes = ED25519_PEER_ID_PREFIX.to_vec();
+    bytes.extend_from_slice(key);
+    bs58::encode(bytes).into_string()
+}
+
+impl NodeEntry {
+    /// The node's Ed25519 identity key, read from its peer id (which [`ClusterDescriptor::validate`]
+    /// checks holds one): it signs the node's key responses.
+    pub fn identity(&self) -> Option<VerifyingKey> {
+        identity_of_peer_id(&self.peer_id)
+    }
+}
+
 /// What a cluster is, for one key epoch.
 ///
 /// The field order below is the order of the canonical JSON that is signed
@@ -100,6 +131,12 @@ pub enum ClusterError {
         /// Index found there.
         found: u16,
     },
+    /// A node's peer id is not that of an Ed25519 identity key.
+    #[error("node {index} has a peer id that holds no Ed25519 identity key")]
+    BadPeerId {
+        /// Its index.
+        index: u16,
+    },
     /// Two nodes share a peer id.
     #[error("node {index} repeats the peer id of an earlier node")]
     DuplicatePeerId {
@@ -130,7 +167,7 @@ impl ClusterDescriptor {
     }
 
     /// Checks the version and the roster: n ≤ [`MAX_NODES`], 1 ≤ threshold ≤ n, indices exactly
-    /// 1..=n in order, peer ids unique.
+    /// 1..=n in order, peer ids unique and each an Ed25519 identity key.
     pub fn validate(&self) -> Result<(), ClusterError> {
         if self.version != CLUSTER_VERSION {
             return Err(ClusterError::UnsupportedVersion { found: self.version, supported: CLUSTER_VERSION });
@@ -146,6 +183,9 @@ impl ClusterDescriptor {
         for (position, node) in self.nodes.iter().enumerate() {
             if usize::from(node.index) != position + 1 {
                 return Err(ClusterError::BadIndex { position, found: node.index });
+            }
+            if node.identity().is_none() {
+                return Err(ClusterError::BadPeerId { index: node.index });
             }
             if !peers.insert(node.peer_id.as_str()) {
                 return Err(ClusterError::DuplicatePeerId { index: node.index });

@@ -131,6 +131,11 @@ error_codes! {
     TdxMeasurementNotAllowed = "tdx_measurement_not_allowed" => 403,
     /// This request (nonce) was already served.
     RequestReplayed = "request_replayed" => 409,
+    /// The request's `time` is outside the node's replay window (too old, or ahead of the
+    /// node's clock by more than the allowed skew); the reason says by how much.
+    RequestExpired = "request_expired" => 400,
+    /// The request names another cluster than this node's.
+    WrongCluster = "wrong_cluster" => 409,
     /// A roster change or approval is invalid for this node's committee (wrong cluster or
     /// epoch, bad roster, too few dealers, an approval that does not verify).
     ReshareInvalid = "reshare_invalid" => 400,
@@ -183,6 +188,6 @@ mod tests {
             assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
             assert!((400..600).contains(&c.http_status()));
         }
-        assert_eq!(ErrorCode::ALL.len(), 38);
+        assert_eq!(ErrorCode::ALL.len(), 40);
     }
 }

@@ -148,9 +148,10 @@ enum Cmd {
     /// The enclave side of the demo against a running cluster: register a fixed app, encrypt,
     /// fetch as an attested enclave, decrypt; prints the key fingerprint and per-node report.
     Client {
-        /// Any node's base URL.
-        #[arg(long)]
-        node: String,
+        /// A node's base URL; repeat it: the descriptor is taken from the first that serves it
+        /// (one node may be restarting).
+        #[arg(long, required = true)]
+        node: Vec<String>,
         /// The dev issuer's directory (issuer.pem).
         #[arg(long)]
         attestation: PathBuf,
@@ -487,11 +488,22 @@ fn cpu_seconds() -> f64 {
 
 /// The enclave's side against an existing cluster, with a fixed owner key so every run asks for
 /// the same app key (its fingerprint shows whether shares stayed the same).
-async fn client(node: String, attestation: PathBuf) -> anyhow::Result<()> {
+async fn client(nodes: Vec<String>, attestation: PathBuf) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let node = node.trim_end_matches('/').to_string();
-    let descriptor = http.get(format!("{node}/v1/cluster")).send().await?.error_for_status()?.bytes().await?;
-    let cluster = Cluster::from_json(&descriptor, Pin::None)?;
+    let mut cluster = None;
+    let mut errors = Vec::new();
+    for node in &nodes {
+        let url = format!("{}/v1/cluster", node.trim_end_matches('/'));
+        let got = async { anyhow::Ok(http.get(&url).send().await?.error_for_status()?.bytes().await?) };
+        match got.await.and_then(|d| Ok(Cluster::from_json(&d, Pin::None)?)) {
+            Ok(c) => {
+                cluster = Some(c);
+                break;
+            }
+            Err(e) => errors.push(format!("{url}: {e:#}")),
+        }
+    }
+    let Some(cluster) = cluster else { bail!("no node served the cluster descriptor: {}", errors.join("; ")) };
     println!(
         "cluster epoch {}, t = {} of {}",
         cluster.descriptor().epoch,

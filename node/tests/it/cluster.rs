@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use kms_dkg::envelope::response;
 use kms_dkg::threshold::{combine, verify_partials, BlsPublicKeys, KeyId, PartialKey};
 use kms_dkg::{Bls12381G2, PublicKeySet, Suite};
-use kms_proto::api::{Evidence, KeyRequest, KeyResponse, API_VERSION};
+use kms_proto::api::{Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{ImageDigest, Label, SignedManifest};
 use kms_proto::cluster::SignedClusterDescriptor;
 use kms_proto::codec::{decode_json, encode_json};
@@ -25,34 +25,55 @@ use kms_tests::{init, tail, write_config, Cluster, Node, PortReservation};
 pub(crate) struct Enclave {
     secret: x25519_dalek::StaticSecret,
     nonce: [u8; 32],
+    cluster_id: [u8; 32],
+}
+
+/// The id of the cluster the nodes of `c` were configured for (from node 1's config).
+pub(crate) fn cluster_id(c: &Cluster) -> [u8; 32] {
+    kms_node::run::cluster_id(&kms_node::config::Config::load(&c.nodes[0].config).unwrap())
 }
 
 impl Enclave {
-    pub(crate) fn new() -> Self {
+    /// An enclave asking the cluster of `c`.
+    pub(crate) fn new(c: &Cluster) -> Self {
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
-        Enclave { secret: x25519_dalek::StaticSecret::random_from_rng(OsRng), nonce }
+        Enclave { secret: x25519_dalek::StaticSecret::random_from_rng(OsRng), nonce, cluster_id: cluster_id(c) }
     }
 
     pub(crate) fn request(&self, app: &kms_proto::AppId, image: &ImageDigest) -> (KeyRequest, [u8; 32]) {
         let public = x25519_dalek::PublicKey::from(&self.secret).to_bytes();
-        let label = Label::default();
-        let binding = kms_proto::api::binding(app, &label, &public, &self.nonce);
-        let req = KeyRequest {
-            version: API_VERSION,
+        let mut req = KeyRequest {
+            version: KEY_API_VERSION,
+            cluster_id: HexBytes(self.cluster_id),
             app_id: *app,
-            label,
+            label: Label::default(),
             client_public_key: HexBytes(public),
             nonce: HexBytes(self.nonce),
-            evidence: Evidence::ConfidentialSpace { token: token(&binding, image) },
+            time: crate::common::now(),
+            evidence: Evidence::ConfidentialSpace { token: String::new() },
             manifest: None,
         };
+        let binding = req.binding();
+        req.evidence = Evidence::ConfidentialSpace { token: token(&binding, image) };
         (req, binding)
     }
 
+    /// Opens a node's answer after checking its signature under the identity key in the
+    /// node's peer id (`peer_id` from the descriptor).
+    pub(crate) fn open_from(&self, peer_id: &str, binding: &[u8; 32], body: &[u8]) -> PartialKey {
+        let resp: KeyResponse = decode_json(body).unwrap();
+        let identity = kms_proto::cluster::identity_of_peer_id(peer_id).unwrap();
+        let env = resp.verify(&identity, &self.cluster_id, binding).expect("signed by the node");
+        let bytes = response::open(&self.secret, binding, resp.node_index, &env).unwrap();
+        PartialKey::from_bytes(resp.node_index, &bytes).unwrap()
+    }
+
+    /// Opens a node's answer (its signature is checked by [`Enclave::open_from`] where the test
+    /// has the descriptor).
     pub(crate) fn open(&self, binding: &[u8; 32], body: &[u8]) -> PartialKey {
         let resp: KeyResponse = decode_json(body).unwrap();
-        let env = resp.envelope_bytes().unwrap();
+        let env = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &resp.envelope).unwrap();
         let bytes = response::open(&self.secret, binding, resp.node_index, &env).unwrap();
         PartialKey::from_bytes(resp.node_index, &bytes).unwrap()
     }
@@ -119,7 +140,7 @@ fn five_nodes_on_loopback() {
     // An attested enclave fetches its key from all five nodes and combines any three.
     let id = KeyId::new(*app.as_bytes(), "root").unwrap();
     let fetch = |c: &Cluster, which: &[usize], image: &ImageDigest| -> Vec<PartialKey> {
-        let enclave = Enclave::new();
+        let enclave = Enclave::new(&c);
         let (req, binding) = enclave.request(&app, image);
         let body = encode_json(&req);
         which
@@ -127,7 +148,7 @@ fn five_nodes_on_loopback() {
             .map(|&i| {
                 let (status, resp) = c.nodes[i].post("/v1/keys", &body);
                 assert_eq!(status, 200, "node {}: {}", i + 1, String::from_utf8_lossy(&resp));
-                enclave.open(&binding, &resp)
+                enclave.open_from(&d0.descriptor.nodes[i].peer_id, &binding, &resp)
             })
             .collect()
     };
@@ -140,12 +161,20 @@ fn five_nodes_on_loopback() {
     assert_eq!(*combine(&keys, &id, &second).unwrap().to_bytes(), *key.to_bytes(), "same app, same key");
 
     // The same request again is refused as a replay.
-    let enclave = Enclave::new();
+    let enclave = Enclave::new(&c);
     let (req, _) = enclave.request(&app, &image_a);
     let body = encode_json(&req);
     assert_eq!(c.nodes[1].post("/v1/keys", &body).0, 200);
     let (status, resp) = c.nodes[1].post("/v1/keys", &body);
     assert_eq!((status, error_code(&resp)), (409, ErrorCode::RequestReplayed));
+    // A request of an hour ago, or for another cluster, is refused before its evidence is read.
+    let (mut old, _) = Enclave::new(&c).request(&app, &image_a);
+    old.time -= 3600;
+    let (status, resp) = c.nodes[1].post("/v1/keys", &encode_json(&old));
+    assert_eq!((status, error_code(&resp)), (400, ErrorCode::RequestExpired));
+    old.cluster_id = HexBytes([9; 32]);
+    let (status, resp) = c.nodes[1].post("/v1/keys", &encode_json(&old));
+    assert_eq!((status, error_code(&resp)), (409, ErrorCode::WrongCluster));
 
     // Over real HTTP: an oversized body and malformed JSON get JSON refusals with stable codes.
     let (status, resp) = c.nodes[0].post("/v1/keys", &vec![b'{'; 200 << 10]);
@@ -168,7 +197,7 @@ fn five_nodes_on_loopback() {
     let (status, body) = c.nodes[2].post("/v1/apps", &encode_json(&m2));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     wait_manifest_everywhere(&c, &app, 2);
-    let enclave = Enclave::new();
+    let enclave = Enclave::new(&c);
     let (req, _) = enclave.request(&app, &image_a);
     let body = encode_json(&req);
     for n in &c.nodes {
@@ -322,7 +351,7 @@ fn a_late_complaint_is_healed_by_share_recovery() {
     assert_eq!(c.nodes[1].post("/v1/apps", &encode_json(&m)).0, 200);
     wait_manifest_everywhere(&c, &app, 1);
     let id = KeyId::new(*app.as_bytes(), "root").unwrap();
-    let enclave = Enclave::new();
+    let enclave = Enclave::new(&c);
     let (req, binding) = enclave.request(&app, &image);
     let body = encode_json(&req);
     let partials: Vec<PartialKey> = c

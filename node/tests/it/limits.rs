@@ -117,7 +117,7 @@ fn a_slow_body_holds_no_permit_and_is_refused_when_its_time_is_up() {
         .collect();
     // With the only permit free, a complete request is processed (refused on its merits, not
     // for want of a permit).
-    let (status, body) = c.nodes[0].post("/v1/keys", b"{\"version\": 1}");
+    let (status, body) = c.nodes[0].post("/v1/keys", b"{\"version\": 2}");
     assert_eq!((status, error_code(&body)), (400, ErrorCode::MalformedRequest));
     for s in slow {
         let (status, body) = status_and_body(&closed_by_node(s));
@@ -164,7 +164,7 @@ fn a_request_released_just_before_a_crash_is_refused_as_a_replay_after_it() {
     let (status, _) = c.nodes[0].post("/v1/apps", &kms_proto::codec::encode_json(&m));
     assert_eq!(status, 200);
     for _ in 0..3 {
-        let enclave = crate::cluster::Enclave::new();
+        let enclave = crate::cluster::Enclave::new(&c);
         let (req, _) = enclave.request(&m.manifest.app_id, &image);
         let body = kms_proto::codec::encode_json(&req);
         assert_eq!(c.nodes[0].post("/v1/keys", &body).0, 200);
@@ -195,7 +195,7 @@ fn a_node_without_keys_answers_not_ready() {
     let owner = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
     let image = crate::common::digest(0xaa);
     let m = crate::common::manifest(&owner, 1, std::slice::from_ref(&image));
-    let enclave = crate::cluster::Enclave::new();
+    let enclave = crate::cluster::Enclave::new(&c);
     let (req, _) = enclave.request(&m.manifest.app_id, &image);
     let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
     assert_eq!((status, error_code(&body)), (503, ErrorCode::NotReady));

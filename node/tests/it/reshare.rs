@@ -40,7 +40,7 @@ fn fetch(
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let enclave = Enclave::new();
+    let enclave = Enclave::new(c);
     let (req, binding) = enclave.request(app, image);
     let body = encode_json(&req);
     let partials: Vec<_> = positions

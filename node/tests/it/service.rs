@@ -16,7 +16,7 @@ use kms_node::seal::SealKey;
 use kms_node::service::KeyService;
 use kms_node::state::Shared;
 use kms_node::store::{ActiveKeys, MemKv, NodeStore};
-use kms_proto::api::{Evidence, KeyRequest, KeyResponse, API_VERSION};
+use kms_proto::api::{Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{ImageDigest, Label, Policy, SignedManifest};
 use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::{AppId, ErrorCode, HexBytes};
@@ -33,7 +33,12 @@ struct Fixture {
     app: AppId,
     image: ImageDigest,
     bls: kms_dkg::threshold::BlsPublicKeys,
+    /// The node's identity key (public half).
+    identity: ed25519_dalek::VerifyingKey,
 }
+
+/// The cluster the fixture's node serves.
+const CLUSTER: [u8; 32] = [0x5c; 32];
 
 fn fixture(active: bool) -> Fixture {
     let jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
@@ -68,15 +73,19 @@ fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
         cs: ConfidentialSpaceVerifier::new(CsConfig::new(AUDIENCE)),
         jwks,
         tdx: None,
-        replay_window_secs: 600,
+        cluster_id: CLUSTER,
+        identity: SigningKey::from_bytes(&[0x1d; 32]),
+        max_age_secs: 540,
+        leeway_secs: 30,
     };
+    let identity = service.identity.verifying_key();
     let owner = SigningKey::generate(&mut OsRng);
     let image = digest(0xaa);
     let m = manifest(&owner, 1, std::slice::from_ref(&image));
     let app = m.manifest.app_id;
     apps.offer(&m, false).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    Fixture { rt, service, apps, owner, app, image, bls: public }
+    Fixture { rt, service, apps, owner, app, image, bls: public, identity }
 }
 
 struct Request {
@@ -92,19 +101,21 @@ impl Fixture {
         let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
-        let label = Label::default();
-        let binding = kms_proto::api::binding(&self.app, &label, &public, &nonce);
-        let mut c = claims(&binding, &self.image, now());
-        edit(&mut c);
-        let req = KeyRequest {
-            version: API_VERSION,
+        let mut req = KeyRequest {
+            version: KEY_API_VERSION,
+            cluster_id: HexBytes(CLUSTER),
             app_id: self.app,
-            label,
+            label: Label::default(),
             client_public_key: HexBytes(public),
             nonce: HexBytes(nonce),
-            evidence: Evidence::ConfidentialSpace { token: mint(&c) },
+            time: now(),
+            evidence: Evidence::ConfidentialSpace { token: String::new() },
             manifest: None,
         };
+        let binding = req.binding();
+        let mut c = claims(&binding, &self.image, now());
+        edit(&mut c);
+        req.evidence = Evidence::ConfidentialSpace { token: mint(&c) };
         Request { secret, req, binding }
     }
 
@@ -134,18 +145,74 @@ fn a_valid_request_releases_a_partial_bound_to_the_enclave() {
     let r = f.request();
     let resp = f.send(&r).unwrap();
     assert_eq!((resp.node_index, resp.epoch), (2, 4));
-    let bytes = response::open(&r.secret, &r.binding, 2, &resp.envelope_bytes().unwrap()).unwrap();
+    let envelope = resp.verify(&f.identity, &CLUSTER, &r.binding).expect("signed by the node's identity key");
+    let bytes = response::open(&r.secret, &r.binding, 2, &envelope).unwrap();
     let partial = PartialKey::from_bytes(2, &bytes).unwrap();
     let id = KeyId::new(*f.app.as_bytes(), "root").unwrap();
     verify_partial(&f.bls, &id.hash(), &partial).expect("partial verifies against VK_2");
     // Another enclave cannot open it.
     let other = x25519_dalek::StaticSecret::random_from_rng(OsRng);
-    assert!(response::open(&other, &r.binding, 2, &resp.envelope_bytes().unwrap()).is_err());
+    assert!(response::open(&other, &r.binding, 2, &envelope).is_err());
+    // The signature covers the request, the cluster, the epoch, the index and the envelope:
+    // none of them can be changed on the way, and no other key signed it.
+    let stranger = SigningKey::generate(&mut OsRng).verifying_key();
+    let bad = kms_proto::api::ResponseError::BadSignature;
+    assert_eq!(resp.verify(&stranger, &CLUSTER, &r.binding), Err(bad.clone()));
+    assert_eq!(resp.verify(&f.identity, &[0; 32], &r.binding), Err(bad.clone()));
+    assert_eq!(resp.verify(&f.identity, &CLUSTER, &[0; 32]), Err(bad.clone()));
+    for tamper in [
+        |r: &mut KeyResponse| r.epoch += 1,
+        |r: &mut KeyResponse| r.node_index = 3,
+        |r: &mut KeyResponse| r.envelope = base64_flip(&r.envelope),
+    ] {
+        let mut t = resp.clone();
+        tamper(&mut t);
+        assert_eq!(t.verify(&f.identity, &CLUSTER, &r.binding), Err(bad.clone()));
+    }
     let log = f.service.store.audit_log(&f.app).unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].outcome, "released");
     assert_eq!(log[0].workload.as_deref(), Some(f.image.to_string().as_str()));
     assert!(!format!("{log:?}").contains(&hex::encode(&bytes[..])), "the partial must not be audited");
+}
+
+/// `b64` with the first byte of what it encodes flipped.
+fn base64_flip(b64: &str) -> String {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut bytes = engine.decode(b64).unwrap();
+    bytes[0] ^= 1;
+    engine.encode(bytes)
+}
+
+/// A request for another cluster, or made outside the node's window (older than the
+/// attestation's maximum age plus leeway, or ahead of its clock by more than the leeway), is
+/// refused with its reason, audited, and does not use up its nonce.
+#[test]
+fn requests_for_another_cluster_or_outside_the_time_window_are_refused() {
+    let f = fixture(true);
+    let resend = |edit: &dyn Fn(&mut KeyRequest)| {
+        let mut r = f.request();
+        edit(&mut r.req);
+        let binding = r.req.binding();
+        r.req.evidence = Evidence::ConfidentialSpace { token: mint(&claims(&binding, &f.image, now())) };
+        f.send(&r)
+    };
+    refused(resend(&|r| r.cluster_id = HexBytes([1; 32])), ErrorCode::WrongCluster, "0101");
+    refused(resend(&|r| r.time = now() - 600), ErrorCode::RequestExpired, "before this node's clock, limit 570 s");
+    refused(resend(&|r| r.time = now() + 45), ErrorCode::RequestExpired, "ahead of this node's clock, limit 30 s");
+    assert!(resend(&|r| r.time = now() - 560).is_ok(), "within max age + leeway");
+    assert!(resend(&|r| r.time = now() + 20).is_ok(), "within the leeway");
+    let log = f.service.store.audit_log(&f.app).unwrap();
+    let outcomes: Vec<&str> = log.iter().map(|e| e.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["wrong_cluster", "request_expired", "request_expired", "released", "released"]);
+    // A request bound to another cluster's id but sent with this one's fails its binding.
+    let mut r = f.request();
+    r.req.cluster_id = HexBytes([1; 32]);
+    let binding = r.req.binding();
+    r.req.evidence = Evidence::ConfidentialSpace { token: mint(&claims(&binding, &f.image, now())) };
+    r.req.cluster_id = HexBytes(CLUSTER);
+    refused(f.send(&r), ErrorCode::AttestationNonceMismatch, "nonce");
 }
 
 #[test]
@@ -157,8 +224,8 @@ fn body_refusals() {
     v["extra"] = json!(1);
     refused(f.handle(v.to_string().as_bytes()), ErrorCode::MalformedRequest, "unknown field `extra`");
     v.as_object_mut().unwrap().remove("extra");
-    v["version"] = json!(2);
-    refused(f.handle(v.to_string().as_bytes()), ErrorCode::UnsupportedVersion, "version 2");
+    v["version"] = json!(1);
+    refused(f.handle(v.to_string().as_bytes()), ErrorCode::UnsupportedVersion, "version 1");
     let huge = vec![b' '; kms_proto::codec::MAX_JSON_DOCUMENT + 1];
     refused(f.handle(&huge), ErrorCode::BodyTooLarge, "too large");
     let mut r = f.request();
@@ -249,8 +316,7 @@ fn replayed_requests_are_refused_and_refusals_do_not_burn_nonces() {
     let f2 = fixture(true);
     let mut r = f2.request_with(|c| c["dbgstat"] = json!("enabled"));
     refused(f2.send(&r), ErrorCode::AttestationDebugImage, "debug");
-    let public = x25519_dalek::PublicKey::from(&r.secret).to_bytes();
-    let binding = kms_proto::api::binding(&f2.app, &r.req.label, &public, r.req.nonce.as_bytes());
+    let binding = r.req.binding();
     r.req.evidence = Evidence::ConfidentialSpace { token: mint(&claims(&binding, &f2.image, now())) };
     assert!(f2.send(&r).is_ok());
 }

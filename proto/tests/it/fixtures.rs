@@ -2,9 +2,13 @@
 //! deterministically from a fixed seed) so snapshots are reproducible.
 
 use ed25519_dalek::{Signer, SigningKey};
-use kms_proto::api::{ErrorBody, Evidence, HealthBody, KeyRequest, KeyResponse, ReadyBody, API_VERSION};
+use kms_proto::api::{
+    ErrorBody, Evidence, HealthBody, KeyRequest, KeyResponse, ReadyBody, API_VERSION, KEY_API_VERSION,
+};
 use kms_proto::app::{AppName, EnvPolicy, Label, Manifest, Policy, SignedManifest, TdxMeasurement};
-use kms_proto::cluster::{ClusterDescriptor, NodeEntry, SignedClusterDescriptor, CLUSTER_VERSION};
+use kms_proto::cluster::{
+    peer_id_of_identity, ClusterDescriptor, NodeEntry, SignedClusterDescriptor, CLUSTER_VERSION,
+};
 use kms_proto::dkg::{
     Blinding, BlindingMsg, BlindingShare, Confirm, Deal, DkgBody, DkgMessage, Header, Justification,
     RecoverOutcome, RecoverReply, RecoverRequest, Response, ShareMsg, Signed, SuiteId,
@@ -52,11 +56,13 @@ pub fn signed_manifest() -> SignedManifest {
 
 pub fn key_request_cs() -> KeyRequest {
     KeyRequest {
-        version: API_VERSION,
+        version: KEY_API_VERSION,
+        cluster_id: HexBytes([0xc1; 32]),
         app_id: manifest().app_id,
         label: Label::default(),
         client_public_key: HexBytes([0x11; 32]),
         nonce: HexBytes([0x22; 32]),
+        time: 1_767_225_600,
         evidence: Evidence::ConfidentialSpace {
             token: "eyJhbGciOiJSUzI1NiIsImtpZCI6ImRldiJ9.eyJpc3MiOiJkZXYifQ.c2lnbmF0dXJl".into(),
         },
@@ -67,18 +73,26 @@ pub fn key_request_cs() -> KeyRequest {
 pub fn key_request_tdx() -> KeyRequest {
     let quote: Vec<u8> = (0..64u8).collect();
     KeyRequest {
-        version: API_VERSION,
+        version: KEY_API_VERSION,
+        cluster_id: HexBytes([0xc1; 32]),
         app_id: manifest().app_id,
         label: Label::new("db-password").unwrap(),
         client_public_key: HexBytes([0x33; 32]),
         nonce: HexBytes([0x44; 32]),
+        time: 1_767_225_600,
         evidence: Evidence::tdx_quote(&quote),
         manifest: Some(signed_manifest()),
     }
 }
 
+/// Node 2's identity key in [`cluster_descriptor`].
+pub fn node_identity(index: u16) -> SigningKey {
+    SigningKey::from_bytes(&[0x10 + u8::try_from(index).unwrap(); 32])
+}
+
 pub fn key_response() -> KeyResponse {
-    KeyResponse::new(2, 1, &[0xe5; 108])
+    let binding = key_request_cs().binding();
+    KeyResponse::signed(&node_identity(2), &[0xc1; 32], &binding, 2, 1, &[0xe5; 108])
 }
 
 pub fn error_body() -> ErrorBody {
@@ -99,7 +113,7 @@ pub fn cluster_descriptor() -> ClusterDescriptor {
             let b = u8::try_from(i).unwrap();
             NodeEntry {
                 index: i,
-                peer_id: format!("12D3KooWDummyPeer{i}"),
+                peer_id: peer_id_of_identity(&node_identity(i).verifying_key().to_bytes()),
                 p2p_addr: format!("/dns4/kms-{i}.example/tcp/4001"),
                 http_url: format!("https://kms-{i}.example"),
                 vk: HexBytes([0xa0 + b; 96]),

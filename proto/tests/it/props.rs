@@ -1,6 +1,6 @@
 //! Property tests: decoders never panic on arbitrary or mutated input; JSON round-trips.
 
-use kms_proto::api::{Evidence, KeyRequest, API_VERSION};
+use kms_proto::api::{Evidence, KeyRequest, KEY_API_VERSION};
 use kms_proto::app::{AppId, Label, SignedManifest};
 use kms_proto::codec::{decode_json, decode_p2p, encode_json, encode_p2p};
 use kms_proto::dkg::DkgMessage;
@@ -62,9 +62,12 @@ fn key_request() -> impl Strategy<Value = KeyRequest> {
         any::<[u8; 32]>(),
         evidence(),
         prop::option::of(any::<u64>()),
+        any::<([u8; 32], u64)>(),
     )
-        .prop_map(|(app_id, label, client, nonce, evidence, manifest_seq)| KeyRequest {
-            version: API_VERSION,
+        .prop_map(|(app_id, label, client, nonce, evidence, manifest_seq, (cluster, time))| KeyRequest {
+            version: KEY_API_VERSION,
+            cluster_id: HexBytes(cluster),
+            time,
             app_id: AppId(app_id),
             label,
             client_public_key: HexBytes(client),

@@ -88,16 +88,16 @@ fn json_missing_label_defaults_to_root() {
 #[test]
 fn json_unknown_version() {
     let mut v = tree(&fixtures::key_request_cs());
-    v["version"] = json!(2);
+    v["version"] = json!(3);
     assert_eq!(
         decode::<KeyRequest>(&v),
-        Err(CodecError::UnsupportedVersion { what: "key request", found: 2, supported: 1 })
+        Err(CodecError::UnsupportedVersion { what: "key request", found: 3, supported: 2 })
     );
     // The version is checked before fields, so a newer peer's new fields do not mask it.
     v["new_field"] = json!("x");
     assert_eq!(
         decode::<KeyRequest>(&v),
-        Err(CodecError::UnsupportedVersion { what: "key request", found: 2, supported: 1 })
+        Err(CodecError::UnsupportedVersion { what: "key request", found: 3, supported: 2 })
     );
 }
 
@@ -455,6 +455,19 @@ fn cluster_roster_rules() {
     let mut d = fixtures::cluster_descriptor();
     d.nodes[2].peer_id = d.nodes[0].peer_id.clone();
     assert_eq!(check(d), Err(ClusterError::DuplicatePeerId { index: 3 }));
+
+    // A peer id that holds no Ed25519 identity key (garbage, an RSA-style hash, a weak key)
+    // cannot authenticate the node's responses.
+    for bad in [
+        "12D3KooWDummyPeer2".to_string(),
+        "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N".to_string(),
+        kms_proto::cluster::peer_id_of_identity(&[0; 32]),
+        "1".repeat(100),
+    ] {
+        let mut d = fixtures::cluster_descriptor();
+        d.nodes[1].peer_id = bad;
+        assert_eq!(check(d), Err(ClusterError::BadPeerId { index: 2 }));
+    }
 
     let mut d = fixtures::cluster_descriptor();
     let template = d.nodes[0].clone();

@@ -165,14 +165,20 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
     procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
 
     let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
-    // The roster's port for node 2 stays reserved; the liar listens on it as a node would.
+    // The roster's port for node 2 stays reserved; the liar listens on it as a node would. It
+    // first answers as an impostor on the path would (signing with a key of its own), then as
+    // node 2 itself lying (signing with node 2's identity key, read from its data directory).
     let listener = procs.nodes[1].reserved(liar_addr).listen().unwrap();
     listener.set_nonblocking(true).unwrap();
     let listener = rt.block_on(async { tokio::net::TcpListener::from_std(listener) }).unwrap();
+    let node2_key: [u8; 32] =
+        std::fs::read(procs.nodes[1].dir.join("data/identity.key")).unwrap().try_into().unwrap();
+    let signed_by_node2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signer = signed_by_node2.clone();
     rt.spawn(async move {
         let app = axum::Router::new().route(
             "/v1/keys",
-            axum::routing::post(|body: axum::body::Bytes| async move {
+            axum::routing::post(move |body: axum::body::Bytes| async move {
                 // A well-formed answer, sealed to the enclave, around a partial for another key.
                 let req: kms_proto::api::KeyRequest = decode_json(&body).unwrap();
                 let mut rng = kms_dkg::testing::seeded_rng(9);
@@ -190,7 +196,13 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
                     &mut OsRng,
                 )
                 .unwrap();
-                encode_json(&kms_proto::api::KeyResponse::new(2, 1, &env))
+                let key = if signer.load(std::sync::atomic::Ordering::SeqCst) {
+                    SigningKey::from_bytes(&node2_key)
+                } else {
+                    SigningKey::generate(&mut OsRng)
+                };
+                let cluster_id = *req.cluster_id.as_bytes();
+                encode_json(&kms_proto::api::KeyResponse::signed(&key, &cluster_id, &req.binding(), 2, 1, &env))
             }),
         );
         axum::serve(listener, app).await.unwrap();
@@ -206,9 +218,20 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
     let envelope = secrets::encrypt(&cluster, &app, &label, b"sealed before the fetch").unwrap();
 
     // With nodes 4 and 5 down, the liar's answer is one of the only three: the fetch must look
-    // at it, name it, and fail (two valid partials, three needed) rather than use it.
+    // at it, name it, and fail (two valid partials, three needed) rather than use it. An
+    // answer node 2 did not sign blames nobody.
     procs.nodes[3].kill9();
     procs.nodes[4].kill9();
+    let err = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).err().expect("2 of 3 needed");
+    let FetchError::NotEnoughShares { valid, report, .. } = err else { panic!("{err}") };
+    assert_eq!(valid, 2, "{:?}", outcomes(&report));
+    assert!(
+        matches!(&report[1].outcome, NodeOutcome::Unauthenticated { reason } if reason.contains("signature")),
+        "an impostor's answer is unauthenticated, not node 2's lie: {:?}",
+        outcomes(&report)
+    );
+    // Signed with node 2's identity key, the same wrong partial is node 2's lie.
+    signed_by_node2.store(true, std::sync::atomic::Ordering::SeqCst);
     let err = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).err().expect("2 of 3 needed");
     let FetchError::NotEnoughShares { valid, report, .. } = err else { panic!("{err}") };
     assert_eq!(valid, 2, "{:?}", outcomes(&report));
