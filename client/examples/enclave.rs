@@ -40,9 +40,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let app = manifest.manifest.app_id;
 
-    // 3. Offline encryption to (app, "root").
+    // 3. Offline encryption to (app, "root"), signed by the owner.
     let label = Label::default();
-    let envelope = secrets::encrypt(&cluster, &app, &label, b"hello from the owner")?;
+    let envelope =
+        secrets::encrypt_signed(&cluster, &owner, &manifest.manifest.name, &label, b"hello from the owner")?;
 
     // 4. The enclave fetches its key; it presents the manifest itself (nodes accept it if newer).
     let pem = std::fs::read(dir.join("attestation/issuer.pem"))?;
@@ -51,8 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let fetched = fetch_key(&cluster, &app, &label, &provider, &opts).await?;
     println!("{}", format_report(&fetched.report));
 
-    // 5. Decrypt and derive.
-    let plain = secrets::decrypt(&fetched.key, &cluster, &envelope)?;
+    // 5. Decrypt (only an envelope the app's owner signed) and derive.
+    let plain = secrets::decrypt_signed(&fetched.key, &cluster, &envelope)?;
     println!("decrypted: {}", String::from_utf8_lossy(&plain));
     let db_key = secrets::derive(&fetched.key, "database-encryption");
     println!("derived a 32-byte sub-key ({}…)", &hex::encode(&db_key[..])[..8]);

@@ -108,4 +108,14 @@ pub enum EnvelopeError {
     /// Plaintext larger than the format allows.
     #[error("plaintext too large: {0} bytes")]
     TooLarge(usize),
+    /// The envelope is not signed by its app's owner, and a signed one is required.
+    #[error("envelope is not signed by the app's owner")]
+    Unsigned,
+    /// An owner-signed envelope whose signature does not verify under the key it carries.
+    #[error("the owner signature of the envelope does not verify")]
+    BadOwnerSignature,
+    /// An owner-signed envelope signed by a key that does not own its app (the key and app name
+    /// it carries do not derive the envelope's `app_id`).
+    #[error("envelope is signed by a key that does not own its app")]
+    NotAppOwner,
 }

@@ -1,8 +1,8 @@
-//! Any bytes as a secret envelope or a response envelope: refused cleanly, never a panic.
+//! Any bytes as a secret envelope (plain or owner-signed) or a response envelope: refused cleanly, never a panic.
 #![no_main]
 use std::sync::OnceLock;
 
-use kms_dkg::envelope::{response, secret};
+use kms_dkg::envelope::{response, secret, signed};
 use kms_dkg::testing::trusted_dealer;
 use kms_dkg::threshold::{combine, partial_key, AppKey, BlsPublicKeys, KeyId};
 use kms_dkg::Bls12381G2;
@@ -28,6 +28,8 @@ fn keys() -> &'static Keys {
 fuzz_target!(|data: &[u8]| {
     let k = keys();
     let _ = secret::peek(data);
+    let _ = signed::inner(data);
+    let _ = signed::verify(data);
     let _ = secret::decrypt(&k.app, Some(&k.public), data);
     let _ = response::open(&k.client, &[0; 32], u16::from(data.first().copied().unwrap_or(0)), data);
 });

@@ -258,7 +258,8 @@ fn keys_bench() {
                                 manifest: None,
                             };
                             let binding = req.binding();
-                            req.evidence = Evidence::ConfidentialSpace { token: token(&binding, &image, &key) };
+                            req.evidence =
+                                Evidence::ConfidentialSpace { token: token(&binding, &image, &key) };
                             encode_json(&req)
                         })
                         .collect::<Vec<_>>()

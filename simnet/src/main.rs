@@ -334,7 +334,8 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
     );
 
     println!("== 2. an app owner creates an app and allows one image");
-    let (m, good) = demo_app(&SigningKey::generate(&mut OsRng), "payments-api")?;
+    let owner = SigningKey::generate(&mut OsRng);
+    let (m, good) = demo_app(&owner, "payments-api")?;
     let app = m.manifest.app_id;
     let http = reqwest::Client::new();
     let r = http.post(format!("{}/v1/apps", net.nodes[0].url)).body(encode_json(&m)).send().await?;
@@ -348,11 +349,13 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("   app {app}: manifest seq 1 published to node 1, gossiped to all 5");
 
-    println!("== 3. the owner encrypts a secret offline (only the cluster descriptor is needed)");
+    println!(
+        "== 3. the owner encrypts a secret offline (only the cluster descriptor is needed) and signs it"
+    );
     let label = Label::default();
-    let envelope =
-        secrets::encrypt(&cluster, &app, &label, b"DATABASE_URL=postgres://payments:s3cret@db/prod")?;
-    println!("   {} bytes of secret envelope; no node was contacted", envelope.len());
+    let secret = b"DATABASE_URL=postgres://payments:s3cret@db/prod";
+    let envelope = secrets::encrypt_signed(&cluster, &owner, &m.manifest.name, &label, secret)?;
+    println!("   {} bytes of owner-signed secret envelope; no node was contacted", envelope.len());
 
     let pem = std::fs::read(&net.issuer.key).context("reading the dev issuer key")?;
     let enclave = DevIssuer::new(&pem, DEV_KID, AUDIENCE, &good.to_string())?;
@@ -361,8 +364,8 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("== 4. the enclave fetches its key with an attestation token and decrypts");
     let f = fetch_key(&cluster, &app, &label, &enclave, &opts).await?;
     println!("{}", format_report(&f.report));
-    let plain = secrets::decrypt(&f.key, &cluster, &envelope)?;
-    println!("   decrypted: {}", String::from_utf8_lossy(&plain));
+    let plain = secrets::decrypt_signed(&f.key, &cluster, &envelope)?;
+    println!("   decrypted (the owner's signature checked): {}", String::from_utf8_lossy(&plain));
     let fingerprint = hex::encode(&secrets::derive(&f.key, "kms/fingerprint")[..8]);
 
     println!("== 5. nodes 4 and 5 go down; the enclave fetches again");
@@ -503,17 +506,21 @@ async fn client(nodes: Vec<String>, attestation: PathBuf) -> anyhow::Result<()> 
             Err(e) => errors.push(format!("{url}: {e:#}")),
         }
     }
-    let Some(cluster) = cluster else { bail!("no node served the cluster descriptor: {}", errors.join("; ")) };
+    let Some(cluster) = cluster else {
+        bail!("no node served the cluster descriptor: {}", errors.join("; "))
+    };
     println!(
         "cluster epoch {}, t = {} of {}",
         cluster.descriptor().epoch,
         cluster.threshold(),
         cluster.nodes().len()
     );
-    let (m, good) = demo_app(&SigningKey::from_bytes(&[7u8; 32]), "compose-demo")?;
+    let owner = SigningKey::from_bytes(&[7u8; 32]);
+    let (m, good) = demo_app(&owner, "compose-demo")?;
     let app = m.manifest.app_id;
     let label = Label::default();
-    let envelope = secrets::encrypt(&cluster, &app, &label, b"hello from the owner")?;
+    let envelope =
+        secrets::encrypt_signed(&cluster, &owner, &m.manifest.name, &label, b"hello from the owner")?;
     let pem = std::fs::read(attestation.join("issuer.pem")).context("reading the dev issuer key")?;
     let enclave = DevIssuer::new(&pem, DEV_KID, AUDIENCE, &good.to_string())?;
     // The enclave brings the manifest itself: any node that has not seen it takes it.
@@ -524,7 +531,7 @@ async fn client(nodes: Vec<String>, attestation: PathBuf) -> anyhow::Result<()> 
         Err(e) => bail!("{e}"),
     };
     println!("{}", format_report(&f.report));
-    let plain = secrets::decrypt(&f.key, &cluster, &envelope)?;
+    let plain = secrets::decrypt_signed(&f.key, &cluster, &envelope)?;
     println!("decrypted: {}", String::from_utf8_lossy(&plain));
     println!("fingerprint {}", hex::encode(&secrets::derive(&f.key, "kms/fingerprint")[..8]));
     Ok(())

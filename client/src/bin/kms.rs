@@ -35,13 +35,18 @@ enum Cmd {
     /// Create and manage apps (owner side).
     #[command(subcommand)]
     App(AppCmd),
-    /// Encrypt a file to an app, offline (needs only the cluster descriptor).
+    /// Encrypt a file to an app, offline (needs only the cluster descriptor). With `--app-dir`
+    /// the envelope is signed with the app's owner key; with `--app` it is unsigned.
     Encrypt {
         #[command(flatten)]
         cluster: ClusterArgs,
-        /// App id (hex).
+        /// The app directory (owner.key, manifest.json): sign the envelope as the app's owner.
+        #[arg(long, conflicts_with = "app", required_unless_present = "app")]
+        app_dir: Option<PathBuf>,
+        /// App id (hex), for an unsigned envelope (`kms decrypt` refuses it unless told
+        /// `--allow-unsigned`).
         #[arg(long)]
-        app: String,
+        app: Option<String>,
         /// Key label.
         #[arg(long, default_value = "root")]
         label: String,
@@ -64,6 +69,10 @@ enum Cmd {
         /// Plaintext file to write (mode 0600).
         #[arg(long = "out")]
         output: PathBuf,
+        /// Also accept an envelope its app's owner did not sign (anyone holding the cluster's
+        /// public MPK can make one).
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Fetch an app key inside an enclave and print its fingerprint (or write the root secret).
     FetchKey {
@@ -392,6 +401,20 @@ fn app_dir_manifest(dir: &Path) -> PathBuf {
     dir.join("manifest.json")
 }
 
+/// The owner key and signed manifest of an app directory (`kms app create`).
+fn read_app_dir(dir: &Path) -> anyhow::Result<(SigningKey, SignedManifest)> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(dir.join("owner.key")).context("reading owner.key")?);
+    let key: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| anyhow!("owner.key must hold 32 bytes"))?;
+    let owner = SigningKey::from_bytes(key);
+    let manifest: SignedManifest =
+        decode_json(&std::fs::read(app_dir_manifest(dir)).context("reading manifest.json")?)
+            .map_err(|e| anyhow!("manifest.json: {e}"))?;
+    if manifest.manifest.owner_key.as_bytes() != &owner.verifying_key().to_bytes() {
+        bail!("owner.key is not the owner key of manifest.json");
+    }
+    Ok((owner, manifest))
+}
+
 async fn run(cli: Cli) -> Result<(), Exit> {
     let json_mode = cli.json;
     match cli.cmd {
@@ -430,14 +453,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             min_swversion,
             revoke,
         }) => {
-            let key: [u8; 32] = std::fs::read(dir.join("owner.key"))
-                .context("reading owner.key")?
-                .try_into()
-                .map_err(|_| anyhow!("owner.key must hold 32 bytes"))?;
-            let owner = SigningKey::from_bytes(&key);
-            let current: SignedManifest =
-                decode_json(&std::fs::read(app_dir_manifest(&dir)).context("reading manifest.json")?)
-                    .map_err(|e| anyhow!("manifest.json: {e}"))?;
+            let (owner, current) = read_app_dir(&dir)?;
             let mut m = current.manifest;
             for i in images {
                 let d: ImageDigest = i.parse().map_err(|e| anyhow!("--image {i}: {e:?}"))?;
@@ -567,27 +583,51 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 .join("\n");
             out(json_mode, json!({"app_id": app, "nodes": seen}), text);
         }
-        Cmd::Encrypt { cluster, app, label, input, output } => {
+        Cmd::Encrypt { cluster, app_dir, app, label, input, output } => {
             let c = load_cluster(&cluster)?;
-            let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
             let label = Label::new(label).map_err(|e| anyhow!("--label: {e}"))?;
             let plain = zeroize::Zeroizing::new(
                 std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?,
             );
-            let env = secrets::encrypt(&c, &app, &label, &plain)?;
+            let (env, app, signed) = match (app_dir, app) {
+                (Some(dir), _) => {
+                    let (owner, m) = read_app_dir(&dir)?;
+                    let env = secrets::encrypt_signed(&c, &owner, &m.manifest.name, &label, &plain)?;
+                    (env, m.manifest.app_id, true)
+                }
+                (None, Some(app)) => {
+                    let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
+                    (secrets::encrypt(&c, &app, &label, &plain)?, app, false)
+                }
+                (None, None) => return Err(anyhow!("--app-dir or --app is required").into()),
+            };
             std::fs::write(&output, &env)?;
             out(
                 json_mode,
-                json!({"out": output, "bytes": env.len()}),
-                format!("wrote {} ({} bytes)", output.display(), env.len()),
+                json!({"out": output, "bytes": env.len(), "app_id": app, "signed": signed}),
+                format!(
+                    "wrote {} ({} bytes, {})",
+                    output.display(),
+                    env.len(),
+                    if signed { "signed by the app's owner" } else { "unsigned" }
+                ),
             );
         }
-        Cmd::Decrypt { cluster, provider: p, input, output } => {
+        Cmd::Decrypt { cluster, provider: p, input, output, allow_unsigned } => {
             let c = load_cluster(&cluster)?;
             let env = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             let (app, label) = secrets::envelope_key(&env).map_err(|e| Exit(2, e.into()))?;
+            if !allow_unsigned && !secrets::is_signed(&env) {
+                // Refused before any key is fetched.
+                return Err(Exit(2, kms_dkg::EnvelopeError::Unsigned.into()));
+            }
             let f = fetch(&c, &cluster.path, &app, &label, &p, json_mode).await?;
-            let plain = secrets::decrypt(&f.key, &c, &env).map_err(|e| Exit(2, e.into()))?;
+            let plain = if allow_unsigned {
+                secrets::decrypt(&f.key, &c, &env)
+            } else {
+                secrets::decrypt_signed(&f.key, &c, &env)
+            }
+            .map_err(|e| Exit(2, e.into()))?;
             write_private(&output, &plain)?;
             out(
                 json_mode,

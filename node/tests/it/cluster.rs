@@ -38,7 +38,11 @@ impl Enclave {
     pub(crate) fn new(c: &Cluster) -> Self {
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
-        Enclave { secret: x25519_dalek::StaticSecret::random_from_rng(OsRng), nonce, cluster_id: cluster_id(c) }
+        Enclave {
+            secret: x25519_dalek::StaticSecret::random_from_rng(OsRng),
+            nonce,
+            cluster_id: cluster_id(c),
+        }
     }
 
     pub(crate) fn request(&self, app: &kms_proto::AppId, image: &ImageDigest) -> (KeyRequest, [u8; 32]) {
@@ -140,7 +144,7 @@ fn five_nodes_on_loopback() {
     // An attested enclave fetches its key from all five nodes and combines any three.
     let id = KeyId::new(*app.as_bytes(), "root").unwrap();
     let fetch = |c: &Cluster, which: &[usize], image: &ImageDigest| -> Vec<PartialKey> {
-        let enclave = Enclave::new(&c);
+        let enclave = Enclave::new(c);
         let (req, binding) = enclave.request(&app, image);
         let body = encode_json(&req);
         which

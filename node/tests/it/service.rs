@@ -199,8 +199,16 @@ fn requests_for_another_cluster_or_outside_the_time_window_are_refused() {
         f.send(&r)
     };
     refused(resend(&|r| r.cluster_id = HexBytes([1; 32])), ErrorCode::WrongCluster, "0101");
-    refused(resend(&|r| r.time = now() - 600), ErrorCode::RequestExpired, "before this node's clock, limit 570 s");
-    refused(resend(&|r| r.time = now() + 45), ErrorCode::RequestExpired, "ahead of this node's clock, limit 30 s");
+    refused(
+        resend(&|r| r.time = now() - 600),
+        ErrorCode::RequestExpired,
+        "before this node's clock, limit 570 s",
+    );
+    refused(
+        resend(&|r| r.time = now() + 45),
+        ErrorCode::RequestExpired,
+        "ahead of this node's clock, limit 30 s",
+    );
     assert!(resend(&|r| r.time = now() - 560).is_ok(), "within max age + leeway");
     assert!(resend(&|r| r.time = now() + 20).is_ok(), "within the leeway");
     let log = f.service.store.audit_log(&f.app).unwrap();

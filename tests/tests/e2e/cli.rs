@@ -83,7 +83,22 @@ fn kms_cli_end_to_end() {
     let secret = d.join("secret.txt");
     std::fs::write(&secret, "API_TOKEN=hunter2\n").unwrap();
     let sealed = d.join("secret.kms");
-    ok(&[
+    let v = ok(&[
+        "encrypt",
+        "--cluster",
+        s(&cluster),
+        "--app-dir",
+        s(&app_dir),
+        "--in",
+        s(&secret),
+        "--out",
+        s(&sealed),
+        "--json",
+    ]);
+    assert_eq!((v["signed"].as_bool(), v["app_id"].as_str()), (Some(true), Some(app.as_str())));
+    // The same secret unsigned (`--app`): anyone with the cluster's MPK could have made it.
+    let unsigned = d.join("unsigned.kms");
+    let v = ok(&[
         "encrypt",
         "--cluster",
         s(&cluster),
@@ -92,9 +107,10 @@ fn kms_cli_end_to_end() {
         "--in",
         s(&secret),
         "--out",
-        s(&sealed),
+        s(&unsigned),
         "--json",
     ]);
+    assert_eq!(v["signed"], false);
     assert!(!std::fs::read(&sealed).unwrap().windows(7).any(|w| w == b"hunter2"));
 
     let key = fixtures().join("oidc/signer.pem");
@@ -117,6 +133,18 @@ fn kms_cli_end_to_end() {
     let v = ok(&args);
     assert_eq!(std::fs::read_to_string(&plain).unwrap(), "API_TOKEN=hunter2\n");
     assert!(v["nodes"].as_array().unwrap().len() == 5);
+
+    // An unsigned envelope is refused (exit 2) before any key is fetched, unless allowed.
+    let plain2 = d.join("plain2.txt");
+    let mut args = vec!["decrypt", "--cluster", s(&cluster), "--in", s(&unsigned), "--out", s(&plain2)];
+    args.extend(enclave);
+    let out = kms(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed by the app's owner"));
+    assert!(!plain2.exists());
+    args.push("--allow-unsigned");
+    ok(&args);
+    assert_eq!(std::fs::read_to_string(&plain2).unwrap(), "API_TOKEN=hunter2\n");
 
     let mut args = vec!["fetch-key", "--cluster", s(&cluster), "--app", &app, "--json"];
     args.extend(enclave);

@@ -202,7 +202,14 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
                     SigningKey::generate(&mut OsRng)
                 };
                 let cluster_id = *req.cluster_id.as_bytes();
-                encode_json(&kms_proto::api::KeyResponse::signed(&key, &cluster_id, &req.binding(), 2, 1, &env))
+                encode_json(&kms_proto::api::KeyResponse::signed(
+                    &key,
+                    &cluster_id,
+                    &req.binding(),
+                    2,
+                    1,
+                    &env,
+                ))
             }),
         );
         axum::serve(listener, app).await.unwrap();
