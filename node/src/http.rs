@@ -329,6 +329,7 @@ async fn metrics(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<
         .set(s.shared.persist_failures.load(std::sync::atomic::Ordering::Relaxed) as i64);
     s.metrics.failed_attempts.set(s.shared.failed_attempts.load(std::sync::atomic::Ordering::Relaxed) as i64);
     s.metrics.peers.set(s.shared.connected.read().map(|c| c.len() as i64).unwrap_or(0));
+    s.metrics.set_jwks(s.keys.jwks.failures(), s.keys.jwks.last_success());
     if let Some(d) = s.shared.dkg_duration.read().ok().and_then(|d| *d) {
         s.metrics.dkg_seconds.set(d.as_secs_f64());
     }

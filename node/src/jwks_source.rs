@@ -3,6 +3,7 @@
 //! [`REFETCH_INTERVAL_SECS`] whatever the outcome, so random `kid`s cannot make the node hammer
 //! the issuer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub struct JwksSource {
     url: Option<String>,
     client: Option<reqwest::Client>,
     fetching: tokio::sync::Mutex<()>,
+    /// Fetches that failed (metrics: `kms_jwks_refresh_failures_total`).
+    failures: AtomicU64,
+    /// When a fetch last succeeded, unix seconds; 0 if never (and for a file source).
+    last_success: AtomicU64,
 }
 
 /// Checks a JWKS URL: HTTPS, or HTTP to a loopback host (tests and local development only).
@@ -44,6 +49,8 @@ impl JwksSource {
             url: None,
             client: None,
             fetching: tokio::sync::Mutex::new(()),
+            failures: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
         }
     }
 
@@ -60,6 +67,8 @@ impl JwksSource {
             url: Some(url),
             client: Some(client),
             fetching: tokio::sync::Mutex::new(()),
+            failures: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
         })
     }
 
@@ -68,6 +77,25 @@ impl JwksSource {
         match self.cache.read() {
             Ok(c) => f(c.jwks()),
             Err(_) => f(&Jwks::default()),
+        }
+    }
+
+    /// Fetches of the URL that failed since the start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// When a fetch of the URL last succeeded (unix seconds), 0 if none did (or for a file).
+    pub fn last_success(&self) -> u64 {
+        self.last_success.load(Ordering::Relaxed)
+    }
+
+    /// Counts a fetch's outcome for the metrics.
+    fn record(&self, ok: bool, now: u64) {
+        if ok {
+            self.last_success.fetch_max(now, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -99,7 +127,9 @@ impl JwksSource {
             return;
         }
         let _one = self.fetching.lock().await;
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        self.record(fetched.is_ok(), now);
+        match fetched {
             Ok(jwks) => {
                 info!(keys = jwks.len(), "JWKS fetched");
                 if let Ok(mut c) = self.cache.write() {
@@ -125,7 +155,9 @@ impl JwksSource {
         if !allowed {
             return false;
         }
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        self.record(fetched.is_ok(), now);
+        match fetched {
             Ok(jwks) => {
                 info!(keys = jwks.len(), kid, "JWKS re-fetched for an unknown kid");
                 if let Ok(mut c) = self.cache.write() {

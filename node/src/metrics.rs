@@ -26,6 +26,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of trust-anchor metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnchorLabels {
+    /// `pki_root` (the pinned Confidential Space root certificate) or `tdx_collateral`.
+    pub anchor: String,
+}
+
 /// Labels of latency metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -70,6 +77,12 @@ pub struct Metrics {
     pub http_connections: Gauge<i64, AtomicI64>,
     /// HTTP connections closed at once, by the limit that refused them.
     pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Failed fetches of the issuer's keys (`attestation.jwks_url`).
+    pub jwks_failures: Counter,
+    /// When the issuer's keys were last fetched, unix seconds (0: never, or a `jwks_file`).
+    pub jwks_last_success: Gauge<i64, AtomicI64>,
+    /// When each trust anchor the node holds expires, unix seconds.
+    pub trust_expiry: Family<AnchorLabels, Gauge<i64, AtomicI64>>,
 }
 
 impl Default for Metrics {
@@ -88,6 +101,24 @@ impl Default for Metrics {
             (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
         let http_connections = Gauge::default();
         let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let jwks_failures = Counter::default();
+        let jwks_last_success = Gauge::default();
+        let trust_expiry = Family::<AnchorLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "jwks_refresh_failures",
+            "Failed fetches of the issuer's keys (attestation.jwks_url)",
+            jwks_failures.clone(),
+        );
+        registry.register(
+            "jwks_last_success_timestamp_seconds",
+            "When the issuer's keys were last fetched, unix seconds (0: never, or a jwks_file)",
+            jwks_last_success.clone(),
+        );
+        registry.register(
+            "trust_expiry_timestamp_seconds",
+            "When a trust anchor expires, unix seconds: the pinned root certificate (pki_root), the TDX collateral's next update (tdx_collateral)",
+            trust_expiry.clone(),
+        );
         registry.register("http_connections", "Open HTTP connections", http_connections.clone());
         registry.register(
             "http_connections_refused",
@@ -146,6 +177,9 @@ impl Default for Metrics {
             reshare_approvals,
             http_connections,
             connections_refused,
+            jwks_failures,
+            jwks_last_success,
+            trust_expiry,
         }
     }
 }
@@ -157,6 +191,18 @@ impl Metrics {
             .get_or_create(&RequestLabels { endpoint: endpoint.into(), outcome: outcome.into() })
             .inc();
         self.latency.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(seconds);
+    }
+
+    /// Sets when the trust anchor `anchor` expires (unix seconds).
+    pub fn set_trust_expiry(&self, anchor: &str, at: u64) {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        self.trust_expiry.get_or_create(&AnchorLabels { anchor: anchor.into() }).set(at);
+    }
+
+    /// Brings the issuer-key metrics up to `failures` fetch failures in all and the last success.
+    pub fn set_jwks(&self, failures: u64, last_success: u64) {
+        self.jwks_failures.inc_by(failures.saturating_sub(self.jwks_failures.get()));
+        self.jwks_last_success.set(i64::try_from(last_success).unwrap_or(i64::MAX));
     }
 
     /// Counts a connection refused by `reason` (the limit's name).

@@ -300,6 +300,14 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::default());
+    if let Some(at) = cs.config().pki_root_der.as_deref().and_then(crate::attestation::x5c::not_after) {
+        metrics.set_trust_expiry("pki_root", at);
+    }
+    if let Some(at) =
+        tdx.as_ref().and_then(|t| crate::attestation::tdx::collateral_next_update(&t.collateral))
+    {
+        metrics.set_trust_expiry("tdx_collateral", at);
+    }
     let state = Arc::new(AppState {
         keys: KeyService {
             store: store.clone(),

@@ -61,6 +61,42 @@ impl TdxClaims {
     }
 }
 
+/// When DCAP collateral stops being current: the earlier `nextUpdate` of its TCB info and its QE
+/// identity, unix seconds. `None` if neither carries one that parses (RFC 3339, UTC, `Z`).
+pub fn collateral_next_update(collateral: &dcap_qvl::QuoteCollateralV3) -> Option<u64> {
+    [&collateral.tcb_info, &collateral.qe_identity]
+        .into_iter()
+        .filter_map(|doc| {
+            let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+            let at = v.get("nextUpdate").or_else(|| v.get("tcbInfo")?.get("nextUpdate"))?.as_str()?;
+            rfc3339_utc(at)
+        })
+        .min()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` as unix seconds (the fraction dropped).
+fn rfc3339_utc(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let time = time.split_once('.').map_or(time, |(t, _)| t);
+    let num = |p: &str| p.parse::<i64>().ok();
+    let d: Vec<i64> = date.split('-').map(num).collect::<Option<_>>()?;
+    let t: Vec<i64> = time.split(':').map(num).collect::<Option<_>>()?;
+    let [y, m, day] = <[i64; 3]>::try_from(d).ok()?;
+    let [hh, mm, ss] = <[i64; 3]>::try_from(t).ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// The `report_data` a TD puts in its quote for a key request: `binding ‖ 0³²` (DESIGN §2
 /// "attestation binding").
 pub fn tdx_report_data(binding: &[u8; 32]) -> [u8; 64] {
@@ -115,4 +151,21 @@ fn dcap_reason(e: &impl std::fmt::Display) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against `date -u -d ... +%s` (GNU coreutils).
+    #[test]
+    fn rfc3339_times_convert_like_gnu_date() {
+        assert_eq!(rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_utc("2025-07-19T10:16:03Z"), Some(1_752_920_163));
+        assert_eq!(rfc3339_utc("2000-02-29T23:59:59.999Z"), Some(951_868_799));
+        assert_eq!(rfc3339_utc("2026-12-03T17:00:00Z"), Some(1_796_317_200));
+        for bad in ["2025-07-19T10:16:03", "2025-13-01T00:00:00Z", "2025-07-19 10:16:03Z", "x"] {
+            assert_eq!(rfc3339_utc(bad), None, "{bad}");
+        }
+    }
 }

@@ -37,6 +37,12 @@ pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
     tail.is_empty().then_some(pem.contents)
 }
 
+/// When a DER certificate expires (its `notAfter`), unix seconds; `None` if it does not parse.
+pub fn not_after(der: &[u8]) -> Option<u64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
+}
+
 /// Verifies `x5c` (standard base64 DER, leaf first) against `pinned_root_der` at `now` and
 /// returns the leaf's RSA key.
 pub(crate) fn verify_chain(

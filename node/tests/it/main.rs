@@ -4,6 +4,7 @@ mod attestation;
 mod cluster;
 mod common;
 mod limits;
+mod ops;
 mod ports;
 mod reshare;
 mod service;

@@ -384,6 +384,16 @@ fn jwks_url_is_fetched_and_refetched_on_unknown_kid_at_a_bounded_rate() {
         assert!(!rt.block_on(source.ensure_kid(&format!("random-{i}"), later + 1)));
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2, "bounded re-fetch rate");
+    assert_eq!((source.failures(), source.last_success()), (0, later), "both fetches succeeded");
+
+    // The issuer serves garbage: the keys held stay, and the failure is counted (metrics
+    // `kms_jwks_refresh_failures_total`, alert KmsJwksRefreshFailing) with the last success.
+    *serving.lock().unwrap() = b"not a key set".to_vec();
+    let much_later = later + 2 * kms_node::jwks_source::REFETCH_INTERVAL_SECS;
+    assert!(!rt.block_on(source.ensure_kid("rotated-away", much_later)));
+    rt.block_on(source.refresh(much_later + 1));
+    assert_eq!((source.failures(), source.last_success()), (2, later));
+    f.send(&f.request()).expect("the keys held still verify");
     assert!(kms_node::jwks_source::check_url("http://example.com/jwks").is_err());
     assert!(kms_node::jwks_source::check_url("https://www.googleapis.com/oauth2/v3/certs").is_ok());
 }
