@@ -210,11 +210,17 @@ fn keys_bench() {
         &owner,
     );
     let app = m.manifest.app_id;
+    // The node signs its descriptor shortly after its keys are active.
     let cluster_id = rt.block_on(async {
-        let body = client.get(format!("http://127.0.0.1:{http}/v1/cluster")).send().await.unwrap();
-        let d: kms_proto::cluster::SignedClusterDescriptor =
-            kms_proto::codec::decode_json(&body.bytes().await.unwrap()).unwrap();
-        d.descriptor.cluster_id
+        loop {
+            let r = client.get(format!("http://127.0.0.1:{http}/v1/cluster")).send().await.unwrap();
+            if r.status() == 200 {
+                let d: kms_proto::cluster::SignedClusterDescriptor =
+                    kms_proto::codec::decode_json(&r.bytes().await.unwrap()).unwrap();
+                break d.descriptor.cluster_id;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
     rt.block_on(async {
         let r = client
