@@ -113,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/reshare", get(reshare_status).post(reshare_offer))
         .route("/metrics", get(metrics))
+        .route("/", get(status_page))
         .fallback(|| async { refusal(&ApiError::new(ErrorCode::MalformedRequest, "no such endpoint")) })
         .with_state(state)
 }
@@ -313,6 +314,32 @@ async fn audit(
         Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
     })();
     finish(&s, "/v1/audit", started, r)
+}
+
+/// `GET /`: the status page for a person (`status_page.rs`), under the same limits as every
+/// other read.
+async fn status_page(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let _permit = admit(&s, peer)?;
+        let page = crate::status_page::render(&s, unix_now());
+        Ok((
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                // Inline style only: no script, no other origin, no framing.
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            page,
+        )
+            .into_response())
+    })();
+    finish(&s, "/", started, r)
 }
 
 async fn metrics(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {

@@ -26,6 +26,7 @@ pub mod seal;
 pub mod serve;
 pub mod service;
 pub mod state;
+pub mod status_page;
 pub mod store;
 
 pub use kms_dkg as dkg;

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub jwks_last_success: Gauge<i64, AtomicI64>,
     /// When each trust anchor the node holds expires, unix seconds.
     pub trust_expiry: Family<AnchorLabels, Gauge<i64, AtomicI64>>,
+    /// Refusals by reason and the most recent ones, for the status page.
+    pub refusals: crate::status_page::Refusals,
 }
 
 impl Default for Metrics {
@@ -180,6 +182,7 @@ impl Default for Metrics {
             jwks_failures,
             jwks_last_success,
             trust_expiry,
+            refusals: crate::status_page::Refusals::default(),
         }
     }
 }
@@ -191,6 +194,9 @@ impl Metrics {
             .get_or_create(&RequestLabels { endpoint: endpoint.into(), outcome: outcome.into() })
             .inc();
         self.latency.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(seconds);
+        if outcome != "ok" {
+            self.refusals.record(crate::http::unix_now(), endpoint, outcome);
+        }
     }
 
     /// Sets when the trust anchor `anchor` expires (unix seconds).

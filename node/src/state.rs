@@ -124,6 +124,11 @@ impl Shared {
         }
     }
 
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
     /// This node's index in the current committee, if it is a member.
     pub fn me(&self) -> Option<u16> {
         let m = self.membership.read().unwrap_or_else(|p| p.into_inner());

@@ -126,6 +126,19 @@ impl Default for PortReservation {
 
 /// A blocking HTTP/1.1 exchange; returns (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    http_with_headers(addr, method, path, body).map(|(status, _, body)| (status, body))
+}
+
+/// Response headers, (name, value) in order.
+pub type Headers = Vec<(String, String)>;
+
+/// [`http`], with the response's headers as well.
+pub fn http_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Headers, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
@@ -139,7 +152,12 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io:
     let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(out.len());
     let head = String::from_utf8_lossy(&out[..split]).to_string();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, out.get(split + 4..).unwrap_or_default().to_vec()))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    Ok((status, headers, out.get(split + 4..).unwrap_or_default().to_vec()))
 }
 
 pub struct Node {

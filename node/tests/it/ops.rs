@@ -99,3 +99,73 @@ fn tdx_collateral_expires_at_its_earliest_next_update() {
     collateral.tcb_info = "not json".into();
     assert_eq!(kms_node::attestation::tdx::collateral_next_update(&collateral), None);
 }
+
+/// Starts one node of a one-node cluster and waits for its keys.
+fn one_node() -> Cluster {
+    let mut c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+    c.nodes[0].start();
+    c.wait_ready(&[0], Duration::from_secs(30));
+    c
+}
+
+/// `GET /` shows the node, its cluster, its committee and its refusals, with headers that let a
+/// browser run nothing, and nothing secret: not the identity or seal key, not a token.
+#[test]
+fn the_status_page_shows_the_node_and_its_refusals_and_no_secret() {
+    let c = one_node();
+    // Two refusals to show: a malformed key request and an unknown app.
+    assert_eq!(c.nodes[0].post("/v1/keys", b"{\"version\": 2}").0, 400);
+    assert_eq!(c.nodes[0].get(&format!("/v1/apps/{}", "ab".repeat(32))).0, 404);
+    let (status, headers, body) = kms_tests::http_with_headers(c.nodes[0].http, "GET", "/", b"").unwrap();
+    assert_eq!(status, 200);
+    let page = String::from_utf8(body).unwrap();
+    let header = |name: &str| {
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap_or("")
+    };
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    assert!(header("content-security-policy").starts_with("default-src 'none'"), "{headers:?}");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+
+    let cluster = crate::cluster::cluster_id(&c);
+    for shown in [
+        "<h1 id=\"title\">KMS node 1</h1>".to_string(),
+        format!("<td id=\"cluster-id\">{}</td>", hex::encode(cluster)),
+        "<td id=\"threshold\">1 of 1</td>".into(),
+        "<td id=\"epoch\">1</td>".into(),
+        "keys active".into(),
+        "<td>malformed_request</td><td>1</td>".into(),
+        "<td>unknown_app</td><td>1</td>".into(),
+        "this node".into(),
+    ] {
+        assert!(page.contains(&shown), "{shown} missing:\n{page}");
+    }
+    assert!(!page.contains("<script"), "no script");
+    for secret in ["identity.key", "seal.key"] {
+        let bytes = std::fs::read(c.nodes[0].dir.join("data").join(secret)).unwrap();
+        assert!(!page.contains(&hex::encode(&bytes)), "{secret} on the page");
+    }
+}
+
+/// The page renders in a real browser: headless Chromium loads it and its DOM holds the node's
+/// tables. Needs `chromium` (CI installs Debian's package and runs this test with `--ignored`).
+#[test]
+#[ignore = "needs chromium (.ci/run installs it and runs this test)"]
+fn the_status_page_renders_in_headless_chromium() {
+    let c = one_node();
+    assert_eq!(c.nodes[0].post("/v1/keys", b"{\"version\": 2}").0, 400);
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("http://{}/", c.nodes[0].http))
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    for shown in
+        ["KMS node 1", "id=\"committee\"", "this node", "<td>malformed_request</td><td>1</td>", "keys active"]
+    {
+        assert!(dom.contains(shown), "{shown} missing from the DOM Chromium built:\n{dom}");
+    }
+}
