@@ -1,4 +1,4 @@
-//! The enclave client library of the threshold KMS (DESIGN §5), and the `kms` CLI.
+//! The enclave client library of the threshold KMS (`docs/client.md`), and the `kms` CLI.
 //!
 //! ```text
 //! let cluster = Cluster::from_json(&descriptor_json, Pin::GroupKey(pinned))?;   // FROST-signed

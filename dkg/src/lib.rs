@@ -1,7 +1,7 @@
 //! Cryptographic core of the threshold KMS.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 //!
-//! Pure and I/O-free (DESIGN §2–§4): no sockets, no clock, no global RNG. Callers pass `now` and
+//! Pure and I/O-free (`docs/formats.md`, `docs/decisions.md`): no sockets, no clock, no global RNG. Callers pass `now` and
 //! a cryptographic RNG.
 //!
 //! * [`suite`]: the two groups (BLS12-381 G2, Ed25519) behind one trait.

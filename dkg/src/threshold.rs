@@ -1,4 +1,4 @@
-//! Threshold app keys (DESIGN §2): `σ = s·H(id)` computed from any t partials `σ_i = s_i·H(id)`.
+//! Threshold app keys (`docs/formats.md` §2): `σ = s·H(id)` computed from any t partials `σ_i = s_i·H(id)`.
 //!
 //! `H` is RFC 9380 hash-to-curve `BLS12381G1_XMD:SHA-256_SSWU_RO_` with DST
 //! [`HASH_TO_G1_DST`]. `σ` is the Boneh–Franklin IBE private key of `id` under `MPK = s·G2`, and

@@ -1,4 +1,4 @@
-//! Owner-signed manifests (DESIGN §5): accepted only with a valid signature, an `app_id` that
+//! Owner-signed manifests (`docs/formats.md` §6, `docs/api.md` `POST /v1/apps`): accepted only with a valid signature, an `app_id` that
 //! matches the owner key and name, and a higher `seq` than the one held. Accepted manifests are
 //! gossiped to every roster peer, so an upgrade or revocation reaches the whole cluster.
 

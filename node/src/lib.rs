@@ -1,4 +1,4 @@
-//! kms-node: the KMS node daemon (DESIGN §4–§6).
+//! kms-node: the KMS node daemon (`docs/node-config.md`, `docs/api.md`).
 //!
 //! The I/O shell around the pure core in `kms-dkg`: the libp2p swarm that carries the DKG, the
 //! sealed share store, the attestation verifiers and policy engine, and the HTTP API.

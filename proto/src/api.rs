@@ -1,4 +1,4 @@
-//! HTTP JSON bodies of the node API (DESIGN §5): `POST /v1/keys`, errors, health and readiness.
+//! HTTP JSON bodies of the node API (`docs/api.md`, `docs/formats.md` §5): `POST /v1/keys`, errors, health and readiness.
 //!
 //! Binary fields are lowercase hex when they have a fixed size and standard base64 (RFC 4648 §4,
 //! with padding) when they do not.

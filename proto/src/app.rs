@@ -1,4 +1,4 @@
-//! App identity and owner-signed manifests (DESIGN §2 "app identity", §5 "Manifests").
+//! App identity and owner-signed manifests (`docs/formats.md` §2 and §6).
 //!
 //! An app is named by `app_id = SHA-256("kms/v1/app-id" ‖ owner_pubkey(32) ‖ name)`: only the
 //! holder of the owner's Ed25519 key can sign manifests for it. A [`Manifest`] carries the
@@ -330,7 +330,7 @@ impl EnvPolicy {
     }
 }
 
-/// What an app's enclave must prove before a node hands it a key share (DESIGN §5 "Attestation
+/// What an app's enclave must prove before a node hands it a key share (`docs/api.md` §5 "Attestation
 /// checks"). Empty allowlists allow nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,5 @@
-//! The cluster descriptor: epoch, roster, threshold and public keys of a KMS cluster (DESIGN §2
-//! "cluster signing key").
+//! The cluster descriptor: epoch, roster, threshold and public keys of a KMS cluster
+//! (`docs/formats.md` §7).
 //!
 //! The cluster signs it with FROST under its Ed25519 group key; a FROST Ed25519 signature is an
 //! ordinary Ed25519 signature, so [`SignedClusterDescriptor::verify`] is plain strict Ed25519

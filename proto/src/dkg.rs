@@ -1,4 +1,4 @@
-//! Peer-to-peer messages of the distributed key generation (DESIGN §3).
+//! Peer-to-peer messages of the distributed key generation (`docs/formats.md` §8).
 //!
 //! Byte-level only: points and scalars are opaque byte strings here; `kms-dkg` decodes and
 //! validates them. Broadcast messages are [`Signed`] by the sender's identity key (Ed25519) over

@@ -1,4 +1,4 @@
-//! Stable error codes of the HTTP API (DESIGN §5 step 3: "each refusal carries a stable error code
+//! Stable error codes of the HTTP API (`docs/api.md` §5; "each refusal carries a stable error code
 //! and reason").
 //!
 //! The strings are part of the API: clients and dashboards match on them. A code is never renamed

@@ -27,7 +27,7 @@ impl Default for TdxConfigfs {
     }
 }
 
-/// `report_data = binding ‖ 0³²` (DESIGN §2).
+/// `report_data = binding ‖ 0³²` (`docs/formats.md` §5.2).
 pub fn report_data(binding: &[u8; 32]) -> [u8; 64] {
     let mut rd = [0u8; 64];
     rd[..32].copy_from_slice(binding);

@@ -1,5 +1,5 @@
 //! Joint-Feldman distributed key generation with complaints, justifications and agreement
-//! (DESIGN §3; Gennaro–Jarecki–Krawczyk–Rabin, "Secure Distributed Key Generation for
+//! (`docs/decisions.md`; Gennaro–Jarecki–Krawczyk–Rabin, "Secure Distributed Key Generation for
 //! Discrete-Log Based Cryptosystems", J. Cryptology 2007, protocol JF-DKG, plus a Schnorr proof
 //! of knowledge of each dealer's constant term and a signed-transcript quorum).
 //!

@@ -1,4 +1,4 @@
-//! Google Confidential Space attestation tokens (DESIGN §5 "Attestation checks").
+//! Google Confidential Space attestation tokens (`docs/api.md` §5).
 //!
 //! A token is a compact JWS (RFC 7515 §7.1) over JWT claims (RFC 7519) in Google's format
 //! (<https://cloud.google.com/confidential-computing/confidential-space/docs/reference/token-claims>).

@@ -1,4 +1,4 @@
-//! Attestation verification (DESIGN §5 "Attestation checks"): each node checks evidence on its own.
+//! Attestation verification (`docs/api.md` §5): each node checks evidence on its own.
 //!
 //! Pure functions: no network, no clock, no global state. The caller passes `now` (unix
 //! seconds), the key material (a pinned JWKS, the pinned Confidential Space root, DCAP

@@ -1,4 +1,4 @@
-//! The claims of a verified Confidential Space token against an app's [`Policy`] (DESIGN §5:
+//! The claims of a verified Confidential Space token against an app's [`Policy`] (`docs/api.md` §5:
 //! `dbgstat`, `image_digest`, `hwmodel`, `swversion`, `support_attributes`, `env_override`,
 //! `cmd_override`).
 //!

@@ -1,4 +1,4 @@
-//! Raw Intel TDX quotes (DESIGN §5 "TDX quote"): DCAP verification with collateral the node
+//! Raw Intel TDX quotes (`docs/api.md` §5): DCAP verification with collateral the node
 //! holds, offline, then the TCB status, the binding in `report_data`, and the measurements.
 //!
 //! DCAP quote verification (Intel "DCAP ECDSA Quote Library API", §"Quote Verification") is done
@@ -97,8 +97,8 @@ fn rfc3339_utc(s: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
-/// The `report_data` a TD puts in its quote for a key request: `binding ‖ 0³²` (DESIGN §2
-/// "attestation binding").
+/// The `report_data` a TD puts in its quote for a key request: `binding ‖ 0³²`
+/// (`docs/formats.md` §5.2).
 pub fn tdx_report_data(binding: &[u8; 32]) -> [u8; 64] {
     let mut out = [0u8; 64];
     out[..32].copy_from_slice(binding);

@@ -1,4 +1,4 @@
-//! Attestation refusal battery (DESIGN §5 "Attestation checks").
+//! Attestation refusal battery (`docs/api.md` §5).
 //!
 //! * `real_pki`: the two real Google Confidential Space PKI tokens, verified offline at a pinned
 //!   time against the pinned root, then accepted or refused by policy.
