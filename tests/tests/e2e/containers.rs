@@ -237,18 +237,23 @@ fn a_node_cut_off_during_the_dkg_does_not_stop_the_others() {
     c.wait_ready(&[1, 2, 3, 4]);
     let (fingerprint, report) = c.fetch_with_report().expect("four nodes serve the key");
     assert_eq!(fingerprint.len(), 16, "{report}");
-    // The report: three of the four connected nodes gave valid partials (t = 3); node 5, cut
-    // off, never answered: unreachable or timed out, or still pending (not needed) when the
-    // three were in.
+    // The report names all five nodes: exactly t = 3 valid partials; nodes 1–4 answered or were
+    // not needed; node 5 (cut off at its start; Docker may attach it later) is valid or did not
+    // answer; no node refused, lied or was impersonated.
     let line =
         |i: u16| report.lines().find(|l| l.trim_start().starts_with(&format!("node {i} "))).unwrap_or("");
-    assert_eq!((1..=4).filter(|&i| line(i).contains("): ok")).count(), 3, "{report}");
+    assert!((1..=5).all(|i| !line(i).is_empty()), "every node is in the report: {report}");
+    assert_eq!((1..=5).filter(|&i| line(i).contains("): ok")).count(), 3, "{report}");
+    for i in 1..=4 {
+        assert!(
+            ["ok", "not needed"].iter().any(|o| line(i).contains(&format!("): {o}"))),
+            "node {i}: {report}"
+        );
+    }
     assert!(
-        ["unreachable", "timed out", "not needed"].iter().any(|o| line(5).contains(&format!("): {o}"))),
+        ["ok", "unreachable", "timed out", "not needed"].iter().any(|o| line(5).contains(&format!("): {o}"))),
         "node 5: {report}"
     );
-    // Its own keys never became active: it serves nothing.
-    assert_eq!(epoch_of(5), 0, "the cut-off node has no keys");
 }
 
 /// The image is reproducible: packing the same static binary twice gives the same image id.
