@@ -132,18 +132,14 @@ impl KeyService {
     /// [`KeyService::replay_window_secs`] from the release, which covers every `now` at which the
     /// same request would pass this check again.
     fn check_time(&self, time: u64, now: u64) -> Result<(), ApiError> {
-        let oldest = now.saturating_sub(self.max_age_secs + self.leeway_secs);
-        if time < oldest {
+        let max_age = self.max_age_secs.saturating_add(self.leeway_secs);
+        if time < now.saturating_sub(max_age) {
             return Err(ApiError::new(
                 ErrorCode::RequestExpired,
-                format!(
-                    "request time is {} s before this node's clock, limit {} s",
-                    now - time,
-                    self.max_age_secs + self.leeway_secs
-                ),
+                format!("request time is {} s before this node's clock, limit {max_age} s", now - time),
             ));
         }
-        if time > now + self.leeway_secs {
+        if time > now.saturating_add(self.leeway_secs) {
             return Err(ApiError::new(
                 ErrorCode::RequestExpired,
                 format!(
@@ -159,7 +155,7 @@ impl KeyService {
     /// How long a released request's nonce is remembered, seconds: long enough that the request
     /// is refused by [`KeyService::check_time`] once its record is dropped.
     pub fn replay_window_secs(&self) -> u64 {
-        self.max_age_secs + 2 * self.leeway_secs
+        self.max_age_secs.saturating_add(self.leeway_secs.saturating_mul(2))
     }
 
     fn held_manifest(&self, req: &KeyRequest) -> Result<SignedManifest, ApiError> {
@@ -288,7 +284,7 @@ impl KeyService {
         // Replay check last: a refused request does not burn its nonce.
         let fresh = self
             .store
-            .use_nonce(&req.app_id, req.nonce.as_bytes(), now + self.replay_window_secs())
+            .use_nonce(&req.app_id, req.nonce.as_bytes(), now.saturating_add(self.replay_window_secs()))
             .map_err(ApiError::internal)?;
         if !fresh {
             return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
