@@ -60,6 +60,17 @@ fn json<T: JsonDocument>(status: StatusCode, body: &T) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], encode_json(body)).into_response()
 }
 
+/// The answer to a request framed by both `Content-Length` and `Transfer-Encoding`
+/// (`serve.rs`, `framing.rs`); hyper closes the connection after it.
+pub fn framing_refusal() -> Response {
+    let mut r = refusal(&ApiError::new(
+        ErrorCode::MalformedRequest,
+        "request framed by both Content-Length and Transfer-Encoding",
+    ));
+    r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    r
+}
+
 fn refusal(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, &ErrorBody::new(e.code, e.reason.clone()))

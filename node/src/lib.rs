@@ -13,6 +13,7 @@ pub mod descriptor;
 pub mod driver;
 #[cfg(all(feature = "test-faults", debug_assertions))]
 mod faults;
+pub mod framing;
 pub mod http;
 pub mod identity;
 pub mod jwks_source;

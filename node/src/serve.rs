@@ -9,10 +9,10 @@
 //! connection (so an idle connection is closed after that time too). Bodies are bounded in
 //! `http.rs` (`limits.body_timeout_ms`), handlers by `limits.request_timeout_ms`.
 //!
-//! A request framed two ways (`Content-Length` and `Transfer-Encoding`) is read as RFC 9112
-//! §6.3 says: the transfer coding wins, `Content-Length` is dropped, and the connection is closed
-//! after the answer, so nothing sent after the body can be taken for another request (hyper's
-//! HTTP/1 parser does this before any handler runs).
+//! A request framed two ways (`Content-Length` and `Transfer-Encoding`) is refused
+//! (`400 malformed_request`, `framing.rs` finds it in the connection's bytes, since hyper drops
+//! `Content-Length` before any handler runs), and the connection is closed after the answer
+//! (RFC 9112 §6.1), so nothing sent after the body can be taken for another request.
 //!
 //! On shutdown the listener closes, open connections finish their request in flight and close,
 //! and whatever is left after `limits.drain_ms` is cut.
@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::framing::Watched;
 use crate::metrics::Metrics;
 
 /// Connection limits (from `[limits]`).
@@ -119,9 +121,21 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        // Requests of this connection, and which one (from 1) was framed two ways.
+        let (seen, conflict) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let stream = Watched::new(stream, conflict.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            let framed_twice = conflict.load(Ordering::SeqCst) == n;
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
+            let app = app.clone();
+            async move {
+                if framed_twice {
+                    debug!(%peer, "request with both Content-Length and Transfer-Encoding refused");
+                    return Ok::<_, std::convert::Infallible>(crate::http::framing_refusal());
+                }
+                app.oneshot(req.map(axum::body::Body::new)).await
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

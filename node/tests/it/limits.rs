@@ -2,7 +2,7 @@
 //! send nothing, stall in their headers or sit idle are closed; connections beyond the limits
 //! are closed at once (other sources unaffected); a slow request body holds no concurrency
 //! permit and is refused when its time is up; GET endpoints are rate-limited; a request framed by
-//! both `Content-Length` and `Transfer-Encoding` cannot smuggle a second one. One real node (a
+//! both `Content-Length` and `Transfer-Encoding` is refused and cannot smuggle a second one. One real node (a
 //! cluster of one) with small limits.
 
 use std::io::{Read, Write};
@@ -140,17 +140,38 @@ fn get_endpoints_are_rate_limited_and_two_way_framing_smuggles_nothing() {
     assert_eq!((status, error_code(&body)), (429, ErrorCode::RateLimited), "after {codes:?}");
 
     // Content-Length and Transfer-Encoding together (a smuggling attempt: the "length" would
-    // leave a second request in the stream): the transfer coding frames the body, and the
-    // connection is closed after the answer, so the smuggled request is never read.
-    let mut s = connect_from([127, 0, 0, 9], c.nodes[0].http);
+    // leave a second request in the stream), in either order: refused for its framing, and the
+    // connection closed after the answer, so the smuggled request is never read.
+    for head in [
+        "Content-Length: 44\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 44",
+    ] {
+        let mut s = connect_from([127, 0, 0, 9], c.nodes[0].http);
+        write!(s, "POST /v1/apps HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&closed_by_node(s)).to_string();
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer only:\n{answer}");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("\"malformed_request\""), "{answer}");
+        assert!(
+            answer.contains("both Content-Length and Transfer-Encoding"),
+            "refused for its framing: {answer}"
+        );
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    }
+    // Pipelined behind two well-framed requests (one with a body), only the third is refused.
+    let mut s = connect_from([127, 0, 0, 10], c.nodes[0].http);
     s.write_all(
-        b"POST /v1/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /v1/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}\
+          POST /v1/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     )
     .unwrap();
     let answer = String::from_utf8_lossy(&closed_by_node(s)).to_string();
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer only:\n{answer}");
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let statuses: Vec<&str> =
+        answer.match_indices("HTTP/1.1 ").map(|(i, _)| &answer[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "400", "400"], "{answer}");
+    assert_eq!(answer.matches("both Content-Length and Transfer-Encoding").count(), 1, "{answer}");
 }
 
 /// A release is answered only once its replay record is on disk: a node killed (SIGKILL) the
