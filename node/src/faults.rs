@@ -11,6 +11,8 @@
 //! * `fail-confirm-record` — the store refuses the write of this node's record once it holds its
 //!   signed transcript confirmation (the second record of an attempt and suite), as a full or
 //!   failing disk would.
+//! * `fail-audit` — the store refuses every audit-log append, as a full disk would (a key request
+//!   is then refused `internal`).
 
 use std::sync::OnceLock;
 
@@ -21,6 +23,7 @@ enum Fault {
     WithholdShare(u16),
     MuteResponse,
     FailConfirmRecord,
+    FailAudit,
 }
 
 fn fault() -> Option<&'static Fault> {
@@ -32,6 +35,7 @@ fn fault() -> Option<&'static Fault> {
                 Some(("withhold-share", j)) => Fault::WithholdShare(j.parse().ok()?),
                 None if v == "mute-response" => Fault::MuteResponse,
                 None if v == "fail-confirm-record" => Fault::FailConfirmRecord,
+                None if v == "fail-audit" => Fault::FailAudit,
                 _ => return None,
             };
             tracing::warn!(fault = %v, "TEST FAULT INJECTION ACTIVE: this node misbehaves in the DKG");
@@ -53,6 +57,11 @@ pub(crate) fn outgoing(me: u16, to: u16, m: &mut DkgMessage) -> bool {
         (Some(Fault::MuteResponse), DkgBody::Response(r)) => r.payload.header.sender != me,
         _ => true,
     }
+}
+
+/// Whether the store must refuse an audit-log append.
+pub(crate) fn fail_audit() -> bool {
+    matches!(fault(), Some(Fault::FailAudit))
 }
 
 /// Whether the store must refuse this ceremony write.

@@ -185,7 +185,15 @@ impl KeyService {
             binding: hex::encode(binding),
             manifest_seq: seq,
         };
-        if let Err(e) = self.store.audit(entry) {
+        #[cfg(all(feature = "test-faults", debug_assertions))]
+        let audited = if crate::faults::fail_audit() {
+            Err(crate::store::StoreError::Backend("injected audit failure (test fault)".into()))
+        } else {
+            self.store.audit(entry)
+        };
+        #[cfg(not(all(feature = "test-faults", debug_assertions)))]
+        let audited = self.store.audit(entry);
+        if let Err(e) = audited {
             // A release that cannot be audited is not released.
             if result.is_ok() {
                 return Err(ApiError::internal(e));

@@ -225,3 +225,72 @@ fn a_node_without_keys_answers_not_ready() {
     assert_eq!((status, error_code(&body)), (503, ErrorCode::NotReady));
     assert_eq!(c.nodes[0].get("/v1/ready").0, 503);
 }
+
+/// Registers an app allowing `image` (and the dcap-qvl sample's MRTD) at node 1 of `c`.
+fn register(c: &Cluster, image: &kms_proto::app::ImageDigest) -> kms_proto::AppId {
+    let owner = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let mut policy = crate::common::policy(std::slice::from_ref(image));
+    policy.allowed_tdx_measurements = vec![kms_proto::app::TdxMeasurement {
+        mrtd: kms_proto::HexBytes([0x91; 48]),
+        rtmr0: None,
+        rtmr1: None,
+        rtmr2: None,
+        rtmr3: None,
+    }];
+    let m = crate::common::manifest_with(&owner, 1, policy);
+    let (status, body) = c.nodes[0].post("/v1/apps", &kms_proto::codec::encode_json(&m));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    m.manifest.app_id
+}
+
+/// A node whose store cannot append to the audit log refuses to release: `500 internal`, with
+/// nothing about the failure in the answer and the failure in the operator's log.
+#[test]
+#[cfg_attr(not(debug_assertions), ignore = "fault injection is compiled only into debug builds")]
+fn a_release_that_cannot_be_audited_is_refused_as_internal() {
+    let mut c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+    c.nodes[0].env.push(("KMS_TEST_FAULT".into(), "fail-audit".into()));
+    let c = c.start_all();
+    c.wait_ready(&[0], Duration::from_secs(30));
+    let image = crate::common::digest(0xaa);
+    let app = register(&c, &image);
+    let (req, _) = crate::cluster::Enclave::new(&c).request(&app, &image);
+    let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
+    assert_eq!((status, error_code(&body)), (500, ErrorCode::Internal));
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("\"reason\":\"internal error\""), "{text}");
+    assert!(!text.contains("injected"), "the cause is not disclosed: {text}");
+    assert!(c.nodes[0].log().contains("injected audit failure"), "the operator's log has it");
+}
+
+/// TDX evidence through the API: a node without collateral, and one whose collateral (dcap-qvl's
+/// sample, valid until 2025-07-19) has expired, refuse a quote with `403 tdx_quote_invalid` and
+/// say why.
+#[test]
+fn tdx_quotes_are_refused_through_the_api_with_their_reasons() {
+    let quote = std::fs::read(kms_tests::fixtures().join("tdx/tdx_quote")).unwrap();
+    let collateral = kms_tests::fixtures().join("tdx/tdx_quote_collateral.json");
+    for with_collateral in [false, true] {
+        let c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+        if with_collateral {
+            let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+            let config = config.replacen(
+                "pki_root_pem = ",
+                &format!("tdx_collateral_file = {collateral:?}\npki_root_pem = "),
+                1,
+            );
+            std::fs::write(&c.nodes[0].config, config).unwrap();
+        }
+        let c = c.start_all();
+        c.wait_ready(&[0], Duration::from_secs(30));
+        let image = crate::common::digest(0xaa);
+        let app = register(&c, &image);
+        let (mut req, _) = crate::cluster::Enclave::new(&c).request(&app, &image);
+        req.evidence = kms_proto::api::Evidence::tdx_quote(&quote);
+        let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!((status, error_code(&body)), (403, ErrorCode::TdxQuoteInvalid), "{text}");
+        let why = if with_collateral { "expired" } else { "holds no TDX collateral" };
+        assert!(text.to_lowercase().contains(&why.to_lowercase()), "{why}: {text}");
+    }
+}
