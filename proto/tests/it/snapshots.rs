@@ -127,6 +127,24 @@ fn error_codes() {
     check_file("error_codes.txt", table.as_bytes());
 }
 
+/// Every error code is documented in `docs/api.md` §4 with its HTTP status, and the table names
+/// no code the API does not have: a client written from the docs knows every code it can get.
+#[test]
+fn every_error_code_is_documented_with_its_status() {
+    let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md")).unwrap();
+    for c in ErrorCode::ALL {
+        let row = format!("| `{}` | {} |", c.as_str(), c.http_status());
+        assert!(api.contains(&row), "docs/api.md §4 lacks the row {row}");
+    }
+    let section = api.split("## 4. Error codes").nth(1).and_then(|s| s.split("\n## ").next()).unwrap();
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+    for line in &rows {
+        let code = line.trim_start_matches("| `").split('`').next().unwrap();
+        assert!(code.parse::<ErrorCode>().is_ok(), "docs/api.md §4 documents `{code}`, which no node sends");
+    }
+    assert_eq!(rows.len(), ErrorCode::ALL.len(), "one row per code");
+}
+
 #[test]
 fn dkg_messages() {
     for (name, msg) in fixtures::dkg_messages() {
