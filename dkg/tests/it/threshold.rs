@@ -36,7 +36,7 @@ fn subset(n: u16, mask: u64, k: usize) -> Vec<usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
     #[test]
     fn any_t_subset_combines_to_the_same_key(t in 1u16..8, extra in 0u16..6, mask in any::<u64>(), seed in any::<u64>()) {
