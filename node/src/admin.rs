@@ -7,13 +7,12 @@
 
 use anyhow::{bail, Context};
 use ed25519_dalek::{Signer, SigningKey};
-use libp2p::PeerId;
 
 use kms_proto::cluster::ClusterDescriptor;
 use kms_proto::reshare::{Approval, AuthorizedChange, Member, RosterChange, ROSTER_CHANGE_VERSION};
 use kms_proto::HexBytes;
 
-use crate::identity::peer_verifying_key;
+use kms_proto::cluster::{identity_of_peer_id, peer_id_of_identity};
 
 /// A node that enters the committee: `PEER_ID,P2P_ADDR,HTTP_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +53,8 @@ pub struct Proposal {
 }
 
 fn member(node: &NewNode) -> anyhow::Result<Member> {
-    let peer: PeerId = node.peer_id.parse().with_context(|| format!("{}: not a peer id", node.peer_id))?;
-    let key =
-        peer_verifying_key(&peer).with_context(|| format!("{}: not an Ed25519 peer id", node.peer_id))?;
+    let key = identity_of_peer_id(&node.peer_id)
+        .with_context(|| format!("{}: not an Ed25519 peer id", node.peer_id))?;
     node.p2p_addr
         .parse::<libp2p::Multiaddr>()
         .with_context(|| format!("{}: not a multiaddress", node.p2p_addr))?;
@@ -91,8 +89,7 @@ pub fn propose(current: &ClusterDescriptor, p: &Proposal) -> anyhow::Result<Rost
             Some((_, node)) => members.push(member(node)?),
             None if removed => {}
             None => {
-                let peer: PeerId = e.peer_id.parse().context("descriptor: bad peer id")?;
-                let key = peer_verifying_key(&peer).context("descriptor: not an Ed25519 peer id")?;
+                let key = identity_of_peer_id(&e.peer_id).context("descriptor: not an Ed25519 peer id")?;
                 members.push(Member {
                     identity: HexBytes(key.to_bytes()),
                     p2p_addr: e.p2p_addr.clone(),
@@ -144,8 +141,7 @@ pub fn summary(current: &ClusterDescriptor, change: &RosterChange) -> String {
         format!("dealers   {:?}", change.dealers),
     ];
     for (j, m) in change.members.iter().enumerate() {
-        let peer =
-            crate::membership::peer_id_of(m.identity.as_bytes()).map(|p| p.to_string()).unwrap_or_default();
+        let peer = peer_id_of_identity(m.identity.as_bytes());
         let was = current.nodes.iter().find(|e| e.peer_id == peer).map(|e| e.index);
         let note = match was {
             Some(i) if usize::from(i) == j + 1 => "stays".to_string(),
@@ -155,9 +151,7 @@ pub fn summary(current: &ClusterDescriptor, change: &RosterChange) -> String {
         lines.push(format!("member {:>3} {peer} {} {} [{note}]", j + 1, m.p2p_addr, m.http_url));
     }
     for e in &current.nodes {
-        let stays = change.members.iter().any(|m| {
-            crate::membership::peer_id_of(m.identity.as_bytes()).is_some_and(|p| p.to_string() == e.peer_id)
-        });
+        let stays = change.members.iter().any(|m| peer_id_of_identity(m.identity.as_bytes()) == e.peer_id);
         if !stays {
             lines.push(format!("leaves     {} (was {})", e.peer_id, e.index));
         }
@@ -175,7 +169,7 @@ mod tests {
         let nodes = (1..=n)
             .map(|i| {
                 let key = SigningKey::from_bytes(&[i; 32]);
-                let peer = crate::membership::peer_id_of(&key.verifying_key().to_bytes()).unwrap();
+                let peer = peer_id_of_identity(&key.verifying_key().to_bytes());
                 NodeEntry {
                     index: u16::from(i),
                     peer_id: peer.to_string(),
@@ -199,7 +193,7 @@ mod tests {
 
     fn new_node(i: u8) -> NewNode {
         let key = SigningKey::from_bytes(&[100 + i; 32]);
-        let peer = crate::membership::peer_id_of(&key.verifying_key().to_bytes()).unwrap();
+        let peer = peer_id_of_identity(&key.verifying_key().to_bytes());
         NewNode {
             peer_id: peer.to_string(),
             p2p_addr: "/ip4/127.0.0.1/tcp/9000".into(),

@@ -28,7 +28,7 @@ use kms_proto::dkg::{DkgMessage, SuiteId};
 use kms_proto::p2p::{NodeRequest, NodeResponse, RequestBody, ResponseBody};
 use kms_proto::reshare::AuthorizedChange;
 
-use crate::membership::{self, Membership};
+use crate::membership::Membership;
 use crate::p2p::{Inbound, P2pHandle, PeerEvent};
 use crate::reshare;
 use crate::state::{DkgStatus, Shared};
@@ -417,9 +417,7 @@ impl Driver {
         let receivers = usize::from(layout.receivers);
         let f = usize::from(kms_dkg::dkg::faulty(None, layout.receivers));
         let addrs = (1..=n).map(|j| {
-            let peer = membership::peer_id_of(&layout.participants[j - 1])
-                .map(|p| p.to_string())
-                .unwrap_or_default();
+            let peer = kms_proto::cluster::peer_id_of_identity(&layout.participants[j - 1]);
             let addr = if j <= receivers {
                 change.change.members[j - 1].p2p_addr.clone()
             } else {
@@ -629,7 +627,7 @@ impl Driver {
     /// This node's index in the engine's roster (for test fault injection).
     #[cfg(all(feature = "test-faults", debug_assertions))]
     fn me(&self) -> u16 {
-        let own = crate::membership::peer_id_of(&self.shared.identity);
+        let own = kms_proto::cluster::peer_id_of_identity(&self.shared.identity).parse().ok();
         own.and_then(|p| self.roster.get(&p).copied()).unwrap_or(0)
     }
 

@@ -84,14 +84,3 @@ pub fn load(data_dir: &Path) -> anyhow::Result<(Identity, SealKey)> {
     let seal = read_secret_file(&data_dir.join(SEAL_FILE))?;
     Ok((Identity::from_secret(&id)?, SealKey::from_bytes(*seal)))
 }
-
-/// The Ed25519 verifying key inside an Ed25519 peer id.
-pub fn peer_verifying_key(peer: &PeerId) -> Option<ed25519_dalek::VerifyingKey> {
-    let mh = peer.as_ref();
-    if mh.code() != 0 {
-        return None;
-    }
-    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
-    let ed = pk.try_into_ed25519().ok()?;
-    ed25519_dalek::VerifyingKey::from_bytes(&ed.to_bytes()).ok()
-}

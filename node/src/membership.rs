@@ -7,12 +7,11 @@
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use kms_proto::cluster::ClusterDescriptor;
+use kms_proto::cluster::{identity_of_peer_id, peer_id_of_identity, ClusterDescriptor};
 use kms_proto::reshare::{Committee, RosterChange};
 use kms_proto::HexBytes;
 
 use crate::config::{Config, RosterEntry};
-use crate::identity::peer_verifying_key;
 
 /// The committee of one key epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +85,7 @@ impl Membership {
                 .enumerate()
                 .map(|(j, m)| RosterEntry {
                     index: u16::try_from(j + 1).unwrap_or(u16::MAX),
-                    peer_id: peer_id_of(m.identity.as_bytes()).map(|p| p.to_string()).unwrap_or_default(),
+                    peer_id: peer_id_of_identity(m.identity.as_bytes()),
                     p2p_addr: m.p2p_addr.clone(),
                     http_url: m.http_url.clone(),
                 })
@@ -116,9 +115,8 @@ impl Membership {
             .members
             .iter()
             .map(|e| {
-                let peer: PeerId =
-                    e.peer_id.parse().map_err(|_| format!("member {}: bad peer id", e.index))?;
-                peer_verifying_key(&peer).ok_or_else(|| format!("member {}: not an Ed25519 peer id", e.index))
+                identity_of_peer_id(&e.peer_id)
+                    .ok_or_else(|| format!("member {}: not an Ed25519 peer id", e.index))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Committee {
@@ -130,20 +128,19 @@ impl Membership {
     }
 }
 
-/// The libp2p peer id of an Ed25519 identity key.
-pub fn peer_id_of(identity: &[u8; 32]) -> Option<PeerId> {
-    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(identity).ok()?;
-    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The peer ids the node writes and reads (`kms_proto::cluster`) are libp2p's own.
     #[test]
-    fn a_peer_id_round_trips_through_its_identity_key() {
+    fn peer_ids_agree_with_libp2p() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let peer = peer_id_of(&key.verifying_key().to_bytes()).unwrap();
-        assert_eq!(peer_verifying_key(&peer).unwrap(), key.verifying_key());
+        let mut secret = [7u8; 32];
+        let libp2p_peer =
+            libp2p::identity::Keypair::ed25519_from_bytes(&mut secret).unwrap().public().to_peer_id();
+        let peer = peer_id_of_identity(&key.verifying_key().to_bytes());
+        assert_eq!(peer, libp2p_peer.to_string());
+        assert_eq!(identity_of_peer_id(&peer).unwrap(), key.verifying_key());
     }
 }

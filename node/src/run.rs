@@ -19,7 +19,7 @@ use crate::config::{Config, NodeSection};
 use crate::descriptor::DescriptorSigner;
 use crate::driver::{self, DriverConfig, OtherHandler};
 use crate::http::{self, AppState, RateLimiter};
-use crate::identity::{self, peer_verifying_key, DB_DIR};
+use crate::identity::{self, DB_DIR};
 use crate::jwks_source::JwksSource;
 use crate::listen_file::{self, ListenAddrs};
 use crate::membership::Membership;
@@ -30,6 +30,7 @@ use crate::serve::{serve, ConnLimits};
 use crate::service::{KeyService, TdxTrust};
 use crate::state::Shared;
 use crate::store::{NodeStore, SledKv};
+use kms_proto::cluster::identity_of_peer_id;
 
 /// Domain of the cluster id.
 pub const CLUSTER_ID_DOMAIN: &[u8] = b"kms/v1/cluster-id";
@@ -252,9 +253,8 @@ pub async fn run(
         let roster = cfg.roster();
         let mut roster_keys = Vec::new();
         for e in &roster {
-            let peer: libp2p::PeerId = e.peer_id.parse().context("cluster.nodes: bad peer id")?;
             roster_keys.push(
-                peer_verifying_key(&peer)
+                identity_of_peer_id(&e.peer_id)
                     .with_context(|| format!("cluster.nodes[{}]: not an Ed25519 peer id", e.index))?,
             );
         }

@@ -71,7 +71,7 @@ impl Shared {
         Arc::new(Shared {
             membership: RwLock::new(membership),
             identity,
-            peer_id: crate::membership::peer_id_of(&identity).map(|p| p.to_string()).unwrap_or_default(),
+            peer_id: kms_proto::cluster::peer_id_of_identity(&identity),
             active: RwLock::new(None),
             status: RwLock::new(DkgStatus::Ceremony(Status::Waiting { connected: 0, needed: 0 })),
             connected: RwLock::new(BTreeSet::new()),
