@@ -49,6 +49,8 @@ pub struct Cluster {
     descriptor: ClusterDescriptor,
     signature: kms_proto::HexBytes<64>,
     keys: BlsPublicKeys,
+    /// Each node's identity key (from its peer id), which signs its key responses; decoded once.
+    identities: BTreeMap<u16, ed25519_dalek::VerifyingKey>,
 }
 
 impl Cluster {
@@ -84,7 +86,9 @@ impl Cluster {
             .map(|e| point(e.vk.as_bytes(), format!("node {}", e.index)).map(|p| (e.index, p)))
             .collect::<Result<BTreeMap<_, _>, _>>()?;
         let keys = PublicKeySet::new(d.threshold, mpk, vks);
-        Ok(Cluster { descriptor: d, signature, keys })
+        // `verify` checked that every peer id holds an Ed25519 key.
+        let identities = d.nodes.iter().filter_map(|e| Some((e.index, e.identity()?))).collect();
+        Ok(Cluster { descriptor: d, signature, keys, identities })
     }
 
     /// The signed descriptor as JSON (what `cluster.json` holds).
@@ -113,5 +117,10 @@ impl Cluster {
     /// The nodes.
     pub fn nodes(&self) -> &[NodeEntry] {
         &self.descriptor.nodes
+    }
+
+    /// Node `index`'s identity key, which signs its key responses.
+    pub fn identity(&self, index: u16) -> Option<&ed25519_dalek::VerifyingKey> {
+        self.identities.get(&index)
     }
 }

@@ -387,7 +387,7 @@ async fn fetch_once(
         let asked = Asked {
             url: node.http_url.clone(),
             index,
-            identity: node.identity(),
+            identity: cluster.identity(index).copied(),
             epoch: cluster.descriptor().epoch,
             cluster_id,
             binding,
