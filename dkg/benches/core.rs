@@ -41,6 +41,15 @@ fn floor(c: &mut Criterion) {
         let bytes = a2.to_compressed();
         b.iter(|| G2Affine::from_compressed(black_box(&bytes)))
     });
+    g.bench_function("blst G2 decompress unchecked", |b| {
+        let bytes = a2.to_compressed();
+        b.iter(|| G2Affine::from_compressed_unchecked(black_box(&bytes)))
+    });
+    g.bench_function("blst G2 uncompressed decode", |b| {
+        let bytes = a2.to_uncompressed();
+        b.iter(|| G2Affine::from_uncompressed(black_box(&bytes)))
+    });
+    g.bench_function("blst G2 subgroup check", |b| b.iter(|| black_box(a2).is_torsion_free()));
     g.finish();
 }
 

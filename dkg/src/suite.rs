@@ -34,7 +34,18 @@ pub trait Suite: Clone + Copy + PartialEq + Eq + std::fmt::Debug + Send + Sync +
     /// Canonical point encoding (compressed).
     fn encode_point(p: &Self::Point) -> Vec<u8>;
     /// Decodes a point; `None` unless canonical, in the prime-order subgroup and not the identity.
-    fn decode_point(bytes: &[u8]) -> Option<Self::Point>;
+    fn decode_point(bytes: &[u8]) -> Option<Self::Point> {
+        Self::decode_point_unchecked(bytes).filter(Self::in_subgroup)
+    }
+    /// Decodes a point that may lie outside the prime-order subgroup: `None` unless canonical,
+    /// on the curve, not the identity and (Ed25519) not of small order. Only for values whose
+    /// combination is checked with [`Suite::in_subgroup`] before anything derived from them is
+    /// used (a deal's higher commitments: the subgroup check is most of a decoding's cost, and a
+    /// ceremony decodes `n·t` of them at every node; `docs/decisions.md` 31).
+    fn decode_point_unchecked(bytes: &[u8]) -> Option<Self::Point>;
+    /// Whether a point decoded by [`Suite::decode_point_unchecked`] (or computed from such
+    /// points) lies in the prime-order subgroup.
+    fn in_subgroup(p: &Self::Point) -> bool;
     /// Canonical scalar encoding (big-endian for BLS12-381 as in the test vectors, little-endian
     /// for Ed25519 as in RFC 8032 / FROST).
     fn encode_scalar(s: &Self::Scalar) -> Vec<u8>;
@@ -67,12 +78,20 @@ impl Suite for Bls12381G2 {
         p.to_bytes().as_ref().to_vec()
     }
 
-    fn decode_point(bytes: &[u8]) -> Option<Self::Point> {
+    fn decode_point_unchecked(bytes: &[u8]) -> Option<Self::Point> {
         let arr: &[u8; 96] = bytes.try_into().ok()?;
-        // `from_compressed` checks the encoding, the curve equation and the subgroup.
-        let p: blstrs::G2Affine = Option::from(blstrs::G2Affine::from_compressed(arr))?;
+        // The encoding's flags and a square root on the curve (blst's uncompression); the curve
+        // equation is checked again all the same (cheap).
+        let p: blstrs::G2Affine = Option::from(blstrs::G2Affine::from_compressed_unchecked(arr))?;
+        if !bool::from(p.is_on_curve()) {
+            return None;
+        }
         let p = blstrs::G2Projective::from(p);
         (!bool::from(p.is_identity())).then_some(p)
+    }
+
+    fn in_subgroup(p: &Self::Point) -> bool {
+        bool::from(blstrs::G2Affine::from(p).is_torsion_free())
     }
 
     fn encode_scalar(s: &Self::Scalar) -> Vec<u8> {
@@ -120,12 +139,16 @@ impl Suite for Ed25519 {
         p.compress().to_bytes().to_vec()
     }
 
-    fn decode_point(bytes: &[u8]) -> Option<Self::Point> {
+    fn decode_point_unchecked(bytes: &[u8]) -> Option<Self::Point> {
         let arr: [u8; 32] = bytes.try_into().ok()?;
         let p = curve25519_dalek::edwards::CompressedEdwardsY(arr).decompress()?;
-        // Refuse non-canonical encodings, small-order points and torsion components.
+        // Refuse non-canonical encodings and small-order points (the identity among them).
         let canonical = p.compress().to_bytes() == arr;
-        (canonical && p.is_torsion_free() && !p.is_small_order()).then_some(p)
+        (canonical && !p.is_small_order()).then_some(p)
+    }
+
+    fn in_subgroup(p: &Self::Point) -> bool {
+        p.is_torsion_free()
     }
 
     fn encode_scalar(s: &Self::Scalar) -> Vec<u8> {
@@ -226,6 +249,32 @@ mod tests {
         ]);
         ell[31] = 0x10;
         assert_eq!(Ed25519::decode_scalar(&ell), None);
+    }
+
+    /// A point of the curve outside the prime-order subgroup is refused by `decode_point`, read
+    /// by `decode_point_unchecked`, and `in_subgroup` says what it is.
+    fn torsion_is_caught<S: Suite>(outside: &S::Point) {
+        let bytes = S::encode_point(outside);
+        assert_eq!(S::decode_point(&bytes), None);
+        let read = S::decode_point_unchecked(&bytes).expect("on the curve");
+        assert!(!S::in_subgroup(&read));
+        let good = S::Point::generator() * S::Scalar::from(7u64);
+        assert!(S::in_subgroup(&good));
+        // A sum with a point outside the subgroup is outside too: what the combined check sees.
+        assert!(!S::in_subgroup(&(good + read)));
+    }
+
+    #[test]
+    fn bls_points_outside_g2_are_caught() {
+        torsion_is_caught::<Bls12381G2>(&crate::testing::bls_point_outside_g2());
+    }
+
+    #[test]
+    fn ed25519_points_with_torsion_are_caught() {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        torsion_is_caught::<Ed25519>(&(ED25519_BASEPOINT_POINT + EIGHT_TORSION[1]));
+        // Small-order points are refused even unchecked.
+        assert_eq!(Ed25519::decode_point_unchecked(&Ed25519::encode_point(&EIGHT_TORSION[1])), None);
     }
 
     #[test]

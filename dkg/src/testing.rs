@@ -226,3 +226,62 @@ pub fn seeded_rng(seed: u64) -> impl TestRng {
     use rand_core::SeedableRng;
     rand_chacha::ChaCha20Rng::seed_from_u64(seed)
 }
+
+/// Adds a component outside the prime-order subgroup to a deal's encoded commitments, as a
+/// byzantine dealer would (tests and the simulator's byzantine library).
+///
+/// - Ed25519: the point of order 2 added to `C_1` and `C_2`. Every share check still passes
+///   (the torsion at index `j` is `T·(j + j²)`, and `j + j²` is even), so only the check of the
+///   combined commitments can find it. Needs `t ≥ 3`.
+/// - BLS12-381: a point of the curve outside G2 added to `C_1`. G2's cofactor is odd and a torsion
+///   polynomial vanishing at every index needs degree ≥ 13, so here the share checks fail and
+///   the dealer is disqualified through complaints.
+///
+/// Commitments that already carry such a component are left as they are (a relayed copy of a
+/// rewritten deal stays the same deal). Returns whether the commitments now carry it (`false`
+/// if there are too few or they do not decode).
+pub fn add_torsion(suite: kms_proto::dkg::SuiteId, commitments: &mut [Vec<u8>]) -> bool {
+    use crate::suite::{Bls12381G2, Ed25519};
+    use kms_proto::dkg::SuiteId;
+    match suite {
+        SuiteId::Ed25519 => {
+            if commitments.len() < 3 {
+                return false;
+            }
+            let order_two = curve25519_dalek::constants::EIGHT_TORSION[4];
+            match Ed25519::decode_point_unchecked(&commitments[1]) {
+                None => return false,
+                Some(p) if !Ed25519::in_subgroup(&p) => return true,
+                Some(_) => {}
+            }
+            for c in &mut commitments[1..3] {
+                let Some(p) = Ed25519::decode_point_unchecked(c) else { return false };
+                *c = Ed25519::encode_point(&(p + order_two));
+            }
+            true
+        }
+        SuiteId::Bls12381G2 => {
+            let Some(c) = commitments.get_mut(1) else { return false };
+            let Some(p) = Bls12381G2::decode_point_unchecked(c) else { return false };
+            if Bls12381G2::in_subgroup(&p) {
+                *c = Bls12381G2::encode_point(&(p + bls_point_outside_g2()));
+            }
+            true
+        }
+    }
+}
+
+/// A point of the BLS12-381 twist outside G2: the first `x = 0x80…00‖i` (compressed encoding)
+/// that lies on the curve but outside the subgroup.
+pub fn bls_point_outside_g2() -> blstrs::G2Projective {
+    (1u8..=255)
+        .find_map(|i| {
+            let mut bytes = [0u8; 96];
+            bytes[0] = 0x80;
+            bytes[95] = i;
+            let p: Option<blstrs::G2Affine> = blstrs::G2Affine::from_compressed_unchecked(&bytes).into();
+            p.filter(|p| !bool::from(p.is_torsion_free()))
+        })
+        .map(blstrs::G2Projective::from)
+        .expect("half of all x give a point, nearly all outside G2")
+}

@@ -68,6 +68,12 @@ fn each_byzantine_behaviour_is_survived_and_named() {
             // Garbage never decodes (the node looks silent); a bad confirmation is outvoted.
             Behaviour::Garbage => assert!(named.contains("MissingDeal"), "{named:?}"),
             Behaviour::BadConfirm => {}
+            // Ed25519: passes every share check, found in the combination; BLS12-381: the
+            // shares fail and the complaints go unanswered.
+            Behaviour::Torsion => {
+                assert!(named.contains("MalformedDeal"), "{named:?}");
+                assert!(named.iter().any(|f| f.starts_with("UnansweredComplaint")), "{named:?}")
+            }
             Behaviour::EquivocateOnce => unreachable!("not in Behaviour::ALL"),
         }
     }
@@ -381,6 +387,11 @@ mod reshare {
                     assert!(named.iter().any(|f| f.starts_with("FalseComplaint")), "{named:?}")
                 }
                 Behaviour::BadConfirm => {}
+                // BLS12-381's shares fail their checks. (Ed25519's order-2 torsion is weighted by
+                // the dealer's Lagrange coefficient: it vanishes when that is even.)
+                Behaviour::Torsion => {
+                    assert!(named.iter().any(|f| f.starts_with("UnansweredComplaint")), "{named:?}")
+                }
                 Behaviour::EquivocateOnce => unreachable!("not in Behaviour::ALL"),
             }
         }

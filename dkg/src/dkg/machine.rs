@@ -66,6 +66,13 @@ struct Finalized<S: Suite> {
 /// A qualified dealer, its commitments, and its share to this node (if it receives one).
 type Qualified<S> = (u16, Vec<<S as Suite>::Point>, Option<<S as Suite>::Scalar>);
 
+/// Which of a deal's commitments [`Dkg::decode_deal`] checks for subgroup membership.
+#[derive(Clone, Copy)]
+enum Points {
+    ConstantTerm,
+    All,
+}
+
 /// Zeroizes the shares of qualified dealers.
 fn wipe<S: Suite>(qualified: &mut [Qualified<S>]) {
     for s in qualified.iter_mut().filter_map(|(_, _, s)| s.as_mut()) {
@@ -524,7 +531,7 @@ impl<S: Suite> Dkg<S> {
     fn accept_deal(&mut self, signed: Signed<Deal>) {
         let dealer = signed.payload.header.sender;
         let digest = deal_digest(&signed);
-        let commitments = match self.decode_deal(&signed.payload) {
+        let commitments = match self.decode_deal(&signed.payload, Points::ConstantTerm) {
             Ok(c) => Some(c),
             Err(fault) => {
                 self.deal_faults.entry(dealer).or_insert(fault);
@@ -604,22 +611,28 @@ impl<S: Suite> Dkg<S> {
                 let same_attempt = a.payload.header.attempt == b.payload.header.attempt;
                 (same_attempt && deal_digest(a) != deal_digest(b)).then_some(Fault::EquivocatedDeal)
             }
-            [d] if ok(d) => self.decode_deal(&d.payload).err(),
+            [d] if ok(d) => self.decode_deal(&d.payload, Points::All).err(),
             _ => None,
         }
     }
 
     /// The commitments of a well-formed deal whose constant term is what it must be (proven
     /// known in a key generation; the dealer's old verification key in a reshare), or the
-    /// dealer's fault.
-    fn decode_deal(&self, deal: &Deal) -> Result<Vec<S::Point>, Fault> {
+    /// dealer's fault. `points` says which commitments are checked for membership in the
+    /// prime-order subgroup here: on receipt only the constant term (the others' combination is
+    /// checked in [`Dkg::combine`]); all of them when judging a proof of fault.
+    fn decode_deal(&self, deal: &Deal, points: Points) -> Result<Vec<S::Point>, Fault> {
         if deal.commitments.len() != usize::from(self.cfg.threshold) {
             return Err(Fault::MalformedDeal);
         }
         let commitments = deal
             .commitments
             .iter()
-            .map(|c| S::decode_point(c))
+            .enumerate()
+            .map(|(k, c)| match (k, points) {
+                (0, _) | (_, Points::All) => S::decode_point(c),
+                _ => S::decode_point_unchecked(c),
+            })
             .collect::<Option<Vec<_>>>()
             .ok_or(Fault::MalformedDeal)?;
         match (&self.prior, self.old_index(deal.header.sender)) {
@@ -898,14 +911,14 @@ impl<S: Suite> Dkg<S> {
         // The polynomial is no longer needed: nothing more will be revealed.
         self.poly = None;
 
-        let qual: BTreeSet<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
         let needed = self.cfg.dealers_needed();
-        if qual.len() < usize::from(needed) {
+        // `combine` may still disqualify dealers (points outside the subgroup).
+        let combined =
+            if qualified.len() < usize::from(needed) { None } else { self.combine(&mut qualified) };
+        let qual: BTreeSet<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
+        let Some((public, mut secret)) = combined else {
             wipe::<S>(&mut qualified);
             return self.fail(FailureReason::NotEnoughQualified { qualified: qual.len(), threshold: needed });
-        }
-        let Some((public, mut secret)) = self.combine(&mut qualified) else {
-            return self.fail(FailureReason::NotEnoughQualified { qualified: 0, threshold: needed });
         };
         if self.prior.as_ref().is_some_and(|p| p.public_key() != public.public_key()) {
             S::zeroize_scalar(&mut secret);
@@ -943,12 +956,33 @@ impl<S: Suite> Dkg<S> {
     }
 
     /// The public key set and this node's share (zero when it has none) from the qualified
-    /// dealers' commitments and shares, weighted as [`Dkg::weights`] says.
-    #[allow(clippy::type_complexity)]
-    /// The shares in `qualified` are wiped once used.
-    fn combine(&self, qualified: &mut [Qualified<S>]) -> Option<(PublicKeySet<S>, S::Scalar)> {
-        let dealers: Vec<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
-        let Some(weights) = self.weights(&dealers) else {
+    /// dealers' commitments and shares, weighted as [`Dkg::weights`] says. The shares in
+    /// `qualified` are wiped once used.
+    ///
+    /// A deal's commitments past the constant term are decoded without the subgroup check (at
+    /// `n·t` points a node, it was most of a ceremony's cost); their weighted combination is
+    /// checked instead: `t` points. If it lies in the prime-order subgroup, so does every key
+    /// derived from it, and the honest members' shares match those keys (a share check passes
+    /// only where a deal's torsion vanishes, and the combination's torsion is the weighted sum
+    /// of the deals'). If it does not, some dealer sent a point outside the subgroup: each
+    /// qualified deal is then checked in full, and a dealer whose deal fails is disqualified
+    /// and proven at fault by its signed deal (`MalformedDeal`, as if it had failed on
+    /// receipt), and the rest are combined again. `None` when fewer than the dealers needed
+    /// remain.
+    fn combine(&mut self, qualified: &mut Vec<Qualified<S>>) -> Option<(PublicKeySet<S>, S::Scalar)> {
+        let needed = usize::from(self.cfg.dealers_needed());
+        let combined = loop {
+            let dealers: Vec<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
+            let Some(weights) = self.weights(&dealers) else { break None };
+            let commitments = self.combined_commitments(qualified, &weights);
+            if commitments.iter().all(S::in_subgroup) {
+                break Some((commitments, weights));
+            }
+            if !self.drop_outside_subgroup(qualified) || qualified.len() < needed {
+                break None;
+            }
+        };
+        let Some((commitments, weights)) = combined else {
             wipe::<S>(qualified);
             return None;
         };
@@ -959,8 +993,36 @@ impl<S: Suite> Dkg<S> {
             }
         }
         wipe::<S>(qualified);
+        let public = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.committee())?;
+        Some((public, secret))
+    }
+
+    /// Disqualifies the dealers in `qualified` whose commitments are not all in the prime-order
+    /// subgroup, proving each at fault; whether there was one.
+    fn drop_outside_subgroup(&mut self, qualified: &mut Vec<Qualified<S>>) -> bool {
+        let outside: BTreeSet<u16> =
+            qualified.iter().filter(|(_, c, _)| !c.iter().all(S::in_subgroup)).map(|(d, _, _)| *d).collect();
+        for &d in &outside {
+            self.culprits.insert(Culprit { node: d, fault: Fault::MalformedDeal });
+            self.deal_faults.entry(d).or_insert(Fault::MalformedDeal);
+            if let Some(r) = self.deals.get(&d) {
+                self.proofs.entry(d).or_insert_with(|| vec![r.signed.clone()]);
+            }
+        }
+        qualified.retain_mut(|(d, _, s)| {
+            let keep = !outside.contains(d);
+            if let Some(s) = s.as_mut().filter(|_| !keep) {
+                S::zeroize_scalar(s);
+            }
+            keep
+        });
+        !outside.is_empty()
+    }
+
+    /// `Σ_d w_d·C_{d,k}` for each coefficient `k` over the qualified dealers.
+    fn combined_commitments(&self, qualified: &[Qualified<S>], weights: &[S::Scalar]) -> Vec<S::Point> {
         let t = usize::from(self.cfg.threshold);
-        let commitments: Vec<S::Point> = if self.cfg.resharing.is_none() {
+        if self.cfg.resharing.is_none() {
             // A key generation sums (every weight is 1).
             let mut sum = vec![S::Point::identity(); t];
             for (_, c, _) in qualified.iter() {
@@ -975,12 +1037,10 @@ impl<S: Suite> Dkg<S> {
             (0..t)
                 .map(|k| {
                     let points: Vec<S::Point> = qualified.iter().map(|(_, c, _)| c[k]).collect();
-                    S::msm(&points, &weights)
+                    S::msm(&points, weights)
                 })
                 .collect()
-        };
-        let public = PublicKeySet::<S>::from_commitments(&commitments, self.cfg.committee())?;
-        Some((public, secret))
+        }
     }
 
     fn transcript(&self, qual: &BTreeSet<u16>, public: &PublicKeySet<S>) -> [u8; 32] {
@@ -1113,6 +1173,7 @@ impl<S: Suite> Dkg<S> {
         let qual_set: BTreeSet<u16> = qual.iter().copied().collect();
         let Some((public, mut secret)) = self.combine(&mut qualified) else { return Vec::new() };
         let fits = qual_set.len() == qual.len()
+            && qualified.len() == qual.len()
             && qual_set.len() >= usize::from(self.cfg.dealers_needed())
             && self.prior.as_ref().is_none_or(|p| p.public_key() == public.public_key())
             && self.transcript(&qual_set, &public) == transcript;

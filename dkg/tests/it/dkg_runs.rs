@@ -194,6 +194,113 @@ fn bad_proof_of_knowledge_is_disqualified() {
     assert_app_keys(&outs, 3);
 }
 
+/// Rewrites the deals the `dealers` send with `change` (re-signed with their own keys).
+fn tamper_deals(
+    keys: &[ed25519_dalek::SigningKey],
+    dealers: &'static [u16],
+    change: fn(&mut [Vec<u8>]) -> bool,
+) -> crate::harness::Tamper {
+    let keys = keys.to_vec();
+    Box::new(move |env: &Envelope| match &env.message.body {
+        DkgBody::Deal(d) if dealers.contains(&d.payload.header.sender) => {
+            let mut payload = d.payload.clone();
+            assert!(change(&mut payload.commitments), "the commitments could be changed");
+            let key = &keys[usize::from(payload.header.sender - 1)];
+            Some(vec![Envelope {
+                message: DkgMessage::new(DkgBody::Deal(sign(key, payload))),
+                ..env.clone()
+            }])
+        }
+        _ => None,
+    })
+}
+
+fn ed_torsion(c: &mut [Vec<u8>]) -> bool {
+    kms_dkg::testing::add_torsion(Ed25519::ID, c)
+}
+
+/// A dealer whose commitments carry a component of order 2 that every share check accepts: the
+/// higher commitments are decoded without the subgroup check, and the check of their combination
+/// finds it; the dealer is disqualified and named (`MalformedDeal`), its deal is the proof, and
+/// the key the others make is sound (their shares match it, FROST signs).
+#[test]
+fn torsion_hidden_from_every_share_check_is_found_in_the_combination() {
+    let keys = crate::harness::identity_keys(7, 31);
+    let tamper = tamper_deals(&keys, &[4], ed_torsion);
+    let mut net = Net::<Ed25519>::with(7, 3, 31, 1, BTreeSet::new(), BTreeSet::new(), Some(tamper));
+    net.run();
+    let honest = [1, 2, 3, 5, 6, 7];
+    let outs = net.completed(&honest);
+    assert_agreement(&outs, &set(&honest));
+    for out in &outs {
+        assert!(culprits_of(out).contains(&(4, Fault::MalformedDeal)), "{:?}", out.culprits);
+        assert!(!culprits_of(out).iter().any(|(c, _)| honest.contains(c)), "{:?}", out.culprits);
+    }
+    assert_frost_signs(&outs, 3);
+    // No complaint was needed: the share checks all passed.
+    for node in honest {
+        assert!(
+            net.nodes[&node].evidence().iter().any(|(d, proof)| *d == 4 && proof.len() == 1),
+            "node {node} keeps dealer 4's deal as the proof"
+        );
+    }
+}
+
+/// Two dealers whose torsion components cancel in the sum: the combination lies in the subgroup,
+/// both stay qualified, and the key is still sound (what the combined check guarantees).
+#[test]
+fn torsion_that_cancels_in_the_combination_leaves_a_sound_key() {
+    let keys = crate::harness::identity_keys(7, 32);
+    let tamper = tamper_deals(&keys, &[4, 5], ed_torsion);
+    let mut net = Net::<Ed25519>::with(7, 3, 32, 1, BTreeSet::new(), BTreeSet::new(), Some(tamper));
+    net.run();
+    let honest = [1, 2, 3, 6, 7];
+    let outs = net.completed(&honest);
+    assert_agreement(&outs, &(1..=7).collect());
+    assert_frost_signs(&outs, 3);
+}
+
+/// BLS12-381: a point outside G2 as the constant term is refused on receipt; as a higher
+/// commitment, it makes the shares fail their checks and the dealer is disqualified through the
+/// complaints it cannot answer. Either way the others' key is sound.
+#[test]
+fn bls_points_outside_g2_disqualify_the_dealer() {
+    fn constant_term(c: &mut [Vec<u8>]) -> bool {
+        // Idempotent, like `add_torsion`: a relayed copy is already outside G2.
+        if let Some(p) = Bls12381G2::decode_point(&c[0]) {
+            c[0] = Bls12381G2::encode_point(&(p + kms_dkg::testing::bls_point_outside_g2()));
+        }
+        true
+    }
+    fn higher(c: &mut [Vec<u8>]) -> bool {
+        kms_dkg::testing::add_torsion(Bls12381G2::ID, c)
+    }
+    type Change = fn(&mut [Vec<u8>]) -> bool;
+    type Expected = fn(&Fault) -> bool;
+    let cases: [(Change, Expected); 2] = [
+        (constant_term, |f| *f == Fault::MalformedDeal),
+        (higher, |f| matches!(f, Fault::UnansweredComplaint { .. })),
+    ];
+    for (i, (change, expected)) in cases.into_iter().enumerate() {
+        let seed = 33 + i as u64;
+        let keys = crate::harness::identity_keys(7, seed);
+        let tamper = tamper_deals(&keys, &[4], change);
+        let mut net = Net::<Bls12381G2>::with(7, 3, seed, 1, BTreeSet::new(), BTreeSet::new(), Some(tamper));
+        net.run();
+        let honest = [1, 2, 3, 5, 6, 7];
+        let outs = net.completed(&honest);
+        assert_agreement(&outs, &set(&honest));
+        for out in &outs {
+            assert!(
+                out.culprits.iter().any(|c| c.node == 4 && expected(&c.fault)),
+                "case {i}: {:?}",
+                out.culprits
+            );
+        }
+        assert_app_keys(&outs, 3);
+    }
+}
+
 /// Dealer `dealer` shows deal A (its real one) to some nodes and deal B, with matching shares,
 /// to the nodes in `group_b`.
 fn equivocate<S: Suite>(

@@ -33,6 +33,11 @@ pub enum Behaviour {
     Garbage,
     /// Confirms a random transcript; as a share-recovery helper, sends a wrong blinded share.
     BadConfirm,
+    /// Deals commitments with a component outside the prime-order subgroup
+    /// (`kms_dkg::testing::add_torsion`): in the Ed25519 suite one that every share check
+    /// accepts, found only by the check of the combined commitments; in the BLS12-381 suite one
+    /// that fails the share checks.
+    Torsion,
     /// Equivocates in attempt 1 only and deals honestly after (not in [`Behaviour::ALL`]): shows
     /// that a retry runs without a dealer proven at fault in an earlier attempt.
     EquivocateOnce,
@@ -40,7 +45,7 @@ pub enum Behaviour {
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 7] = [
+    pub const ALL: [Behaviour; 8] = [
         Behaviour::Silent,
         Behaviour::BadShare,
         Behaviour::BadProof,
@@ -48,6 +53,7 @@ impl Behaviour {
         Behaviour::FalseComplaint,
         Behaviour::Garbage,
         Behaviour::BadConfirm,
+        Behaviour::Torsion,
     ];
 }
 
@@ -102,6 +108,12 @@ impl Sim {
             (Behaviour::BadProof, DkgBody::Deal(d)) => {
                 let mut p = d.payload;
                 p.pok_z = scalar(suite, 3);
+                DkgMessage::new(DkgBody::Deal(sign(&key, p)))
+            }
+            (Behaviour::Torsion, DkgBody::Deal(d)) if d.payload.header.sender == from => {
+                // Unchanged where it cannot be done (Ed25519 with t < 3).
+                let mut p = d.payload;
+                kms_dkg::testing::add_torsion(suite, &mut p.commitments);
                 DkgMessage::new(DkgBody::Deal(sign(&key, p)))
             }
             (Behaviour::Equivocate, DkgBody::Deal(d)) if to % 2 == 0 => {
