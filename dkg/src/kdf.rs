@@ -23,3 +23,25 @@ pub(crate) fn aead_key_nonce(
     let nonce = *aes_gcm::Nonce::from_slice(&okm[32..]);
     (key, nonce)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::hkdf;
+
+    /// RFC 5869 appendix A.1 and A.3 (HKDF-SHA256), through the helper every derivation here uses
+    /// (A.3's absent salt is HashLen zero bytes, which HMAC treats as the empty key).
+    #[test]
+    fn rfc_5869_vectors() {
+        let ikm = [0x0bu8; 22];
+        let salt: Vec<u8> = (0x00..=0x0c).collect();
+        let info: Vec<u8> = (0xf0..=0xf9).collect();
+        assert_eq!(
+            hex::encode(*hkdf::<42>(&salt, &ikm, &info)),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+        );
+        assert_eq!(
+            hex::encode(*hkdf::<42>(&[], &ikm, &[])),
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"
+        );
+    }
+}

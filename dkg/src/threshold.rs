@@ -73,8 +73,15 @@ impl KeyId {
 
     /// `H(id) ∈ G1`.
     pub fn hash(&self) -> G1Projective {
-        G1Projective::hash_to_curve(&self.identity(), HASH_TO_G1_DST, &[])
+        hash_to_g1(&self.identity(), HASH_TO_G1_DST)
     }
+}
+
+/// RFC 9380 `hash_to_curve` for the suite `BLS12381G1_XMD:SHA-256_SSWU_RO_` with domain
+/// separation tag `dst` ([`KeyId::hash`] uses [`HASH_TO_G1_DST`]; the RFC's own vectors use
+/// `QUUX-V01-CS02-with-BLS12381G1_XMD:SHA-256_SSWU_RO_`, and a test checks them).
+pub fn hash_to_g1(msg: &[u8], dst: &[u8]) -> G1Projective {
+    G1Projective::hash_to_curve(msg, dst, &[])
 }
 
 /// A node's partial key `σ_i = s_i·H(id)`. It is one t-th of a secret: `Debug` shows only the

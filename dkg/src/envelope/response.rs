@@ -111,3 +111,42 @@ pub fn open(
         .map(Zeroizing::new)
         .map_err(|_| EnvelopeError::DecryptionFailed)
 }
+
+#[cfg(test)]
+mod rfc_vectors {
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    fn key(hex_str: &str) -> [u8; 32] {
+        hex::decode(hex_str).expect("hex").try_into().expect("32 bytes")
+    }
+
+    /// RFC 7748 section 6.1 (X25519 Diffie-Hellman), with the calls `seal` and `open` make: the
+    /// public keys from the private ones and the shared secret from either side.
+    #[test]
+    fn rfc_7748_diffie_hellman() {
+        let alice =
+            StaticSecret::from(key("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+        let bob = StaticSecret::from(key("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"));
+        let (alice_pub, bob_pub) = (PublicKey::from(&alice), PublicKey::from(&bob));
+        assert_eq!(
+            hex::encode(alice_pub.as_bytes()),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
+        assert_eq!(
+            hex::encode(bob_pub.as_bytes()),
+            "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+        );
+        let shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+        let (a, b) = (alice.diffie_hellman(&bob_pub), bob.diffie_hellman(&alice_pub));
+        assert_eq!(hex::encode(a.as_bytes()), shared);
+        assert_eq!(hex::encode(b.as_bytes()), shared);
+        assert!(a.was_contributory());
+        // Section 5.2, first vector: a scalar times an arbitrary u-coordinate.
+        let k = StaticSecret::from(key("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4"));
+        let u = PublicKey::from(key("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c"));
+        assert_eq!(
+            hex::encode(k.diffie_hellman(&u).as_bytes()),
+            "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+        );
+    }
+}

@@ -159,3 +159,52 @@ fn labels_are_bounded_and_keys_differ_by_app_and_label() {
     assert_ne!(*a.derive(b"db-password"), *a.derive(b"tls"));
     assert!(format!("{a:?}").contains("<redacted>"));
 }
+
+/// RFC 9380 appendix J.9.1 (`BLS12381G1_XMD:SHA-256_SSWU_RO_`), through the function `H(id)`
+/// uses: with the RFC's tag, `hash_to_g1` gives the published points (uncompressed `x ‖ y`).
+/// The same values ship with independent implementations (zkcrypto bls12_381, gnark, ark).
+#[test]
+fn hash_to_g1_matches_rfc_9380() {
+    const DST: &[u8] = b"QUUX-V01-CS02-with-BLS12381G1_XMD:SHA-256_SSWU_RO_";
+    let cases: [(&[u8], &str, &str); 2] = [
+        (
+            b"",
+            "052926add2207b76ca4fa57a8734416c8dc95e24501772c814278700eed6d1e4e8cf62d9c09db0fac349612b759e79a1",
+            "08ba738453bfed09cb546dbb0783dbb3a5f1f566ed67bb6be0e8c67e2e81a4cc68ee29813bb7994998f3eae0c9c6a265",
+        ),
+        (
+            b"abc",
+            "03567bc5ef9c690c2ab2ecdf6a96ef1c139cc0b2f284dca0a9a7943388a49a3aee664ba5379a7655d3c68900be2f6903",
+            "0b9c15f3fe6e5cf4211f346271d7b01c8f3b28be689c8429c85b67af215533311f0b8dfaaa154fa6b88176c229f2885d",
+        ),
+    ];
+    for (msg, x, y) in cases {
+        let p = kms_dkg::threshold::hash_to_g1(msg, DST).to_affine().to_uncompressed();
+        assert_eq!(hex::encode(p), format!("{x}{y}"), "msg {:?}", String::from_utf8_lossy(msg));
+    }
+    // And `H(id)` is that function under the KMS tag.
+    let id = KeyId::new([7; 32], "root").expect("label");
+    assert_eq!(id.hash(), kms_dkg::threshold::hash_to_g1(&id.identity(), kms_dkg::threshold::HASH_TO_G1_DST));
+}
+
+/// RFC 8032 section 7.1, test 1 (Ed25519, empty message): the signature scheme of every node
+/// identity, roster approval, manifest and key response, checked with `verify_strict` as they are.
+#[test]
+fn ed25519_matches_rfc_8032() {
+    use ed25519_dalek::{Signer, SigningKey};
+    let secret: [u8; 32] = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+        .expect("hex")
+        .try_into()
+        .expect("32");
+    let key = SigningKey::from_bytes(&secret);
+    assert_eq!(
+        hex::encode(key.verifying_key().as_bytes()),
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    );
+    let sig = key.sign(b"");
+    assert_eq!(
+        hex::encode(sig.to_bytes()),
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    );
+    key.verifying_key().verify_strict(b"", &sig).expect("verifies");
+}

@@ -189,6 +189,16 @@ pub enum Violation {
     },
     /// A reshare ended with another key than the old one.
     KeyChanged,
+    /// A byzantine dealer whose deal is never valid (silent, garbage, a bad proof) is in the
+    /// qualified set of a key, or no honest node that completed named it.
+    CulpritMissed {
+        /// The node.
+        node: u16,
+        /// Its behaviour.
+        behaviour: Behaviour,
+        /// Whether it was qualified (else: not named).
+        qualified: bool,
+    },
     /// An honest node was named for a fault only a dishonest node commits.
     HonestBlamed {
         /// The node.
@@ -1189,12 +1199,32 @@ impl Sim {
             let fault = faults.iter().find(|f| proven.contains(&f.as_str()))?;
             honest_node.then(|| (*node, fault.clone()))
         });
+        // A key generation's dealer that never deals a valid deal is never qualified, and the
+        // honest nodes that completed name it. (In a reshare the sim's node ids are not the dealers'
+        // old indices; there the honest-blame check above stands alone.)
+        let missed = if self.prior.is_none() && !completed.is_empty() {
+            self.sc.byzantine.iter().find_map(|(&node, &behaviour)| {
+                let never_valid =
+                    matches!(behaviour, Behaviour::Silent | Behaviour::Garbage | Behaviour::BadProof);
+                let qualified = completed.values().any(|c| c.qual.contains(&node));
+                let named = culprits.get(&node).is_some_and(|f| !f.is_empty());
+                (never_valid && (qualified || !named)).then_some(Violation::CulpritMissed {
+                    node,
+                    behaviour,
+                    qualified,
+                })
+            })
+        } else {
+            None
+        };
         let violation = if transcripts.len() > 1 || !same_keys {
             Some(Violation::Split { transcripts: transcripts.len() })
         } else if key_changed {
             Some(Violation::KeyChanged)
         } else if let Some((node, fault)) = blamed {
             Some(Violation::HonestBlamed { node, fault })
+        } else if missed.is_some() {
+            missed
         } else if let Some((node, attempt)) = self.double_signed {
             Some(Violation::DoubleSigned { node, attempt })
         } else if keys.len() >= t && !combines(keys[..t].iter().map(|k| &k.bls)) {
