@@ -135,6 +135,13 @@ pub struct AttestationSection {
     /// DCAP collateral (JSON) for TDX quotes, held offline by the node.
     #[serde(default)]
     pub tdx_collateral_file: Option<PathBuf>,
+    /// TCB statuses of a TDX platform that are accepted.
+    #[serde(default = "default_tcb_statuses")]
+    pub tdx_tcb_statuses: Vec<String>,
+}
+
+fn default_tcb_statuses() -> Vec<String> {
+    crate::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_issuer() -> String {
@@ -340,6 +347,20 @@ impl Config {
                 "set jwks_file or jwks_url, pki_root_pem and/or tdx_collateral_file: no evidence could be verified",
             ));
         }
+        if a.tdx_tcb_statuses.is_empty() {
+            return Err(err("attestation.tdx_tcb_statuses", "must name at least one status"));
+        }
+        if let Some(bad) =
+            a.tdx_tcb_statuses.iter().find(|s| !crate::attestation::KNOWN_TCB_STATUSES.contains(&s.as_str()))
+        {
+            return Err(err(
+                "attestation.tdx_tcb_statuses",
+                &format!(
+                    "{bad:?} is not a TCB status that can be accepted (one of {})",
+                    crate::attestation::KNOWN_TCB_STATUSES.join(", ")
+                ),
+            ));
+        }
         if a.jwks_file.is_some() && a.jwks_url.is_some() {
             return Err(err("attestation.jwks_url", "set either jwks_file or jwks_url, not both"));
         }
@@ -440,6 +461,19 @@ mod tests {
         assert_eq!(refused(&base().replace("jwks_file = \"j\"\n", "")).field, "attestation");
         assert_eq!(refused(&(base() + "[dkg]\nmin_peers = 1\n")).field, "dkg.min_peers");
         assert_eq!(refused(&(base() + "[limits]\nrate_per_sec = 0\n")).field, "limits.rate_per_sec");
+        let statuses = |list: &str| {
+            base().replace("jwks_file = \"j\"\n", &format!("jwks_file = \"j\"\ntdx_tcb_statuses = {list}\n"))
+        };
+        assert_eq!(refused(&statuses("[]")).field, "attestation.tdx_tcb_statuses");
+        let revoked = refused(&statuses("[\"UpToDate\", \"Revoked\"]"));
+        assert_eq!(revoked.field, "attestation.tdx_tcb_statuses");
+        assert!(revoked.reason.contains("\"Revoked\" is not a TCB status"), "{}", revoked.reason);
+        let accepted = Config::parse(&statuses("[\"UpToDate\", \"OutOfDate\"]")).unwrap();
+        assert_eq!(accepted.attestation.tdx_tcb_statuses, ["UpToDate", "OutOfDate"]);
+        assert_eq!(
+            Config::parse(&base()).unwrap().attestation.tdx_tcb_statuses,
+            crate::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES
+        );
         let unknown = refused(&(base() + "[extra]\nx = 1\n"));
         assert_eq!(unknown.field, "config");
         assert!(unknown.reason.contains("unknown field"), "{}", unknown.reason);

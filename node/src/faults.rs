@@ -13,6 +13,9 @@
 //!   failing disk would.
 //! * `fail-audit` — the store refuses every audit-log append, as a full disk would (a key request
 //!   is then refused `internal`).
+//! * `tdx-time:UNIX` — TDX quotes are verified as at `UNIX` (seconds) instead of now, so a test can
+//!   put the node inside the validity window of the only real collateral it has (dcap-qvl's
+//!   sample, expired in 2025) and reach the checks that follow the signature chain.
 
 use std::sync::OnceLock;
 
@@ -24,6 +27,7 @@ enum Fault {
     MuteResponse,
     FailConfirmRecord,
     FailAudit,
+    TdxTime(u64),
 }
 
 fn fault() -> Option<&'static Fault> {
@@ -36,6 +40,7 @@ fn fault() -> Option<&'static Fault> {
                 None if v == "mute-response" => Fault::MuteResponse,
                 None if v == "fail-confirm-record" => Fault::FailConfirmRecord,
                 None if v == "fail-audit" => Fault::FailAudit,
+                Some(("tdx-time", at)) => Fault::TdxTime(at.parse().ok()?),
                 _ => return None,
             };
             tracing::warn!(fault = %v, "TEST FAULT INJECTION ACTIVE: this node misbehaves in the DKG");
@@ -56,6 +61,14 @@ pub(crate) fn outgoing(me: u16, to: u16, m: &mut DkgMessage) -> bool {
         (Some(Fault::WithholdShare(_)), DkgBody::Justification(_)) => false,
         (Some(Fault::MuteResponse), DkgBody::Response(r)) => r.payload.header.sender != me,
         _ => true,
+    }
+}
+
+/// The time TDX quotes are verified at, when a test sets it.
+pub(crate) fn tdx_time() -> Option<u64> {
+    match fault() {
+        Some(Fault::TdxTime(at)) => Some(*at),
+        _ => None,
     }
 }
 

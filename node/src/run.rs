@@ -89,7 +89,7 @@ fn tdx_trust(cfg: &Config) -> anyhow::Result<Option<TdxTrust>> {
         .with_context(|| format!("attestation.tdx_collateral_file: reading {}", path.display()))?;
     let collateral =
         serde_json::from_slice(&doc).context("attestation.tdx_collateral_file: not DCAP collateral JSON")?;
-    Ok(Some(TdxTrust { collateral }))
+    Ok(Some(TdxTrust { collateral, tcb_statuses: cfg.attestation.tdx_tcb_statuses.clone() }))
 }
 
 /// A joining node's descriptor (`cluster.join`), verified under the pinned group key, with its

@@ -47,6 +47,8 @@ pub struct KeyService {
 pub struct TdxTrust {
     /// DCAP collateral held offline by the node.
     pub collateral: dcap_qvl::QuoteCollateralV3,
+    /// The platform TCB statuses accepted (`attestation.tdx_tcb_statuses`).
+    pub tcb_statuses: Vec<String>,
 }
 
 /// Maps a JSON decode failure to the API refusal.
@@ -266,13 +268,18 @@ impl KeyService {
                     .map_err(|e| ApiError::new(e.code(), e.to_string()))?
                     .unwrap_or_default();
                 let expected = crate::attestation::tdx_report_data(binding);
+                let statuses: Vec<&str> = tdx.tcb_statuses.iter().map(String::as_str).collect();
+                #[cfg(all(feature = "test-faults", debug_assertions))]
+                let at = crate::faults::tdx_time().unwrap_or(now);
+                #[cfg(not(all(feature = "test-faults", debug_assertions)))]
+                let at = now;
                 let claims = crate::attestation::verify_tdx_quote(
                     &quote,
                     &tdx.collateral,
-                    now,
+                    at,
                     &expected,
                     &policy.allowed_tdx_measurements,
-                    crate::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES,
+                    &statuses,
                 )
                 .map_err(|e| ApiError::new(e.code(), e.reason()))?;
                 Some(format!("mrtd:{}", hex::encode(claims.mrtd)))

@@ -28,7 +28,9 @@ use kms_proto::error_code::ErrorCode;
 pub use confidential_space::{ConfidentialSpaceVerifier, CsClaims, CsConfig};
 pub use jwks::{Jwks, JwksCache, JwksError};
 pub use policy_check::check_policy;
-pub use tdx::{tdx_report_data, verify_tdx_quote, TdxClaims, DEFAULT_ACCEPTABLE_TCB_STATUSES};
+pub use tdx::{
+    tdx_report_data, verify_tdx_quote, TdxClaims, DEFAULT_ACCEPTABLE_TCB_STATUSES, KNOWN_TCB_STATUSES,
+};
 
 /// Why a piece of evidence, or the workload it attests, was refused.
 ///

@@ -19,6 +19,17 @@ use super::AttestationError;
 /// app's business). `ConfigurationNeeded`, `OutOfDate` and the relaunch statuses are refused.
 pub const DEFAULT_ACCEPTABLE_TCB_STATUSES: &[&str] = &["UpToDate", "SWHardeningNeeded"];
 
+/// Every TCB status Intel's verification can report (what `attestation.tdx_tcb_statuses` may
+/// name; `Revoked` is never acceptable and so not among them).
+pub const KNOWN_TCB_STATUSES: &[&str] = &[
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+];
+
 /// Longest `dcap-qvl` error text kept in a reason.
 const MAX_REASON: usize = 200;
 

@@ -303,3 +303,43 @@ fn tdx_quotes_are_refused_through_the_api_with_their_reasons() {
         assert!(text.to_lowercase().contains(&why.to_lowercase()), "{why}: {text}");
     }
 }
+
+/// Past the signature chain, through the API: a node told to verify TDX quotes as at a time inside
+/// the sample collateral's window (test clock `tdx-time`) refuses the sample quote, whose TCB
+/// status is `UpToDate`, with `403 tdx_tcb_status` when its operator accepts only
+/// `SWHardeningNeeded`; with the default statuses it gets to the report data, which binds another
+/// request, and refuses `attestation_nonce_mismatch`. (`tdx_measurement_not_allowed` comes after
+/// the report data, which a real quote can only match for the request it was made for: it is
+/// tested at the verifier, `node/tests/it/attestation/tdx.rs`.)
+#[test]
+#[cfg_attr(not(debug_assertions), ignore = "fault injection is compiled only into debug builds")]
+fn tdx_tcb_status_and_report_data_are_refused_through_the_api() {
+    let quote = std::fs::read(kms_tests::fixtures().join("tdx/tdx_quote")).unwrap();
+    let collateral = kms_tests::fixtures().join("tdx/tdx_quote_collateral.json");
+    let cases = [
+        ("tdx_tcb_statuses = [\"SWHardeningNeeded\"]\n", ErrorCode::TdxTcbStatus, "UpToDate not accepted"),
+        ("", ErrorCode::AttestationNonceMismatch, "report_data"),
+    ];
+    for (statuses, code, why) in cases {
+        let mut c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+        let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        let config = config.replacen(
+            "pki_root_pem = ",
+            &format!("tdx_collateral_file = {collateral:?}\n{statuses}pki_root_pem = "),
+            1,
+        );
+        std::fs::write(&c.nodes[0].config, config).unwrap();
+        // 2025-07-01, inside the sample collateral's validity (as the verifier tests pin it).
+        c.nodes[0].env.push(("KMS_TEST_FAULT".into(), "tdx-time:1751328000".into()));
+        let c = c.start_all();
+        c.wait_ready(&[0], Duration::from_secs(30));
+        let image = crate::common::digest(0xaa);
+        let app = register(&c, &image);
+        let (mut req, _) = crate::cluster::Enclave::new(&c).request(&app, &image);
+        req.evidence = kms_proto::api::Evidence::tdx_quote(&quote);
+        let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!((status, error_code(&body)), (403, code), "{text}");
+        assert!(text.contains(why), "{why}: {text}");
+    }
+}
