@@ -355,7 +355,7 @@ impl Config {
         {
             return Err(err(
                 "attestation.tdx_tcb_statuses",
-                &format!(
+                format!(
                     "{bad:?} is not a TCB status that can be accepted (one of {})",
                     crate::attestation::KNOWN_TCB_STATUSES.join(", ")
                 ),
