@@ -144,7 +144,9 @@ fn write(
     match w {
         Write::Attempt(a) => store.set_dkg_attempt(*a),
         Write::Record { attempt, suite, record } => {
-            store.put_dkg_record(*attempt, suite_name(*suite), &record.0)
+            store.put_dkg_record(*attempt, suite_name(*suite), &record.0)?;
+            info!(attempt, suite = suite_name(*suite), "ceremony record stored");
+            Ok(())
         }
         Write::Message { attempt, from, bytes } => store.log_dkg_message(*attempt, *from, bytes),
         Write::Activate(keys) => {

@@ -294,12 +294,15 @@ fn restart_mid_ceremony_restarts_the_attempt_cleanly() {
     let deadline = Instant::now() + Duration::from_secs(20);
     // In attempt 1: started on its own, or joined from a peer that started first.
     let in_attempt = |log: String| log.contains("DKG started") || log.contains("joining the DKG attempt");
-    while !in_attempt(c.nodes[4].log()) {
-        assert!(Instant::now() < deadline, "node 5 never started the DKG\n{}", c.logs());
+    // ... and its deals are durable (both suites' records of attempt 1): what the restart resumes.
+    let dealt = |log: String| {
+        log.lines().filter(|l| l.contains("ceremony record stored") && l.contains("attempt=1")).count()
+    };
+    while !in_attempt(c.nodes[4].log()) || dealt(c.nodes[4].log()) < 2 {
+        assert!(Instant::now() < deadline, "node 5 never dealt in attempt 1\n{}", c.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c.nodes[0].get("/v1/ready").0, 503, "attempt 1 cannot finish without node 4 this fast");
+    assert_eq!(c.nodes[0].get("/v1/ready").0, 503, "attempt 1 cannot finish without node 4's deal");
     c.nodes[4].kill9();
     c.nodes[4].start();
     c.nodes[3].start();
