@@ -21,6 +21,7 @@ pub mod codec;
 pub mod dkg;
 pub mod error_code;
 pub mod hex_bytes;
+pub mod merkle;
 pub mod p2p;
 pub mod reshare;
 pub mod secret_file;
