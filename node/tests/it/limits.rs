@@ -272,34 +272,44 @@ fn a_release_that_cannot_be_audited_is_refused_as_internal() {
     assert!(c.nodes[0].log().contains("injected audit failure"), "the operator's log has it");
 }
 
+/// Starts one node, registers an app at it, and posts a key request carrying dcap-qvl's sample
+/// TDX quote. `collateral`: `None` for a node without TDX collateral, or the configuration lines
+/// to add beside the sample collateral; `fault`: a test fault for the node. Returns the status and
+/// the body as text.
+fn post_sample_tdx_quote(collateral: Option<&str>, fault: Option<&str>) -> (u16, ErrorCode, String) {
+    let quote = std::fs::read(kms_tests::fixtures().join("tdx/tdx_quote")).unwrap();
+    let mut c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+    if let Some(extra) = collateral {
+        let file = kms_tests::fixtures().join("tdx/tdx_quote_collateral.json");
+        let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        let config = config.replacen(
+            "pki_root_pem = ",
+            &format!("tdx_collateral_file = {file:?}\n{extra}pki_root_pem = "),
+            1,
+        );
+        std::fs::write(&c.nodes[0].config, config).unwrap();
+    }
+    if let Some(fault) = fault {
+        c.nodes[0].env.push(("KMS_TEST_FAULT".into(), fault.into()));
+    }
+    let c = c.start_all();
+    c.wait_ready(&[0], Duration::from_secs(30));
+    let image = crate::common::digest(0xaa);
+    let app = register(&c, &image);
+    let (mut req, _) = crate::cluster::Enclave::new(&c).request(&app, &image);
+    req.evidence = kms_proto::api::Evidence::tdx_quote(&quote);
+    let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
+    (status, error_code(&body), String::from_utf8_lossy(&body).to_string())
+}
+
 /// TDX evidence through the API: a node without collateral, and one whose collateral (dcap-qvl's
 /// sample, valid until 2025-07-19) has expired, refuse a quote with `403 tdx_quote_invalid` and
 /// say why.
 #[test]
 fn tdx_quotes_are_refused_through_the_api_with_their_reasons() {
-    let quote = std::fs::read(kms_tests::fixtures().join("tdx/tdx_quote")).unwrap();
-    let collateral = kms_tests::fixtures().join("tdx/tdx_quote_collateral.json");
-    for with_collateral in [false, true] {
-        let c = Cluster::prepare(Path::new(BIN), 1, 1, "");
-        if with_collateral {
-            let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
-            let config = config.replacen(
-                "pki_root_pem = ",
-                &format!("tdx_collateral_file = {collateral:?}\npki_root_pem = "),
-                1,
-            );
-            std::fs::write(&c.nodes[0].config, config).unwrap();
-        }
-        let c = c.start_all();
-        c.wait_ready(&[0], Duration::from_secs(30));
-        let image = crate::common::digest(0xaa);
-        let app = register(&c, &image);
-        let (mut req, _) = crate::cluster::Enclave::new(&c).request(&app, &image);
-        req.evidence = kms_proto::api::Evidence::tdx_quote(&quote);
-        let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
-        let text = String::from_utf8_lossy(&body).to_string();
-        assert_eq!((status, error_code(&body)), (403, ErrorCode::TdxQuoteInvalid), "{text}");
-        let why = if with_collateral { "expired" } else { "holds no TDX collateral" };
+    for (collateral, why) in [(None, "holds no TDX collateral"), (Some(""), "expired")] {
+        let (status, code, text) = post_sample_tdx_quote(collateral, None);
+        assert_eq!((status, code), (403, ErrorCode::TdxQuoteInvalid), "{text}");
         assert!(text.to_lowercase().contains(&why.to_lowercase()), "{why}: {text}");
     }
 }
@@ -314,32 +324,14 @@ fn tdx_quotes_are_refused_through_the_api_with_their_reasons() {
 #[test]
 #[cfg_attr(not(debug_assertions), ignore = "fault injection is compiled only into debug builds")]
 fn tdx_tcb_status_and_report_data_are_refused_through_the_api() {
-    let quote = std::fs::read(kms_tests::fixtures().join("tdx/tdx_quote")).unwrap();
-    let collateral = kms_tests::fixtures().join("tdx/tdx_quote_collateral.json");
     let cases = [
         ("tdx_tcb_statuses = [\"SWHardeningNeeded\"]\n", ErrorCode::TdxTcbStatus, "UpToDate not accepted"),
         ("", ErrorCode::AttestationNonceMismatch, "report_data"),
     ];
-    for (statuses, code, why) in cases {
-        let mut c = Cluster::prepare(Path::new(BIN), 1, 1, "");
-        let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
-        let config = config.replacen(
-            "pki_root_pem = ",
-            &format!("tdx_collateral_file = {collateral:?}\n{statuses}pki_root_pem = "),
-            1,
-        );
-        std::fs::write(&c.nodes[0].config, config).unwrap();
+    for (statuses, expected, why) in cases {
         // 2025-07-01, inside the sample collateral's validity (as the verifier tests pin it).
-        c.nodes[0].env.push(("KMS_TEST_FAULT".into(), "tdx-time:1751328000".into()));
-        let c = c.start_all();
-        c.wait_ready(&[0], Duration::from_secs(30));
-        let image = crate::common::digest(0xaa);
-        let app = register(&c, &image);
-        let (mut req, _) = crate::cluster::Enclave::new(&c).request(&app, &image);
-        req.evidence = kms_proto::api::Evidence::tdx_quote(&quote);
-        let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req));
-        let text = String::from_utf8_lossy(&body).to_string();
-        assert_eq!((status, error_code(&body)), (403, code), "{text}");
+        let (status, code, text) = post_sample_tdx_quote(Some(statuses), Some("tdx-time:1751328000"));
+        assert_eq!((status, code), (403, expected), "{text}");
         assert!(text.contains(why), "{why}: {text}");
     }
 }
