@@ -271,8 +271,9 @@ fn settle(
 }
 
 /// Fetches the key `(app, label)` from the cluster as the attested enclave `provider` speaks
-/// for. Every node is asked at once; partials are verified (in a batch, falling back to one by
-/// one to name the bad ones) and the first t valid ones are combined and checked against `MPK`.
+/// for. Every node is asked at once; the first t partials are combined and the key checked
+/// against `MPK`; if that fails, the partials are verified (in a batch, falling back to one by
+/// one to name the bad ones) and the first t valid ones combined and checked.
 ///
 /// Only partials of the descriptor's epoch are combined. If too few nodes answer from it and
 /// some answer from a newer epoch (the cluster reshared), the client fetches the newer signed
@@ -407,6 +408,7 @@ async fn fetch_once(
     let mut outcomes: BTreeMap<u16, (NodeOutcome, Duration)> = BTreeMap::new();
     let mut valid: Vec<PartialKey> = Vec::new();
     let mut pending: Vec<PartialKey> = Vec::new();
+    let mut combined = None;
     while let Some(joined) = tasks.join_next().await {
         let Ok((index, answer)) = joined else { continue };
         let elapsed = started.elapsed();
@@ -420,6 +422,16 @@ async fn fetch_once(
             }
         }
         if valid.len() + pending.len() >= t {
+            // The first t partials combined and the key checked against MPK (one pairing check)
+            // settle the fetch; only when that fails is each partial verified, which names every
+            // bad one (docs/decisions.md 32).
+            let first: Vec<PartialKey> = valid.iter().chain(&pending).take(t).copied().collect();
+            if let Ok(key) = combine(cluster.keys(), &id, &first) {
+                combined = Some(key);
+                valid.extend(pending.drain(..));
+                tasks.abort_all();
+                break;
+            }
             settle(cluster, &h, &mut pending, &mut valid, &mut outcomes);
             if valid.len() >= t {
                 tasks.abort_all();
@@ -448,7 +460,10 @@ async fn fetch_once(
     if valid.len() < t {
         return Err(FetchError::NotEnoughShares { needed: cluster.threshold(), valid: valid.len(), report });
     }
-    let key = combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?;
+    let key = match combined {
+        Some(key) => key,
+        None => combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?,
+    };
     Ok(Fetched { key, report, refreshed: None })
 }
 
