@@ -428,7 +428,7 @@ async fn fetch_once(
             let first: Vec<PartialKey> = valid.iter().chain(&pending).take(t).copied().collect();
             if let Ok(key) = combine(cluster.keys(), &id, &first) {
                 combined = Some(key);
-                valid.extend(pending.drain(..));
+                valid.append(&mut pending);
                 tasks.abort_all();
                 break;
             }
