@@ -78,6 +78,16 @@ impl Suite for Bls12381G2 {
         p.to_bytes().as_ref().to_vec()
     }
 
+    fn decode_point(bytes: &[u8]) -> Option<Self::Point> {
+        let arr: &[u8; 96] = bytes.try_into().ok()?;
+        // `from_compressed` checks the encoding, the curve equation and the subgroup, on the
+        // affine point (the default method would check it after a round trip through projective
+        // coordinates: one more inversion).
+        let p: blstrs::G2Affine = Option::from(blstrs::G2Affine::from_compressed(arr))?;
+        let p = blstrs::G2Projective::from(p);
+        (!bool::from(p.is_identity())).then_some(p)
+    }
+
     fn decode_point_unchecked(bytes: &[u8]) -> Option<Self::Point> {
         let arr: &[u8; 96] = bytes.try_into().ok()?;
         // The encoding's flags and a square root on the curve (blst's uncompression); the curve
