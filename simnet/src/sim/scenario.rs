@@ -1203,13 +1203,24 @@ impl Sim {
             let fault = faults.iter().find(|f| proven.contains(&f.as_str()))?;
             honest_node.then(|| (*node, fault.clone()))
         });
-        // A key generation's dealer that never deals a valid deal is never qualified, and the
-        // honest nodes that completed name it. (In a reshare the sim's node ids are not the dealers'
-        // old indices; there the honest-blame check above stands alone.)
-        let missed = if self.prior.is_none() && !completed.is_empty() {
+        // A dealer that never deals a valid deal (of a key generation, or an old member dealing
+        // in a reshare: a proof of knowledge makes a reshare deal malformed) is never qualified,
+        // and the honest nodes that completed name it. Node ids are the ceremony's participant
+        // indices, QUAL's and the culprits' numbering.
+        let deals = |node: u16| {
+            self.sc.reshare.as_ref().is_none_or(|r| {
+                usize::from(node)
+                    .checked_sub(1)
+                    .and_then(|i| r.seats.get(i))
+                    .is_some_and(|x| x.old().is_some())
+            })
+        };
+        let missed = if completed.is_empty() {
+            None
+        } else {
             self.sc.byzantine.iter().find_map(|(&node, &behaviour)| {
-                let never_valid =
-                    matches!(behaviour, Behaviour::Silent | Behaviour::Garbage | Behaviour::BadProof);
+                let never_valid = deals(node)
+                    && matches!(behaviour, Behaviour::Silent | Behaviour::Garbage | Behaviour::BadProof);
                 let qualified = completed.values().any(|c| c.qual.contains(&node));
                 let named = culprits.get(&node).is_some_and(|f| !f.is_empty());
                 (never_valid && (qualified || !named)).then_some(Violation::CulpritMissed {
@@ -1218,8 +1229,6 @@ impl Sim {
                     qualified,
                 })
             })
-        } else {
-            None
         };
         let violation = if transcripts.len() > 1 || !same_keys {
             Some(Violation::Split { transcripts: transcripts.len() })
