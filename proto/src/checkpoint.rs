@@ -223,7 +223,7 @@ impl SignedCheckpoint {
     }
 
     /// How many of `witnesses` (name, key) signed it validly; the log's own signature among them
-    /// counts only if the log is listed.
+    /// counts only if the log is listed. Each entry counts once: list each witness once.
     pub fn witnessed_by(&self, witnesses: &[(String, VerifyingKey)]) -> usize {
         witnesses.iter().filter(|(name, key)| self.verify(name, key).is_ok()).count()
     }

@@ -46,12 +46,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 
 /// The largest power of two strictly below `n` (`n ≥ 2`).
 fn split(n: usize) -> usize {
-    let k = n.next_power_of_two() / 2;
-    if k == n {
-        n / 2
-    } else {
-        k
-    }
+    n.next_power_of_two() / 2
 }
 
 /// The root hash (`MTH`) of a tree with these leaf hashes.
