@@ -7,7 +7,7 @@ use frost_ed25519 as frost;
 use kms_dkg::dkg::{sign, Action, Dkg, DkgOutput, FailureReason, Fault};
 use kms_dkg::threshold::{combine, partial_key, verify_partials, KeyId};
 use kms_dkg::{Bls12381G2, Ed25519, Suite};
-use kms_proto::dkg::{DkgBody, DkgMessage};
+use kms_proto::dkg::{Deal, DkgBody, DkgMessage};
 
 use crate::harness::{config, seeded, Envelope, Net};
 
@@ -171,17 +171,9 @@ fn bad_share_answered_by_justification_keeps_dealer_and_repairs_share() {
 #[test]
 fn bad_proof_of_knowledge_is_disqualified() {
     let keys = crate::harness::identity_keys(7, 6);
-    let key4 = keys[3].clone();
-    let tamper = Box::new(move |env: &Envelope| match &env.message.body {
-        DkgBody::Deal(d) if d.payload.header.sender == 4 => {
-            let mut payload = d.payload.clone();
-            payload.pok_z = Bls12381G2::encode_scalar(&blstrs::Scalar::from(7u64));
-            Some(vec![Envelope {
-                message: DkgMessage::new(DkgBody::Deal(sign(&key4, payload))),
-                ..env.clone()
-            }])
-        }
-        _ => None,
+    let tamper = tamper_deals(&keys, &[4], |deal| {
+        deal.pok_z = Bls12381G2::encode_scalar(&blstrs::Scalar::from(7u64));
+        true
     });
     let mut net = Net::<Bls12381G2>::with(7, 3, 6, 1, BTreeSet::new(), BTreeSet::new(), Some(tamper));
     net.run();
@@ -194,17 +186,18 @@ fn bad_proof_of_knowledge_is_disqualified() {
     assert_app_keys(&outs, 3);
 }
 
-/// Rewrites the deals the `dealers` send with `change` (re-signed with their own keys).
+/// Rewrites the deals of the `dealers` with `change` (re-signed with their own keys). `change`
+/// must leave an already rewritten deal as it is: nodes pass deals on.
 fn tamper_deals(
     keys: &[ed25519_dalek::SigningKey],
     dealers: &'static [u16],
-    change: fn(&mut [Vec<u8>]) -> bool,
+    change: fn(&mut Deal) -> bool,
 ) -> crate::harness::Tamper {
     let keys = keys.to_vec();
     Box::new(move |env: &Envelope| match &env.message.body {
         DkgBody::Deal(d) if dealers.contains(&d.payload.header.sender) => {
             let mut payload = d.payload.clone();
-            assert!(change(&mut payload.commitments), "the commitments could be changed");
+            assert!(change(&mut payload), "the deal could be changed");
             let key = &keys[usize::from(payload.header.sender - 1)];
             Some(vec![Envelope {
                 message: DkgMessage::new(DkgBody::Deal(sign(key, payload))),
@@ -215,8 +208,8 @@ fn tamper_deals(
     })
 }
 
-fn ed_torsion(c: &mut [Vec<u8>]) -> bool {
-    kms_dkg::testing::add_torsion(Ed25519::ID, c)
+fn ed_torsion(deal: &mut Deal) -> bool {
+    kms_dkg::testing::add_torsion(Ed25519::ID, &mut deal.commitments)
 }
 
 /// A dealer whose commitments carry a component of order 2 that every share check accepts: the
@@ -237,7 +230,7 @@ fn torsion_hidden_from_every_share_check_is_found_in_the_combination() {
         assert!(!culprits_of(out).iter().any(|(c, _)| honest.contains(c)), "{:?}", out.culprits);
     }
     assert_frost_signs(&outs, 3);
-    // No complaint was needed: the share checks all passed.
+    // Each honest node holds dealer 4's deal as the proof of its fault, for the next attempt.
     for node in honest {
         assert!(
             net.nodes[&node].evidence().iter().any(|(d, proof)| *d == 4 && proof.len() == 1),
@@ -265,17 +258,18 @@ fn torsion_that_cancels_in_the_combination_leaves_a_sound_key() {
 /// complaints it cannot answer. Either way the others' key is sound.
 #[test]
 fn bls_points_outside_g2_disqualify_the_dealer() {
-    fn constant_term(c: &mut [Vec<u8>]) -> bool {
+    fn constant_term(deal: &mut Deal) -> bool {
         // Idempotent, like `add_torsion`: a relayed copy is already outside G2.
+        let c = &mut deal.commitments;
         if let Some(p) = Bls12381G2::decode_point(&c[0]) {
             c[0] = Bls12381G2::encode_point(&(p + kms_dkg::testing::bls_point_outside_g2()));
         }
         true
     }
-    fn higher(c: &mut [Vec<u8>]) -> bool {
-        kms_dkg::testing::add_torsion(Bls12381G2::ID, c)
+    fn higher(deal: &mut Deal) -> bool {
+        kms_dkg::testing::add_torsion(Bls12381G2::ID, &mut deal.commitments)
     }
-    type Change = fn(&mut [Vec<u8>]) -> bool;
+    type Change = fn(&mut Deal) -> bool;
     type Expected = fn(&Fault) -> bool;
     let cases: [(Change, Expected); 2] = [
         (constant_term, |f| *f == Fault::MalformedDeal),
