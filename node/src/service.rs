@@ -268,7 +268,6 @@ impl KeyService {
                     .map_err(|e| ApiError::new(e.code(), e.to_string()))?
                     .unwrap_or_default();
                 let expected = crate::attestation::tdx_report_data(binding);
-                let statuses: Vec<&str> = tdx.tcb_statuses.iter().map(String::as_str).collect();
                 #[cfg(all(feature = "test-faults", debug_assertions))]
                 let at = crate::faults::tdx_time().unwrap_or(now);
                 #[cfg(not(all(feature = "test-faults", debug_assertions)))]
@@ -279,7 +278,7 @@ impl KeyService {
                     at,
                     &expected,
                     &policy.allowed_tdx_measurements,
-                    &statuses,
+                    &tdx.tcb_statuses,
                 )
                 .map_err(|e| ApiError::new(e.code(), e.reason()))?;
                 Some(format!("mrtd:{}", hex::encode(claims.mrtd)))

@@ -126,7 +126,7 @@ pub fn verify_tdx_quote(
     now: u64,
     expected_report_data: &[u8; 64],
     allowed: &[TdxMeasurement],
-    acceptable_tcb: &[&str],
+    acceptable_tcb: &[impl AsRef<str>],
 ) -> Result<TdxClaims, AttestationError> {
     if quote.len() > kms_proto::api::MAX_TDX_QUOTE {
         return Err(AttestationError::TooLarge { len: quote.len(), max: kms_proto::api::MAX_TDX_QUOTE });
@@ -138,7 +138,7 @@ pub fn verify_tdx_quote(
         .as_td10()
         .ok_or_else(|| AttestationError::TdxQuoteInvalid { reason: String::from("not a TDX quote (SGX)") })?;
     let claims = TdxClaims::from_report(report, verified.status, verified.advisory_ids);
-    if !acceptable_tcb.contains(&claims.tcb_status.as_str()) {
+    if !acceptable_tcb.iter().any(|s| s.as_ref() == claims.tcb_status) {
         let advisories =
             if claims.advisory_ids.is_empty() { String::from("none") } else { claims.advisory_ids.join(",") };
         return Err(AttestationError::TdxTcbStatus { status: claims.tcb_status, advisories });
