@@ -1,9 +1,10 @@
 //! Test-only fault injection (cargo feature `test-faults`, enabled only for this crate's own
 //! tests, and compiled only into debug builds: a release build, even of the tests or with
 //! `--all-features`, contains none of it, so no environment variable can make a release binary
-//! misbehave): with `KMS_TEST_FAULT` set, the node misbehaves in the DKG, so an end-to-end test can
-//! produce what an honest cluster on a healthy network never does: a complaint that nobody hears,
-//! against a dealer that never justifies, which share recovery then heals.
+//! misbehave): with `KMS_TEST_FAULT` set, the node misbehaves as named below, so an end-to-end test
+//! can produce what an honest cluster on a healthy network never does (a complaint that nobody
+//! hears, against a dealer that never justifies, which share recovery then heals; a failing disk;
+//! a clock inside an old collateral's window).
 //!
 //! * `withhold-share:J` — send node J a wrong BLS12-381 share and never justify.
 //! * `mute-response` — never send this node's own responses (as if it were cut off during the
@@ -43,7 +44,7 @@ fn fault() -> Option<&'static Fault> {
                 Some(("tdx-time", at)) => Fault::TdxTime(at.parse().ok()?),
                 _ => return None,
             };
-            tracing::warn!(fault = %v, "TEST FAULT INJECTION ACTIVE: this node misbehaves in the DKG");
+            tracing::warn!(fault = %v, "TEST FAULT INJECTION ACTIVE: this node misbehaves on purpose");
             Some(fault)
         })
         .as_ref()
