@@ -666,6 +666,11 @@ impl Driver {
                 }
                 info!(epoch, took_ms = took.as_millis() as u64, "{what} complete: both suites agree");
             }
+            Event::Superseded { attempt, newer } => warn!(
+                attempt,
+                newer,
+                "{what} attempt completed after this node signed in a newer one: its keys are not taken"
+            ),
             Event::Retired { epoch } => info!(epoch, "reshare complete: keys handed over"),
             Event::Helping { from, suite } => info!(from, ?suite, "helping a node recover its share"),
             Event::Ignored { from, why } => debug!(from, %why, "DKG message ignored"),

@@ -460,8 +460,15 @@ fn sim(
     }
     let started = Instant::now();
     let (mut failed_attempts, mut recovered, mut persist_crashes) = (0, 0, 0);
+    let (mut twice_certified, mut superseded) = (Vec::new(), Vec::new());
     for seed in from..from + seeds {
         let out = scenario(seed).run(seed);
+        if out.certified.values().any(|c| c.len() > 1) {
+            twice_certified.push(seed);
+        }
+        if !out.superseded.is_empty() {
+            superseded.push(seed);
+        }
         failed_attempts += out.failures.len();
         recovered += out.recovery_rounds.len();
         persist_crashes += out.persist_crashes;
@@ -472,7 +479,9 @@ fn sim(
     }
     println!(
         "{}{seeds} seeds ({from}..{}): property holds; {failed_attempts} failed attempts were retried; \
-         {recovered} nodes recovered their share; {persist_crashes} crashes at persist points; {:.1?}",
+         {recovered} nodes recovered their share; {persist_crashes} crashes at persist points; {:.1?}; \
+         seeds where two attempts reached a quorum certificate: {twice_certified:?}; \
+         seeds where a node did not take an older attempt's keys: {superseded:?}",
         if reshare { "reshares, " } else { "" },
         from + seeds,
         started.elapsed()

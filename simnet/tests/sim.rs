@@ -178,6 +178,31 @@ fn share_recovery_names_lying_helpers_and_still_recovers() {
     assert_eq!(named, [2, 3].into(), "both liars were asked, and named, in some run");
 }
 
+/// The random key generation of seed 2102, reduced: node 1, cut off until 7 s, rebuilds attempt
+/// 1's Ed25519 transcript from confirmations that reach it late, after every signer had failed the
+/// attempt for want of them (dropped messages, retransmitted too late) and completed attempt 2.
+/// Both attempts reached a quorum certificate on the wire. Node 1's share of attempt 1 must be
+/// recovered, and no node holds attempt 1's keys: it used to ask forever. The nodes it asks hold
+/// attempt 2's keys and remind it of them; `f + 1` such reminders make it observe attempt 2 and
+/// adopt that key, the one every other honest node holds (`docs/decisions.md` 33).
+#[test]
+fn a_node_recovering_an_abandoned_attempt_follows_the_peers_holding_keys() {
+    let out = Scenario::new(10, 4)
+        .drop(0.1)
+        .partition(47, 7_021, &[1])
+        .byzantine(8, Behaviour::BadProof)
+        .byzantine(10, Behaviour::Garbage)
+        .byzantine(3, Behaviour::BadShare)
+        .run(143);
+    let twice: Vec<_> = out.certified.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(!twice.is_empty(), "the case needs two certified attempts: {:?}", out.certified);
+    assert_eq!(out.violation, None);
+    assert!(out.recovery_rounds.contains_key(&1), "node 1 was recovering: {:?}", out.recovery_rounds);
+    let epochs: std::collections::BTreeSet<u64> = out.completed.values().map(|c| c.epoch).collect();
+    assert_eq!(epochs, [2].into(), "every honest node, node 1 included, holds attempt 2's keys");
+    assert!(out.completed.contains_key(&1));
+}
+
 /// The limit of share recovery (seed 94 of the random scenarios before they were restricted):
 /// with t = n − f the honest nodes are exactly t. A node cut off across the response round, whose
 /// complaint against a byzantine dealer goes unheard, needs t helpers besides itself, and only

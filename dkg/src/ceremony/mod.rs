@@ -284,6 +284,14 @@ pub enum Event {
         /// The transcript hash the quorum signed.
         transcript: [u8; 32],
     },
+    /// Both suites of an older attempt completed after this node had signed a transcript in
+    /// a later one: their keys are not taken (`docs/decisions.md` 33).
+    Superseded {
+        /// The attempt that completed.
+        attempt: u64,
+        /// The newest attempt this node signed in.
+        newer: u64,
+    },
     /// A reshare completed and this node is not in the new committee ([`Write::Retire`]).
     Retired {
         /// The new committee's key epoch.
@@ -407,6 +415,8 @@ impl<S: Suite> Slot<S> {
 struct Attempt {
     number: u64,
     started: Duration,
+    /// It completed after this node signed in a later attempt ([`Event::Superseded`]).
+    superseded: bool,
     bls: Slot<Bls12381G2>,
     ed: Slot<Ed25519>,
 }
@@ -443,6 +453,8 @@ struct Active {
     confirms: Vec<DkgMessage>,
     /// Per peer, the last attempt in which it was sent them.
     reminded: BTreeMap<u16, u64>,
+    /// Per peer, the last attempt it was recovering a share in when it was sent them.
+    reminded_recovering: BTreeMap<u16, u64>,
 }
 
 /// A node's ceremonies (see the module docs).
@@ -452,6 +464,9 @@ pub struct Ceremonies {
     rng: Box<dyn CryptoRngCore + Send>,
     /// The highest attempt number issued ([`Write::Attempt`]).
     last_attempt: u64,
+    /// The newest attempt in which this node signed a transcript confirmation (0: none known).
+    /// It never activates the keys of an older attempt (see [`Ceremonies::finish_if_done`]).
+    newest_confirmed: u64,
     current: Option<Attempt>,
     listening: BTreeMap<u64, Attempt>,
     retry_at: Option<Duration>,
@@ -501,6 +516,7 @@ impl Ceremonies {
             identity,
             rng,
             last_attempt,
+            newest_confirmed: 0,
             current: None,
             listening: BTreeMap::new(),
             retry_at: None,
@@ -531,6 +547,9 @@ impl Ceremonies {
             }
             me.activate(Arc::new(keys), reminders);
         } else if restored.attempt > me.cfg.base() {
+            if restored.records.values().any(|r| confirmation_in_record(r).is_some()) {
+                me.newest_confirmed = restored.attempt;
+            }
             me.rejoin(restored, now);
         }
         Ok(me)
@@ -578,10 +597,17 @@ impl Ceremonies {
         if self.active.is_some() {
             // With a key, only share recovery is served, and a peer still in a ceremony is
             // reminded of this node's signatures of the one that produced the key.
-            if is_for_helper(&message) {
+            let attempt = message.header().attempt;
+            let epoch = self.active.as_ref().map_or(0, |a| a.keys.epoch);
+            if is_for_helper(&message) && attempt == epoch {
                 self.help(from, message);
+            } else if is_for_helper(&message) {
+                // A peer recovering its share of another attempt's transcript: no node holding
+                // these keys can help it there, but it can adopt them (see `handle_message`
+                // while recovering).
+                self.remind_recovering(from, attempt);
             } else {
-                self.remind(from, message.header().attempt);
+                self.remind(from, attempt);
             }
             return;
         }
@@ -590,7 +616,15 @@ impl Ceremonies {
             || self.listening.contains_key(&attempt);
         if !known {
             if self.recovering() {
-                // A quorum already holds the key this node is recovering its share of.
+                // A quorum signed the transcript this node is recovering its share of, and no new
+                // attempt can succeed. Only peers that hold the keys of another attempt move it:
+                // once `f + 1` of them (so one honest) remind it of that attempt, it observes it
+                // too and adopts it, whichever completes first (the simulator's seed 2102: a
+                // node partitioned across attempt 1 rebuilt a transcript its signers had
+                // abandoned for attempt 2, and no node held attempt 1's keys to help it).
+                if attempt <= self.last_attempt + MAX_AHEAD {
+                    self.hold_behind(from, message, now);
+                }
                 return;
             }
             if attempt <= self.last_attempt {
@@ -676,6 +710,7 @@ impl Ceremonies {
         self.keep_listening(Attempt {
             number: attempt,
             started: now,
+            superseded: false,
             bls: Slot::new(bls),
             ed: Slot::new(ed),
         });
@@ -789,8 +824,13 @@ impl Ceremonies {
         if let Some(old) = self.current.take() {
             self.keep_listening(old);
         }
-        self.current =
-            Some(Attempt { number: attempt, started: now, bls: Slot::new(bls), ed: Slot::new(ed) });
+        self.current = Some(Attempt {
+            number: attempt,
+            started: now,
+            superseded: false,
+            bls: Slot::new(bls),
+            ed: Slot::new(ed),
+        });
         self.cancel_dead();
         self.out.event(Event::Started { attempt, joined });
         self.apply::<Bls12381G2>(attempt, a1, now);
@@ -820,7 +860,13 @@ impl Ceremonies {
         );
         let (Ok(bls), Ok(ed)) = (bls, ed) else { return };
         let (a1, a2) = (bls.resend(), ed.resend());
-        self.keep_listening(Attempt { number, started: now, bls: Slot::new(bls), ed: Slot::new(ed) });
+        self.keep_listening(Attempt {
+            number,
+            started: now,
+            superseded: false,
+            bls: Slot::new(bls),
+            ed: Slot::new(ed),
+        });
         self.out.event(Event::Rejoined { attempt: number });
         self.apply::<Bls12381G2>(number, a1, now);
         self.apply::<Ed25519>(number, a2, now);
@@ -929,6 +975,9 @@ impl Ceremonies {
         for action in actions {
             match action {
                 Action::Broadcast(message) => {
+                    if matches!(&message.body, DkgBody::Confirm(c) if c.payload.header.sender == me) {
+                        self.newest_confirmed = self.newest_confirmed.max(attempt);
+                    }
                     for to in (1..=self.cfg.n()).filter(|&j| j != me) {
                         self.out.send(Outgoing { to, message: message.clone(), generation: attempt });
                     }
@@ -1001,7 +1050,19 @@ impl Ceremonies {
     /// Activates the keys of `attempt` once both suites completed in it.
     fn finish_if_done(&mut self, attempt: u64, now: Duration) {
         let done = self.attempt_mut(attempt).is_some_and(|a| a.bls.done() && a.ed.done());
+        // A node that signed a transcript in a later attempt never takes an older attempt's keys.
+        // Both may be certified (`docs/decisions.md` 33); the later one's `q` signers then never
+        // activate the older key, so at most `n - q` honest nodes hold it: with `t > n - q + f`
+        // no coalition can use it as a second key of the cluster.
         if !done {
+            return;
+        }
+        if attempt < self.newest_confirmed {
+            let newer = self.newest_confirmed;
+            if let Some(a) = self.attempt_mut(attempt).filter(|a| !a.superseded) {
+                a.superseded = true;
+                self.out.event(Event::Superseded { attempt, newer });
+            }
             return;
         }
         let a = match self.current.take() {
@@ -1056,6 +1117,7 @@ impl Ceremonies {
             ed: Helper::new(s2, i2, r2),
             confirms,
             reminded: BTreeMap::new(),
+            reminded_recovering: BTreeMap::new(),
         });
         self.settle();
     }
@@ -1080,6 +1142,20 @@ impl Ceremonies {
             return;
         }
         active.reminded.insert(from, attempt);
+        for message in active.confirms.clone() {
+            self.out.send(Outgoing { to: from, message, generation: epoch });
+        }
+    }
+
+    /// Sends peer `from`, recovering its share of `attempt` (another attempt than this node's
+    /// keys), the confirmations and key sets of this node's keys, once per attempt it recovers in.
+    fn remind_recovering(&mut self, from: u16, attempt: u64) {
+        let Some(active) = self.active.as_mut() else { return };
+        let epoch = active.keys.epoch;
+        if active.reminded_recovering.get(&from).is_some_and(|a| *a >= attempt) {
+            return;
+        }
+        active.reminded_recovering.insert(from, attempt);
         for message in active.confirms.clone() {
             self.out.send(Outgoing { to: from, message, generation: epoch });
         }

@@ -178,6 +178,41 @@ impl Net {
         }
     }
 
+    /// Like [`Net::run`], but the messages `hold` picks are set aside instead of delivered
+    /// (returned, in order, for the test to deliver later).
+    fn run_holding(
+        &mut self,
+        limit: Duration,
+        hold: impl Fn(u16, &Outgoing) -> bool,
+    ) -> Vec<(u16, Outgoing)> {
+        let mut held = Vec::new();
+        let peers = self.nodes.len() - 1;
+        for n in self.nodes.iter_mut().flatten() {
+            n.handle_peers(peers, self.now);
+        }
+        loop {
+            self.pump();
+            if let Some((from, o)) = self.queue.pop_front() {
+                if hold(from, &o) {
+                    held.push((from, o));
+                } else if let Some(node) = self.nodes[usize::from(o.to - 1)].as_mut() {
+                    node.handle_message(from, o.message, self.now);
+                }
+                continue;
+            }
+            let next = self.nodes.iter().flatten().filter_map(Ceremonies::poll_timeout).min();
+            match next {
+                Some(at) if at <= limit => {
+                    self.now = self.now.max(at);
+                    for n in self.nodes.iter_mut().flatten() {
+                        n.handle_timeout(self.now);
+                    }
+                }
+                _ => return held,
+            }
+        }
+    }
+
     fn confirms_by(&self, node: u16) -> BTreeSet<(u64, SuiteId, [u8; 32])> {
         self.sent
             .iter()
@@ -521,4 +556,66 @@ fn a_node_waiting_to_retry_joins_a_peer_at_once() {
     // Not started yet (no peers connected and min_peers 0 is met only on handle_peers).
     node.handle_message(2, ahead_message(2, 3), MS);
     assert_eq!(node.status(), Status::Running { attempt: 3 });
+}
+
+fn confirm_of(o: &Outgoing) -> Option<u64> {
+    match &o.message.body {
+        DkgBody::Confirm(c) => Some(c.payload.header.attempt),
+        _ => None,
+    }
+}
+
+/// `docs/decisions.md` 33: attempt 1's confirmations are all late, so every node fails it and
+/// signs again in attempt 2; node 4 then receives attempt 1's confirmations (a quorum certificate
+/// its attempt 1 rebuilds) before attempt 2's. It does not take attempt 1's keys, having signed in
+/// attempt 2, and ends with attempt 2's keys like everyone else.
+#[test]
+fn a_node_never_takes_the_keys_of_an_attempt_older_than_one_it_signed_in() {
+    let mut net = Net::new(4, 3);
+    // Attempt 1's confirmations are held from everyone; attempt 2's from node 4 only.
+    let hold = |_: u16, o: &Outgoing| confirm_of(o) == Some(1) || (confirm_of(o) == Some(2) && o.to == 4);
+    let mut held = Vec::new();
+    let mut limit = Duration::ZERO;
+    while net.nodes[..3].iter().any(|n| n.as_ref().unwrap().active().is_none()) {
+        assert!(limit < Duration::from_secs(30), "nodes 1 to 3 complete attempt 2");
+        limit += 10 * MS;
+        held.extend(net.run_holding(limit, hold));
+    }
+    for i in 0..3 {
+        assert_eq!(net.nodes[i].as_ref().unwrap().status(), Status::Active { epoch: 2 }, "node {}", i + 1);
+    }
+    assert!(net.confirms_by(4).iter().any(|(a, _, _)| *a == 2), "node 4 signed in attempt 2");
+    let node = net.nodes[3].as_mut().unwrap();
+    assert_eq!(node.status(), Status::Running { attempt: 2 });
+    let (first, second): (Vec<_>, Vec<_>) = held.into_iter().partition(|(_, o)| confirm_of(o) == Some(1));
+    let now = net.now;
+    for (from, o) in first.into_iter().filter(|(_, o)| o.to == 4) {
+        node.handle_message(from, o.message, now);
+    }
+    let mut events = Vec::new();
+    while let Some(r) = node.ready() {
+        assert!(r.writes.iter().all(|w| !matches!(w, Write::Activate(_))), "attempt 1's keys are not taken");
+        let w = r.written();
+        events.extend(r.events);
+        node.advance(w);
+    }
+    let completed = events.iter().filter(|e| matches!(e, Event::SuiteCompleted { attempt: 1, .. })).count();
+    assert_eq!(completed, 2, "attempt 1 was certified and node 4 rebuilt both suites: {events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::Superseded { attempt: 1, newer: 2 })), "{events:?}");
+    assert_eq!(node.status(), Status::Running { attempt: 2 });
+    for (from, o) in second {
+        node.handle_message(from, o.message, now);
+    }
+    let mut activated = None;
+    while let Some(r) = node.ready() {
+        for w in &r.writes {
+            if let Write::Activate(k) = w {
+                activated = Some(k.epoch);
+            }
+        }
+        let w = r.written();
+        node.advance(w);
+    }
+    assert_eq!(activated, Some(2));
+    assert_eq!(node.status(), Status::Active { epoch: 2 });
 }

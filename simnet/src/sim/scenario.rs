@@ -234,6 +234,13 @@ pub struct Outcome {
     pub retired: BTreeSet<u16>,
     /// Failed attempts seen at honest nodes: (node, attempt, reason).
     pub failures: Vec<(u16, u64, String)>,
+    /// Transcripts that a quorum of the committee signed on the wire, by suite: (attempt,
+    /// transcript). More than one per suite means two attempts both reached a quorum
+    /// certificate (see `docs/decisions.md` 33).
+    pub certified: BTreeMap<SuiteId, Vec<(u64, [u8; 32])>>,
+    /// Honest nodes whose older attempt completed after they signed in a newer one, whose keys
+    /// they therefore did not take: (node, attempt).
+    pub superseded: Vec<(u16, u64)>,
     /// Culprits named by honest nodes (node → faults).
     pub culprits: BTreeMap<u16, BTreeSet<String>>,
     /// Virtual time at the end, ms.
@@ -705,6 +712,11 @@ struct Sim {
     recovery_rounds: BTreeMap<u16, u32>,
     persist_crashes: usize,
     double_signed: Option<(u16, u64)>,
+    /// Every transcript confirmation signed by its own sender (honest or not) that went on the
+    /// wire: (attempt, suite, transcript) → signers.
+    confirmations: BTreeMap<(u64, SuiteId, [u8; 32]), BTreeSet<u16>>,
+    /// Honest nodes that saw an older attempt complete after signing in a newer one.
+    superseded: Vec<(u16, u64)>,
     /// Cost model: when each core is next free (µs).
     cores_free_us: Vec<u64>,
     /// Cost model: CPU time charged in all (µs).
@@ -763,6 +775,8 @@ impl Sim {
             recovery_rounds: BTreeMap::new(),
             persist_crashes: 0,
             double_signed: None,
+            confirmations: BTreeMap::new(),
+            superseded: Vec::new(),
             cores_free_us,
             cpu_us: 0,
         }
@@ -1064,6 +1078,7 @@ impl Sim {
             EngineEvent::Failed { failure, .. } => {
                 self.failures.push((node, failure.attempt, format!("{:?}", failure.reason)))
             }
+            EngineEvent::Superseded { attempt, .. } => self.superseded.push((node, attempt)),
             EngineEvent::SuiteCompleted { attempt, suite, qual, culprits, transcript, .. } => {
                 let culprits = culprits.iter().map(|c| format!("{}:{:?}", c.node, c.fault)).collect();
                 n.completions.insert((attempt, suite), (transcript, qual, culprits));
@@ -1083,6 +1098,15 @@ impl Sim {
 
     fn send(&mut self, from: u16, o: Outgoing) {
         let Outgoing { to, message, generation } = o;
+        if let DkgBody::Confirm(c) = &message.body {
+            let h = c.payload.header;
+            if h.sender == from {
+                self.confirmations
+                    .entry((h.attempt, h.suite, c.payload.transcript))
+                    .or_default()
+                    .insert(from);
+            }
+        }
         if !self.sc.byzantine.contains_key(&from) {
             self.watch(from, &message);
         }
@@ -1251,6 +1275,14 @@ impl Sim {
         } else {
             None
         };
+        let f = kms_dkg::dkg::faulty(None, committee);
+        let quorum = usize::from((committee + f) / 2 + 1);
+        let mut certified: BTreeMap<SuiteId, Vec<(u64, [u8; 32])>> = BTreeMap::new();
+        for ((attempt, suite, transcript), signers) in &self.confirmations {
+            if signers.len() >= quorum {
+                certified.entry(*suite).or_default().push((*attempt, *transcript));
+            }
+        }
         let retired =
             self.honest().filter(|i| self.nodes.get(i).is_some_and(|n| n.store.retired.is_some())).collect();
         Outcome {
@@ -1260,6 +1292,8 @@ impl Sim {
             keys: kept,
             retired,
             failures: self.failures,
+            certified,
+            superseded: self.superseded,
             culprits,
             virtual_ms: self.now,
             delivered: self.delivered,
