@@ -1,6 +1,7 @@
-//! Any bytes as a signed checkpoint, and any hashes as inclusion and consistency proofs: refused
-//! cleanly, never a panic (`docs/formats.md` §15).
+//! Any bytes as a signed checkpoint, an audit log entry, and any hashes as inclusion and
+//! consistency proofs: refused cleanly, never a panic (`docs/formats.md` §15).
 #![no_main]
+use kms_proto::audit::LogEntry;
 use kms_proto::checkpoint::SignedCheckpoint;
 use kms_proto::merkle::{verify_consistency, verify_inclusion, Hash};
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +12,10 @@ fuzz_target!(|data: &[u8]| {
             // What parses prints back to the same text.
             assert_eq!(SignedCheckpoint::parse(&c.to_text()), Ok(c));
         }
+    }
+    if let Ok(e) = LogEntry::decode(data) {
+        // What decodes is canonical: it encodes back to the same bytes.
+        assert_eq!(e.encode(), data);
     }
     if data.len() < 16 {
         return;

@@ -122,6 +122,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/apps", post(post_app))
         .route("/v1/apps/{app_id}", get(get_app))
         .route("/v1/audit", get(audit))
+        .route("/v1/log/checkpoint", get(log_checkpoint))
+        .route("/v1/log/inclusion", get(log_inclusion))
+        .route("/v1/log/consistency", get(log_consistency))
         .route("/v1/reshare", get(reshare_status).post(reshare_offer))
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
@@ -306,9 +309,32 @@ async fn reshare_offer(
     finish(&s, "/v1/reshare", started, r)
 }
 
+/// Most entries in one page of `/v1/audit`.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
 #[derive(Deserialize)]
 struct AuditQuery {
     app_id: Option<String>,
+    start: Option<String>,
+    limit: Option<String>,
+}
+
+/// A decimal query parameter; `default` when absent.
+fn number(name: &str, value: Option<&str>, default: u64) -> Result<u64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::new(ErrorCode::MalformedRequest, format!("{name} must be a decimal number"))
+        }),
+    }
+}
+
+fn json_value(v: &serde_json::Value) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+fn hex_list(proof: &[kms_proto::merkle::Hash]) -> Vec<String> {
+    proof.iter().map(hex::encode).collect()
 }
 
 async fn audit(
@@ -320,11 +346,147 @@ async fn audit(
     let r = (|| {
         let _permit = admit(&s, peer)?;
         let app = parse_app_id(q.app_id.as_deref().unwrap_or(""))?;
-        let entries = s.store.audit_log(&app).map_err(ApiError::internal)?;
-        let body = serde_json::json!({ "app_id": app, "entries": entries });
-        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
+        let start = number("start", q.start.as_deref(), 0)?;
+        let limit = number("limit", q.limit.as_deref(), MAX_AUDIT_PAGE as u64)?;
+        if limit == 0 || limit > MAX_AUDIT_PAGE as u64 {
+            return Err(ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
+            ));
+        }
+        // One more than asked for says whether a next page exists.
+        let mut entries = s.store.audit_page(&app, start, limit as usize + 1).map_err(ApiError::internal)?;
+        let next = (entries.len() > limit as usize).then(|| entries.pop().map(|e| e.id)).flatten();
+        let entries: Vec<serde_json::Value> = entries
+            .into_iter()
+            .map(|e| {
+                let bytes = e.to_log_entry().encode();
+                let mut v = serde_json::to_value(&e).unwrap_or_default();
+                v["leaf_hash"] = hex::encode(kms_proto::merkle::leaf_hash(&bytes)).into();
+                v["entry"] = hex::encode(&bytes).into();
+                v
+            })
+            .collect();
+        Ok(json_value(&serde_json::json!({ "app_id": app, "entries": entries, "next": next })))
     })();
     finish(&s, "/v1/audit", started, r)
+}
+
+/// `GET /v1/log/checkpoint`: the log's current size and root, signed now by this node's
+/// identity key, once every entry it covers is on disk.
+async fn log_checkpoint(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let _permit = admit(&s, peer)?;
+        let text = s.keys.checkpoint(unix_now()).map_err(ApiError::internal)?;
+        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    })();
+    finish(&s, "/v1/log/checkpoint", started, r)
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    index: Option<String>,
+    hash: Option<String>,
+    size: Option<String>,
+}
+
+/// `GET /v1/log/inclusion?index=I|hash=H[&size=N]`: the inclusion proof of an entry in the
+/// tree of the first `N` entries (default: all).
+async fn log_inclusion(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<InclusionQuery>,
+) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let _permit = admit(&s, peer)?;
+        let current = s.store.log_size().map_err(ApiError::internal)?;
+        let size = log_size_param("size", q.size.as_deref(), current)?;
+        let index = match (q.index.as_deref(), q.hash.as_deref()) {
+            (Some(i), None) => number("index", Some(i), 0)?,
+            (None, Some(h)) => {
+                let leaf = kms_proto::hex_bytes::parse_hex::<32>(h).map_err(|_| {
+                    ApiError::new(ErrorCode::MalformedRequest, "hash must be 64 lowercase hex characters")
+                })?;
+                s.store.log_index_of(&leaf).map_err(ApiError::internal)?.ok_or_else(|| {
+                    ApiError::new(ErrorCode::LogEntryNotFound, "no entry of this log has that leaf hash")
+                })?
+            }
+            _ => {
+                return Err(ApiError::new(ErrorCode::MalformedRequest, "give exactly one of index and hash"))
+            }
+        };
+        if index >= size {
+            return Err(ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("index {index} is not in the tree of {size} entries"),
+            ));
+        }
+        let proof = kms_proto::merkle::inclusion_proof_in(&s.store.log_tree(), size, index)
+            .map_err(ApiError::internal)?
+            .unwrap_or_default();
+        let entry = s.store.log_entry(index).map_err(ApiError::internal)?.unwrap_or_default();
+        Ok(json_value(&serde_json::json!({
+            "index": index,
+            "size": size,
+            "leaf_hash": hex::encode(kms_proto::merkle::leaf_hash(&entry)),
+            "entry": hex::encode(&entry),
+            "proof": hex_list(&proof),
+        })))
+    })();
+    finish(&s, "/v1/log/inclusion", started, r)
+}
+
+/// A tree size parameter: at most the log's `current` size (its default).
+fn log_size_param(name: &str, value: Option<&str>, current: u64) -> Result<u64, ApiError> {
+    let size = number(name, value, current)?;
+    if size > current {
+        return Err(ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("{name} {size} is beyond the log's {current} entries"),
+        ));
+    }
+    Ok(size)
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    first: Option<String>,
+    second: Option<String>,
+}
+
+/// `GET /v1/log/consistency?first=M[&second=N]`: the proof that the tree of `M` entries is a
+/// prefix of the tree of `N` (default: all).
+async fn log_consistency(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let _permit = admit(&s, peer)?;
+        let current = s.store.log_size().map_err(ApiError::internal)?;
+        let second = log_size_param("second", q.second.as_deref(), current)?;
+        let Some(first) = q.first.as_deref() else {
+            return Err(ApiError::new(ErrorCode::MalformedRequest, "first is required"));
+        };
+        let first = number("first", Some(first), 0)?;
+        if first > second {
+            return Err(ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("first {first} is beyond second {second}"),
+            ));
+        }
+        let proof = kms_proto::merkle::consistency_proof_in(&s.store.log_tree(), first, second)
+            .map_err(ApiError::internal)?
+            .unwrap_or_default();
+        Ok(json_value(&serde_json::json!({ "first": first, "second": second, "proof": hex_list(&proof) })))
+    })();
+    finish(&s, "/v1/log/consistency", started, r)
 }
 
 /// `GET /`: the status page for a person (`status_page.rs`), under the same limits as every

@@ -200,6 +200,10 @@ pub async fn run(
     let kv = SledKv::open(&cfg.data_dir.join(DB_DIR)).context("opening the database")?;
     let store = Arc::new(NodeStore::new(Box::new(kv), seal));
     store.bind_cluster(&cluster_id).context("cluster.nodes / cluster.threshold / cluster.join")?;
+    let moved = store.migrate_audit().context("moving the audit log into the transparency log")?;
+    if moved > 0 {
+        tracing::info!(entries = moved, "audit entries moved into the transparency log");
+    }
     let membership = membership(&cfg, &store, cluster_id, joining.as_ref())?;
 
     let mut p2p_roster = std::collections::BTreeMap::new();

@@ -71,6 +71,14 @@ pub struct Prepared {
 }
 
 /// What a request passed before its evidence is looked at.
+/// What verified evidence says of the requester, for the audit log.
+struct Attested {
+    /// Image digest (`sha256:…`) or TDX measurement (`mrtd:…`).
+    workload: Option<String>,
+    /// The platform's instance name, where the evidence carries one.
+    instance: Option<String>,
+}
+
 struct Checked {
     keys: Arc<ActiveKeys>,
     /// The manifest held for the app, when the request supplies none.
@@ -154,6 +162,17 @@ impl KeyService {
         Ok(())
     }
 
+    /// The signed checkpoint of this node's audit log as it stands (`docs/formats.md` §15.3),
+    /// made once every entry it covers is on disk.
+    pub fn checkpoint(&self, now: u64) -> Result<String, crate::store::StoreError> {
+        let size = self.store.log_size()?;
+        let root = self.store.log_root(size)?;
+        self.store.durable(())?;
+        let origin = kms_proto::checkpoint::origin(&self.cluster_id, &self.identity.verifying_key());
+        let checkpoint = kms_proto::checkpoint::Checkpoint { origin, size, root, time: now };
+        Ok(kms_proto::checkpoint::SignedCheckpoint::new(checkpoint, &self.identity).to_text())
+    }
+
     /// How long a released request's nonce is remembered, seconds: long enough that the request
     /// is refused by [`KeyService::check_time`] once its record is dropped.
     pub fn replay_window_secs(&self) -> u64 {
@@ -173,9 +192,9 @@ impl KeyService {
     pub fn release(&self, prepared: Prepared, now: u64) -> Result<Durable<KeyResponse>, ApiError> {
         let Prepared { req, binding, early } = prepared;
         let result = early.and_then(|checked| self.process(&req, &binding, checked, now));
-        let (outcome, workload, seq) = match &result {
-            Ok((_, w, seq)) => ("released".to_string(), w.clone(), Some(*seq)),
-            Err(e) => (e.code.as_str().to_string(), None, None),
+        let (outcome, workload, instance, seq) = match &result {
+            Ok((_, w, seq)) => ("released".to_string(), w.workload.clone(), w.instance.clone(), Some(*seq)),
+            Err(e) => (e.code.as_str().to_string(), None, None, None),
         };
         let entry = AuditEntry {
             id: 0,
@@ -184,6 +203,8 @@ impl KeyService {
             label: req.label.as_str().to_owned(),
             outcome,
             workload,
+            instance,
+            client_key: hex::encode(kms_proto::audit::client_key_digest(req.client_public_key.as_bytes())),
             binding: hex::encode(binding),
             manifest_seq: seq,
         };
@@ -236,7 +257,7 @@ impl KeyService {
         binding: &[u8; 32],
         checked: Checked,
         now: u64,
-    ) -> Result<(KeyResponse, Option<String>, u64), ApiError> {
+    ) -> Result<(KeyResponse, Attested, u64), ApiError> {
         let Checked { keys, held } = checked;
         let manifest = self.manifest(req, held)?;
         let policy = &manifest.manifest.policy;
@@ -246,14 +267,17 @@ impl KeyService {
                 format!("app {} is revoked by its owner", req.app_id),
             ));
         }
-        let workload = match &req.evidence {
+        let attested = match &req.evidence {
             Evidence::ConfidentialSpace { token } => {
                 let claims = self
                     .jwks
                     .with(|jwks| self.cs.verify_with_jwks(token, jwks, &hex::encode(binding), now))
                     .map_err(|e| ApiError::new(e.code(), e.reason()))?;
                 check_policy(&claims, policy).map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                claims.image_digest.map(|d| d.to_string())
+                Attested {
+                    workload: claims.image_digest.map(|d| d.to_string()),
+                    instance: claims.gce_instance_name.clone(),
+                }
             }
             Evidence::TdxQuote { .. } => {
                 let Some(tdx) = &self.tdx else {
@@ -281,7 +305,7 @@ impl KeyService {
                     &tdx.tcb_statuses,
                 )
                 .map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                Some(format!("mrtd:{}", hex::encode(claims.mrtd)))
+                Attested { workload: Some(format!("mrtd:{}", hex::encode(claims.mrtd))), instance: None }
             }
         };
         let id = KeyId::new(*req.app_id.as_bytes(), req.label.as_str())
@@ -311,6 +335,6 @@ impl KeyService {
             keys.epoch,
             &envelope,
         );
-        Ok((response, workload, manifest.manifest.seq))
+        Ok((response, attested, manifest.manifest.seq))
     }
 }

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use kms_dkg::KeyShare;
 use kms_proto::app::{AppId, SignedManifest};
+use kms_proto::audit::LogEntry;
+use kms_proto::merkle::{self, Hash, Subtrees};
 
 use crate::seal::{SealError, SealKey};
 
@@ -27,8 +29,11 @@ pub enum Space {
     Manifests,
     /// Used request nonces with their expiry.
     Replay,
-    /// Append-only audit log of key releases and refusals, by app.
+    /// Before the transparency log: JSON audit entries by app (read once, moved into `Log`).
     Audit,
+    /// The audit log as an RFC 9162 tree: entries by index, perfect-subtree hashes, the size,
+    /// the index of each leaf hash, and each app's entry indices.
+    Log,
 }
 
 impl Space {
@@ -39,6 +44,7 @@ impl Space {
             Space::Manifests => "manifests",
             Space::Replay => "replay",
             Space::Audit => "audit",
+            Space::Log => "log",
         }
     }
 }
@@ -80,6 +86,15 @@ pub trait Kv: Send + Sync + 'static {
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError>;
     /// All entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError>;
+    /// At most `limit` entries whose key starts with `prefix` and is at least `from`, in key
+    /// order.
+    fn scan_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
     /// A new, strictly increasing id (for the audit log).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every previous write durable.
@@ -135,6 +150,21 @@ impl Kv for SledKv {
             .collect()
     }
 
+    fn scan_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.tree(space)?
+            .range(from..)
+            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
     fn next_id(&self) -> Result<u64, StoreError> {
         self.db.generate_id().map_err(backend)
     }
@@ -185,6 +215,21 @@ impl Kv for MemKv {
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
     }
+    fn scan_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        Ok(self
+            .map()?
+            .range((space, from.to_vec())..)
+            .take_while(|((s, k), _)| *s == space && k.starts_with(prefix))
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
     fn next_id(&self) -> Result<u64, StoreError> {
         let mut id = self.ids.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
         *id += 1;
@@ -197,10 +242,11 @@ impl Kv for MemKv {
 
 pub use kms_dkg::ceremony::ActiveKeys;
 
-/// One audit log entry (no secrets: the partial key itself is never logged).
+/// One audit log entry (no secrets: the partial key itself is never logged), as the API shows
+/// it; the log stores its canonical encoding ([`kms_proto::audit::LogEntry`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
-    /// Strictly increasing id within this node.
+    /// Its index in this node's log (contiguous from 0).
     pub id: u64,
     /// Unix seconds.
     pub time: u64,
@@ -212,10 +258,79 @@ pub struct AuditEntry {
     pub outcome: String,
     /// Image digest or TDX MRTD of the requester, when known.
     pub workload: Option<String>,
+    /// The platform's name of the attested instance, when the evidence carries one.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Hex of SHA-256 of the requesting enclave's public key (zeros: not recorded).
+    #[serde(default)]
+    pub client_key: String,
     /// Hex of the request binding (identifies the request without revealing anything).
     pub binding: String,
     /// Manifest sequence number applied.
     pub manifest_seq: Option<u64>,
+}
+
+impl AuditEntry {
+    /// The log entry it stands for (hex fields that do not parse become zeros).
+    pub fn to_log_entry(&self) -> LogEntry {
+        LogEntry {
+            time: self.time,
+            app_id: self.app_id,
+            label: self.label.clone(),
+            outcome: self.outcome.clone(),
+            workload: self.workload.clone(),
+            instance: self.instance.clone(),
+            client_key: kms_proto::hex_bytes::parse_hex(&self.client_key).unwrap_or([0; 32]),
+            binding: kms_proto::hex_bytes::parse_hex(&self.binding).unwrap_or([0; 32]),
+            manifest_seq: self.manifest_seq,
+        }
+    }
+
+    /// The API view of log entry `index`.
+    pub fn from_log_entry(index: u64, e: LogEntry) -> Self {
+        AuditEntry {
+            id: index,
+            time: e.time,
+            app_id: e.app_id,
+            label: e.label,
+            outcome: e.outcome,
+            workload: e.workload,
+            instance: e.instance,
+            client_key: hex::encode(e.client_key),
+            binding: hex::encode(e.binding),
+            manifest_seq: e.manifest_seq,
+        }
+    }
+}
+
+// Keys of `Space::Log`.
+const LOG_SIZE: &[u8] = b"n";
+const LOG_ENTRY: u8 = b'e';
+const LOG_HASH: u8 = b'h';
+const LOG_LEAF: u8 = b'l';
+const LOG_APP: u8 = b'a';
+
+fn log_key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![tag];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The stored tree: its perfect-subtree hashes answer proofs.
+pub struct LogTree<'a>(&'a NodeStore);
+
+impl Subtrees for LogTree<'_> {
+    type Error = StoreError;
+
+    fn perfect(&self, start: u64, size: u64) -> Result<Hash, StoreError> {
+        let level = size.trailing_zeros() as u8;
+        let key = log_key(LOG_HASH, &[&[level], &(start >> level).to_be_bytes()]);
+        let v =
+            self.0.kv.get(Space::Log, &key)?.ok_or_else(|| StoreError::Corrupt("log hash missing".into()))?;
+        v.try_into().map_err(|_| StoreError::Corrupt("log hash".into()))
+    }
 }
 
 /// Typed, sealed access to a [`Kv`].
@@ -223,6 +338,8 @@ pub struct NodeStore {
     kv: Box<dyn Kv>,
     seal: SealKey,
     group: GroupFlush,
+    /// Appends to the log one at a time (indices are contiguous).
+    log: Mutex<()>,
 }
 
 /// Group commit for [`NodeStore::durable`]: callers that need a flush at about the same time
@@ -261,7 +378,7 @@ fn share_epoch(name: &[u8]) -> Option<u64> {
 impl NodeStore {
     /// Wraps a backend with the node's seal key.
     pub fn new(kv: Box<dyn Kv>, seal: SealKey) -> Self {
-        NodeStore { kv, seal, group: GroupFlush::default() }
+        NodeStore { kv, seal, group: GroupFlush::default(), log: Mutex::new(()) }
     }
 
     fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -532,22 +649,127 @@ impl NodeStore {
         Ok(n)
     }
 
-    /// Appends an audit entry (its `id` is assigned here) and returns it.
+    /// Appends an audit entry to the log (its `id` is its index, assigned here) and returns it.
+    ///
+    /// The entry, its leaf-hash and app index records and the hashes of the perfect subtrees it
+    /// completes are written before the size: a crash part-way leaves the size unchanged, and the
+    /// next append writes over what was left.
     pub fn audit(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
-        entry.id = self.kv.next_id()?;
-        let key = [&entry.app_id.as_bytes()[..], &entry.id.to_be_bytes()].concat();
-        let bytes = serde_json::to_vec(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.kv.put(Space::Audit, &key, &bytes)?;
+        let _one = self.log.lock().map_err(|_| StoreError::Backend("log lock poisoned".into()))?;
+        let m = self.log_size()?;
+        let bytes = entry.to_log_entry().encode();
+        let leaf = merkle::leaf_hash(&bytes);
+        let index = m.to_be_bytes();
+        self.kv.put(Space::Log, &log_key(LOG_ENTRY, &[&index]), &bytes)?;
+        self.kv.put(Space::Log, &log_key(LOG_LEAF, &[&leaf]), &index)?;
+        self.kv.put(Space::Log, &log_key(LOG_APP, &[entry.app_id.as_bytes(), &index]), &[])?;
+        // The perfect subtrees that end with this leaf, from the leaf up.
+        let mut hash = leaf;
+        let mut level = 0u8;
+        loop {
+            let key = log_key(LOG_HASH, &[&[level], &(m >> level).to_be_bytes()]);
+            self.kv.put(Space::Log, &key, &hash)?;
+            if (m >> level) & 1 == 0 {
+                break;
+            }
+            let left = LogTree(self).perfect((m >> level << level) - (1 << level), 1 << level)?;
+            hash = merkle::node_hash(&left, &hash);
+            level += 1;
+        }
+        self.kv.put(Space::Log, LOG_SIZE, &(m + 1).to_be_bytes())?;
+        entry.id = m;
         Ok(entry)
+    }
+
+    /// Entries in the log.
+    pub fn log_size(&self) -> Result<u64, StoreError> {
+        match self.kv.get(Space::Log, LOG_SIZE)? {
+            None => Ok(0),
+            Some(v) => {
+                v.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("log size".into()))
+            }
+        }
+    }
+
+    /// The stored tree, for roots and proofs ([`merkle::Subtrees`]).
+    pub fn log_tree(&self) -> LogTree<'_> {
+        LogTree(self)
+    }
+
+    /// The root of the log's first `size` entries (`size` at most [`NodeStore::log_size`]).
+    pub fn log_root(&self, size: u64) -> Result<Hash, StoreError> {
+        if size == 0 {
+            return Ok(merkle::root(&[]));
+        }
+        LogTree(self).range(0, size)
+    }
+
+    /// The encoded entry at `index`, if it is in the log.
+    pub fn log_entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if index >= self.log_size()? {
+            return Ok(None);
+        }
+        self.kv.get(Space::Log, &log_key(LOG_ENTRY, &[&index.to_be_bytes()]))
+    }
+
+    /// The index of the entry whose leaf hash is `leaf`, if it is in the log.
+    pub fn log_index_of(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+        let Some(v) = self.kv.get(Space::Log, &log_key(LOG_LEAF, &[leaf]))? else { return Ok(None) };
+        let index =
+            v.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("log leaf".into()))?;
+        // A record left by an append a crash cut short may point at another entry.
+        match self.log_entry(index)? {
+            Some(bytes) if merkle::leaf_hash(&bytes) == *leaf => Ok(Some(index)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Up to `limit` entries of `app` from index `from` on, oldest first.
+    pub fn audit_page(&self, app: &AppId, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let size = self.log_size()?;
+        let prefix = log_key(LOG_APP, &[app.as_bytes()]);
+        let start = log_key(LOG_APP, &[app.as_bytes(), &from.to_be_bytes()]);
+        let mut out = Vec::new();
+        for (k, _) in self.kv.scan_from(Space::Log, &prefix, &start, limit)? {
+            let index = k[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("log app index".into()))?;
+            if index >= size {
+                break;
+            }
+            let bytes = self
+                .kv
+                .get(Space::Log, &log_key(LOG_ENTRY, &[&index.to_be_bytes()]))?
+                .ok_or_else(|| StoreError::Corrupt("log entry missing".into()))?;
+            let entry = LogEntry::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push(AuditEntry::from_log_entry(index, entry));
+        }
+        Ok(out)
     }
 
     /// The audit log of one app, oldest first.
     pub fn audit_log(&self, app: &AppId) -> Result<Vec<AuditEntry>, StoreError> {
-        self.kv
-            .scan_prefix(Space::Audit, app.as_bytes())?
-            .into_iter()
-            .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt("audit entry".into())))
-            .collect()
+        self.audit_page(app, 0, usize::MAX)
+    }
+
+    /// Moves audit entries kept before the transparency log (JSON by app and id) into the log,
+    /// in id order, once; returns how many. Their client key digest was not recorded (zeros).
+    pub fn migrate_audit(&self) -> Result<usize, StoreError> {
+        let old = self.kv.scan_prefix(Space::Audit, &[])?;
+        let mut entries: Vec<AuditEntry> = old
+            .iter()
+            .map(|(_, v)| serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("audit entry".into())))
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.id);
+        for e in &entries {
+            self.audit(e.clone())?;
+        }
+        self.kv.flush()?;
+        for (k, _) in &old {
+            self.kv.remove(Space::Audit, k)?;
+        }
+        Ok(entries.len())
     }
 
     /// Flushes everything to disk.

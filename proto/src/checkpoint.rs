@@ -78,9 +78,10 @@ pub struct SignedCheckpoint {
     pub signatures: Vec<NoteSignature>,
 }
 
-/// The origin (and key name) of node `index`'s log in cluster `cluster_id`.
-pub fn origin(cluster_id: &[u8; 32], index: u16) -> String {
-    format!("kms/{}/node/{index}", hex::encode(cluster_id))
+/// The origin (and key name) of the log of the node with identity key `identity` in cluster
+/// `cluster_id`: a name that stays the node's across reshares (its index may change).
+pub fn origin(cluster_id: &[u8; 32], identity: &VerifyingKey) -> String {
+    format!("kms/{}/node/{}", hex::encode(cluster_id), hex::encode(identity.as_bytes()))
 }
 
 /// `SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key)[..4]`.
@@ -245,7 +246,12 @@ mod tests {
     }
 
     fn checkpoint(size: u64, root: u8) -> Checkpoint {
-        Checkpoint { origin: origin(&[0xab; 32], 1), size, root: [root; 32], time: 1_796_400_000 }
+        Checkpoint {
+            origin: origin(&[0xab; 32], &key(1).verifying_key()),
+            size,
+            root: [root; 32],
+            time: 1_796_400_000,
+        }
     }
 
     /// The exact text of a signed checkpoint (a known-answer vector, also in `docs/formats.md`
@@ -255,18 +261,19 @@ mod tests {
     #[test]
     fn text_form_is_fixed() {
         let mut c = SignedCheckpoint::new(checkpoint(3, 0x11), &key(1));
-        c.cosign(&origin(&[0xab; 32], 2), &key(2));
+        c.cosign(&origin(&[0xab; 32], &key(2).verifying_key()), &key(2));
         let text = c.to_text();
-        let log = format!("kms/{}/node/1", "ab".repeat(32));
-        let witness = format!("kms/{}/node/2", "ab".repeat(32));
+        let log = format!("kms/{}/node/{}", "ab".repeat(32), hex::encode(key(1).verifying_key().as_bytes()));
+        let witness =
+            format!("kms/{}/node/{}", "ab".repeat(32), hex::encode(key(2).verifying_key().as_bytes()));
         let expected = format!(
             "{log}\n3\nERERERERERERERERERERERERERERERERERERERERERE=\ntime 1796400000\n\n\
-             \u{2014} {log} I9A510r7/GmdiqrGzlMPD/UrJGCSl4wjQVV1cGSS0s17gdAcKUTFOr3wrJ4pF6j7Uxpg8voRBWo2CqyzVMa6OhsV7AM=\n\
-             \u{2014} {witness} +0ay/up98rrEXiBAhhi5KxJTUkx1/YTnolV/Jpfext57BdXHiWYT6RJUGtX3tH/pcBbccP8cQfhx9iOqWa7M5lk9VQI=\n"
+             \u{2014} {log} is5VcPv+0xKwgmBIY9e4ofQjjZeqGlkh6q7SlobAEgirycFK46pVU3WCCsKhhe1xOwkk4eY8LTsqoj0Te8VWqeqe/QY=\n\
+             \u{2014} {witness} zUQxlBR8xh5JTzzbDomxfJthKd4xUfkMlVUEu5tY2LNUcJHzKr5uOfE3ioyTpmK8FtcyJVte4Mlt28HSngDy9uOQQAU=\n"
         );
         assert_eq!(text, expected);
         assert_eq!(SignedCheckpoint::parse(&text), Ok(c.clone()));
-        let id = key_id(&origin(&[0xab; 32], 1), &key(1).verifying_key());
+        let id = key_id(&origin(&[0xab; 32], &key(1).verifying_key()), &key(1).verifying_key());
         assert_eq!(c.signatures[0].key_id, id);
         assert_eq!(
             hex::encode(key_id("example.com/log", &key(1).verifying_key())),
@@ -282,7 +289,7 @@ mod tests {
     #[test]
     fn signatures_and_witnesses_verify_and_forgeries_do_not() {
         let (log, w2, w3) = (key(1), key(2), key(3));
-        let names: Vec<String> = (1..=3).map(|i| origin(&[0xab; 32], i)).collect();
+        let names: Vec<String> = (1..=3).map(|i| origin(&[0xab; 32], &key(i).verifying_key())).collect();
         let mut c = SignedCheckpoint::new(checkpoint(10, 0x22), &log);
         c.verify(&names[0], &log.verifying_key()).expect("the log's own");
         c.cosign(&names[1], &w2);
@@ -314,7 +321,7 @@ mod tests {
         let log = key(1);
         let a = SignedCheckpoint::new(checkpoint(5, 0x01), &log);
         let b = SignedCheckpoint::new(checkpoint(5, 0x02), &log);
-        let name = origin(&[0xab; 32], 1);
+        let name = origin(&[0xab; 32], &key(1).verifying_key());
         a.verify(&name, &log.verifying_key()).expect("a");
         b.verify(&name, &log.verifying_key()).expect("b");
         assert!(equivocation(&a.checkpoint, &b.checkpoint));
@@ -336,7 +343,7 @@ mod tests {
             (good.trim_end().to_string(), "a line does not end in a newline"),
             (good.split("\n\n").next().unwrap_or_default().to_string() + "\n\n", "no signature"),
             ("x".repeat(MAX_CHECKPOINT_LEN + 1), "too long"),
-            (good.replace("/node/1\n", "/node/1 \n"), "origin"),
+            (good.replacen("\n", " \n", 1), "origin"),
         ];
         for (text, why) in cases {
             assert_eq!(

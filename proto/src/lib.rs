@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod checkpoint;
 pub mod cluster;
 pub mod codec;

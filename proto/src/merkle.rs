@@ -9,8 +9,9 @@
 //!   verification by the RFC's algorithms (sections 2.1.3.2 and 2.1.4.2), which never trust the
 //!   proof's length or contents.
 //!
-//! Proof generation here works over the leaf hashes of the whole tree (`O(n)` hashing a proof):
-//! right for tests and for logs of thousands of entries.
+//! Proof generation works over any [`Subtrees`] source: the leaf hashes of a whole tree (`O(n)`
+//! hashing a proof, for tests and small logs), or a log's stored hashes of its perfect subtrees
+//! (`O(log² n)` lookups a proof).
 
 use sha2::{Digest, Sha256};
 
@@ -61,56 +62,134 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// Where proofs get their hashes: the root of any subtree of the RFC's shape.
+///
+/// Every subtree a proof needs starts at a multiple of a power of two and is either *perfect*
+/// (`size` a power of two, `start` a multiple of it) or the right part of a split, so a log that
+/// stores the hash of each perfect subtree once it is complete answers any of them with
+/// `O(log n)` lookups ([`Subtrees::range`]).
+pub trait Subtrees {
+    /// Why a hash could not be read.
+    type Error;
+
+    /// The root of the perfect subtree of `size` leaves (a power of two) starting at `start` (a
+    /// multiple of `size`).
+    fn perfect(&self, start: u64, size: u64) -> Result<Hash, Self::Error>;
+
+    /// `MTH` of leaves `[start, start + size)` (`size ≥ 1`), from perfect subtrees.
+    fn range(&self, start: u64, size: u64) -> Result<Hash, Self::Error> {
+        if size.is_power_of_two() && start % size == 0 {
+            return self.perfect(start, size);
+        }
+        let k = size.next_power_of_two() / 2;
+        Ok(node_hash(&self.range(start, k)?, &self.range(start + k, size - k)?))
+    }
+}
+
+impl Subtrees for [Hash] {
+    type Error = std::convert::Infallible;
+
+    fn perfect(&self, start: u64, size: u64) -> Result<Hash, Self::Error> {
+        Ok(root(&self[start as usize..(start + size) as usize]))
+    }
+}
+
 /// The inclusion proof (`PATH`) of leaf `index` in the tree of `leaves`; `None` if the index is
 /// out of range.
 pub fn inclusion_proof(leaves: &[Hash], index: u64) -> Option<Vec<Hash>> {
-    let index = usize::try_from(index).ok().filter(|&i| i < leaves.len())?;
-    let mut proof = Vec::new();
-    path(index, leaves, &mut proof);
-    Some(proof)
+    match inclusion_proof_in(leaves, leaves.len() as u64, index) {
+        Ok(proof) => proof,
+        Err(never) => match never {},
+    }
 }
 
-fn path(m: usize, leaves: &[Hash], out: &mut Vec<Hash>) {
-    if leaves.len() <= 1 {
-        return;
+/// The inclusion proof of leaf `index` in the tree of the first `size` leaves of `tree`; `None`
+/// if the index is not below the size.
+pub fn inclusion_proof_in<T: Subtrees + ?Sized>(
+    tree: &T,
+    size: u64,
+    index: u64,
+) -> Result<Option<Vec<Hash>>, T::Error> {
+    if index >= size {
+        return Ok(None);
     }
-    let k = split(leaves.len());
+    let mut proof = Vec::new();
+    path(tree, index, 0, size, &mut proof)?;
+    Ok(Some(proof))
+}
+
+/// `PATH(m, D[start:start + n])`.
+fn path<T: Subtrees + ?Sized>(
+    tree: &T,
+    m: u64,
+    start: u64,
+    n: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), T::Error> {
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = n.next_power_of_two() / 2;
     if m < k {
-        path(m, &leaves[..k], out);
-        out.push(root(&leaves[k..]));
+        path(tree, m, start, k, out)?;
+        out.push(tree.range(start + k, n - k)?);
     } else {
-        path(m - k, &leaves[k..], out);
-        out.push(root(&leaves[..k]));
+        path(tree, m - k, start + k, n - k, out)?;
+        out.push(tree.range(start, k)?);
     }
+    Ok(())
 }
 
 /// The consistency proof (`PROOF`) between the tree of the first `first` leaves and the tree of
 /// all `leaves`; `None` unless `first ≤ leaves.len()`. Empty when `first` is 0 or all of them.
 pub fn consistency_proof(leaves: &[Hash], first: u64) -> Option<Vec<Hash>> {
-    let first = usize::try_from(first).ok().filter(|&m| m <= leaves.len())?;
-    let mut proof = Vec::new();
-    if first > 0 {
-        subproof(first, leaves, true, &mut proof);
+    match consistency_proof_in(leaves, first, leaves.len() as u64) {
+        Ok(proof) => proof,
+        Err(never) => match never {},
     }
-    Some(proof)
 }
 
-fn subproof(m: usize, leaves: &[Hash], whole: bool, out: &mut Vec<Hash>) {
-    let n = leaves.len();
+/// The consistency proof between the trees of the first `first` and the first `second` leaves
+/// of `tree`; `None` unless `first ≤ second`.
+pub fn consistency_proof_in<T: Subtrees + ?Sized>(
+    tree: &T,
+    first: u64,
+    second: u64,
+) -> Result<Option<Vec<Hash>>, T::Error> {
+    if first > second {
+        return Ok(None);
+    }
+    let mut proof = Vec::new();
+    if first > 0 {
+        subproof(tree, first, 0, second, true, &mut proof)?;
+    }
+    Ok(Some(proof))
+}
+
+/// `SUBPROOF(m, D[start:start + n], whole)`.
+fn subproof<T: Subtrees + ?Sized>(
+    tree: &T,
+    m: u64,
+    start: u64,
+    n: u64,
+    whole: bool,
+    out: &mut Vec<Hash>,
+) -> Result<(), T::Error> {
     if m == n {
         if !whole {
-            out.push(root(leaves));
+            out.push(tree.range(start, n)?);
         }
-        return;
+        return Ok(());
     }
-    let k = split(n);
+    let k = n.next_power_of_two() / 2;
     if m <= k {
-        subproof(m, &leaves[..k], whole, out);
-        out.push(root(&leaves[k..]));
+        subproof(tree, m, start, k, whole, out)?;
+        out.push(tree.range(start + k, n - k)?);
     } else {
-        subproof(m - k, &leaves[k..], false, out);
-        out.push(root(&leaves[..k]));
+        subproof(tree, m - k, start + k, n - k, false, out)?;
+        out.push(tree.range(start, k)?);
     }
+    Ok(())
 }
 
 /// Verifies that `leaf` (a leaf hash) is leaf `index` of the tree of `size` leaves whose root is
@@ -403,6 +482,60 @@ mod tests {
                 verify_consistency(n as u64 + 1, n as u64, &[], &roots[n], &roots[n]),
                 Err(ProofError::OutOfRange)
             );
+        }
+    }
+
+    /// Perfect-subtree hashes kept as a log appends: after leaf `m`, every perfect subtree that
+    /// ends at `m + 1`.
+    #[derive(Default)]
+    struct Stored(std::collections::BTreeMap<(u64, u64), Hash>);
+
+    impl Stored {
+        fn append(&mut self, m: u64, leaf: Hash) {
+            self.0.insert((m, 1), leaf);
+            let mut size = 1;
+            while (m + 1) % (size * 2) == 0 {
+                let start = m + 1 - size * 2;
+                let left = self.0[&(start, size)];
+                let right = self.0[&(start + size, size)];
+                self.0.insert((start, size * 2), node_hash(&left, &right));
+                size *= 2;
+            }
+        }
+    }
+
+    impl Subtrees for Stored {
+        type Error = ();
+        fn perfect(&self, start: u64, size: u64) -> Result<Hash, ()> {
+            self.0.get(&(start, size)).copied().ok_or(())
+        }
+    }
+
+    #[test]
+    fn proofs_from_stored_perfect_subtrees_are_the_rfc_proofs() {
+        let all = leaves(140);
+        let mut stored = Stored::default();
+        for (m, leaf) in all.iter().enumerate() {
+            stored.append(m as u64, *leaf);
+            let n = m + 1;
+            let tree = &all[..n];
+            assert_eq!(stored.range(0, n as u64), Ok(root(tree)), "size {n}");
+            for i in 0..n as u64 {
+                assert_eq!(
+                    inclusion_proof_in(&stored, n as u64, i),
+                    Ok(inclusion_proof(tree, i)),
+                    "{i} of {n}"
+                );
+            }
+            for first in 0..=n as u64 {
+                assert_eq!(
+                    consistency_proof_in(&stored, first, n as u64),
+                    Ok(consistency_proof(tree, first)),
+                    "{first} to {n}"
+                );
+            }
+            assert_eq!(inclusion_proof_in(&stored, n as u64, n as u64), Ok(None));
+            assert_eq!(consistency_proof_in(&stored, n as u64 + 1, n as u64), Ok(None));
         }
     }
 }

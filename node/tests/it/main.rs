@@ -4,6 +4,7 @@ mod attestation;
 mod cluster;
 mod common;
 mod limits;
+mod log;
 mod ops;
 mod ports;
 mod reshare;

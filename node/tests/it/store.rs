@@ -89,12 +89,14 @@ fn replay_cache_and_audit_log() {
         label: "root".into(),
         outcome: outcome.into(),
         workload: None,
-        binding: "00".into(),
+        instance: None,
+        client_key: "cd".repeat(32),
+        binding: "ab".repeat(32),
         manifest_seq: Some(1),
     };
     let a = store.audit(entry("released")).unwrap();
     let b = store.audit(entry("attestation_expired")).unwrap();
-    assert!(b.id > a.id);
+    assert_eq!((a.id, b.id), (0, 1), "log indices, contiguous from 0");
     let log = store.audit_log(&app).unwrap();
     assert_eq!(
         log.iter().map(|e| e.outcome.as_str()).collect::<Vec<_>>(),
@@ -146,4 +148,85 @@ fn new_shares_and_retirement_erase_old_shares_and_ceremony_state() {
     assert!(store.share_epochs().unwrap().is_empty());
     assert!(store.active().unwrap().is_none());
     assert_eq!(store.retired().unwrap(), Some(3));
+}
+
+/// The audit log is an RFC 9162 tree (`docs/formats.md` §15): contiguous indices, the root of
+/// every size equal to the root of the entries' leaf hashes, proofs from the stored subtree
+/// hashes that verify, pages per app, lookup by leaf hash.
+#[test]
+fn the_audit_log_is_a_merkle_tree_with_proofs_and_pages() {
+    use kms_node::store::{AuditEntry, MemKv};
+    use kms_proto::merkle::{
+        self, consistency_proof_in, inclusion_proof_in, verify_consistency, verify_inclusion,
+    };
+    let store = NodeStore::new(Box::new(MemKv::default()), SealKey::from_bytes([3u8; 32]));
+    let apps = [kms_proto::app::AppId([5u8; 32]), kms_proto::app::AppId([6u8; 32])];
+    let mut leaves = Vec::new();
+    let mut roots = vec![merkle::root(&[])];
+    assert_eq!(store.log_root(0).unwrap(), roots[0]);
+    for i in 0..70u64 {
+        let e = AuditEntry {
+            id: 99,
+            time: 1_000 + i,
+            app_id: apps[(i % 2) as usize],
+            label: format!("key-{i}"),
+            outcome: if i % 3 == 0 { "released".into() } else { "attestation_expired".into() },
+            workload: (i % 3 == 0).then(|| format!("sha256:{}", "ab".repeat(32))),
+            instance: None,
+            client_key: hex::encode([i as u8; 32]),
+            binding: hex::encode([i as u8 + 1; 32]),
+            manifest_seq: (i % 3 == 0).then_some(i),
+        };
+        let stored = store.audit(e.clone()).unwrap();
+        assert_eq!(stored.id, i);
+        leaves.push(merkle::leaf_hash(&e.to_log_entry().encode()));
+        assert_eq!(store.log_size().unwrap(), i + 1);
+        roots.push(merkle::root(&leaves));
+        assert_eq!(store.log_root(i + 1).unwrap(), roots[i as usize + 1], "root of size {}", i + 1);
+    }
+    let tree = store.log_tree();
+    for size in [1u64, 2, 3, 7, 8, 9, 33, 64, 70] {
+        let root = store.log_root(size).unwrap();
+        for index in 0..size {
+            let proof = inclusion_proof_in(&tree, size, index).unwrap().unwrap();
+            verify_inclusion(&leaves[index as usize], index, size, &proof, &root).unwrap();
+        }
+        for first in 0..=size {
+            let proof = consistency_proof_in(&tree, first, size).unwrap().unwrap();
+            verify_consistency(first, size, &proof, &roots[first as usize], &root).unwrap();
+        }
+    }
+    assert_eq!(store.log_index_of(&leaves[41]).unwrap(), Some(41));
+    assert_eq!(store.log_index_of(&[0; 32]).unwrap(), None);
+    assert_eq!(store.log_entry(70).unwrap(), None);
+    // Pages of one app: its entries only, from `start`, at most `limit`.
+    let page = store.audit_page(&apps[1], 10, 5).unwrap();
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [11, 13, 15, 17, 19]);
+    assert_eq!(page[0].label, "key-11");
+    assert_eq!(page[0].client_key, hex::encode([11u8; 32]));
+    assert_eq!(store.audit_log(&apps[0]).unwrap().len(), 35);
+    assert!(store.audit_page(&apps[0], 70, 5).unwrap().is_empty());
+}
+
+/// Audit entries kept before the transparency log are moved into it once, in id order.
+#[test]
+fn audit_entries_of_an_older_store_move_into_the_log() {
+    use kms_node::store::{AuditEntry, Kv, MemKv, Space};
+    let kv = MemKv::default();
+    let app = kms_proto::app::AppId([5u8; 32]);
+    for (id, outcome) in [(7u64, "released"), (3, "attestation_expired")] {
+        let old = serde_json::json!({"id": id, "time": 5, "app_id": app, "label": "root", "outcome": outcome,
+            "workload": null, "binding": "ab".repeat(32), "manifest_seq": null});
+        let key = [&app.as_bytes()[..], &id.to_be_bytes()].concat();
+        kv.put(Space::Audit, &key, old.to_string().as_bytes()).unwrap();
+    }
+    let store = NodeStore::new(Box::new(kv), SealKey::from_bytes([3u8; 32]));
+    assert_eq!(store.migrate_audit().unwrap(), 2);
+    let log: Vec<AuditEntry> = store.audit_log(&app).unwrap();
+    assert_eq!(
+        log.iter().map(|e| (e.id, e.outcome.as_str())).collect::<Vec<_>>(),
+        [(0, "attestation_expired"), (1, "released")]
+    );
+    assert_eq!(log[0].client_key, "00".repeat(32), "not recorded then");
+    assert_eq!(store.migrate_audit().unwrap(), 0, "once");
 }

@@ -1,0 +1,181 @@
+//! The audit log as a transparency log, through the HTTP API of a real node (a cluster of one):
+//! a signed checkpoint that verifies under the node's identity key from the cluster descriptor,
+//! the inclusion proof of a release found by its leaf hash, a consistency proof from an older
+//! checkpoint after more requests, an app's entries in pages, and each refusal with its reason.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kms_proto::audit::LogEntry;
+use kms_proto::checkpoint::{origin, SignedCheckpoint};
+use kms_proto::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
+use kms_proto::ErrorCode;
+use kms_tests::Cluster;
+use serde_json::Value;
+
+use crate::cluster::{error_code, Enclave};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kms-node");
+
+fn hashes(v: &Value) -> Vec<Hash> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| kms_proto::hex_bytes::parse_hex(h.as_str().unwrap()).unwrap())
+        .collect()
+}
+
+fn get_json(c: &Cluster, path: &str) -> Value {
+    let (status, body) = c.nodes[0].get(path);
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// The node's checkpoint, verified under its identity key: (size, root).
+fn checkpoint(c: &Cluster, name: &str, key: &ed25519_dalek::VerifyingKey) -> (u64, Hash) {
+    let (status, body) = c.nodes[0].get("/v1/log/checkpoint");
+    assert_eq!(status, 200);
+    let signed = SignedCheckpoint::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+    signed.verify(name, key).expect("signed by the node's identity key");
+    assert_eq!(signed.checkpoint.origin, name);
+    (signed.checkpoint.size, signed.checkpoint.root)
+}
+
+#[test]
+fn releases_are_provably_in_the_signed_log_and_the_log_only_grows() {
+    let c = Cluster::prepare(Path::new(BIN), 1, 1, "").start_all();
+    c.wait_ready(&[0], Duration::from_secs(30));
+    let descriptor = c.descriptor(0, Duration::from_secs(30));
+    let key = descriptor.descriptor.nodes[0].identity().unwrap();
+    let name = origin(&crate::cluster::cluster_id(&c), &key);
+
+    let owner = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let image = crate::common::digest(0xaa);
+    let m = crate::common::manifest(&owner, 1, std::slice::from_ref(&image));
+    let app = m.manifest.app_id;
+    assert_eq!(c.nodes[0].post("/v1/apps", &kms_proto::codec::encode_json(&m)).0, 200);
+    let (empty, _) = checkpoint(&c, &name, &key);
+    assert_eq!(empty, 0);
+
+    // One release, one refusal (an image the policy does not allow).
+    let (req, _) = Enclave::new(&c).request(&app, &image);
+    assert_eq!(c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req)).0, 200);
+    let (bad, _) = Enclave::new(&c).request(&app, &crate::common::digest(0xbb));
+    let (status, body) = c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&bad));
+    assert_eq!((status, error_code(&body)), (403, ErrorCode::AttestationImageNotAllowed));
+    let (size, root) = checkpoint(&c, &name, &key);
+    assert_eq!(size, 2);
+
+    // The app's entries, with their canonical encoding and leaf hash.
+    let page = get_json(&c, &format!("/v1/audit?app_id={app}"));
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(page["next"], Value::Null);
+    let released = &entries[0];
+    assert_eq!((released["id"].as_u64(), released["outcome"].as_str()), (Some(0), Some("released")));
+    assert_eq!(released["workload"].as_str(), Some(image.to_string().as_str()));
+    let client_key = kms_proto::audit::client_key_digest(req.client_public_key.as_bytes());
+    assert_eq!(released["client_key"].as_str(), Some(hex::encode(client_key).as_str()));
+    let bytes = hex::decode(released["entry"].as_str().unwrap()).unwrap();
+    let decoded = LogEntry::decode(&bytes).unwrap();
+    assert_eq!((decoded.app_id, decoded.client_key, decoded.manifest_seq), (app, client_key, Some(1)));
+    let leaf = leaf_hash(&bytes);
+    assert_eq!(released["leaf_hash"].as_str(), Some(hex::encode(leaf).as_str()));
+    assert_eq!(entries[1]["outcome"].as_str(), Some("attestation_image_not_allowed"));
+
+    // Its inclusion, found by the leaf hash, against the signed root.
+    let proof = get_json(&c, &format!("/v1/log/inclusion?hash={}&size={size}", hex::encode(leaf)));
+    assert_eq!((proof["index"].as_u64(), proof["size"].as_u64()), (Some(0), Some(2)));
+    verify_inclusion(&leaf, 0, size, &hashes(&proof["proof"]), &root).unwrap();
+    let by_index = get_json(&c, "/v1/log/inclusion?index=1");
+    let second = hex::decode(by_index["entry"].as_str().unwrap()).unwrap();
+    verify_inclusion(&leaf_hash(&second), 1, 2, &hashes(&by_index["proof"]), &root).unwrap();
+
+    // More requests: the new checkpoint is consistent with the one kept.
+    for _ in 0..5 {
+        let (req, _) = Enclave::new(&c).request(&app, &image);
+        assert_eq!(c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req)).0, 200);
+    }
+    let (later, later_root) = checkpoint(&c, &name, &key);
+    assert_eq!(later, 7);
+    let proof = get_json(&c, &format!("/v1/log/consistency?first={size}&second={later}"));
+    verify_consistency(size, later, &hashes(&proof["proof"]), &root, &later_root).unwrap();
+    let mut rewritten = root;
+    rewritten[0] ^= 1;
+    assert!(verify_consistency(size, later, &hashes(&proof["proof"]), &rewritten, &later_root).is_err());
+
+    // Pages: at most `limit`, and where the next one starts.
+    let page = get_json(&c, &format!("/v1/audit?app_id={app}&limit=3"));
+    assert_eq!(page["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(page["next"].as_u64(), Some(3));
+    let page = get_json(&c, &format!("/v1/audit?app_id={app}&start=3&limit=3"));
+    let ids: Vec<u64> =
+        page["entries"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!((ids, page["next"].as_u64()), (vec![3, 4, 5], Some(6)));
+
+    // Refusals, each with its reason.
+    let refused = |path: &str, status: u16, code: ErrorCode, reason: &str| {
+        let (s, body) = c.nodes[0].get(path);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!((s, error_code(&body)), (status, code), "{path}: {text}");
+        assert!(text.contains(reason), "{path}: {text}");
+    };
+    refused(
+        "/v1/log/inclusion?index=7",
+        400,
+        ErrorCode::MalformedRequest,
+        "index 7 is not in the tree of 7 entries",
+    );
+    refused(
+        "/v1/log/inclusion?index=0&size=8",
+        400,
+        ErrorCode::MalformedRequest,
+        "size 8 is beyond the log's 7 entries",
+    );
+    refused("/v1/log/inclusion?index=x", 400, ErrorCode::MalformedRequest, "index must be a decimal number");
+    refused("/v1/log/inclusion", 400, ErrorCode::MalformedRequest, "give exactly one of index and hash");
+    refused(
+        "/v1/log/inclusion?index=0&hash=00",
+        400,
+        ErrorCode::MalformedRequest,
+        "give exactly one of index and hash",
+    );
+    refused("/v1/log/inclusion?hash=00", 400, ErrorCode::MalformedRequest, "hash must be 64 lowercase hex");
+    refused(
+        &format!("/v1/log/inclusion?hash={}", "00".repeat(32)),
+        404,
+        ErrorCode::LogEntryNotFound,
+        "no entry of this log has that leaf hash",
+    );
+    refused("/v1/log/consistency", 400, ErrorCode::MalformedRequest, "first is required");
+    refused(
+        "/v1/log/consistency?first=5&second=3",
+        400,
+        ErrorCode::MalformedRequest,
+        "first 5 is beyond second 3",
+    );
+    refused(
+        "/v1/log/consistency?first=1&second=9",
+        400,
+        ErrorCode::MalformedRequest,
+        "second 9 is beyond the log's 7 entries",
+    );
+    refused(
+        &format!("/v1/audit?app_id={app}&limit=0"),
+        400,
+        ErrorCode::MalformedRequest,
+        "limit must be between 1 and 1000",
+    );
+    refused(
+        &format!("/v1/audit?app_id={app}&limit=1001"),
+        400,
+        ErrorCode::MalformedRequest,
+        "limit must be between 1 and 1000",
+    );
+    refused(
+        &format!("/v1/audit?app_id={app}&start=-1"),
+        400,
+        ErrorCode::MalformedRequest,
+        "start must be a decimal number",
+    );
+}
