@@ -14,6 +14,7 @@
 //! * [`secrets`]: encrypt to an app offline and decrypt with a fetched key.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod audit;
 pub mod cluster;
 pub mod fetch;
 pub mod provider;

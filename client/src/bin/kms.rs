@@ -93,6 +93,25 @@ enum Cmd {
     /// Fetch, show and verify cluster descriptors.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Check every node's transparency log for an app: each release of its key proven in the
+    /// node's signed log, each log proven to extend what was seen before. Exit 5 on any finding.
+    Audit {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// App id (hex).
+        #[arg(long)]
+        app: String,
+        /// A workload the owner allows (`sha256:…` or `mrtd:…`), repeatable: a release to any
+        /// other is a finding. None given: any.
+        #[arg(long = "allow-image")]
+        allowed: Vec<String>,
+        /// Where the checkpoints seen are kept between runs (created if missing).
+        #[arg(long, default_value = "kms-audit.json")]
+        state: PathBuf,
+        /// Check again every SECONDS, printing each round; stops at the first finding (exit 5).
+        #[arg(long)]
+        watch: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -274,6 +293,37 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The text form of an audit report: one line per release, per node's log, per finding.
+fn audit_text(r: &kms_client::audit::Report) -> String {
+    let mut lines: Vec<String> = r
+        .releases
+        .iter()
+        .map(|x| {
+            format!(
+                "node {} #{} {} label {} to {} (instance {}){}",
+                x.node,
+                x.index,
+                x.time,
+                x.label,
+                x.workload.as_deref().unwrap_or("?"),
+                x.instance.as_deref().unwrap_or("-"),
+                if x.proven { "" } else { " (after the checkpoint, not yet proven)" }
+            )
+        })
+        .collect();
+    lines.extend(r.sizes.iter().map(|(n, size)| format!("node {n}: log of {size} entries verified")));
+    lines.extend(
+        r.findings.iter().map(|f| format!("FINDING {}", serde_json::to_string(f).unwrap_or_default())),
+    );
+    lines.push(format!(
+        "{} releases, {} refusals, {} findings",
+        r.releases.len(),
+        r.refusals,
+        r.findings.len()
+    ));
+    lines.join("\n")
 }
 
 fn out(json_mode: bool, value: serde_json::Value, text: String) {
@@ -649,6 +699,32 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 json!({"app_id": app, "label": label.as_str(), "fingerprint": fingerprint, "nodes": report_json(&f.report)}),
                 format!("key fetched; fingerprint {fingerprint}"),
             );
+        }
+        Cmd::Audit { cluster, app, allowed, state, watch } => {
+            let c = load_cluster(&cluster)?;
+            let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
+            let mut seen: kms_client::audit::Seen = match std::fs::read(&state) {
+                Ok(bytes) => {
+                    serde_json::from_slice(&bytes).with_context(|| format!("reading {}", state.display()))?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(format!("reading {}", state.display())).into())
+                }
+            };
+            loop {
+                let report = kms_client::audit::audit(&c, &app, &allowed, &mut seen).await;
+                // Only checkpoints that verified were added: the state never learns a bad one.
+                write_private(&state, &serde_json::to_vec_pretty(&seen)?)
+                    .with_context(|| format!("writing {}", state.display()))?;
+                let text = audit_text(&report);
+                out(json_mode, serde_json::to_value(&report)?, text);
+                if !report.findings.is_empty() {
+                    return Err(Exit(5, anyhow!("{} finding(s) in the nodes' logs", report.findings.len())));
+                }
+                let Some(secs) = watch else { break };
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
         }
         Cmd::Cluster(ClusterCmd::Fetch { node, output, pin_group_key }) => {
             let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;

@@ -1,5 +1,6 @@
 //! The `kms` CLI against five real nodes: cluster fetch/verify, app create/allow/publish/show,
-//! encrypt offline, decrypt as an attested enclave, refusals with meaningful exit codes.
+//! encrypt offline, decrypt as an attested enclave, refusals with meaningful exit codes, and the
+//! monitor of the nodes' transparency logs (`kms audit`), which catches a node that rewrote its log.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -33,7 +34,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn kms_cli_end_to_end() {
-    let procs = Procs::start(&node_binary(), 5, 3);
+    let mut procs = Procs::start(&node_binary(), 5, 3);
     procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
     procs.descriptor(0, Duration::from_secs(30));
     let dir = tempfile::tempdir().unwrap();
@@ -193,4 +194,73 @@ fn kms_cli_end_to_end() {
     let nodes = v["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 5);
     assert!(nodes.iter().all(|n| n["outcome"].as_str().unwrap().contains("app_revoked")), "{v}");
+
+    // The monitor: every release of the app's key at every node, proven in each node's signed
+    // log; the checkpoints it saw are kept for the next run.
+    let state = d.join("audit.json");
+    let audit = |allowed: &str| {
+        kms(&[
+            "audit",
+            "--cluster",
+            s(&cluster),
+            "--app",
+            &app,
+            "--allow-image",
+            allowed,
+            "--state",
+            s(&state),
+            "--json",
+        ])
+    };
+    let out = audit(&image);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    assert_eq!(v["sizes"].as_object().unwrap().len(), 5, "every node's log verified: {v}");
+    let releases = v["releases"].as_array().unwrap();
+    assert!(releases.len() >= 3 * 4, "decrypt twice, fetch-key twice, at least t nodes each: {v}");
+    assert!(releases.iter().all(|r| r["workload"] == image.as_str() && r["proven"] == true), "{v}");
+    assert!(v["refusals"].as_u64().unwrap() >= 5, "the debug image and the revoked app: {v}");
+    let old_size = v["sizes"]["5"].as_u64().unwrap();
+    // An owner who allows another image only: every release is a finding (exit 5).
+    let out = audit(&format!("sha256:{}", "bb".repeat(32)));
+    assert_eq!(out.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["findings"].as_array().unwrap().iter().all(|f| f["kind"] == "disallowed_release"), "{v}");
+
+    // Node 5 rewrites its history: stopped, its log dropped, restarted; it answers new requests,
+    // so its log grows past what the monitor saw, with other entries.
+    procs.nodes[4].kill9();
+    {
+        let db = sled::open(procs.nodes[4].dir.join("data/db")).unwrap();
+        db.drop_tree("log").unwrap();
+        db.flush().unwrap();
+    }
+    procs.nodes[4].start();
+    procs.wait_ready(&[4], Duration::from_secs(60));
+    let size_of_5 = || {
+        let (status, body) = procs.nodes[4].get("/v1/log/checkpoint");
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body).lines().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    for _ in 0..200 {
+        if size_of_5() > old_size {
+            break;
+        }
+        ok(&other_args);
+    }
+    assert!(size_of_5() > old_size, "node 5 logged new requests");
+    let out = audit(&image);
+    assert_eq!(out.status.code(), Some(5), "the rewrite is caught");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{v}");
+    assert_eq!(
+        (findings[0]["kind"].as_str(), findings[0]["node"].as_u64()),
+        (Some("rewritten_history"), Some(5))
+    );
+    assert_eq!(findings[0]["before"].as_u64(), Some(old_size));
+    assert!(findings[0]["reason"].as_str().unwrap().contains("consistency proof"), "{v}");
+    // The kept state still holds the checkpoint node 5 can no longer extend: caught again.
+    assert_eq!(audit(&image).status.code(), Some(5));
 }

@@ -1,0 +1,280 @@
+//! A monitor of the nodes' transparency logs for one app (`kms audit`, `docs/client.md` §6): every
+//! release of the app's key at every node, each proven to be in the node's signed log, and each
+//! node's log proven to extend what this monitor saw of it before.
+//!
+//! For each node of the cluster descriptor: fetch its signed checkpoint and verify it under the
+//! node's identity key (the key of its peer id); compare it with the checkpoint kept from the last
+//! run — same size and another root is equivocation (both signed texts are the evidence), a smaller
+//! size or a consistency proof that does not verify is a rewritten history; then page through the
+//! app's entries and verify each one's inclusion in the checkpoint. A release to a workload outside
+//! the owner's allowed list is reported too. What was verified is kept for the next run only when
+//! nothing was wrong.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use kms_proto::app::AppId;
+use kms_proto::audit::LogEntry;
+use kms_proto::checkpoint::{origin, SignedCheckpoint};
+use kms_proto::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
+
+use crate::Cluster;
+
+/// What a monitor keeps between runs: the last verified checkpoint of each log, by origin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// origin → the signed checkpoint text.
+    pub checkpoints: BTreeMap<String, String>,
+}
+
+/// Something wrong, with what proves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    /// The node could not be asked (network, status, body).
+    Unreachable {
+        /// The node.
+        node: u16,
+        /// What failed.
+        reason: String,
+    },
+    /// Its checkpoint does not parse or is not signed by its identity key.
+    BadCheckpoint {
+        /// The node.
+        node: u16,
+        /// Why.
+        reason: String,
+    },
+    /// Two checkpoints of one size with different roots, both signed by the node.
+    Equivocation {
+        /// The node.
+        node: u16,
+        /// The one kept from before.
+        before: String,
+        /// The one served now.
+        now: String,
+    },
+    /// The log no longer extends the checkpoint kept from before.
+    RewrittenHistory {
+        /// The node.
+        node: u16,
+        /// Size kept from before.
+        before: u64,
+        /// Size now.
+        now: u64,
+        /// Why.
+        reason: String,
+    },
+    /// An entry whose encoding, leaf hash or inclusion proof does not verify.
+    BadEntry {
+        /// The node.
+        node: u16,
+        /// Its index.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The app's key released to a workload the owner did not allow.
+    DisallowedRelease {
+        /// The node.
+        node: u16,
+        /// The entry's index.
+        index: u64,
+        /// The attested workload (`None`: not recorded).
+        workload: Option<String>,
+    },
+}
+
+/// One release of the app's key, as a node logged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Release {
+    /// The node.
+    pub node: u16,
+    /// The entry's index in the node's log.
+    pub index: u64,
+    /// When, unix seconds.
+    pub time: u64,
+    /// The key's label.
+    pub label: String,
+    /// The attested workload.
+    pub workload: Option<String>,
+    /// The attested instance.
+    pub instance: Option<String>,
+    /// SHA-256 of the enclave's public key (hex).
+    pub client_key: String,
+    /// Proven in the node's signed checkpoint (`false`: appended after it).
+    pub proven: bool,
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Every release of the app's key, by node.
+    pub releases: Vec<Release>,
+    /// Entries of refused requests seen (all proven like releases).
+    pub refusals: usize,
+    /// Per node: the size of the log it was checked at.
+    pub sizes: BTreeMap<u16, u64>,
+    /// What is wrong; empty when every proof held.
+    pub findings: Vec<Finding>,
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+    let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.bytes().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{url}: status {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(body.to_vec())
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let body = get(client, url).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+fn hashes(v: &Value) -> Option<Vec<Hash>> {
+    v.as_array()?.iter().map(|h| kms_proto::hex_bytes::parse_hex(h.as_str()?).ok()).collect()
+}
+
+/// Checks every node's log for `app` (see the module docs). `allowed`: the workloads the owner
+/// allows (`sha256:…` or `mrtd:…`); empty: any. `seen` is updated for the logs that verified.
+pub async fn audit(cluster: &Cluster, app: &AppId, allowed: &[String], seen: &mut Seen) -> Report {
+    let mut report = Report::default();
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            report.findings.push(Finding::Unreachable { node: 0, reason: e.to_string() });
+            return report;
+        }
+    };
+    let cluster_id = cluster.descriptor().cluster_id.0;
+    for n in cluster.nodes() {
+        let base = n.http_url.trim_end_matches('/').to_string();
+        let Some(key) = n.identity() else {
+            report.findings.push(Finding::BadCheckpoint { node: n.index, reason: "no identity key".into() });
+            continue;
+        };
+        let name = origin(&cluster_id, &key);
+        if let Err(f) =
+            audit_node(&client, n.index, &base, &name, &key, app, allowed, seen, &mut report).await
+        {
+            report.findings.push(f);
+        }
+    }
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn audit_node(
+    client: &reqwest::Client,
+    node: u16,
+    base: &str,
+    name: &str,
+    key: &ed25519_dalek::VerifyingKey,
+    app: &AppId,
+    allowed: &[String],
+    seen: &mut Seen,
+    report: &mut Report,
+) -> Result<(), Finding> {
+    let unreachable = |reason: String| Finding::Unreachable { node, reason };
+    let body = get(client, &format!("{base}/v1/log/checkpoint")).await.map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&body).to_string();
+    let signed =
+        SignedCheckpoint::parse(&text).map_err(|e| Finding::BadCheckpoint { node, reason: e.to_string() })?;
+    signed.verify(name, key).map_err(|e| Finding::BadCheckpoint { node, reason: e.to_string() })?;
+    let (size, root) = (signed.checkpoint.size, signed.checkpoint.root);
+
+    if let Some(before_text) = seen.checkpoints.get(name) {
+        let before = SignedCheckpoint::parse(before_text)
+            .map_err(|e| Finding::BadCheckpoint { node, reason: format!("kept checkpoint: {e}") })?;
+        let (old, old_root) = (before.checkpoint.size, before.checkpoint.root);
+        let rewritten = |reason: String| Finding::RewrittenHistory { node, before: old, now: size, reason };
+        if old == size && old_root != root {
+            return Err(Finding::Equivocation { node, before: before_text.clone(), now: text });
+        }
+        if old > size {
+            return Err(rewritten("the log is smaller than before".into()));
+        }
+        if old < size {
+            let v = get_json(client, &format!("{base}/v1/log/consistency?first={old}&second={size}"))
+                .await
+                .map_err(unreachable)?;
+            let proof = hashes(&v["proof"]).ok_or_else(|| rewritten("malformed consistency proof".into()))?;
+            verify_consistency(old, size, &proof, &old_root, &root)
+                .map_err(|e| rewritten(format!("consistency proof: {e}")))?;
+        }
+    }
+
+    let mut start = 0u64;
+    loop {
+        let page = get_json(client, &format!("{base}/v1/audit?app_id={app}&start={start}"))
+            .await
+            .map_err(unreachable)?;
+        for e in page["entries"].as_array().into_iter().flatten() {
+            check_entry(client, node, base, e, app, size, &root, allowed, report).await?;
+        }
+        match page["next"].as_u64() {
+            Some(next) if next > start => start = next,
+            _ => break,
+        }
+    }
+    report.sizes.insert(node, size);
+    seen.checkpoints.insert(name.to_string(), text);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_entry(
+    client: &reqwest::Client,
+    node: u16,
+    base: &str,
+    e: &Value,
+    app: &AppId,
+    size: u64,
+    root: &Hash,
+    allowed: &[String],
+    report: &mut Report,
+) -> Result<(), Finding> {
+    let index = e["id"].as_u64().unwrap_or(u64::MAX);
+    let bad = |reason: String| Finding::BadEntry { node, index, reason };
+    let bytes =
+        e["entry"].as_str().and_then(|h| hex::decode(h).ok()).ok_or_else(|| bad("no encoding".into()))?;
+    let entry = LogEntry::decode(&bytes).map_err(|err| bad(err.to_string()))?;
+    if entry.app_id != *app {
+        return Err(bad("an entry of another app".into()));
+    }
+    let leaf = leaf_hash(&bytes);
+    let proven = index < size;
+    if proven {
+        let v = get_json(client, &format!("{base}/v1/log/inclusion?index={index}&size={size}"))
+            .await
+            .map_err(|r| Finding::Unreachable { node, reason: r })?;
+        let proof = hashes(&v["proof"]).ok_or_else(|| bad("malformed inclusion proof".into()))?;
+        verify_inclusion(&leaf, index, size, &proof, root)
+            .map_err(|err| bad(format!("inclusion proof: {err}")))?;
+    }
+    if entry.outcome != kms_proto::audit::RELEASED {
+        report.refusals += 1;
+        return Ok(());
+    }
+    let allowed_here = allowed.is_empty() || entry.workload.as_ref().is_some_and(|w| allowed.contains(w));
+    if !allowed_here {
+        report.findings.push(Finding::DisallowedRelease { node, index, workload: entry.workload.clone() });
+    }
+    report.releases.push(Release {
+        node,
+        index,
+        time: entry.time,
+        label: entry.label,
+        workload: entry.workload,
+        instance: entry.instance,
+        client_key: hex::encode(entry.client_key),
+        proven,
+    });
+    Ok(())
+}
