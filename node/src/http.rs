@@ -125,6 +125,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/log/checkpoint", get(log_checkpoint))
         .route("/v1/log/inclusion", get(log_inclusion))
         .route("/v1/log/consistency", get(log_consistency))
+        .route("/v1/log/cosigned", get(log_cosigned))
+        .route("/v1/log/witnessed", get(log_witnessed))
+        .route("/v1/log/cosign", post(log_cosign))
         .route("/v1/reshare", get(reshare_status).post(reshare_offer))
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
@@ -439,6 +442,66 @@ async fn log_inclusion(
         })))
     })();
     finish(&s, "/v1/log/inclusion", started, r)
+}
+
+/// `GET /v1/log/cosigned`: this node's last published checkpoint with its witnesses'
+/// co-signatures (`witness.rs`).
+async fn log_cosigned(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let _permit = admit(&s, peer)?;
+        let text = s.store.published().map_err(ApiError::internal)?.ok_or_else(|| {
+            ApiError::new(ErrorCode::NotReady, "no checkpoint of this log has been published yet")
+        })?;
+        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    })();
+    finish(&s, "/v1/log/cosigned", started, r)
+}
+
+#[derive(Deserialize)]
+struct WitnessedQuery {
+    origin: Option<String>,
+}
+
+/// `GET /v1/log/witnessed?origin=O`: what this node co-signed of the log `O`, and any evidence
+/// that it equivocated.
+async fn log_witnessed(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<WitnessedQuery>,
+) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let _permit = admit(&s, peer)?;
+        let origin =
+            q.origin.filter(|o| !o.is_empty() && o.len() <= kms_proto::checkpoint::MAX_NAME_LEN).ok_or_else(
+                || ApiError::new(ErrorCode::MalformedRequest, "origin is required (at most 256 bytes)"),
+            )?;
+        let held = crate::witness::witnessed(&s.keys, &origin).map_err(ApiError::internal)?;
+        Ok(json_value(&serde_json::to_value(&held).map_err(ApiError::internal)?))
+    })();
+    finish(&s, "/v1/log/witnessed", started, r)
+}
+
+/// `POST /v1/log/cosign`: co-sign another member's checkpoint as a witness (`witness.rs`).
+async fn log_cosign(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let r = async {
+        let (bytes, _permit) = admit_body(&s, peer, body).await?;
+        let req: crate::witness::CosignRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, format!("cosign request: {e}")))?;
+        let answer = crate::witness::cosign(&s.keys, &s.shared, &req)?;
+        Ok(json_value(&serde_json::to_value(&answer).map_err(ApiError::internal)?))
+    }
+    .await;
+    finish(&s, "/v1/log/cosign", started, r)
 }
 
 /// A tree size parameter: at most the log's `current` size (its default).

@@ -29,6 +29,7 @@ pub mod service;
 pub mod state;
 pub mod status_page;
 pub mod store;
+pub mod witness;
 
 pub use kms_dkg as dkg;
 pub use kms_proto as proto;

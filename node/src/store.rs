@@ -309,6 +309,9 @@ const LOG_ENTRY: u8 = b'e';
 const LOG_HASH: u8 = b'h';
 const LOG_LEAF: u8 = b'l';
 const LOG_APP: u8 = b'a';
+const LOG_WITNESSED: u8 = b'w';
+const LOG_EQUIVOCATION: u8 = b'x';
+const LOG_PUBLISHED: &[u8] = b"p";
 
 fn log_key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![tag];
@@ -746,6 +749,51 @@ impl NodeStore {
             out.push(AuditEntry::from_log_entry(index, entry));
         }
         Ok(out)
+    }
+
+    /// The last checkpoint of the log `origin` this node co-signed as a witness.
+    pub fn witnessed(&self, origin: &str) -> Result<Option<String>, StoreError> {
+        self.log_text(&log_key(LOG_WITNESSED, &[origin.as_bytes()]))
+    }
+
+    /// Records the checkpoint of `origin` this node co-signs (flush before the co-signature
+    /// leaves).
+    pub fn put_witnessed(&self, origin: &str, text: &str) -> Result<(), StoreError> {
+        self.kv.put(Space::Log, &log_key(LOG_WITNESSED, &[origin.as_bytes()]), text.as_bytes())
+    }
+
+    /// Keeps two checkpoints of one size with different roots signed by the log `origin`.
+    pub fn put_equivocation(&self, origin: &str, a: &str, b: &str) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(&[a, b]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.kv.put(Space::Log, &log_key(LOG_EQUIVOCATION, &[origin.as_bytes()]), &v)?;
+        self.kv.flush()
+    }
+
+    /// The evidence that the log `origin` equivocated, if this node holds any.
+    pub fn equivocation(&self, origin: &str) -> Result<Option<[String; 2]>, StoreError> {
+        match self.kv.get(Space::Log, &log_key(LOG_EQUIVOCATION, &[origin.as_bytes()]))? {
+            None => Ok(None),
+            Some(v) => {
+                serde_json::from_slice(&v).map(Some).map_err(|_| StoreError::Corrupt("evidence".into()))
+            }
+        }
+    }
+
+    /// This node's last published checkpoint, with the witnesses' co-signatures.
+    pub fn published(&self) -> Result<Option<String>, StoreError> {
+        self.log_text(LOG_PUBLISHED)
+    }
+
+    /// Replaces the published checkpoint.
+    pub fn put_published(&self, text: &str) -> Result<(), StoreError> {
+        self.kv.put(Space::Log, LOG_PUBLISHED, text.as_bytes())
+    }
+
+    fn log_text(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        match self.kv.get(Space::Log, key)? {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v).map(Some).map_err(|_| StoreError::Corrupt("checkpoint".into())),
+        }
     }
 
     /// The audit log of one app, oldest first.

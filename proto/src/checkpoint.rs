@@ -148,6 +148,29 @@ impl Checkpoint {
     }
 }
 
+impl NoteSignature {
+    /// The value of its signature line: base64 of key id (4) ‖ signature (64).
+    pub fn encode_value(&self) -> String {
+        B64.encode([&self.key_id[..], &self.signature[..]].concat())
+    }
+
+    /// A signature line's name and value, checked for form (not verified).
+    pub fn decode_value(name: &str, value: &str) -> Result<NoteSignature, CheckpointError> {
+        if !valid_name(name) {
+            return Err(CheckpointError::Malformed("signer name"));
+        }
+        let blob = B64.decode(value).map_err(|_| CheckpointError::Malformed("signature"))?;
+        if blob.len() != 68 {
+            return Err(CheckpointError::Malformed("signature length"));
+        }
+        let mut key_id = [0u8; 4];
+        key_id.copy_from_slice(&blob[..4]);
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&blob[4..]);
+        Ok(NoteSignature { name: name.to_string(), key_id, signature })
+    }
+}
+
 impl SignedCheckpoint {
     /// A checkpoint signed by its log's node.
     pub fn new(checkpoint: Checkpoint, key: &SigningKey) -> Self {
@@ -160,8 +183,7 @@ impl SignedCheckpoint {
         let mut out = self.checkpoint.body();
         out.push('\n');
         for s in &self.signatures {
-            let blob = [&s.key_id[..], &s.signature[..]].concat();
-            out.push_str(&format!("\u{2014} {} {}\n", s.name, B64.encode(blob)));
+            out.push_str(&format!("\u{2014} {} {}\n", s.name, s.encode_value()));
         }
         out
     }
@@ -186,18 +208,7 @@ impl SignedCheckpoint {
             }
             let rest = line.strip_prefix("\u{2014} ").ok_or(CheckpointError::Malformed("signature line"))?;
             let (name, blob) = rest.split_once(' ').ok_or(CheckpointError::Malformed("signature line"))?;
-            if !valid_name(name) {
-                return Err(CheckpointError::Malformed("signer name"));
-            }
-            let blob = B64.decode(blob).map_err(|_| CheckpointError::Malformed("signature"))?;
-            if blob.len() != 68 {
-                return Err(CheckpointError::Malformed("signature length"));
-            }
-            let mut key_id = [0u8; 4];
-            key_id.copy_from_slice(&blob[..4]);
-            let mut signature = [0u8; 64];
-            signature.copy_from_slice(&blob[4..]);
-            signatures.push(NoteSignature { name: name.to_string(), key_id, signature });
+            signatures.push(NoteSignature::decode_value(name, blob)?);
         }
         if signatures.is_empty() {
             return Err(CheckpointError::Malformed("no signature"));

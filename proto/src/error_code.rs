@@ -142,6 +142,9 @@ error_codes! {
     /// Another roster change of the same epoch is already authorized here, or this node
     /// retired.
     ReshareConflict = "reshare_conflict" => 409,
+    /// A checkpoint does not extend what this node co-signed of that log before (a smaller
+    /// size, a consistency proof that fails, or another root for the same size).
+    LogInconsistent = "log_inconsistent" => 409,
     /// No entry of this node's audit log has the leaf hash asked for.
     LogEntryNotFound = "log_entry_not_found" => 404,
     /// The node failed; the reason is not disclosed.

@@ -179,3 +179,115 @@ fn releases_are_provably_in_the_signed_log_and_the_log_only_grows() {
         "start must be a decimal number",
     );
 }
+
+/// Nodes witness each other's logs: a node's published checkpoint carries the other members'
+/// co-signatures; a witness refuses what does not extend what it co-signed (each refusal with its
+/// reason) and keeps two roots for one size, both signed by the log, as evidence.
+#[test]
+fn members_cosign_each_others_checkpoints_and_catch_equivocation() {
+    let c = Cluster::prepare(Path::new(BIN), 3, 2, "").start_all();
+    c.wait_ready(&[0, 1, 2], Duration::from_secs(60));
+    let descriptor = c.descriptor(0, Duration::from_secs(30));
+    let cluster = crate::cluster::cluster_id(&c);
+    let names: Vec<(String, ed25519_dalek::VerifyingKey)> = descriptor
+        .descriptor
+        .nodes
+        .iter()
+        .map(|n| {
+            let k = n.identity().unwrap();
+            (origin(&cluster, &k), k)
+        })
+        .collect();
+    // Nothing published before the log holds anything.
+    let (status, body) = c.nodes[2].get("/v1/log/cosigned");
+    assert_eq!((status, error_code(&body)), (503, ErrorCode::NotReady));
+
+    let owner = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let image = crate::common::digest(0xaa);
+    let m = crate::common::manifest(&owner, 1, std::slice::from_ref(&image));
+    assert_eq!(c.nodes[0].post("/v1/apps", &kms_proto::codec::encode_json(&m)).0, 200);
+    for _ in 0..3 {
+        let (req, _) = Enclave::new(&c).request(&m.manifest.app_id, &image);
+        assert_eq!(c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req)).0, 200);
+    }
+    // Published every 5 s once the log grew, with both other members' co-signatures.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let published = loop {
+        let (status, body) = c.nodes[0].get("/v1/log/cosigned");
+        if status == 200 {
+            let signed = SignedCheckpoint::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+            if signed.checkpoint.size == 3 && signed.witnessed_by(&names[1..]) == 2 {
+                break signed;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no co-signed checkpoint\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    published.verify(&names[0].0, &names[0].1).unwrap();
+
+    // Node 2, as a witness of node 1's log, holds that checkpoint.
+    let witnessed = |i: usize| get_json_at(&c, i, &format!("/v1/log/witnessed?origin={}", names[0].0));
+    let held = witnessed(1);
+    let held = SignedCheckpoint::parse(held["checkpoint"].as_str().unwrap()).unwrap();
+    assert_eq!(held.checkpoint.size, 3);
+    assert_eq!(witnessed(1)["equivocation"], Value::Null);
+
+    // Refusals at node 2, each with its reason.
+    let node1_key = ed25519_dalek::SigningKey::from_bytes(
+        &std::fs::read(c.nodes[0].dir.join("data/identity.key")).unwrap().try_into().unwrap(),
+    );
+    assert_eq!(node1_key.verifying_key(), names[0].1);
+    let forge = |size: u64, root: Hash, key: &ed25519_dalek::SigningKey, name: &str| {
+        let cp = kms_proto::checkpoint::Checkpoint { origin: name.to_string(), size, root, time: 1 };
+        SignedCheckpoint::new(cp, key).to_text()
+    };
+    let cosign = |checkpoint: String, proof: Vec<String>| {
+        let body = serde_json::json!({ "checkpoint": checkpoint, "proof": proof }).to_string();
+        let (status, body) = c.nodes[1].post("/v1/log/cosign", body.as_bytes());
+        (status, error_code(&body), String::from_utf8_lossy(&body).to_string())
+    };
+    let (s, code, text) = {
+        let (status, body) = c.nodes[1].post("/v1/log/cosign", b"{}");
+        (status, error_code(&body), String::from_utf8_lossy(&body).to_string())
+    };
+    assert_eq!((s, code), (400, ErrorCode::MalformedRequest), "{text}");
+    assert!(text.contains("cosign request"), "{text}");
+    let stranger = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let (s, code, text) =
+        cosign(forge(4, [1; 32], &stranger, &origin(&cluster, &stranger.verifying_key())), vec![]);
+    assert_eq!((s, code), (400, ErrorCode::MalformedRequest));
+    assert!(text.contains("is not the log of another member"), "{text}");
+    let (s, code, text) = cosign(forge(4, [1; 32], &stranger, &names[0].0), vec![]);
+    assert_eq!((s, code), (400, ErrorCode::MalformedRequest));
+    assert!(text.contains("checkpoint: not signed by"), "{text}");
+    let (s, code, text) = cosign(forge(2, [1; 32], &node1_key, &names[0].0), vec![]);
+    assert_eq!((s, code), (409, ErrorCode::LogInconsistent));
+    assert!(text.contains("size 2 is below the 3 this node co-signed"), "{text}");
+    let (s, code, text) = cosign(forge(5, [1; 32], &node1_key, &names[0].0), vec![hex::encode([2u8; 32])]);
+    assert_eq!((s, code), (409, ErrorCode::LogInconsistent));
+    assert!(text.contains("consistency proof from 3 to 5"), "{text}");
+    // Another root for the co-signed size, signed by node 1's own key: equivocation, kept.
+    let other = forge(3, [9; 32], &node1_key, &names[0].0);
+    let (s, code, text) = cosign(other.clone(), vec![]);
+    assert_eq!((s, code), (409, ErrorCode::LogInconsistent));
+    assert!(text.contains("equivocation, evidence kept"), "{text}");
+    let evidence = witnessed(1)["equivocation"].clone();
+    let pair: Vec<SignedCheckpoint> = evidence
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| SignedCheckpoint::parse(t.as_str().unwrap()).unwrap())
+        .collect();
+    for p in &pair {
+        p.verify(&names[0].0, &names[0].1).unwrap();
+    }
+    assert!(kms_proto::checkpoint::equivocation(&pair[0].checkpoint, &pair[1].checkpoint));
+    let (status, body) = c.nodes[1].get("/v1/log/witnessed");
+    assert_eq!((status, error_code(&body)), (400, ErrorCode::MalformedRequest));
+}
+
+fn get_json_at(c: &Cluster, i: usize, path: &str) -> Value {
+    let (status, body) = c.nodes[i].get(path);
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
