@@ -278,3 +278,119 @@ async fn check_entry(
     });
     Ok(())
 }
+
+/// How one node's release of a fetched key was proven ([`prove_release`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseProof {
+    /// The node.
+    pub node: u16,
+    /// The release's index in the node's log.
+    pub index: Option<u64>,
+    /// The size of the co-signed checkpoint it was proven in.
+    pub size: Option<u64>,
+    /// Witnesses (other members) whose co-signatures on that checkpoint verified.
+    pub witnesses: usize,
+    /// `None` when proven; else why not.
+    pub failure: Option<String>,
+}
+
+/// Proves, for every node that released `fetched`'s key, that its log holds the release (found
+/// by the request's binding, which covers the client's public key: this app, this binding,
+/// `released`) in a checkpoint the node published with at least `witnesses` valid co-signatures
+/// of other members. Waits up to `wait` for such a checkpoint (nodes publish every
+/// few seconds).
+pub async fn prove_release(
+    cluster: &Cluster,
+    fetched: &crate::Fetched,
+    app: &AppId,
+    witnesses: usize,
+    wait: Duration,
+) -> Vec<ReleaseProof> {
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else {
+        return Vec::new();
+    };
+    let cluster_id = cluster.descriptor().cluster_id.0;
+    let names: Vec<(u16, String, ed25519_dalek::VerifyingKey)> = cluster
+        .nodes()
+        .iter()
+        .filter_map(|n| n.identity().map(|k| (n.index, origin(&cluster_id, &k), k)))
+        .collect();
+    let mut out = Vec::new();
+    for r in fetched.report.iter().filter(|r| matches!(r.outcome, crate::NodeOutcome::Valid)) {
+        let mut proof = ReleaseProof { node: r.index, index: None, size: None, witnesses: 0, failure: None };
+        if let Err(e) = prove_one(
+            &client,
+            r.url.trim_end_matches('/'),
+            r.index,
+            &names,
+            fetched,
+            app,
+            witnesses,
+            wait,
+            &mut proof,
+        )
+        .await
+        {
+            proof.failure = Some(e);
+        }
+        out.push(proof);
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn prove_one(
+    client: &reqwest::Client,
+    base: &str,
+    node: u16,
+    names: &[(u16, String, ed25519_dalek::VerifyingKey)],
+    fetched: &crate::Fetched,
+    app: &AppId,
+    needed: usize,
+    wait: Duration,
+    proof: &mut ReleaseProof,
+) -> Result<(), String> {
+    let (_, name, key) = names.iter().find(|(i, _, _)| *i == node).ok_or("not in the descriptor")?;
+    let binding = hex::encode(fetched.binding);
+    let found = get_json(client, &format!("{base}/v1/log/inclusion?binding={binding}")).await?;
+    let index = found["index"].as_u64().ok_or("no index")?;
+    proof.index = Some(index);
+    let bytes = found["entry"].as_str().and_then(|h| hex::decode(h).ok()).ok_or("no entry")?;
+    let entry = LogEntry::decode(&bytes).map_err(|e| e.to_string())?;
+    if entry.app_id != *app || entry.binding != fetched.binding || entry.outcome != kms_proto::audit::RELEASED
+    {
+        return Err("the entry is not this release".into());
+    }
+    let others: Vec<(String, ed25519_dalek::VerifyingKey)> =
+        names.iter().filter(|(i, _, _)| *i != node).map(|(_, n, k)| (n.clone(), *k)).collect();
+    let deadline = tokio::time::Instant::now() + wait;
+    let signed = loop {
+        let last = match get(client, &format!("{base}/v1/log/cosigned")).await {
+            Ok(body) => {
+                let text = String::from_utf8_lossy(&body).to_string();
+                let signed = SignedCheckpoint::parse(&text).map_err(|e| e.to_string())?;
+                signed.verify(name, key).map_err(|e| format!("published checkpoint: {e}"))?;
+                let count = signed.witnessed_by(&others);
+                proof.witnesses = count;
+                proof.size = Some(signed.checkpoint.size);
+                if signed.checkpoint.size > index && count >= needed {
+                    break signed;
+                }
+                format!("checkpoint of size {} with {count} witnesses", signed.checkpoint.size)
+            }
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no checkpoint covering entry {index} with {needed} witnesses in time ({last})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let size = signed.checkpoint.size;
+    let v = get_json(client, &format!("{base}/v1/log/inclusion?index={index}&size={size}")).await?;
+    let path = hashes(&v["proof"]).ok_or("malformed inclusion proof")?;
+    verify_inclusion(&leaf_hash(&bytes), index, size, &path, &signed.checkpoint.root)
+        .map_err(|e| format!("inclusion proof: {e}"))?;
+    Ok(())
+}

@@ -122,6 +122,9 @@ pub struct Fetched {
     /// A newer descriptor the client moved to, verified under the same group key, when nodes
     /// answered from a newer epoch than the one it was given (keep it for the next fetch).
     pub refreshed: Option<Cluster>,
+    /// The binding of the request that was answered: it names the release in each node's
+    /// transparency log ([`crate::audit::prove_release`]).
+    pub binding: [u8; 32],
 }
 
 /// The fetch failed.
@@ -464,7 +467,7 @@ async fn fetch_once(
         Some(key) => key,
         None => combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?,
     };
-    Ok(Fetched { key, report, refreshed: None })
+    Ok(Fetched { key, report, refreshed: None, binding })
 }
 
 /// Seconds since the Unix epoch (the request's `time`).

@@ -394,6 +394,7 @@ async fn log_checkpoint(
 struct InclusionQuery {
     index: Option<String>,
     hash: Option<String>,
+    binding: Option<String>,
     size: Option<String>,
 }
 
@@ -409,18 +410,36 @@ async fn log_inclusion(
         let _permit = admit(&s, peer)?;
         let current = s.store.log_size().map_err(ApiError::internal)?;
         let size = log_size_param("size", q.size.as_deref(), current)?;
-        let index = match (q.index.as_deref(), q.hash.as_deref()) {
-            (Some(i), None) => number("index", Some(i), 0)?,
-            (None, Some(h)) => {
-                let leaf = kms_proto::hex_bytes::parse_hex::<32>(h).map_err(|_| {
-                    ApiError::new(ErrorCode::MalformedRequest, "hash must be 64 lowercase hex characters")
-                })?;
-                s.store.log_index_of(&leaf).map_err(ApiError::internal)?.ok_or_else(|| {
+        let hex32 = |name: &str, h: &str| {
+            kms_proto::hex_bytes::parse_hex::<32>(h).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::MalformedRequest,
+                    format!("{name} must be 64 lowercase hex characters"),
+                )
+            })
+        };
+        let index = match (q.index.as_deref(), q.hash.as_deref(), q.binding.as_deref()) {
+            (Some(i), None, None) => number("index", Some(i), 0)?,
+            (None, Some(h), None) => {
+                s.store.log_index_of(&hex32("hash", h)?).map_err(ApiError::internal)?.ok_or_else(|| {
                     ApiError::new(ErrorCode::LogEntryNotFound, "no entry of this log has that leaf hash")
                 })?
             }
+            (None, None, Some(b)) => {
+                s.store.log_release_of(&hex32("binding", b)?).map_err(ApiError::internal)?.ok_or_else(
+                    || {
+                        ApiError::new(
+                            ErrorCode::LogEntryNotFound,
+                            "this log holds no release of a request with that binding",
+                        )
+                    },
+                )?
+            }
             _ => {
-                return Err(ApiError::new(ErrorCode::MalformedRequest, "give exactly one of index and hash"))
+                return Err(ApiError::new(
+                    ErrorCode::MalformedRequest,
+                    "give exactly one of index, hash and binding",
+                ))
             }
         };
         if index >= size {

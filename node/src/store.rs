@@ -309,6 +309,7 @@ const LOG_ENTRY: u8 = b'e';
 const LOG_HASH: u8 = b'h';
 const LOG_LEAF: u8 = b'l';
 const LOG_APP: u8 = b'a';
+const LOG_BINDING: u8 = b'b';
 const LOG_WITNESSED: u8 = b'w';
 const LOG_EQUIVOCATION: u8 = b'x';
 const LOG_PUBLISHED: &[u8] = b"p";
@@ -666,6 +667,8 @@ impl NodeStore {
         self.kv.put(Space::Log, &log_key(LOG_ENTRY, &[&index]), &bytes)?;
         self.kv.put(Space::Log, &log_key(LOG_LEAF, &[&leaf]), &index)?;
         self.kv.put(Space::Log, &log_key(LOG_APP, &[entry.app_id.as_bytes(), &index]), &[])?;
+        let binding: [u8; 32] = kms_proto::hex_bytes::parse_hex(&entry.binding).unwrap_or([0; 32]);
+        self.kv.put(Space::Log, &log_key(LOG_BINDING, &[&binding, &index]), &[])?;
         // The perfect subtrees that end with this leaf, from the leaf up.
         let mut hash = leaf;
         let mut level = 0u8;
@@ -725,6 +728,25 @@ impl NodeStore {
             Some(bytes) if merkle::leaf_hash(&bytes) == *leaf => Ok(Some(index)),
             _ => Ok(None),
         }
+    }
+
+    /// The index of the release of the request with this binding, if the log holds one (a
+    /// request's refusals and replays share its binding; its release is at most one entry).
+    pub fn log_release_of(&self, binding: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let size = self.log_size()?;
+        let prefix = log_key(LOG_BINDING, &[binding]);
+        for (k, _) in self.kv.scan_prefix(Space::Log, &prefix)? {
+            let index = k[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("log binding index".into()))?;
+            let Some(bytes) = self.log_entry(index)? else { continue };
+            let entry = LogEntry::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if index < size && entry.binding == *binding && entry.outcome == kms_proto::audit::RELEASED {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
     }
 
     /// Up to `limit` entries of `app` from index `from` on, oldest first.

@@ -89,6 +89,10 @@ enum Cmd {
         /// Write the 32-byte app root secret here (mode 0600).
         #[arg(long)]
         out_root_secret: Option<PathBuf>,
+        /// Then prove each node's release in its transparency log, in a checkpoint co-signed by
+        /// this many other members (default `f + 1`, at most `n - 1`); exit 5 if one is not.
+        #[arg(long, num_args = 0..=1, default_missing_value = "default")]
+        prove_release: Option<String>,
     },
     /// Fetch, show and verify cluster descriptors.
     #[command(subcommand)]
@@ -685,20 +689,52 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 format!("wrote {}", output.display()),
             );
         }
-        Cmd::FetchKey { cluster, provider: p, app, label, out_root_secret } => {
+        Cmd::FetchKey { cluster, provider: p, app, label, out_root_secret, prove_release } => {
             let c = load_cluster(&cluster)?;
             let app: AppId = app.parse().map_err(|e| anyhow!("--app: {e:?}"))?;
             let label = Label::new(label).map_err(|e| anyhow!("--label: {e}"))?;
+            let witnesses = match prove_release.as_deref() {
+                None => None,
+                Some("default") => {
+                    let n = c.nodes().len();
+                    Some((n.saturating_sub(1) / 3 + 1).min(n.saturating_sub(1)))
+                }
+                Some(w) => {
+                    Some(w.parse::<usize>().map_err(|_| anyhow!("--prove-release: a number of witnesses"))?)
+                }
+            };
             let f = fetch(&c, &cluster.path, &app, &label, &p, json_mode).await?;
             let fingerprint = hex::encode(&secrets::derive(&f.key, "kms/fingerprint")[..8]);
             if let Some(path) = out_root_secret {
                 write_private(&path, &f.key.root_secret()[..])?;
             }
+            let proofs = match witnesses {
+                Some(w) => {
+                    Some(kms_client::audit::prove_release(&c, &f, &app, w, Duration::from_secs(30)).await)
+                }
+                None => None,
+            };
+            let mut text = format!("key fetched; fingerprint {fingerprint}");
+            for r in proofs.iter().flatten() {
+                text.push_str(&match &r.failure {
+                    None => format!(
+                        "\nnode {}: release #{} proven in its checkpoint of {} entries, co-signed by {} witnesses",
+                        r.node,
+                        r.index.unwrap_or_default(),
+                        r.size.unwrap_or_default(),
+                        r.witnesses
+                    ),
+                    Some(e) => format!("\nnode {}: release NOT proven: {e}", r.node),
+                });
+            }
             out(
                 json_mode,
-                json!({"app_id": app, "label": label.as_str(), "fingerprint": fingerprint, "nodes": report_json(&f.report)}),
-                format!("key fetched; fingerprint {fingerprint}"),
+                json!({"app_id": app, "label": label.as_str(), "fingerprint": fingerprint, "nodes": report_json(&f.report), "release_proofs": proofs}),
+                text,
             );
+            if proofs.iter().flatten().any(|r| r.failure.is_some()) {
+                return Err(Exit(5, anyhow!("a release is not proven in its node's transparency log")));
+            }
         }
         Cmd::Audit { cluster, app, allowed, state, watch } => {
             let c = load_cluster(&cluster)?;

@@ -91,6 +91,13 @@ fn releases_are_provably_in_the_signed_log_and_the_log_only_grows() {
     let second = hex::decode(by_index["entry"].as_str().unwrap()).unwrap();
     verify_inclusion(&leaf_hash(&second), 1, 2, &hashes(&by_index["proof"]), &root).unwrap();
 
+    // Found by the request's binding: its release (a refused request has none).
+    let by_binding = get_json(&c, &format!("/v1/log/inclusion?binding={}", hex::encode(req.binding())));
+    assert_eq!(by_binding["index"].as_u64(), Some(0));
+    let (s, body) = c.nodes[0].get(&format!("/v1/log/inclusion?binding={}", hex::encode(bad.binding())));
+    assert_eq!((s, error_code(&body)), (404, ErrorCode::LogEntryNotFound));
+    assert!(String::from_utf8_lossy(&body).contains("no release of a request with that binding"));
+
     // More requests: the new checkpoint is consistent with the one kept.
     for _ in 0..5 {
         let (req, _) = Enclave::new(&c).request(&app, &image);
@@ -133,14 +140,25 @@ fn releases_are_provably_in_the_signed_log_and_the_log_only_grows() {
         "size 8 is beyond the log's 7 entries",
     );
     refused("/v1/log/inclusion?index=x", 400, ErrorCode::MalformedRequest, "index must be a decimal number");
-    refused("/v1/log/inclusion", 400, ErrorCode::MalformedRequest, "give exactly one of index and hash");
+    refused(
+        "/v1/log/inclusion",
+        400,
+        ErrorCode::MalformedRequest,
+        "give exactly one of index, hash and binding",
+    );
     refused(
         "/v1/log/inclusion?index=0&hash=00",
         400,
         ErrorCode::MalformedRequest,
-        "give exactly one of index and hash",
+        "give exactly one of index, hash and binding",
     );
     refused("/v1/log/inclusion?hash=00", 400, ErrorCode::MalformedRequest, "hash must be 64 lowercase hex");
+    refused(
+        "/v1/log/inclusion?binding=zz",
+        400,
+        ErrorCode::MalformedRequest,
+        "binding must be 64 lowercase hex",
+    );
     refused(
         &format!("/v1/log/inclusion?hash={}", "00".repeat(32)),
         404,

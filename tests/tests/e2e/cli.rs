@@ -195,6 +195,15 @@ fn kms_cli_end_to_end() {
     assert_eq!(nodes.len(), 5);
     assert!(nodes.iter().all(|n| n["outcome"].as_str().unwrap().contains("app_revoked")), "{v}");
 
+    // The enclave asks for proof of its release: each node that answered shows the release in a
+    // checkpoint co-signed by f + 1 = 2 other members.
+    let mut proved = other_args.clone();
+    proved.push("--prove-release");
+    let v = ok(&proved);
+    let proofs = v["release_proofs"].as_array().unwrap();
+    assert!(proofs.len() >= 3, "{v}");
+    assert!(proofs.iter().all(|p| p["failure"].is_null() && p["witnesses"].as_u64() >= Some(2)), "{v}");
+
     // The monitor: every release of the app's key at every node, proven in each node's signed
     // log; the checkpoints it saw are kept for the next run.
     let state = d.join("audit.json");
