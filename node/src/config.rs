@@ -40,6 +40,18 @@ pub struct Config {
     /// DKG timing.
     #[serde(default)]
     pub dkg: DkgSection,
+    /// The audit log's retention.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// The audit log's retention (`docs/node-config.md` §2.8).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Keep at least this many of the newest entries; older ones are pruned once a checkpoint
+    /// co-signed by the witnesses covers them. `None` (the default): never prune.
+    pub keep_entries: Option<u64>,
 }
 
 /// This node's own settings.

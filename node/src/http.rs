@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use kms_proto::api::{ErrorBody, HealthBody, ReadyBody};
 use kms_proto::app::{AppId, SignedManifest};
 use kms_proto::codec::{decode_json, encode_json, JsonDocument};
+use kms_proto::merkle::Subtrees;
 use kms_proto::ErrorCode;
 
 use crate::api_error::ApiError;
@@ -451,12 +452,17 @@ async fn log_inclusion(
         let proof = kms_proto::merkle::inclusion_proof_in(&s.store.log_tree(), size, index)
             .map_err(ApiError::internal)?
             .unwrap_or_default();
-        let entry = s.store.log_entry(index).map_err(ApiError::internal)?.unwrap_or_default();
+        // A pruned entry keeps its place in the tree: its leaf hash is still stored.
+        let entry = s.store.log_entry(index).map_err(ApiError::internal)?;
+        let leaf = match &entry {
+            Some(bytes) => kms_proto::merkle::leaf_hash(bytes),
+            None => s.store.log_tree().perfect(index, 1).map_err(ApiError::internal)?,
+        };
         Ok(json_value(&serde_json::json!({
             "index": index,
             "size": size,
-            "leaf_hash": hex::encode(kms_proto::merkle::leaf_hash(&entry)),
-            "entry": hex::encode(&entry),
+            "leaf_hash": hex::encode(leaf),
+            "entry": entry.map(hex::encode),
             "proof": hex_list(&proof),
         })))
     })();

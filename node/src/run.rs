@@ -336,7 +336,7 @@ pub async fn run(
         limiter: RateLimiter::new(cfg.limits.rate_per_sec, cfg.limits.rate_burst),
     });
     let me = state.shared.me();
-    tokio::spawn(crate::witness::publish(state.clone()));
+    tokio::spawn(crate::witness::publish(state.clone(), cfg.log.keep_entries));
     let app = http::router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
         Duration::from_millis(cfg.limits.request_timeout_ms),

@@ -313,6 +313,8 @@ const LOG_BINDING: u8 = b'b';
 const LOG_WITNESSED: u8 = b'w';
 const LOG_EQUIVOCATION: u8 = b'x';
 const LOG_PUBLISHED: &[u8] = b"p";
+/// The first entry not pruned.
+const LOG_PRUNED: &[u8] = b"f";
 
 fn log_key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![tag];
@@ -771,6 +773,41 @@ impl NodeStore {
             out.push(AuditEntry::from_log_entry(index, entry));
         }
         Ok(out)
+    }
+
+    /// Entries below this index were pruned (their encodings and indices removed; the tree's
+    /// hashes stay, so roots and proofs are unchanged).
+    pub fn log_pruned(&self) -> Result<u64, StoreError> {
+        match self.kv.get(Space::Log, LOG_PRUNED)? {
+            None => Ok(0),
+            Some(v) => {
+                v.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("log prune mark".into()))
+            }
+        }
+    }
+
+    /// Prunes entries below `below` (at most the log's size), at most `batch` of them; returns how
+    /// many. The caller passes a size some published checkpoint covers.
+    pub fn log_prune(&self, below: u64, batch: u64) -> Result<u64, StoreError> {
+        let _one = self.log.lock().map_err(|_| StoreError::Backend("log lock poisoned".into()))?;
+        let from = self.log_pruned()?;
+        let to = below.min(self.log_size()?).min(from.saturating_add(batch));
+        for index in from..to {
+            let key = log_key(LOG_ENTRY, &[&index.to_be_bytes()]);
+            if let Some(bytes) = self.kv.get(Space::Log, &key)? {
+                if let Ok(e) = LogEntry::decode(&bytes) {
+                    let i = index.to_be_bytes();
+                    self.kv.remove(Space::Log, &log_key(LOG_APP, &[e.app_id.as_bytes(), &i]))?;
+                    self.kv.remove(Space::Log, &log_key(LOG_BINDING, &[&e.binding, &i]))?;
+                }
+                self.kv.remove(Space::Log, &log_key(LOG_LEAF, &[&merkle::leaf_hash(&bytes)]))?;
+                self.kv.remove(Space::Log, &key)?;
+            }
+        }
+        if to > from {
+            self.kv.put(Space::Log, LOG_PRUNED, &to.to_be_bytes())?;
+        }
+        Ok(to.saturating_sub(from))
     }
 
     /// The last checkpoint of the log `origin` this node co-signed as a witness.

@@ -139,8 +139,12 @@ pub fn witnessed(keys: &KeyService, name: &str) -> Result<Witnessed, StoreError>
     })
 }
 
-/// Publishes a co-signed checkpoint of this node's log every [`CHECKPOINT_EVERY`], when it grew.
-pub async fn publish(state: Arc<AppState>) {
+/// Entries pruned per round at most.
+const PRUNE_BATCH: u64 = 10_000;
+
+/// Publishes a co-signed checkpoint of this node's log every [`CHECKPOINT_EVERY`], when it grew,
+/// and prunes entries the published checkpoint covers beyond the newest `keep_entries`.
+pub async fn publish(state: Arc<AppState>, keep_entries: Option<u64>) {
     let Ok(client) = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
@@ -156,7 +160,45 @@ pub async fn publish(state: Arc<AppState>) {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "publishing a checkpoint failed"),
         }
+        if let Some(keep) = keep_entries {
+            if let Err(e) = prune(&state.keys, &state.shared, keep) {
+                tracing::warn!(error = %e, "pruning the audit log failed");
+            }
+        }
     }
+}
+
+/// The other members' log names and identity keys.
+fn shared_members(keys: &KeyService, shared: &Shared) -> Vec<(String, ed25519_dalek::VerifyingKey)> {
+    let me = shared.peer_id().to_string();
+    shared
+        .membership()
+        .members
+        .iter()
+        .filter(|m| m.peer_id != me)
+        .filter_map(|m| identity_of_peer_id(&m.peer_id))
+        .map(|k| (origin(&keys.cluster_id, &k), k))
+        .collect()
+}
+
+/// Prunes entries below both the published checkpoint's size and the newest `keep`.
+fn prune(keys: &KeyService, shared: &Shared, keep: u64) -> Result<(), StoreError> {
+    let Some(text) = keys.store.published()? else { return Ok(()) };
+    let Ok(published) = SignedCheckpoint::parse(&text) else { return Ok(()) };
+    // Only behind a checkpoint that f + 1 other members (all of them in a cluster of up to 3)
+    // co-signed: at least one honest witness holds it, so what is pruned stays provable.
+    let members = shared_members(keys, shared);
+    let n = members.len() + 1;
+    let needed = ((n - 1) / 3 + 1).min(n - 1);
+    if published.witnessed_by(&members) < needed {
+        return Ok(());
+    }
+    let below = published.checkpoint.size.min(keys.store.log_size()?.saturating_sub(keep));
+    let pruned = keys.store.log_prune(below, PRUNE_BATCH)?;
+    if pruned > 0 {
+        tracing::info!(pruned, below, "audit log entries pruned behind the published checkpoint");
+    }
+    Ok(())
 }
 
 async fn publish_once(

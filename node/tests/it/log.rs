@@ -309,3 +309,51 @@ fn get_json_at(c: &Cluster, i: usize, path: &str) -> Value {
     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).unwrap()
 }
+
+/// With `log.keep_entries`, a node prunes what a published checkpoint covers beyond the newest
+/// entries (a cluster of one needs no witness): pages show only the kept entries, and a pruned
+/// entry is still proven in the tree by its stored leaf hash.
+#[test]
+fn a_node_prunes_old_entries_behind_its_published_checkpoint() {
+    let c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+    let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    std::fs::write(&c.nodes[0].config, format!("{config}\n[log]\nkeep_entries = 2\n")).unwrap();
+    let c = c.start_all();
+    c.wait_ready(&[0], Duration::from_secs(30));
+    let owner = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let image = crate::common::digest(0xaa);
+    let m = crate::common::manifest(&owner, 1, std::slice::from_ref(&image));
+    let app = m.manifest.app_id;
+    assert_eq!(c.nodes[0].post("/v1/apps", &kms_proto::codec::encode_json(&m)).0, 200);
+    let mut first = None;
+    for _ in 0..5 {
+        let (req, _) = Enclave::new(&c).request(&app, &image);
+        assert_eq!(c.nodes[0].post("/v1/keys", &kms_proto::codec::encode_json(&req)).0, 200);
+        first.get_or_insert(req.binding());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        let page = get_json(&c, &format!("/v1/audit?app_id={app}"));
+        let ids: Vec<u64> =
+            page["entries"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+        if ids.len() == 2 {
+            break ids;
+        }
+        assert!(std::time::Instant::now() < deadline, "never pruned: {ids:?}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(kept, [3, 4]);
+    assert!(c.nodes[0].log().contains("audit log entries pruned behind the published checkpoint"));
+    let (size, root) = {
+        let (_, body) = c.nodes[0].get("/v1/log/cosigned");
+        let signed = SignedCheckpoint::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+        (signed.checkpoint.size, signed.checkpoint.root)
+    };
+    assert_eq!(size, 5);
+    let proof = get_json(&c, "/v1/log/inclusion?index=0&size=5");
+    assert_eq!(proof["entry"], Value::Null, "pruned");
+    let leaf: Hash = kms_proto::hex_bytes::parse_hex(proof["leaf_hash"].as_str().unwrap()).unwrap();
+    verify_inclusion(&leaf, 0, 5, &hashes(&proof["proof"]), &root).unwrap();
+    let (s, body) = c.nodes[0].get(&format!("/v1/log/inclusion?binding={}", hex::encode(first.unwrap())));
+    assert_eq!((s, error_code(&body)), (404, ErrorCode::LogEntryNotFound));
+}

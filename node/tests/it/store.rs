@@ -230,3 +230,61 @@ fn audit_entries_of_an_older_store_move_into_the_log() {
     assert_eq!(log[0].client_key, "00".repeat(32), "not recorded then");
     assert_eq!(store.migrate_audit().unwrap(), 0, "once");
 }
+
+/// Pruning removes old entries' encodings and indices but not the tree: roots and proofs are
+/// unchanged, a pruned leaf's hash is still there, pages skip what was pruned.
+#[test]
+fn pruned_entries_leave_the_tree_and_its_proofs_unchanged() {
+    use kms_node::store::{AuditEntry, MemKv};
+    use kms_proto::merkle::{self, inclusion_proof_in, verify_inclusion, Subtrees};
+    let store = NodeStore::new(Box::new(MemKv::default()), SealKey::from_bytes([3u8; 32]));
+    let app = kms_proto::app::AppId([5u8; 32]);
+    let mut leaves = Vec::new();
+    for i in 0..20u64 {
+        let e = AuditEntry {
+            id: 0,
+            time: i,
+            app_id: app,
+            label: "root".into(),
+            outcome: "released".into(),
+            workload: None,
+            instance: None,
+            client_key: hex::encode([1u8; 32]),
+            binding: hex::encode([i as u8; 32]),
+            manifest_seq: None,
+        };
+        leaves.push(merkle::leaf_hash(&e.to_log_entry().encode()));
+        store.audit(e).unwrap();
+    }
+    let root = store.log_root(20).unwrap();
+    assert_eq!(store.log_prune(10, 4).unwrap(), 4, "at most a batch at a time");
+    assert_eq!(store.log_prune(10, 100).unwrap(), 6);
+    assert_eq!(store.log_prune(10, 100).unwrap(), 0, "once");
+    assert_eq!(store.log_prune(50, 100).unwrap(), 10, "never past the log's size");
+    assert_eq!(store.log_pruned().unwrap(), 20);
+    assert_eq!(store.log_root(20).unwrap(), root, "the tree is unchanged");
+    for i in 0..20u64 {
+        assert_eq!(store.log_entry(i).unwrap(), None);
+        assert_eq!(store.log_index_of(&leaves[i as usize]).unwrap(), None);
+        assert_eq!(store.log_tree().perfect(i, 1).unwrap(), leaves[i as usize], "the leaf hash stays");
+        let proof = inclusion_proof_in(&store.log_tree(), 20, i).unwrap().unwrap();
+        verify_inclusion(&leaves[i as usize], i, 20, &proof, &root).unwrap();
+    }
+    assert!(store.audit_log(&app).unwrap().is_empty());
+    assert_eq!(store.log_release_of(&[3u8; 32]).unwrap(), None);
+    // Appends go on at the next index.
+    let next = store.audit(AuditEntry {
+        id: 0,
+        time: 99,
+        app_id: app,
+        label: "root".into(),
+        outcome: "released".into(),
+        workload: None,
+        instance: None,
+        client_key: hex::encode([1u8; 32]),
+        binding: hex::encode([99u8; 32]),
+        manifest_seq: None,
+    });
+    assert_eq!(next.unwrap().id, 20);
+    assert_eq!(store.audit_log(&app).unwrap().len(), 1);
+}
