@@ -1,7 +1,7 @@
 //! End-to-end key fetch latency: five `kms-node` processes on 127.0.0.1 (t = 3), one enclave
 //! client fetching the same app key over and over with fresh attestation each time.
 //!
-//! Run: `cargo run --release -p kms-tests --example fetch_bench -- --fetches 2000`
+//! Run: `cargo run --release -p kms-tests --example fetch_bench -- --fetches 2000 [--samples FILE]`
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,11 @@ fn main() {
     }
     let total = started.elapsed();
     lat.sort();
+    // `--samples FILE`: every latency in milliseconds, one a line (for scripts/plot-benchmarks.py).
+    if let Some(path) = args.iter().position(|a| a == "--samples").and_then(|i| args.get(i + 1)) {
+        let lines: String = lat.iter().map(|d| format!("{:.3}\n", d.as_secs_f64() * 1e3)).collect();
+        std::fs::write(path, lines).unwrap();
+    }
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
     println!(
         "{}",
