@@ -399,8 +399,9 @@ struct InclusionQuery {
     size: Option<String>,
 }
 
-/// `GET /v1/log/inclusion?index=I|hash=H[&size=N]`: the inclusion proof of an entry in the
-/// tree of the first `N` entries (default: all).
+/// `GET /v1/log/inclusion?index=I|hash=H|binding=B[&size=N]`: the inclusion proof of an entry
+/// (by index, leaf hash, or the release of the request with that binding) in the tree of the
+/// first `N` entries (default: all).
 async fn log_inclusion(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

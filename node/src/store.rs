@@ -316,6 +316,11 @@ const LOG_PUBLISHED: &[u8] = b"p";
 /// The first entry not pruned.
 const LOG_PRUNED: &[u8] = b"f";
 
+/// Eight bytes as a big-endian u64; anything else is a corrupt `what`.
+fn be_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+    bytes.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt(what.into()))
+}
+
 fn log_key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![tag];
     for p in parts {
@@ -691,11 +696,14 @@ impl NodeStore {
 
     /// Entries in the log.
     pub fn log_size(&self) -> Result<u64, StoreError> {
-        match self.kv.get(Space::Log, LOG_SIZE)? {
+        self.log_counter(LOG_SIZE, "log size")
+    }
+
+    /// A big-endian u64 kept under `key` of the log (0 when absent).
+    fn log_counter(&self, key: &[u8], what: &str) -> Result<u64, StoreError> {
+        match self.kv.get(Space::Log, key)? {
             None => Ok(0),
-            Some(v) => {
-                v.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("log size".into()))
-            }
+            Some(v) => be_u64(&v, what),
         }
     }
 
@@ -723,8 +731,7 @@ impl NodeStore {
     /// The index of the entry whose leaf hash is `leaf`, if it is in the log.
     pub fn log_index_of(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
         let Some(v) = self.kv.get(Space::Log, &log_key(LOG_LEAF, &[leaf]))? else { return Ok(None) };
-        let index =
-            v.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("log leaf".into()))?;
+        let index = be_u64(&v, "log leaf")?;
         // A record left by an append a crash cut short may point at another entry.
         match self.log_entry(index)? {
             Some(bytes) if merkle::leaf_hash(&bytes) == *leaf => Ok(Some(index)),
@@ -738,10 +745,7 @@ impl NodeStore {
         let size = self.log_size()?;
         let prefix = log_key(LOG_BINDING, &[binding]);
         for (k, _) in self.kv.scan_prefix(Space::Log, &prefix)? {
-            let index = k[prefix.len()..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt("log binding index".into()))?;
+            let index = be_u64(&k[prefix.len()..], "log binding index")?;
             let Some(bytes) = self.log_entry(index)? else { continue };
             let entry = LogEntry::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if index < size && entry.binding == *binding && entry.outcome == kms_proto::audit::RELEASED {
@@ -758,10 +762,7 @@ impl NodeStore {
         let start = log_key(LOG_APP, &[app.as_bytes(), &from.to_be_bytes()]);
         let mut out = Vec::new();
         for (k, _) in self.kv.scan_from(Space::Log, &prefix, &start, limit)? {
-            let index = k[prefix.len()..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt("log app index".into()))?;
+            let index = be_u64(&k[prefix.len()..], "log app index")?;
             if index >= size {
                 break;
             }
@@ -778,12 +779,7 @@ impl NodeStore {
     /// Entries below this index were pruned (their encodings and indices removed; the tree's
     /// hashes stay, so roots and proofs are unchanged).
     pub fn log_pruned(&self) -> Result<u64, StoreError> {
-        match self.kv.get(Space::Log, LOG_PRUNED)? {
-            None => Ok(0),
-            Some(v) => {
-                v.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("log prune mark".into()))
-            }
-        }
+        self.log_counter(LOG_PRUNED, "log prune mark")
     }
 
     /// Prunes entries below `below` (at most the log's size), at most `batch` of them; returns how

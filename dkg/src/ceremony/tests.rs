@@ -153,32 +153,11 @@ impl Net {
 
     /// Runs until no message is in flight and no node is busy, or `limit` virtual time.
     fn run(&mut self, limit: Duration) {
-        let peers = self.nodes.len() - 1;
-        for n in self.nodes.iter_mut().flatten() {
-            n.handle_peers(peers, self.now);
-        }
-        loop {
-            self.pump();
-            if let Some((from, o)) = self.queue.pop_front() {
-                if let Some(node) = self.nodes[usize::from(o.to - 1)].as_mut() {
-                    node.handle_message(from, o.message, self.now);
-                }
-                continue;
-            }
-            let next = self.nodes.iter().flatten().filter_map(Ceremonies::poll_timeout).min();
-            match next {
-                Some(at) if at <= limit => {
-                    self.now = self.now.max(at);
-                    for n in self.nodes.iter_mut().flatten() {
-                        n.handle_timeout(self.now);
-                    }
-                }
-                _ => return,
-            }
-        }
+        let held = self.run_holding(limit, |_, _| false);
+        debug_assert!(held.is_empty());
     }
 
-    /// Like [`Net::run`], but the messages `hold` picks are set aside instead of delivered
+    /// Runs as [`Net::run`], but the messages `hold` picks are set aside instead of delivered
     /// (returned, in order, for the test to deliver later).
     fn run_holding(
         &mut self,
