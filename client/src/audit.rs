@@ -122,6 +122,9 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// Most pages of one app's entries read from one node in a run (a million entries).
+const MAX_PAGES: u32 = 1000;
+
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     let r = client.get(url).send().await.map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
@@ -189,6 +192,34 @@ async fn audit_node(
     signed.verify(name, key).map_err(|e| Finding::BadCheckpoint { node, reason: e.to_string() })?;
     let (size, root) = (signed.checkpoint.size, signed.checkpoint.root);
 
+    // The checkpoint the node published with its witnesses' co-signatures must be a prefix of
+    // the one it shows this monitor: a node that shows this monitor another history than its
+    // witnesses saw is caught here.
+    if let Ok(body) = get(client, &format!("{base}/v1/log/cosigned")).await {
+        let cosigned_text = String::from_utf8_lossy(&body).to_string();
+        let cosigned = SignedCheckpoint::parse(&cosigned_text)
+            .map_err(|e| Finding::BadCheckpoint { node, reason: format!("co-signed checkpoint: {e}") })?;
+        cosigned
+            .verify(name, key)
+            .map_err(|e| Finding::BadCheckpoint { node, reason: format!("co-signed checkpoint: {e}") })?;
+        let (c, c_root) = (cosigned.checkpoint.size, cosigned.checkpoint.root);
+        let forked = |reason: String| Finding::RewrittenHistory { node, before: c, now: size, reason };
+        if c > size {
+            return Err(forked("the co-signed checkpoint is larger than the one shown".into()));
+        }
+        if c == size && c_root != root {
+            return Err(Finding::Equivocation { node, before: cosigned_text, now: text });
+        }
+        if c < size {
+            let v = get_json(client, &format!("{base}/v1/log/consistency?first={c}&second={size}"))
+                .await
+                .map_err(unreachable)?;
+            let proof = hashes(&v["proof"]).ok_or_else(|| forked("malformed consistency proof".into()))?;
+            verify_consistency(c, size, &proof, &c_root, &root)
+                .map_err(|e| forked(format!("consistency proof from the co-signed checkpoint: {e}")))?;
+        }
+    }
+
     if let Some(before_text) = seen.checkpoints.get(name) {
         let before = SignedCheckpoint::parse(before_text)
             .map_err(|e| Finding::BadCheckpoint { node, reason: format!("kept checkpoint: {e}") })?;
@@ -210,17 +241,38 @@ async fn audit_node(
         }
     }
 
+    // Pages must move forward: ids strictly increasing from `start`, `next` past the last id.
+    // A node that pages in circles or sends ids out of order is reported, not followed.
     let mut start = 0u64;
+    let mut pages = 0u32;
     loop {
+        pages += 1;
         let page = get_json(client, &format!("{base}/v1/audit?app_id={app}&start={start}"))
             .await
             .map_err(unreachable)?;
+        let mut last = None;
         for e in page["entries"].as_array().into_iter().flatten() {
+            let id = e["id"].as_u64().ok_or_else(|| Finding::BadEntry {
+                node,
+                index: start,
+                reason: "an entry without an id".into(),
+            })?;
+            if id < start || last.is_some_and(|l| id <= l) {
+                return Err(Finding::BadEntry { node, index: id, reason: "ids out of order".into() });
+            }
+            last = Some(id);
             check_entry(client, node, base, e, app, size, &root, allowed, report).await?;
         }
         match page["next"].as_u64() {
-            Some(next) if next > start => start = next,
-            _ => break,
+            None => break,
+            Some(next) if last.is_some_and(|l| next > l) && pages < MAX_PAGES => start = next,
+            Some(next) => {
+                return Err(Finding::BadEntry {
+                    node,
+                    index: next,
+                    reason: "a page that does not move on".into(),
+                })
+            }
         }
     }
     report.sizes.insert(node, size);

@@ -383,11 +383,17 @@ async fn log_checkpoint(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     let started = Instant::now();
-    let r = (|| {
+    let r = async {
         let _permit = admit(&s, peer)?;
-        let text = s.keys.checkpoint(unix_now()).map_err(ApiError::internal)?;
+        // The flush before signing runs off the async workers.
+        let state = s.clone();
+        let text = tokio::task::spawn_blocking(move || state.keys.checkpoint(unix_now()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
         Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
-    })();
+    }
+    .await;
     finish(&s, "/v1/log/checkpoint", started, r)
 }
 
@@ -523,7 +529,12 @@ async fn log_cosign(
         let (bytes, _permit) = admit_body(&s, peer, body).await?;
         let req: crate::witness::CosignRequest = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, format!("cosign request: {e}")))?;
-        let answer = crate::witness::cosign(&s.keys, &s.shared, &req)?;
+        // The check and the flush before signing run off the async workers.
+        let state = s.clone();
+        let answer =
+            tokio::task::spawn_blocking(move || crate::witness::cosign(&state.keys, &state.shared, &req))
+                .await
+                .map_err(ApiError::internal)??;
         Ok(json_value(&serde_json::to_value(&answer).map_err(ApiError::internal)?))
     }
     .await;

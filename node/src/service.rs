@@ -70,7 +70,6 @@ pub struct Prepared {
     early: Result<Checked, ApiError>,
 }
 
-/// What a request passed before its evidence is looked at.
 /// What verified evidence says of the requester, for the audit log.
 struct Attested {
     /// Image digest (`sha256:…`) or TDX measurement (`mrtd:…`).
@@ -79,6 +78,7 @@ struct Attested {
     instance: Option<String>,
 }
 
+/// What a request passed before its evidence is looked at.
 struct Checked {
     keys: Arc<ActiveKeys>,
     /// The manifest held for the app, when the request supplies none.

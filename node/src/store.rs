@@ -771,7 +771,11 @@ impl NodeStore {
                 .get(Space::Log, &log_key(LOG_ENTRY, &[&index.to_be_bytes()]))?
                 .ok_or_else(|| StoreError::Corrupt("log entry missing".into()))?;
             let entry = LogEntry::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push(AuditEntry::from_log_entry(index, entry));
+            // An index record left by an append a crash cut short names an index that now holds
+            // another app's entry.
+            if entry.app_id == *app {
+                out.push(AuditEntry::from_log_entry(index, entry));
+            }
         }
         Ok(out)
     }
@@ -860,18 +864,21 @@ impl NodeStore {
     /// in id order, once; returns how many. Their client key digest was not recorded (zeros).
     pub fn migrate_audit(&self) -> Result<usize, StoreError> {
         let old = self.kv.scan_prefix(Space::Audit, &[])?;
-        let mut entries: Vec<AuditEntry> = old
-            .iter()
-            .map(|(_, v)| serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("audit entry".into())))
-            .collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.id);
-        for e in &entries {
+        let mut entries: Vec<(AuditEntry, Vec<u8>)> = old
+            .into_iter()
+            .map(|(k, v)| {
+                let e = serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt("audit entry".into()))?;
+                Ok((e, k))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        entries.sort_by_key(|(e, _)| e.id);
+        // Each old record goes right after its entry is appended (writes reach the disk in
+        // order): a crash repeats at most the one entry in between.
+        for (e, key) in &entries {
             self.audit(e.clone())?;
+            self.kv.remove(Space::Audit, key)?;
         }
         self.kv.flush()?;
-        for (k, _) in &old {
-            self.kv.remove(Space::Audit, k)?;
-        }
         Ok(entries.len())
     }
 

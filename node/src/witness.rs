@@ -29,7 +29,11 @@ use crate::service::KeyService;
 use crate::state::Shared;
 use crate::store::StoreError;
 
-/// How often a node publishes a checkpoint of its log (when it grew).
+/// Serializes co-signing ([`cosign`]).
+static COSIGNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How often a node publishes a checkpoint of its log (when it grew, or when it lacks
+/// co-signatures).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// `POST /v1/log/cosign`: a member's checkpoint and the consistency proof from the size this
@@ -95,6 +99,9 @@ pub fn cosign(keys: &KeyService, shared: &Shared, req: &CosignRequest) -> Result
         .collect::<Result<_, _>>()
         .map_err(|_| malformed("proof: hashes must be 64 lowercase hex characters".into()))?;
     let store = &keys.store;
+    // One co-signing at a time: two concurrent forks of one log must not both pass the check
+    // against the same held checkpoint.
+    let _one = COSIGNING.lock().map_err(|_| ApiError::internal("co-signing lock poisoned"))?;
     let held = store.witnessed(&name).map_err(ApiError::internal)?;
     if let Some(before_text) = &held {
         let before = SignedCheckpoint::parse(before_text).map_err(ApiError::internal)?.checkpoint;
@@ -155,17 +162,33 @@ pub async fn publish(state: Arc<AppState>, keep_entries: Option<u64>) {
     let mut published = 0u64;
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
-        match publish_once(&state.keys, &state.shared, &client, published).await {
+        match publish_once(&state, &client, published).await {
             Ok(Some(size)) => published = size,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "publishing a checkpoint failed"),
         }
         if let Some(keep) = keep_entries {
-            if let Err(e) = prune(&state.keys, &state.shared, keep) {
-                tracing::warn!(error = %e, "pruning the audit log failed");
+            let s = state.clone();
+            match tokio::task::spawn_blocking(move || prune(&s.keys, &s.shared, keep)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning the audit log failed"),
+                Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
             }
         }
     }
+}
+
+/// Whether the published checkpoint carries `f + 1` other members' co-signatures (`f` of the
+/// committee: one in a committee of 2 to 4, none in a committee of one).
+fn enough_witnesses(
+    keys: &KeyService,
+    members: &[(String, ed25519_dalek::VerifyingKey)],
+) -> Result<bool, StoreError> {
+    let Some(text) = keys.store.published()? else { return Ok(false) };
+    let Ok(published) = SignedCheckpoint::parse(&text) else { return Ok(false) };
+    let n = members.len() + 1;
+    let needed = ((n - 1) / 3 + 1).min(n - 1);
+    Ok(published.witnessed_by(members) >= needed)
 }
 
 /// The other members' log names and identity keys.
@@ -185,12 +208,9 @@ fn shared_members(keys: &KeyService, shared: &Shared) -> Vec<(String, ed25519_da
 fn prune(keys: &KeyService, shared: &Shared, keep: u64) -> Result<(), StoreError> {
     let Some(text) = keys.store.published()? else { return Ok(()) };
     let Ok(published) = SignedCheckpoint::parse(&text) else { return Ok(()) };
-    // Only behind a checkpoint that f + 1 other members (all of them in a cluster of up to 3)
-    // co-signed: at least one honest witness holds it, so what is pruned stays provable.
-    let members = shared_members(keys, shared);
-    let n = members.len() + 1;
-    let needed = ((n - 1) / 3 + 1).min(n - 1);
-    if published.witnessed_by(&members) < needed {
+    // Only behind a checkpoint that f + 1 other members co-signed: at least one honest witness
+    // holds it, so what is pruned stays provable.
+    if !enough_witnesses(keys, &shared_members(keys, shared))? {
         return Ok(());
     }
     let below = published.checkpoint.size.min(keys.store.log_size()?.saturating_sub(keep));
@@ -202,16 +222,21 @@ fn prune(keys: &KeyService, shared: &Shared, keep: u64) -> Result<(), StoreError
 }
 
 async fn publish_once(
-    keys: &KeyService,
-    shared: &Shared,
+    state: &Arc<AppState>,
     client: &reqwest::Client,
     published: u64,
 ) -> Result<Option<u64>, StoreError> {
+    let (keys, shared) = (&state.keys, &state.shared);
     let size = keys.store.log_size()?;
-    if size == 0 || size == published {
+    let members = shared_members(keys, shared);
+    if size == 0 || (size == published && enough_witnesses(keys, &members)?) {
         return Ok(None);
     }
-    let text = keys.checkpoint(crate::http::unix_now())?;
+    // The flush before signing runs off the async workers.
+    let s = state.clone();
+    let text = tokio::task::spawn_blocking(move || s.keys.checkpoint(crate::http::unix_now()))
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
     let Ok(mut signed) = SignedCheckpoint::parse(&text) else { return Ok(None) };
     let own = own_origin(keys);
     let me = shared.peer_id().to_string();

@@ -710,7 +710,11 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             }
             let proofs = match witnesses {
                 Some(w) => {
-                    Some(kms_client::audit::prove_release(&c, &f, &app, w, Duration::from_secs(30)).await)
+                    // After a reshare the fetch moved to the newer descriptor: its nodes answered.
+                    let current = f.refreshed.as_ref().unwrap_or(&c);
+                    Some(
+                        kms_client::audit::prove_release(current, &f, &app, w, Duration::from_secs(30)).await,
+                    )
                 }
                 None => None,
             };

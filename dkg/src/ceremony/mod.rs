@@ -465,8 +465,12 @@ pub struct Ceremonies {
     /// The highest attempt number issued ([`Write::Attempt`]).
     last_attempt: u64,
     /// The newest attempt in which this node signed a transcript confirmation (0: none known).
-    /// It never activates the keys of an older attempt (see [`Ceremonies::finish_if_done`]).
+    /// It activates the keys of an older attempt only once that one ended and `f + 1` peers hold
+    /// the older keys (see [`Ceremonies::finish_if_done`]).
     newest_confirmed: u64,
+    /// Per attempt, the peers that sent this node the key set of their keys of that attempt
+    /// (only nodes with keys send key sets).
+    key_set_senders: BTreeMap<u64, BTreeSet<u16>>,
     current: Option<Attempt>,
     listening: BTreeMap<u64, Attempt>,
     retry_at: Option<Duration>,
@@ -517,6 +521,7 @@ impl Ceremonies {
             rng,
             last_attempt,
             newest_confirmed: 0,
+            key_set_senders: BTreeMap::new(),
             current: None,
             listening: BTreeMap::new(),
             retry_at: None,
@@ -646,6 +651,12 @@ impl Ceremonies {
             // sender's messages are authenticated by the machine; a forged attempt number only
             // makes this node move on.
             self.join(attempt, Some(from), now);
+        }
+        if matches!(message.body, DkgBody::KeySet(_)) {
+            let senders = self.key_set_senders.entry(attempt).or_default();
+            if senders.len() < usize::from(self.cfg.n()) {
+                senders.insert(from);
+            }
         }
         // Logged so that a restart can rebuild this attempt. Recovery replies are not: they
         // answer one request, and a restarted node asks anew.
@@ -1029,6 +1040,14 @@ impl Ceremonies {
                         self.retry_at = Some(now + self.cfg.retry_delay);
                     }
                     self.out.event(Event::Failed { suite: S::ID, failure, retry });
+                    if retry {
+                        // Older attempts waiting on this one may be taken now.
+                        let waiting: Vec<u64> =
+                            self.listening.iter().filter(|(_, a)| a.superseded).map(|(n, _)| *n).collect();
+                        for n in waiting {
+                            self.finish_if_done(n, now);
+                        }
+                    }
                 }
             }
         }
@@ -1050,14 +1069,19 @@ impl Ceremonies {
     /// Activates the keys of `attempt` once both suites completed in it.
     fn finish_if_done(&mut self, attempt: u64, now: Duration) {
         let done = self.attempt_mut(attempt).is_some_and(|a| a.bls.done() && a.ed.done());
-        // A node that signed a transcript in a later attempt never takes an older attempt's keys.
-        // Both may be certified (`docs/decisions.md` 33); the later one's `q` signers then never
-        // activate the older key, so at most `n - q` honest nodes hold it: with `t > n - q + f`
-        // no coalition can use it as a second key of the cluster.
+        // A node that signed a transcript in a later attempt does not take an older attempt's
+        // keys while that later attempt may still complete: both may be certified
+        // (`docs/decisions.md` 33). It takes them once its later attempt ended (failed, or left
+        // for another) and `f + 1` peers, so at least one honest one, hold the older keys (they
+        // sent their key sets): otherwise nodes that signed in a later attempt that can never
+        // complete would wait for ever beside peers that hold a key (the review's 3-of-5 case).
         if !done {
             return;
         }
-        if attempt < self.newest_confirmed {
+        let newer_ended = self.current.as_ref().is_none_or(|c| c.number != self.newest_confirmed);
+        let held_by_peers =
+            self.key_set_senders.get(&attempt).map_or(0, BTreeSet::len) >= self.cfg.moving_quorum();
+        if attempt < self.newest_confirmed && !(newer_ended && held_by_peers) {
             let newer = self.newest_confirmed;
             if let Some(a) = self.attempt_mut(attempt).filter(|a| !a.superseded) {
                 a.superseded = true;
@@ -1152,7 +1176,8 @@ impl Ceremonies {
     fn remind_recovering(&mut self, from: u16, attempt: u64) {
         let Some(active) = self.active.as_mut() else { return };
         let epoch = active.keys.epoch;
-        if active.reminded_recovering.get(&from).is_some_and(|a| *a >= attempt) {
+        // Only a peer behind (recovering an older attempt); at most once per attempt it is in.
+        if attempt >= epoch || active.reminded_recovering.get(&from).is_some_and(|a| *a >= attempt) {
             return;
         }
         active.reminded_recovering.insert(from, attempt);

@@ -598,3 +598,44 @@ fn a_node_never_takes_the_keys_of_an_attempt_older_than_one_it_signed_in() {
     assert_eq!(activated, Some(2));
     assert_eq!(node.status(), Status::Active { epoch: 2 });
 }
+
+/// The other side of decision 33's guard: nodes 3, 4 and 5 of a 3-of-5 cluster never see attempt
+/// 1's confirmations (held back), fail it, and sign in attempts that can never reach the quorum
+/// of 4 (nodes 1 and 2 hold attempt 1's keys and deal no more). Once attempt 1's confirmations and
+/// nodes 1 and 2's key sets reach them, each takes attempt 1's keys after its own newer attempt
+/// ended: the guard does not keep them waiting for ever beside peers that hold a key.
+#[test]
+fn nodes_that_signed_in_an_attempt_that_cannot_complete_take_the_key_their_peers_hold() {
+    let mut net = Net::new(5, 3);
+    let cut = |_: u16, o: &Outgoing| {
+        o.to >= 3
+            && match &o.message.body {
+                DkgBody::Confirm(c) => c.payload.header.attempt == 1,
+                DkgBody::KeySet(k) => k.header.attempt == 1,
+                _ => false,
+            }
+    };
+    let mut held = Vec::new();
+    let mut limit = Duration::ZERO;
+    // Until each of nodes 3 to 5 signed in a later attempt (and none holds a key).
+    while !(3..=5).all(|i| net.confirms_by(i).iter().any(|(a, _, _)| *a >= 2)) {
+        assert!(limit < Duration::from_secs(60), "nodes 3 to 5 sign in a later attempt");
+        limit += 10 * MS;
+        held.extend(net.run_holding(limit, cut));
+    }
+    for i in 0..2 {
+        assert_eq!(net.nodes[i].as_ref().unwrap().status(), Status::Active { epoch: 1 }, "node {}", i + 1);
+    }
+    for i in 2..5 {
+        assert!(net.nodes[i].as_ref().unwrap().active().is_none(), "node {}", i + 1);
+    }
+    // The cut heals: what was held arrives.
+    net.queue.extend(held);
+    net.run(limit + Duration::from_secs(60));
+    for i in 0..5 {
+        assert_eq!(net.nodes[i].as_ref().unwrap().status(), Status::Active { epoch: 1 }, "node {}", i + 1);
+    }
+    let superseded =
+        net.events.iter().filter(|(_, e)| matches!(e, Event::Superseded { attempt: 1, .. })).count();
+    assert!(superseded > 0, "the guard held them first: {superseded}");
+}
