@@ -97,10 +97,19 @@ fn restore_attempt(store: &NodeStore, base: u64) -> Result<Restored, StoreError>
     if attempt <= base {
         return Ok(Restored::default());
     }
+    // The newest attempt this node signed a transcript in, from the records of every attempt.
+    let mut newest_confirmed = 0;
+    for a in (base + 1..=attempt).rev() {
+        if records(store, a)?.values().any(|r| kms_dkg::dkg::confirmation_in_record(r).is_some()) {
+            newest_confirmed = a;
+            break;
+        }
+    }
     Ok(Restored {
         attempt,
         records: records(store, attempt)?,
         log: store.dkg_messages(attempt)?,
+        newest_confirmed,
         ..Restored::default()
     })
 }

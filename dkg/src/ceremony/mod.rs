@@ -242,6 +242,10 @@ pub struct Restored {
     pub log: Vec<(u16, Vec<u8>)>,
     /// The epoch it retired at ([`Write::Retire`]), if a reshare handed its keys over.
     pub retired: Option<u64>,
+    /// The newest attempt whose records ([`Write::Record`]) hold this node's own transcript
+    /// confirmation (0: none): what it signed before the restart still holds it back from older
+    /// attempts' keys (`docs/decisions.md` 33).
+    pub newest_confirmed: u64,
 }
 
 /// Something that happened, for logs and metrics. Changes nothing by itself.
@@ -552,8 +556,9 @@ impl Ceremonies {
             }
             me.activate(Arc::new(keys), reminders);
         } else if restored.attempt > me.cfg.base() {
+            me.newest_confirmed = restored.newest_confirmed;
             if restored.records.values().any(|r| confirmation_in_record(r).is_some()) {
-                me.newest_confirmed = restored.attempt;
+                me.newest_confirmed = me.newest_confirmed.max(restored.attempt);
             }
             me.rejoin(restored, now);
         }

@@ -87,12 +87,20 @@ impl Store {
             .filter(|((a, _), _)| *a == self.attempt)
             .map(|((_, s), r)| (*s, r.clone()))
             .collect();
+        let newest_confirmed = self
+            .records
+            .iter()
+            .filter(|(_, r)| crate::dkg::confirmation_in_record(r).is_some())
+            .map(|((a, _), _)| *a)
+            .max()
+            .unwrap_or(0);
         Restored {
             attempt: self.attempt,
             active: None,
             records,
             log: self.log.get(&self.attempt).cloned().unwrap_or_default(),
             retired: None,
+            newest_confirmed,
         }
     }
 }
@@ -638,4 +646,20 @@ fn nodes_that_signed_in_an_attempt_that_cannot_complete_take_the_key_their_peers
     let superseded =
         net.events.iter().filter(|(_, e)| matches!(e, Event::Superseded { attempt: 1, .. })).count();
     assert!(superseded > 0, "the guard held them first: {superseded}");
+}
+
+/// What a node signed before a restart still holds it back: the newest attempt whose records hold
+/// its confirmation comes back with it, also when the attempt it restarts in signed nothing yet.
+#[test]
+fn the_newest_attempt_a_node_signed_in_survives_a_restart() {
+    let mut net = Net::new(4, 3);
+    net.run(Duration::from_secs(10));
+    let mut store_restored = net.stores[1].restored();
+    assert_eq!(store_restored.newest_confirmed, 1, "node 2 signed in attempt 1");
+    // As if it had started attempt 3 and crashed before signing there.
+    store_restored.attempt = 3;
+    store_restored.records.clear();
+    store_restored.log.clear();
+    let node = engine(2, 3, &keys(4), store_restored);
+    assert_eq!(node.newest_confirmed, 1);
 }

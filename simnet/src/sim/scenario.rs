@@ -596,12 +596,20 @@ impl Store {
             return Restored { active, records, ..Restored::default() };
         }
         let records = of(self.attempt);
+        let newest_confirmed = self
+            .records
+            .iter()
+            .filter(|(_, r)| kms_dkg::dkg::confirmation_in_record(r).is_some())
+            .map(|((a, _), _)| *a)
+            .max()
+            .unwrap_or(0);
         Restored {
             attempt: self.attempt,
             active: None,
             records,
             log: self.log.get(&self.attempt).cloned().unwrap_or_default(),
             retired: None,
+            newest_confirmed,
         }
     }
 }
