@@ -98,13 +98,11 @@ fn restore_attempt(store: &NodeStore, base: u64) -> Result<Restored, StoreError>
         return Ok(Restored::default());
     }
     // The newest attempt this node signed a transcript in, from the records of every attempt.
-    let mut newest_confirmed = 0;
-    for a in (base + 1..=attempt).rev() {
-        if records(store, a)?.values().any(|r| kms_dkg::dkg::confirmation_in_record(r).is_some()) {
-            newest_confirmed = a;
-            break;
-        }
+    let mut all = Vec::new();
+    for a in base + 1..=attempt {
+        all.extend(records(store, a)?.into_values().map(|r| (a, r)));
     }
+    let newest_confirmed = kms_dkg::ceremony::newest_confirmed(all.iter().map(|(a, r)| (*a, r)));
     Ok(Restored {
         attempt,
         records: records(store, attempt)?,

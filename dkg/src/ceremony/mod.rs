@@ -248,6 +248,17 @@ pub struct Restored {
     pub newest_confirmed: u64,
 }
 
+/// The newest attempt among `records` (attempt, record) that holds this node's own transcript
+/// confirmation, 0 if none: [`Restored::newest_confirmed`] from a store's records.
+pub fn newest_confirmed<'a>(records: impl IntoIterator<Item = (u64, &'a DkgRecord)>) -> u64 {
+    records
+        .into_iter()
+        .filter(|(_, r)| confirmation_in_record(r).is_some())
+        .map(|(a, _)| a)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Something that happened, for logs and metrics. Changes nothing by itself.
 #[derive(Debug)]
 #[non_exhaustive]

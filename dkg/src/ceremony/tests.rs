@@ -87,13 +87,7 @@ impl Store {
             .filter(|((a, _), _)| *a == self.attempt)
             .map(|((_, s), r)| (*s, r.clone()))
             .collect();
-        let newest_confirmed = self
-            .records
-            .iter()
-            .filter(|(_, r)| crate::dkg::confirmation_in_record(r).is_some())
-            .map(|((a, _), _)| *a)
-            .max()
-            .unwrap_or(0);
+        let newest_confirmed = newest_confirmed(self.records.iter().map(|((a, _), r)| (*a, r)));
         Restored {
             attempt: self.attempt,
             active: None,

@@ -596,13 +596,8 @@ impl Store {
             return Restored { active, records, ..Restored::default() };
         }
         let records = of(self.attempt);
-        let newest_confirmed = self
-            .records
-            .iter()
-            .filter(|(_, r)| kms_dkg::dkg::confirmation_in_record(r).is_some())
-            .map(|((a, _), _)| *a)
-            .max()
-            .unwrap_or(0);
+        let newest_confirmed =
+            kms_dkg::ceremony::newest_confirmed(self.records.iter().map(|((a, _), r)| (*a, r)));
         Restored {
             attempt: self.attempt,
             active: None,
