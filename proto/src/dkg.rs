@@ -298,6 +298,15 @@ pub enum RecoverOutcome {
         /// The helper's signed commitments.
         blinding: Box<Signed<Blinding>>,
     },
+    /// More of a [`RecoverOutcome::Value`]'s blindings when they do not fit one message (at
+    /// large t: t blindings of t - 1 points each): the blindings of the round's helpers
+    /// `offset..offset + len`, in helper order. The `Value` carries those from 0 on.
+    Blindings {
+        /// Index, in the round's helper order, of the first blinding here.
+        offset: u16,
+        /// The signed blindings.
+        blindings: Vec<Signed<Blinding>>,
+    },
 }
 
 impl std::fmt::Debug for RecoverOutcome {
@@ -314,6 +323,11 @@ impl std::fmt::Debug for RecoverOutcome {
             RecoverOutcome::Dealt { blinding } => {
                 f.debug_struct("Dealt").field("helper", &blinding.payload.header.sender).finish()
             }
+            RecoverOutcome::Blindings { offset, blindings } => f
+                .debug_struct("Blindings")
+                .field("offset", offset)
+                .field("blindings", &blindings.len())
+                .finish(),
         }
     }
 }

@@ -64,6 +64,36 @@ const BLINDING_DOMAIN: &[u8] = b"kms/v1/dkg/recovery-blinding";
 /// Domain of the request digest that names a recovery round.
 const REQUEST_DOMAIN: &[u8] = b"kms/v1/dkg/recover-request-digest";
 
+/// Bytes of signed blindings a helper puts in one reply message: half the p2p limit, leaving
+/// room for the rest of the message (a blinding of t - 1 BLS12-381 points is about 96·t bytes,
+/// so from t ≈ 70 a reply comes in parts).
+pub const REPLY_BUDGET: usize = kms_proto::codec::MAX_P2P_MESSAGE / 2;
+
+/// Splits the round's blindings (in helper order) into consecutive parts of at most `budget`
+/// bytes each (at least one blinding a part): `(offset, blindings)`.
+pub fn split_blindings(blindings: Vec<Signed<Blinding>>, budget: usize) -> Vec<(u16, Vec<Signed<Blinding>>)> {
+    let size = |b: &Signed<Blinding>| {
+        b.payload.commitments.iter().map(|c| c.len() + 8).sum::<usize>() + b.signature.len() + 128
+    };
+    let mut parts: Vec<(u16, Vec<Signed<Blinding>>)> = Vec::new();
+    let mut used = 0;
+    for (i, b) in blindings.into_iter().enumerate() {
+        let s = size(&b);
+        match parts.last_mut() {
+            Some((_, part)) if used + s <= budget => part.push(b),
+            _ => {
+                parts.push((u16::try_from(i).unwrap_or(u16::MAX), vec![b]));
+                used = 0;
+            }
+        }
+        used += s;
+    }
+    if parts.is_empty() {
+        parts.push((0, Vec::new()));
+    }
+    parts
+}
+
 /// Recovery rounds a helper serves per requester and key (an honest requester needs about
 /// `f + 1`, plus one per restart).
 pub const MAX_REQUESTS: u32 = 64;
@@ -112,6 +142,9 @@ pub(crate) struct Requester<S: Suite> {
     helpers: Vec<u16>,
     /// Verified blinded shares of this round.
     values: BTreeMap<u16, S::Scalar>,
+    /// Replies of this round still arriving in parts: the value, and the blindings by helper
+    /// position (a reply whose blindings do not fit one message comes in several).
+    parts: BTreeMap<u16, PartialReply>,
     /// Each helper's signed blinding of this round, as first seen: payload digest and the
     /// decoded commitments to `h_k`.
     blindings: BTreeMap<u16, ([u8; 32], Vec<S::Point>)>,
@@ -122,6 +155,12 @@ pub(crate) struct Requester<S: Suite> {
     /// Rounds each helper was in that timed out (a silent helper stalls its whole round, so
     /// the silent one is the helper that keeps being in such rounds).
     timed_out: BTreeMap<u16, u32>,
+}
+
+/// A helper's reply while its parts arrive.
+struct PartialReply {
+    value: Option<Vec<u8>>,
+    blindings: Vec<Option<Signed<Blinding>>>,
 }
 
 /// What a reply did to the requester.
@@ -151,6 +190,7 @@ impl<S: Suite> Requester<S> {
             digest: [0; 32],
             helpers: Vec::new(),
             values: BTreeMap::new(),
+            parts: BTreeMap::new(),
             blindings: BTreeMap::new(),
             culprits: BTreeSet::new(),
             alive: BTreeSet::new(),
@@ -214,6 +254,7 @@ impl<S: Suite> Requester<S> {
             S::zeroize_scalar(y);
         }
         self.values.clear();
+        self.parts.clear();
         self.blindings.clear();
         self.alive.clear();
         // Rounds wait longer as they fail (up to 8 round timeouts), so a long outage does not
@@ -285,13 +326,59 @@ impl<S: Suite> Requester<S> {
         }
         match &reply.outcome {
             RecoverOutcome::Value { value, blindings } => {
-                self.on_value(from, value, blindings, identity, now)
+                self.on_part(from, Some(value), 0, blindings, identity, now)
+            }
+            RecoverOutcome::Blindings { offset, blindings } => {
+                self.on_part(from, None, *offset, blindings, identity, now)
             }
             RecoverOutcome::Dispute { blinding, share } => {
                 Ok(self.on_dispute(from, blinding, share, identity, now))
             }
             RecoverOutcome::Dealt { blinding } => Ok(self.on_dealt(from, blinding, identity, now)),
         }
+    }
+
+    /// Takes one part of helper `from`'s reply; checks the reply once it is whole.
+    fn on_part(
+        &mut self,
+        from: u16,
+        value: Option<&Vec<u8>>,
+        offset: u16,
+        blindings: &[Signed<Blinding>],
+        identity: &SigningKey,
+        now: Duration,
+    ) -> Result<Step<S>, Ignored> {
+        let n = self.helpers.len();
+        let reply =
+            self.parts.entry(from).or_insert_with(|| PartialReply { value: None, blindings: vec![None; n] });
+        if let Some(v) = value {
+            if reply.value.is_some() {
+                return Err(Ignored::Duplicate(from));
+            }
+            reply.value = Some(v.clone());
+        }
+        let start = usize::from(offset);
+        if start + blindings.len() > n {
+            return Ok(self.blame(from, Fault::BadRecoveryReply, identity, now));
+        }
+        for (slot, b) in reply.blindings[start..].iter_mut().zip(blindings) {
+            match slot {
+                Some(held) if held != b => {
+                    return Ok(self.blame(from, Fault::BadRecoveryReply, identity, now));
+                }
+                Some(_) => {}
+                None => *slot = Some(b.clone()),
+            }
+        }
+        let whole = reply.value.is_some() && reply.blindings.iter().all(Option::is_some);
+        if !whole {
+            return Ok(Step::Continue(Vec::new()));
+        }
+        let Some(PartialReply { value: Some(value), blindings }) = self.parts.remove(&from) else {
+            return Ok(Step::Continue(Vec::new()));
+        };
+        let blindings: Vec<Signed<Blinding>> = blindings.into_iter().flatten().collect();
+        self.on_value(from, &value, &blindings, identity, now)
     }
 
     fn on_value(
@@ -546,6 +633,8 @@ pub struct Helper<S: Suite> {
     session: [u8; 32],
     identity: SigningKey,
     roster: Vec<VerifyingKey>,
+    /// Bytes of blindings per reply message ([`REPLY_BUDGET`]; smaller in tests).
+    reply_budget: usize,
     rounds: BTreeMap<u16, HelperRound<S>>,
     /// Digests of the requests served, per requester (at most [`MAX_REQUESTS`] each).
     served: BTreeMap<u16, BTreeSet<[u8; 32]>>,
@@ -564,7 +653,14 @@ impl<S: Suite> std::fmt::Debug for Helper<S> {
 impl<S: Suite> Helper<S> {
     /// A helper for the cluster `session` with this node's identity and the roster.
     pub fn new(session: [u8; 32], identity: SigningKey, roster: Vec<VerifyingKey>) -> Self {
-        Helper { session, identity, roster, rounds: BTreeMap::new(), served: BTreeMap::new() }
+        Helper {
+            session,
+            identity,
+            roster,
+            reply_budget: REPLY_BUDGET,
+            rounds: BTreeMap::new(),
+            served: BTreeMap::new(),
+        }
     }
 
     fn verify<T: kms_proto::dkg::SignedPayload>(&self, node: u16, signed: &Signed<T>) -> bool {
@@ -775,14 +871,25 @@ impl<S: Suite> Helper<S> {
             y += v;
             blindings.push(b.clone());
         }
-        let outcome = RecoverOutcome::Value { value: S::encode_scalar(&y), blindings };
+        // At large t the blindings outgrow one message (t of them, t - 1 points each): the
+        // value goes with the first part, the rest follow.
+        let mut parts = split_blindings(blindings, self.reply_budget).into_iter();
+        let (_, first) = parts.next().unwrap_or_default();
+        let mut outcomes = vec![RecoverOutcome::Value { value: S::encode_scalar(&y), blindings: first }];
+        outcomes.extend(parts.map(|(offset, blindings)| RecoverOutcome::Blindings { offset, blindings }));
         S::zeroize_scalar(&mut y);
         // The values are spent; drop them now.
         for (_, v) in round.received.values_mut() {
             S::zeroize_scalar(v);
         }
-        let reply = RecoverReply { header, request: round.digest, outcome };
-        vec![Action::Send { to: r, message: DkgMessage::new(DkgBody::RecoverReply(Box::new(reply))) }]
+        let request = round.digest;
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                let reply = RecoverReply { header, request, outcome };
+                Action::Send { to: r, message: DkgMessage::new(DkgBody::RecoverReply(Box::new(reply))) }
+            })
+            .collect()
     }
 }
 

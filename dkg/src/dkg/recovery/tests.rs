@@ -461,10 +461,23 @@ fn the_requester_ignores_replies_that_are_not_for_its_round() {
     let mut net = Net::<Ed25519>::new(3, 5, 1, 15);
     let key = net.keys[0].clone();
     let digest = net.requester.digest;
+    let helpers = net.requester.helpers.clone();
+    // A blinding for every helper of the round, none of them really signed.
+    let forged: Vec<Signed<Blinding>> = helpers
+        .iter()
+        .map(|&k| Signed {
+            payload: Blinding {
+                header: Header { session: SESSION, attempt: 0, suite: Ed25519::ID, sender: k },
+                request: digest,
+                commitments: vec![vec![0; 32]; 2],
+            },
+            signature: vec![0; 64],
+        })
+        .collect();
     let reply = |sender: u16, request: [u8; 32]| RecoverReply {
         header: Header { session: SESSION, attempt: 0, suite: Ed25519::ID, sender },
         request,
-        outcome: RecoverOutcome::Value { value: vec![0; 32], blindings: vec![] },
+        outcome: RecoverOutcome::Value { value: vec![0; 32], blindings: forged.clone() },
     };
     let now = net.now;
     let r = &mut net.requester;
@@ -474,8 +487,26 @@ fn the_requester_ignores_replies_that_are_not_for_its_round() {
     assert!(matches!(got, Err(Ignored::Late(i)) if i == outsider), "not a helper");
     assert!(matches!(r.handle_reply(h, reply(h, [1; 32]), &key, now), Err(Ignored::Late(_))), "other round");
     assert!(matches!(r.handle_reply(h, reply(other, digest), &key, now), Err(Ignored::Misrouted { .. })));
-    // A well-formed reply that does not verify is blamed, not ignored.
+    // A reply with fewer blindings than helpers waits for its other parts; nobody is blamed yet.
+    let mut short = reply(other, digest);
+    if let RecoverOutcome::Value { blindings, .. } = &mut short.outcome {
+        blindings.truncate(1);
+    }
+    assert!(matches!(r.handle_reply(other, short, &key, now), Ok(Step::Continue(a)) if a.is_empty()));
+    assert!(r.culprits().next().is_none());
+    // A whole reply that does not verify is blamed, not ignored (its blindings' signatures are
+    // the forwarder's fault).
     assert!(matches!(r.handle_reply(h, reply(h, digest), &key, now), Ok(Step::Continue(_))));
+    assert_eq!(net.culprits(), vec![Culprit { node: h, fault: Fault::BadRecoveryReply }]);
+    // A part past the round's helpers is blamed too (in a round of its own).
+    let mut net = Net::<Ed25519>::new(3, 5, 1, 15);
+    let (digest, h) = (net.requester.digest, net.requester.helpers[0]);
+    let beyond = RecoverReply {
+        header: Header { session: SESSION, attempt: 0, suite: Ed25519::ID, sender: h },
+        request: digest,
+        outcome: RecoverOutcome::Blindings { offset: 3, blindings: forged[..1].to_vec() },
+    };
+    assert!(matches!(net.requester.handle_reply(h, beyond, &key, now), Ok(Step::Continue(_))));
     assert_eq!(net.culprits(), vec![Culprit { node: h, fault: Fault::BadRecoveryReply }]);
 }
 
@@ -517,4 +548,66 @@ fn random_corruption_never_yields_a_wrong_share_or_a_panic() {
         }
     }
     assert!(recovered >= 25, "recovery usually gets through within 12 rounds: {recovered}/40");
+}
+
+/// A reply whose blindings do not fit one message comes in parts (here one blinding a part), and
+/// the requester, holding the parts until the reply is whole, recovers the exact share.
+#[test]
+fn a_reply_in_parts_recovers_the_exact_share() {
+    let parts = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = parts.clone();
+    let mut net = Net::<Ed25519>::new(4, 7, 2, 11).tamper(move |_, _, m, _| {
+        if let DkgBody::RecoverReply(r) = &m.body {
+            if matches!(r.outcome, RecoverOutcome::Blindings { .. }) {
+                seen.set(seen.get() + 1);
+            }
+        }
+        true
+    });
+    for h in net.helpers.values_mut() {
+        h.reply_budget = 1;
+    }
+    assert!(net.run());
+    net.assert_exact_share();
+    // Each of the t = 4 helpers' replies: the value with one blinding, then three more parts.
+    assert!(parts.get() >= 4 * 3, "{} parts", parts.get());
+    assert!(net.culprits().is_empty());
+}
+
+/// At the largest thresholds a reply with every blinding would far exceed the p2p limit
+/// (t = 600 with BLS12-381: 600 blindings of 599 points); split by [`REPLY_BUDGET`] every part
+/// fits, and the parts hold every blinding once, in order.
+#[test]
+fn reply_parts_fit_the_p2p_limit_at_large_t() {
+    let t = 600usize;
+    let header =
+        Header { session: SESSION, attempt: 1, suite: kms_proto::dkg::SuiteId::Bls12381G2, sender: 1 };
+    let blinding = |k: u16| Signed {
+        payload: Blinding {
+            header: Header { sender: k, ..header },
+            request: [7; 32],
+            commitments: vec![vec![0xab; 96]; t - 1],
+        },
+        signature: vec![0; 64],
+    };
+    let all: Vec<Signed<Blinding>> = (1..=t as u16).map(blinding).collect();
+    let points: usize = all.iter().map(|b| b.payload.commitments.iter().map(Vec::len).sum::<usize>()).sum();
+    assert!(points > 30 * kms_proto::codec::MAX_P2P_MESSAGE, "one message with every blinding would not fit");
+    let parts = split_blindings(all.clone(), REPLY_BUDGET);
+    assert!(parts.len() > 1);
+    let mut rebuilt = Vec::new();
+    for (i, (offset, blindings)) in parts.into_iter().enumerate() {
+        assert_eq!(usize::from(offset), rebuilt.len());
+        rebuilt.extend(blindings.iter().cloned());
+        let outcome = if i == 0 {
+            RecoverOutcome::Value { value: vec![1; 32], blindings }
+        } else {
+            RecoverOutcome::Blindings { offset, blindings }
+        };
+        let reply = RecoverReply { header, request: [7; 32], outcome };
+        let m = DkgMessage::new(DkgBody::RecoverReply(Box::new(reply)));
+        let bytes = kms_proto::codec::encode_p2p(&m);
+        assert!(bytes.len() <= kms_proto::codec::MAX_P2P_MESSAGE);
+    }
+    assert!(rebuilt == all);
 }
