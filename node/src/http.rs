@@ -624,6 +624,13 @@ async fn metrics(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<
     s.metrics.dkg_state.set(status.gauge());
     let epoch = s.shared.active().map_or(0, |k| k.epoch);
     s.metrics.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    s.metrics.log_entries.set(s.store.log_size().map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)));
+    let cosignatures = match s.store.published() {
+        Ok(Some(text)) => kms_proto::checkpoint::SignedCheckpoint::parse(&text)
+            .map_or(-1, |c| i64::try_from(c.signatures.len().saturating_sub(1)).unwrap_or(i64::MAX)),
+        _ => -1,
+    };
+    s.metrics.log_cosignatures.set(cosignatures);
     s.metrics
         .persist_failures
         .set(s.shared.persist_failures.load(std::sync::atomic::Ordering::Relaxed) as i64);

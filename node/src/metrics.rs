@@ -60,6 +60,10 @@ pub struct Metrics {
     pub failed_attempts: Gauge<i64, AtomicI64>,
     /// Active epoch (0 before the first DKG).
     pub epoch: Gauge<i64, AtomicI64>,
+    /// Entries in the audit log (its tree size).
+    pub log_entries: Gauge<i64, AtomicI64>,
+    /// Witnesses' co-signatures on the last published checkpoint (-1: none published yet).
+    pub log_cosignatures: Gauge<i64, AtomicI64>,
     /// Connected roster peers.
     pub peers: Gauge<i64, AtomicI64>,
     /// Duration of the last successful DKG, seconds (0 if none ran in this process).
@@ -95,6 +99,8 @@ impl Default for Metrics {
             Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let dkg_state = Gauge::default();
         let epoch = Gauge::default();
+        let log_entries = Gauge::default();
+        let log_cosignatures = Gauge::default();
         let peers = Gauge::default();
         let dkg_seconds = Gauge::<f64, AtomicU64>::default();
         let persist_failures = Gauge::default();
@@ -157,6 +163,12 @@ impl Default for Metrics {
             failed_attempts.clone(),
         );
         registry.register("epoch", "Active key epoch", epoch.clone());
+        registry.register("log_entries", "Entries in the audit log", log_entries.clone());
+        registry.register(
+            "log_cosignatures",
+            "Witnesses' co-signatures on the last published checkpoint (-1: none yet)",
+            log_cosignatures.clone(),
+        );
         registry.register("peers_connected", "Connected roster peers", peers.clone());
         registry.register(
             "dkg_duration_seconds",
@@ -171,6 +183,8 @@ impl Default for Metrics {
             persist_failures,
             failed_attempts,
             epoch,
+            log_entries,
+            log_cosignatures,
             peers,
             dkg_seconds,
             threshold,

@@ -242,6 +242,10 @@ fn members_cosign_each_others_checkpoints_and_catch_equivocation() {
         std::thread::sleep(Duration::from_millis(200));
     };
     published.verify(&names[0].0, &names[0].1).unwrap();
+    let (_, metrics) = c.nodes[0].get("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("kms_log_entries 3"), "{metrics}");
+    assert!(metrics.contains("kms_log_cosignatures 2"), "{metrics}");
 
     // Node 2, as a witness of node 1's log, holds that checkpoint.
     let witnessed = |i: usize| get_json_at(&c, i, &format!("/v1/log/witnessed?origin={}", names[0].0));
