@@ -122,13 +122,19 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// Largest answer read from a node's log endpoints (a page of 1 000 entries is about 1.5 MB).
+const MAX_LOG_ANSWER: usize = 4 << 20;
+
 /// Most pages of one app's entries read from one node in a run (a million entries).
 const MAX_PAGES: u32 = 1000;
 
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     let r = client.get(url).send().await.map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
-    let body = r.bytes().await.map_err(|e| e.to_string())?;
+    let body = crate::fetch::read_limited(r, MAX_LOG_ANSWER)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{url}: answer larger than {MAX_LOG_ANSWER} bytes"))?;
     if status != 200 {
         return Err(format!("{url}: status {status}: {}", String::from_utf8_lossy(&body)));
     }

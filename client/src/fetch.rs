@@ -172,7 +172,10 @@ const MAX_NODE_ANSWER: usize = 64 << 10;
 
 /// Reads a body chunk by chunk, giving up (`Ok(None)`) past `max` bytes: a faulty or hostile
 /// node cannot make the client buffer an unbounded answer.
-async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Option<Vec<u8>>, reqwest::Error> {
+pub(crate) async fn read_limited(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if out.len() + chunk.len() > max {

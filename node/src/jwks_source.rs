@@ -109,15 +109,10 @@ impl JwksSource {
         if !resp.status().is_success() {
             return Err(format!("GET {url}: status {}", resp.status()));
         }
-        // Read chunk by chunk and stop past the limit, rather than buffer whatever arrives.
-        let mut resp = resp;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("GET {url}: JWKS larger than {MAX_JWKS_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_limited(resp, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .ok_or_else(|| format!("GET {url}: JWKS larger than {MAX_JWKS_BYTES} bytes"))?;
         Jwks::from_json(&body).map_err(|e| format!("GET {url}: {e}"))
     }
 
@@ -168,4 +163,20 @@ impl JwksSource {
         }
         self.knows(kid)
     }
+}
+
+/// Reads a body chunk by chunk, giving up (`Ok(None)`) past `max` bytes, rather than buffer
+/// whatever a remote server sends (the issuer's keys, a witness's answers).
+pub(crate) async fn read_limited(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
 }

@@ -25,9 +25,13 @@ use kms_proto::ErrorCode;
 
 use crate::api_error::ApiError;
 use crate::http::AppState;
+use crate::jwks_source::read_limited;
 use crate::service::KeyService;
 use crate::state::Shared;
 use crate::store::StoreError;
+
+/// Largest answer read from a witness (at most three checkpoints of 16 KiB).
+const MAX_WITNESS_ANSWER: usize = 64 << 10;
 
 /// Serializes co-signing ([`cosign`]).
 static COSIGNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -274,7 +278,10 @@ async fn ask(
     if !r.status().is_success() {
         return Err(format!("{url}: status {}", r.status()));
     }
-    let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+    let bytes = read_limited(r, MAX_WITNESS_ANSWER)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the witness's answer is too large")?;
     let held: Witnessed = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     let old = match held.checkpoint.as_deref().map(SignedCheckpoint::parse) {
         Some(Ok(c)) => c.checkpoint.size,
@@ -295,7 +302,10 @@ async fn ask(
         .await
         .map_err(|e| e.to_string())?;
     let status = r.status();
-    let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+    let bytes = read_limited(r, MAX_WITNESS_ANSWER)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the witness's answer is too large")?;
     if !status.is_success() {
         return Err(format!("status {status}: {}", String::from_utf8_lossy(&bytes)));
     }
