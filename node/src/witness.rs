@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use kms_proto::checkpoint::{origin, Checkpoint, NoteSignature, SignedCheckpoint};
+use kms_proto::checkpoint::{origin, NoteSignature, SignedCheckpoint};
 use kms_proto::cluster::identity_of_peer_id;
 use kms_proto::merkle::{consistency_proof_in, verify_consistency};
 use kms_proto::ErrorCode;
@@ -247,14 +247,13 @@ async fn publish_once(
     for m in shared.membership().members.iter().filter(|m| m.peer_id != me) {
         let Some(key) = identity_of_peer_id(&m.peer_id) else { continue };
         let base = m.http_url.trim_end_matches('/');
-        match ask(client, base, &own, &signed.checkpoint, keys).await {
+        match ask(client, base, &own, &text, signed.checkpoint.size, keys).await {
             Ok(line) => {
                 let name = origin(&keys.cluster_id, &key);
-                let mut with = signed.clone();
-                with.signatures.push(line.clone());
-                if line.name == name && with.verify(&name, &key).is_ok() {
-                    signed.signatures.push(line);
-                } else {
+                let named = line.name == name;
+                signed.signatures.push(line);
+                if !named || signed.verify(&name, &key).is_err() {
+                    signed.signatures.pop();
                     tracing::warn!(witness = m.index, "a witness's co-signature does not verify");
                 }
             }
@@ -265,12 +264,14 @@ async fn publish_once(
     Ok(Some(size))
 }
 
-/// Asks the witness at `base` to co-sign `checkpoint` of the log `own`.
+/// Asks the witness at `base` to co-sign `text`, this node's signed checkpoint of `size`
+/// entries of its log `own`.
 async fn ask(
     client: &reqwest::Client,
     base: &str,
     own: &str,
-    checkpoint: &Checkpoint,
+    text: &str,
+    size: u64,
     keys: &KeyService,
 ) -> Result<NoteSignature, String> {
     let url = format!("{base}/v1/log/witnessed?origin={own}");
@@ -287,12 +288,10 @@ async fn ask(
         Some(Ok(c)) => c.checkpoint.size,
         _ => 0,
     };
-    let proof = consistency_proof_in(&keys.store.log_tree(), old, checkpoint.size)
+    let proof = consistency_proof_in(&keys.store.log_tree(), old, size)
         .map_err(|e| e.to_string())?
         .ok_or("the witness holds a larger checkpoint than the log")?;
-    // The checkpoint as this node signed it (its own signature only).
-    let text = SignedCheckpoint::new(checkpoint.clone(), &keys.identity).to_text();
-    let body = CosignRequest { checkpoint: text, proof: proof.iter().map(hex::encode).collect() };
+    let body = CosignRequest { checkpoint: text.to_string(), proof: proof.iter().map(hex::encode).collect() };
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let r = client
         .post(format!("{base}/v1/log/cosign"))
