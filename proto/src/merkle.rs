@@ -46,7 +46,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 }
 
 /// The largest power of two strictly below `n` (`n ≥ 2`).
-fn split(n: usize) -> usize {
+fn split(n: u64) -> u64 {
     n.next_power_of_two() / 2
 }
 
@@ -56,7 +56,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
         [] => Sha256::digest([]).into(),
         [one] => *one,
         _ => {
-            let k = split(leaves.len());
+            let k = split(leaves.len() as u64) as usize;
             node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
         }
     }
@@ -81,7 +81,7 @@ pub trait Subtrees {
         if size.is_power_of_two() && start % size == 0 {
             return self.perfect(start, size);
         }
-        let k = size.next_power_of_two() / 2;
+        let k = split(size);
         Ok(node_hash(&self.range(start, k)?, &self.range(start + k, size - k)?))
     }
 }
@@ -129,7 +129,7 @@ fn path<T: Subtrees + ?Sized>(
     if n <= 1 {
         return Ok(());
     }
-    let k = n.next_power_of_two() / 2;
+    let k = split(n);
     if m < k {
         path(tree, m, start, k, out)?;
         out.push(tree.range(start + k, n - k)?);
@@ -181,7 +181,7 @@ fn subproof<T: Subtrees + ?Sized>(
         }
         return Ok(());
     }
-    let k = n.next_power_of_two() / 2;
+    let k = split(n);
     if m <= k {
         subproof(tree, m, start, k, whole, out)?;
         out.push(tree.range(start + k, n - k)?);
