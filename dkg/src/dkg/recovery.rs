@@ -157,9 +157,9 @@ pub(crate) struct Requester<S: Suite> {
     timed_out: BTreeMap<u16, u32>,
 }
 
-/// A helper's reply while its parts arrive.
+/// A helper's reply while its parts arrive (the blinded value wiped on drop, as in the reply).
 struct PartialReply {
-    value: Option<Vec<u8>>,
+    value: Option<zeroize::Zeroizing<Vec<u8>>>,
     blindings: Vec<Option<Signed<Blinding>>>,
 }
 
@@ -355,7 +355,7 @@ impl<S: Suite> Requester<S> {
             if reply.value.is_some() {
                 return Err(Ignored::Duplicate(from));
             }
-            reply.value = Some(v.clone());
+            reply.value = Some(zeroize::Zeroizing::new(v.clone()));
         }
         let start = usize::from(offset);
         if start + blindings.len() > n {
