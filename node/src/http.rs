@@ -359,12 +359,12 @@ async fn audit(
             ));
         }
         // One more than asked for says whether a next page exists.
-        let mut entries = s.store.audit_page(&app, start, limit as usize + 1).map_err(ApiError::internal)?;
-        let next = (entries.len() > limit as usize).then(|| entries.pop().map(|e| e.id)).flatten();
+        let mut entries =
+            s.store.audit_page_encoded(&app, start, limit as usize + 1).map_err(ApiError::internal)?;
+        let next = (entries.len() > limit as usize).then(|| entries.pop().map(|(e, _)| e.id)).flatten();
         let entries: Vec<serde_json::Value> = entries
             .into_iter()
-            .map(|e| {
-                let bytes = e.to_log_entry().encode();
+            .map(|(e, bytes)| {
                 let mut v = serde_json::to_value(&e).unwrap_or_default();
                 v["leaf_hash"] = hex::encode(kms_proto::merkle::leaf_hash(&bytes)).into();
                 v["entry"] = hex::encode(&bytes).into();

@@ -757,6 +757,17 @@ impl NodeStore {
 
     /// Up to `limit` entries of `app` from index `from` on, oldest first.
     pub fn audit_page(&self, app: &AppId, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self.audit_page_encoded(app, from, limit)?.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// [`NodeStore::audit_page`], each entry with its stored encoding (what the tree's leaf
+    /// hashes).
+    pub fn audit_page_encoded(
+        &self,
+        app: &AppId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(AuditEntry, Vec<u8>)>, StoreError> {
         let size = self.log_size()?;
         let prefix = log_key(LOG_APP, &[app.as_bytes()]);
         let start = log_key(LOG_APP, &[app.as_bytes(), &from.to_be_bytes()]);
@@ -774,7 +785,7 @@ impl NodeStore {
             // An index record left by an append a crash cut short names an index that now holds
             // another app's entry.
             if entry.app_id == *app {
-                out.push(AuditEntry::from_log_entry(index, entry));
+                out.push((AuditEntry::from_log_entry(index, entry), bytes));
             }
         }
         Ok(out)
