@@ -1169,6 +1169,7 @@ impl Ceremonies {
         self.retry_at = None;
         self.ahead.clear();
         self.behind.clear();
+        self.key_set_senders.clear();
     }
 
     /// Sends peer `from`, which is still in a ceremony (its message was of `attempt`), this
