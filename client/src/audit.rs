@@ -200,51 +200,14 @@ async fn audit_node(
 
     // The checkpoint the node published with its witnesses' co-signatures must be a prefix of
     // the one it shows this monitor: a node that shows this monitor another history than its
-    // witnesses saw is caught here.
+    // witnesses saw is caught here. So must the one this monitor kept from its last run.
+    let shown = Shown { text: &text, size, root };
     if let Ok(body) = get(client, &format!("{base}/v1/log/cosigned")).await {
-        let cosigned_text = String::from_utf8_lossy(&body).to_string();
-        let cosigned = SignedCheckpoint::parse(&cosigned_text)
-            .map_err(|e| Finding::BadCheckpoint { node, reason: format!("co-signed checkpoint: {e}") })?;
-        cosigned
-            .verify(name, key)
-            .map_err(|e| Finding::BadCheckpoint { node, reason: format!("co-signed checkpoint: {e}") })?;
-        let (c, c_root) = (cosigned.checkpoint.size, cosigned.checkpoint.root);
-        let forked = |reason: String| Finding::RewrittenHistory { node, before: c, now: size, reason };
-        if c > size {
-            return Err(forked("the co-signed checkpoint is larger than the one shown".into()));
-        }
-        if c == size && c_root != root {
-            return Err(Finding::Equivocation { node, before: cosigned_text, now: text });
-        }
-        if c < size {
-            let v = get_json(client, &format!("{base}/v1/log/consistency?first={c}&second={size}"))
-                .await
-                .map_err(unreachable)?;
-            let proof = hashes(&v["proof"]).ok_or_else(|| forked("malformed consistency proof".into()))?;
-            verify_consistency(c, size, &proof, &c_root, &root)
-                .map_err(|e| forked(format!("consistency proof from the co-signed checkpoint: {e}")))?;
-        }
+        let cosigned = String::from_utf8_lossy(&body).to_string();
+        check_extends(client, node, base, name, key, &cosigned, "co-signed checkpoint", &shown).await?;
     }
-
-    if let Some(before_text) = seen.checkpoints.get(name) {
-        let before = SignedCheckpoint::parse(before_text)
-            .map_err(|e| Finding::BadCheckpoint { node, reason: format!("kept checkpoint: {e}") })?;
-        let (old, old_root) = (before.checkpoint.size, before.checkpoint.root);
-        let rewritten = |reason: String| Finding::RewrittenHistory { node, before: old, now: size, reason };
-        if old == size && old_root != root {
-            return Err(Finding::Equivocation { node, before: before_text.clone(), now: text });
-        }
-        if old > size {
-            return Err(rewritten("the log is smaller than before".into()));
-        }
-        if old < size {
-            let v = get_json(client, &format!("{base}/v1/log/consistency?first={old}&second={size}"))
-                .await
-                .map_err(unreachable)?;
-            let proof = hashes(&v["proof"]).ok_or_else(|| rewritten("malformed consistency proof".into()))?;
-            verify_consistency(old, size, &proof, &old_root, &root)
-                .map_err(|e| rewritten(format!("consistency proof: {e}")))?;
-        }
+    if let Some(kept) = seen.checkpoints.get(name) {
+        check_extends(client, node, base, name, key, kept, "kept checkpoint", &shown).await?;
     }
 
     // Pages must move forward: ids strictly increasing from `start`, `next` past the last id.
@@ -283,6 +246,50 @@ async fn audit_node(
     }
     report.sizes.insert(node, size);
     seen.checkpoints.insert(name.to_string(), text);
+    Ok(())
+}
+
+/// The checkpoint a node shows this run.
+struct Shown<'a> {
+    text: &'a str,
+    size: u64,
+    root: Hash,
+}
+
+/// Checks that `shown` extends `earlier`, another checkpoint of the same log (`what` names it):
+/// the same size with another root is equivocation (both texts are the evidence); a smaller size,
+/// or a consistency proof from the earlier size that does not verify, is a rewritten history.
+#[allow(clippy::too_many_arguments)]
+async fn check_extends(
+    client: &reqwest::Client,
+    node: u16,
+    base: &str,
+    name: &str,
+    key: &ed25519_dalek::VerifyingKey,
+    earlier: &str,
+    what: &str,
+    shown: &Shown<'_>,
+) -> Result<(), Finding> {
+    let bad = |e: String| Finding::BadCheckpoint { node, reason: format!("{what}: {e}") };
+    let before = SignedCheckpoint::parse(earlier).map_err(|e| bad(e.to_string()))?;
+    before.verify(name, key).map_err(|e| bad(e.to_string()))?;
+    let (old, old_root) = (before.checkpoint.size, before.checkpoint.root);
+    let rewritten = |reason: String| Finding::RewrittenHistory { node, before: old, now: shown.size, reason };
+    if old == shown.size && old_root != shown.root {
+        return Err(Finding::Equivocation { node, before: earlier.to_string(), now: shown.text.to_string() });
+    }
+    if old > shown.size {
+        return Err(rewritten(format!("the log is smaller than the {what}")));
+    }
+    if old < shown.size {
+        let size = shown.size;
+        let v = get_json(client, &format!("{base}/v1/log/consistency?first={old}&second={size}"))
+            .await
+            .map_err(|reason| Finding::Unreachable { node, reason })?;
+        let proof = hashes(&v["proof"]).ok_or_else(|| rewritten("malformed consistency proof".into()))?;
+        verify_consistency(old, size, &proof, &old_root, &shown.root)
+            .map_err(|e| rewritten(format!("consistency proof from the {what}: {e}")))?;
+    }
     Ok(())
 }
 
