@@ -27,11 +27,13 @@ pub struct FetchOptions {
     pub client: Option<reqwest::Client>,
     /// The owner-signed manifest to present, if the enclave carries one.
     pub manifest: Option<SignedManifest>,
+    /// The instance's lease, for an app that allows a single instance ([`crate::lease`]).
+    pub lease: Option<crate::lease::Lease>,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { timeout: Duration::from_secs(5), client: None, manifest: None }
+        FetchOptions { timeout: Duration::from_secs(5), client: None, manifest: None, lease: None }
     }
 }
 
@@ -375,9 +377,11 @@ async fn fetch_once(
         time: unix_now(),
         evidence: Evidence::ConfidentialSpace { token: String::new() },
         manifest: opts.manifest.clone(),
+        lease: None,
     };
     let binding = request.binding();
     request.evidence = provider.evidence(&binding).await?;
+    request.lease = opts.lease.as_ref().map(|l| l.proof(&binding));
     let body = encode_json(&request);
     let client = match &opts.client {
         Some(c) => c.clone(),

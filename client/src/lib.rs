@@ -9,6 +9,8 @@
 //! * [`cluster`]: load and verify the signed cluster descriptor.
 //! * [`fetch`]: ask every node at once, verify each partial, combine t, check against `MPK`,
 //!   report what every node did.
+//! * [`lease`]: single-instance leases: acquire, renew (heartbeat), release; the proof a key
+//!   request carries.
 //! * [`provider`]: attestation evidence bound to a request (Confidential Space launcher socket,
 //!   Linux TDX configfs-tsm, a local dev issuer).
 //! * [`secrets`]: encrypt to an app offline and decrypt with a fetched key.
@@ -17,9 +19,11 @@
 pub mod audit;
 pub mod cluster;
 pub mod fetch;
+pub mod lease;
 pub mod provider;
 pub mod secrets;
 
 pub use cluster::{Cluster, ClusterError, Pin};
 pub use fetch::{fetch_key, FetchError, FetchOptions, Fetched, NodeOutcome};
+pub use lease::{Lease, LeaseOptions};
 pub use provider::{AttestationProvider, ProviderError};

@@ -262,6 +262,7 @@ fn keys_bench() {
                                 time: now(),
                                 evidence: Evidence::ConfidentialSpace { token: String::new() },
                                 manifest: None,
+                                lease: None,
                             };
                             let binding = req.binding();
                             req.evidence =

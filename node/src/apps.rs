@@ -22,6 +22,9 @@ pub struct Apps {
     p2p: Option<P2pHandle>,
     /// Serializes check-then-store so two concurrent uploads cannot both win.
     lock: Mutex<()>,
+    /// The clock skew leases allow (`lease.max_clock_skew_secs`): bounds the lease times
+    /// accepted.
+    max_skew_secs: u64,
 }
 
 /// What happened to an offered manifest.
@@ -34,9 +37,10 @@ pub enum Offer {
 }
 
 impl Apps {
-    /// A registry over the store; `p2p` is `None` in tests without a network.
-    pub fn new(store: Arc<NodeStore>, p2p: Option<P2pHandle>) -> Self {
-        Apps { store, p2p, lock: Mutex::new(()) }
+    /// A registry over the store; `p2p` is `None` in tests without a network. Manifests whose
+    /// lease time this node cannot guarantee with `max_skew_secs` of clock skew are refused.
+    pub fn new(store: Arc<NodeStore>, p2p: Option<P2pHandle>, max_skew_secs: u64) -> Self {
+        Apps { store, p2p, lock: Mutex::new(()), max_skew_secs }
     }
 
     /// Sends every manifest held to every roster peer (after a reshare: new members hold none).
@@ -58,6 +62,7 @@ impl Apps {
     /// Offers a manifest (from the HTTP API, a key request, or gossip).
     pub fn offer(&self, m: &SignedManifest, gossip: bool) -> Result<Offer, ApiError> {
         m.verify().map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        crate::lease::check_instance_policy(&m.manifest.policy.instances, self.max_skew_secs)?;
         let _guard = self.lock.lock().map_err(|_| ApiError::internal("manifest lock poisoned"))?;
         let app = m.manifest.app_id;
         if let Some(held) = self.store.manifest(&app).map_err(ApiError::internal)? {

@@ -43,6 +43,26 @@ pub struct Config {
     /// The audit log's retention.
     #[serde(default)]
     pub log: LogSection,
+    /// Single-instance leases.
+    #[serde(default)]
+    pub lease: LeaseSection,
+}
+
+/// Single-instance leases (`docs/node-config.md` §2.9).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseSection {
+    /// The largest difference, seconds, between this node's clock and any other clock of the
+    /// cluster (nodes and enclaves): a grant counts in a certificate only while it expires more
+    /// than this after the checker's clock. Part of the safety argument (`docs/decisions.md`
+    /// 36): set it the same on every node, above what the clocks can drift apart.
+    pub max_clock_skew_secs: u64,
+}
+
+impl Default for LeaseSection {
+    fn default() -> Self {
+        LeaseSection { max_clock_skew_secs: 2 }
+    }
 }
 
 /// The audit log's retention (`docs/node-config.md` §2.8).
@@ -387,6 +407,15 @@ impl Config {
         }
         if self.dkg.round_timeout_ms == 0 {
             return Err(err("dkg.round_timeout_ms", "must be at least 1"));
+        }
+        if self.lease.max_clock_skew_secs > kms_proto::lease::MAX_LEASE_SECS / 4 {
+            return Err(err(
+                "lease.max_clock_skew_secs",
+                format!(
+                    "must be at most {} s (a quarter of the longest lease)",
+                    kms_proto::lease::MAX_LEASE_SECS / 4
+                ),
+            ));
         }
         if let Some(m) = self.dkg.min_peers {
             if usize::from(m) > n - 1 {

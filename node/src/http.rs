@@ -122,6 +122,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys", post(keys))
         .route("/v1/apps", post(post_app))
         .route("/v1/apps/{app_id}", get(get_app))
+        .route("/v1/lease", post(lease))
+        .route("/v1/lease/{app_id}", get(lease_status))
         .route("/v1/audit", get(audit))
         .route("/v1/log/checkpoint", get(log_checkpoint))
         .route("/v1/log/inclusion", get(log_inclusion))
@@ -263,6 +265,40 @@ async fn post_app(
     }
     .await;
     finish(&s, "/v1/apps", started, r)
+}
+
+async fn lease(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let r = async {
+        let (bytes, _permit) = admit_body(&s, peer, body).await?;
+        let now = unix_now();
+        // Signatures, evidence and a flush: off the async workers.
+        let state = s.clone();
+        let grant = tokio::task::spawn_blocking(move || state.keys.lease(&bytes, now))
+            .await
+            .map_err(ApiError::internal)??;
+        Ok(json(StatusCode::OK, &grant.into_inner()))
+    }
+    .await;
+    finish(&s, "/v1/lease", started, r)
+}
+
+async fn lease_status(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(app_id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let _permit = admit(&s, peer)?;
+        let app = parse_app_id(&app_id)?;
+        Ok(json(StatusCode::OK, &s.keys.lease_status(&app, unix_now())?))
+    })();
+    finish(&s, "/v1/lease/{app_id}", started, r)
 }
 
 fn parse_app_id(s: &str) -> Result<AppId, ApiError> {

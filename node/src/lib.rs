@@ -17,6 +17,7 @@ pub mod framing;
 pub mod http;
 pub mod identity;
 pub mod jwks_source;
+pub mod lease;
 pub mod listen_file;
 pub mod membership;
 pub mod metrics;

@@ -218,7 +218,7 @@ pub async fn run(
         p2p::spawn(P2pConfig { keypair: identity.keypair.clone(), listen, roster: p2p_roster, me }).await?;
 
     let shared = Shared::new(identity.signing.verifying_key().to_bytes(), membership);
-    let apps = Arc::new(Apps::new(store.clone(), Some(p2p.clone())));
+    let apps = Arc::new(Apps::new(store.clone(), Some(p2p.clone()), cfg.lease.max_clock_skew_secs));
     let signer = Arc::new(DescriptorSigner::new(cluster_id, store.clone(), shared.clone(), p2p.clone()));
     let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let reshares = Arc::new(Reshares::new(store.clone(), shared.clone(), p2p.clone(), changes_tx));
@@ -324,6 +324,8 @@ pub async fn run(
             identity: identity.signing.clone(),
             max_age_secs: cfg.attestation.max_age_secs,
             leeway_secs: cfg.attestation.leeway_secs,
+            max_skew_secs: cfg.lease.max_clock_skew_secs,
+            lease_lock: std::sync::Mutex::new(()),
         },
         apps,
         store: store.clone(),

@@ -41,6 +41,10 @@ pub struct KeyService {
     pub max_age_secs: u64,
     /// Clock skew allowed between enclave and node, seconds.
     pub leeway_secs: u64,
+    /// Largest clock difference in the cluster assumed by leases, seconds (`lease.max_clock_skew_secs`).
+    pub max_skew_secs: u64,
+    /// Serializes each lease decision with the write of its record.
+    pub lease_lock: std::sync::Mutex<()>,
 }
 
 /// What a node trusts for TDX quotes.
@@ -70,12 +74,14 @@ pub struct Prepared {
     early: Result<Checked, ApiError>,
 }
 
-/// What verified evidence says of the requester, for the audit log.
-struct Attested {
+/// What verified evidence says of the requester, for the audit log and leases.
+pub(crate) struct Attested {
     /// Image digest (`sha256:…`) or TDX measurement (`mrtd:…`).
-    workload: Option<String>,
+    pub(crate) workload: Option<String>,
     /// The platform's instance name, where the evidence carries one.
-    instance: Option<String>,
+    pub(crate) instance: Option<String>,
+    /// The platform's instance id, where the evidence carries one.
+    pub(crate) instance_id: Option<String>,
 }
 
 /// What a request passed before its evidence is looked at.
@@ -141,7 +147,7 @@ impl KeyService {
     /// most `max_age + leeway` before `now` and at most `leeway` after it. The record is kept
     /// [`KeyService::replay_window_secs`] from the release, which covers every `now` at which the
     /// same request would pass this check again.
-    fn check_time(&self, time: u64, now: u64) -> Result<(), ApiError> {
+    pub(crate) fn check_time(&self, time: u64, now: u64) -> Result<(), ApiError> {
         let max_age = self.max_age_secs.saturating_add(self.leeway_secs);
         if time < now.saturating_sub(max_age) {
             return Err(ApiError::new(
@@ -267,47 +273,10 @@ impl KeyService {
                 format!("app {} is revoked by its owner", req.app_id),
             ));
         }
-        let attested = match &req.evidence {
-            Evidence::ConfidentialSpace { token } => {
-                let claims = self
-                    .jwks
-                    .with(|jwks| self.cs.verify_with_jwks(token, jwks, &hex::encode(binding), now))
-                    .map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                check_policy(&claims, policy).map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                Attested {
-                    workload: claims.image_digest.map(|d| d.to_string()),
-                    instance: claims.gce_instance_name.clone(),
-                }
-            }
-            Evidence::TdxQuote { .. } => {
-                let Some(tdx) = &self.tdx else {
-                    return Err(ApiError::new(
-                        ErrorCode::TdxQuoteInvalid,
-                        "this node holds no TDX collateral",
-                    ));
-                };
-                let quote = req
-                    .evidence
-                    .tdx_quote_bytes()
-                    .map_err(|e| ApiError::new(e.code(), e.to_string()))?
-                    .unwrap_or_default();
-                let expected = crate::attestation::tdx_report_data(binding);
-                #[cfg(all(feature = "test-faults", debug_assertions))]
-                let at = crate::faults::tdx_time().unwrap_or(now);
-                #[cfg(not(all(feature = "test-faults", debug_assertions)))]
-                let at = now;
-                let claims = crate::attestation::verify_tdx_quote(
-                    &quote,
-                    &tdx.collateral,
-                    at,
-                    &expected,
-                    &policy.allowed_tdx_measurements,
-                    &tdx.tcb_statuses,
-                )
-                .map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                Attested { workload: Some(format!("mrtd:{}", hex::encode(claims.mrtd))), instance: None }
-            }
-        };
+        let attested = self.attest(&req.evidence, binding, policy, now)?;
+        if !policy.instances.is_any() {
+            self.check_lease(req, binding, now)?;
+        }
         let id = KeyId::new(*req.app_id.as_bytes(), req.label.as_str())
             .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.to_string()))?;
         let partial = partial_key(&keys.bls, &id);
@@ -336,5 +305,60 @@ impl KeyService {
             &envelope,
         );
         Ok((response, attested, manifest.manifest.seq))
+    }
+
+    /// Verifies `evidence` carrying `binding` against `policy` at `now`, on this node alone.
+    pub(crate) fn attest(
+        &self,
+        evidence: &Evidence,
+        binding: &[u8; 32],
+        policy: &kms_proto::app::Policy,
+        now: u64,
+    ) -> Result<Attested, ApiError> {
+        Ok(match evidence {
+            Evidence::ConfidentialSpace { token } => {
+                let claims = self
+                    .jwks
+                    .with(|jwks| self.cs.verify_with_jwks(token, jwks, &hex::encode(binding), now))
+                    .map_err(|e| ApiError::new(e.code(), e.reason()))?;
+                check_policy(&claims, policy).map_err(|e| ApiError::new(e.code(), e.reason()))?;
+                Attested {
+                    workload: claims.image_digest.map(|d| d.to_string()),
+                    instance: claims.gce_instance_name.clone(),
+                    instance_id: claims.gce_instance_id.clone(),
+                }
+            }
+            Evidence::TdxQuote { .. } => {
+                let Some(tdx) = &self.tdx else {
+                    return Err(ApiError::new(
+                        ErrorCode::TdxQuoteInvalid,
+                        "this node holds no TDX collateral",
+                    ));
+                };
+                let quote = evidence
+                    .tdx_quote_bytes()
+                    .map_err(|e| ApiError::new(e.code(), e.to_string()))?
+                    .unwrap_or_default();
+                let expected = crate::attestation::tdx_report_data(binding);
+                #[cfg(all(feature = "test-faults", debug_assertions))]
+                let at = crate::faults::tdx_time().unwrap_or(now);
+                #[cfg(not(all(feature = "test-faults", debug_assertions)))]
+                let at = now;
+                let claims = crate::attestation::verify_tdx_quote(
+                    &quote,
+                    &tdx.collateral,
+                    at,
+                    &expected,
+                    &policy.allowed_tdx_measurements,
+                    &tdx.tcb_statuses,
+                )
+                .map_err(|e| ApiError::new(e.code(), e.reason()))?;
+                Attested {
+                    workload: Some(format!("mrtd:{}", hex::encode(claims.mrtd))),
+                    instance: None,
+                    instance_id: None,
+                }
+            }
+        })
     }
 }

@@ -34,6 +34,8 @@ pub enum Space {
     /// The audit log as an RFC 9162 tree: entries by index, perfect-subtree hashes, the size,
     /// the index of each leaf hash, and each app's entry indices.
     Log,
+    /// Each app's lease record ([`kms_proto::lease::LeaseRecord`]).
+    Lease,
 }
 
 impl Space {
@@ -45,6 +47,7 @@ impl Space {
             Space::Replay => "replay",
             Space::Audit => "audit",
             Space::Log => "log",
+            Space::Lease => "lease",
         }
     }
 }
@@ -639,6 +642,20 @@ impl NodeStore {
             .into_iter()
             .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt("manifest".into())))
             .collect()
+    }
+
+    /// This node's lease record of `app`, if it ever granted one.
+    pub fn lease(&self, app: &AppId) -> Result<Option<kms_proto::lease::LeaseRecord>, StoreError> {
+        self.kv
+            .get(Space::Lease, app.as_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt(format!("lease {app}"))))
+            .transpose()
+    }
+
+    /// Replaces the lease record of `app` (durable after [`NodeStore::durable`]).
+    pub fn put_lease(&self, app: &AppId, record: &kms_proto::lease::LeaseRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.kv.put(Space::Lease, app.as_bytes(), &bytes)
     }
 
     /// Records a request nonce; `false` if it was seen before (a replay).

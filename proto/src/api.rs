@@ -226,6 +226,10 @@ pub struct KeyRequest {
     /// The app's owner-signed manifest, if the enclave brings one (the node keeps the newest it
     /// has seen).
     pub manifest: Option<SignedManifest>,
+    /// For an app whose manifest allows a single instance: the holder's lease certificate and
+    /// its instance key's signature over this request's binding. Left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::lease::LeaseProof>,
 }
 
 impl KeyRequest {

@@ -353,6 +353,44 @@ pub struct Policy {
     pub min_swversion: Option<u64>,
     /// The app is revoked: every key request is refused.
     pub revoked: bool,
+    /// How many instances may hold the app's keys at once. Absent from the encoding when
+    /// `any`, so manifests without it keep their canonical bytes.
+    #[serde(default, skip_serializing_if = "InstancePolicy::is_any")]
+    pub instances: InstancePolicy,
+}
+
+/// How many instances of an app may hold its keys at once (`docs/formats.md` §6, §16).
+///
+/// JSON: `{"mode":"any"}` (the default, written by omitting the field) or
+/// `{"mode":"single","lease_secs":30}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InstancePolicy {
+    /// Any number of attested instances.
+    #[default]
+    Any,
+    /// One instance at a time: a key request must carry a lease certificate
+    /// ([`crate::lease`]), held for `lease_secs` from each grant and renewed by heartbeats.
+    Single {
+        /// Lease time, seconds ([`crate::lease::MIN_LEASE_SECS`] to
+        /// [`crate::lease::MAX_LEASE_SECS`], and at least four times the nodes' allowed clock skew).
+        lease_secs: u64,
+    },
+}
+
+impl InstancePolicy {
+    /// Whether this is the default, `any`.
+    pub fn is_any(&self) -> bool {
+        matches!(self, InstancePolicy::Any)
+    }
+
+    /// The lease time of a `single` policy.
+    pub fn lease_secs(&self) -> Option<u64> {
+        match self {
+            InstancePolicy::Any => None,
+            InstancePolicy::Single { lease_secs } => Some(*lease_secs),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -368,6 +406,7 @@ impl Default for Policy {
             allowed_hwmodels: Vec::new(),
             min_swversion: None,
             revoked: false,
+            instances: InstancePolicy::Any,
         }
     }
 }
@@ -544,6 +583,26 @@ mod tests {
         assert_eq!(s.parse::<ImageDigest>().unwrap().to_string(), s);
         assert_eq!("ab".repeat(32).parse::<ImageDigest>(), Err(ImageDigestError::MissingPrefix));
         assert!(matches!("sha256:00".parse::<ImageDigest>(), Err(ImageDigestError::Hex(_))));
+    }
+
+    #[test]
+    fn the_instance_policy_is_left_out_of_the_encoding_when_any() {
+        let owner = SigningKey::from_bytes(&[5; 32]);
+        let any =
+            Manifest::new(owner.verifying_key().to_bytes(), AppName::new("a").unwrap(), 1, Policy::default());
+        let text = String::from_utf8(encode_json(&any)).unwrap();
+        assert!(!text.contains("instances"), "{text}");
+        let policy = Policy { instances: InstancePolicy::Single { lease_secs: 30 }, ..Policy::default() };
+        let single = Manifest { policy, ..any.clone() };
+        let text = String::from_utf8(encode_json(&single)).unwrap();
+        assert!(
+            text.ends_with(r#""revoked":false,"instances":{"mode":"single","lease_secs":30}}}"#),
+            "{text}"
+        );
+        let signed = SignedManifest::sign(single.clone(), &owner);
+        let back: SignedManifest = serde_json::from_slice(&encode_json(&signed)).unwrap();
+        assert_eq!(back.verify().unwrap(), &single);
+        assert_eq!(single.policy.instances.lease_secs(), Some(30));
     }
 
     #[test]

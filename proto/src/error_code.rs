@@ -147,6 +147,23 @@ error_codes! {
     LogInconsistent = "log_inconsistent" => 409,
     /// No entry of this node's audit log has the leaf hash asked for.
     LogEntryNotFound = "log_entry_not_found" => 404,
+    /// Another instance holds the app's lease at this node; the reason says until when (this
+    /// node's clock, unix seconds), never who holds it.
+    LeaseHeld = "lease_held" => 409,
+    /// The lease request's fence is not above the highest this node granted for the app to
+    /// another instance, or a key request's lease was superseded by a higher fence here.
+    LeaseFenceStale = "lease_fence_stale" => 409,
+    /// Renew or release of a lease this node does not hold for that instance and fence.
+    LeaseNotHeld = "lease_not_held" => 409,
+    /// The app allows a single instance and the key request carries no lease.
+    LeaseRequired = "lease_required" => 403,
+    /// The key request's lease certificate or proof does not hold (expired, too few grants,
+    /// a grant that does not verify, signed by the wrong instance key, ...).
+    LeaseInvalid = "lease_invalid" => 403,
+    /// The manifest's instance policy cannot be guaranteed by this node (lease time out of
+    /// bounds or too short for the allowed clock skew), or a lease was asked for an app whose
+    /// manifest asks for none.
+    InstancePolicyInvalid = "instance_policy_invalid" => 400,
     /// The node failed; the reason is not disclosed.
     Internal = "internal" => 500,
 }
@@ -193,6 +210,6 @@ mod tests {
             assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
             assert!((400..600).contains(&c.http_status()));
         }
-        assert_eq!(ErrorCode::ALL.len(), 42);
+        assert_eq!(ErrorCode::ALL.len(), 48);
     }
 }

@@ -11,6 +11,7 @@
 //! * [`cluster`]: the cluster descriptor signed by the cluster's group key.
 //! * [`hex_bytes`]: fixed-size byte strings as lowercase hex in JSON.
 //! * [`p2p`]: node-to-node requests (DKG transport, manifest gossip, FROST signing).
+//! * [`lease`]: single-instance leases: requests, grants, certificates, the per-node rule.
 //! * [`reshare`]: roster changes and the operators' approvals that authorize a reshare.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod dkg;
 pub mod error_code;
 pub mod hex_bytes;
+pub mod lease;
 pub mod merkle;
 pub mod p2p;
 pub mod reshare;

@@ -11,5 +11,6 @@
 
 pub mod bench;
 pub mod issuer;
+pub mod lease_sim;
 pub mod local;
 pub mod sim;

@@ -26,6 +26,8 @@ pub struct DevIssuer {
     pub debug: bool,
     /// `hwmodel` to claim.
     pub hwmodel: String,
+    /// The GCE instance id and name to claim (`submods.gce`), if any.
+    pub instance: Option<(String, String)>,
 }
 
 impl DevIssuer {
@@ -40,13 +42,14 @@ impl DevIssuer {
             image_digest: image_digest.into(),
             debug: false,
             hwmodel: "GCP_INTEL_TDX".into(),
+            instance: None,
         })
     }
 
     /// A token bound to `binding`.
     pub fn token(&self, binding: &[u8; 32]) -> Result<String, ProviderError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": DEV_ISSUER, "aud": self.audience, "sub": "dev-enclave",
             "iat": now, "nbf": now, "exp": now + 3600, "eat_nonce": hex::encode(binding),
             "swname": "CONFIDENTIAL_SPACE", "swversion": ["250301"], "hwmodel": self.hwmodel, "secboot": true,
@@ -57,6 +60,9 @@ impl DevIssuer {
                               "args": [], "env_override": {}, "cmd_override": []},
             },
         });
+        if let Some((id, name)) = &self.instance {
+            claims["submods"]["gce"] = serde_json::json!({"instance_id": id, "instance_name": name});
+        }
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| ProviderError::Invalid(e.to_string()))

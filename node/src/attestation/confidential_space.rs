@@ -156,6 +156,9 @@ pub struct CsClaims {
     pub gce_project_id: Option<String>,
     /// `submods.gce.instance_name`.
     pub gce_instance_name: Option<String>,
+    /// `submods.gce.instance_id` (the VM's numeric id, as a string; unique per VM, unlike its
+    /// name).
+    pub gce_instance_id: Option<String>,
     /// `google_service_accounts`.
     pub google_service_accounts: Vec<String>,
 }
@@ -186,6 +189,7 @@ impl fmt::Debug for CsClaims {
             .field("args_len", &self.args.len())
             .field("gce_project_id", &self.gce_project_id)
             .field("gce_instance_name", &self.gce_instance_name)
+            .field("gce_instance_id", &self.gce_instance_id)
             .field("google_service_accounts", &self.google_service_accounts)
             .finish()
     }
@@ -383,6 +387,7 @@ impl ConfidentialSpaceVerifier {
             args: container.args,
             gce_project_id: raw.submods.gce.project_id,
             gce_instance_name: raw.submods.gce.instance_name,
+            gce_instance_id: raw.submods.gce.instance_id,
             google_service_accounts: raw.google_service_accounts,
         })
     }
@@ -485,4 +490,5 @@ struct ContainerSubmod {
 struct GceSubmod {
     project_id: Option<String>,
     instance_name: Option<String>,
+    instance_id: Option<String>,
 }

@@ -57,6 +57,7 @@ impl Enclave {
             time: crate::common::now(),
             evidence: Evidence::ConfidentialSpace { token: String::new() },
             manifest: None,
+            lease: None,
         };
         let binding = req.binding();
         req.evidence = Evidence::ConfidentialSpace { token: token(&binding, image) };

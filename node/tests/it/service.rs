@@ -65,7 +65,7 @@ fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
     if active {
         *shared.active.write().unwrap() = Some(Arc::new(ActiveKeys { epoch: 4, bls, ed25519: ed }));
     }
-    let apps = Arc::new(Apps::new(store.clone(), None));
+    let apps = Arc::new(Apps::new(store.clone(), None, 2));
     let service = KeyService {
         store,
         shared,
@@ -77,6 +77,8 @@ fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
         identity: SigningKey::from_bytes(&[0x1d; 32]),
         max_age_secs: 540,
         leeway_secs: 30,
+        max_skew_secs: 2,
+        lease_lock: std::sync::Mutex::new(()),
     };
     let identity = service.identity.verifying_key();
     let owner = SigningKey::generate(&mut OsRng);
@@ -111,6 +113,7 @@ impl Fixture {
             time: now(),
             evidence: Evidence::ConfidentialSpace { token: String::new() },
             manifest: None,
+            lease: None,
         };
         let binding = req.binding();
         let mut c = claims(&binding, &self.image, now());

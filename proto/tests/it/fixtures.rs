@@ -43,6 +43,7 @@ pub fn policy() -> Policy {
         allowed_hwmodels: vec!["GCP_INTEL_TDX".into(), "GCP_AMD_SEV".into()],
         min_swversion: Some(240900),
         revoked: false,
+        instances: Default::default(),
     }
 }
 
@@ -67,6 +68,7 @@ pub fn key_request_cs() -> KeyRequest {
             token: "eyJhbGciOiJSUzI1NiIsImtpZCI6ImRldiJ9.eyJpc3MiOiJkZXYifQ.c2lnbmF0dXJl".into(),
         },
         manifest: None,
+        lease: None,
     }
 }
 
@@ -82,6 +84,7 @@ pub fn key_request_tdx() -> KeyRequest {
         time: 1_767_225_600,
         evidence: Evidence::tdx_quote(&quote),
         manifest: Some(signed_manifest()),
+        lease: None,
     }
 }
 

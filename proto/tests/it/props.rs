@@ -78,6 +78,7 @@ fn key_request() -> impl Strategy<Value = KeyRequest> {
                 m.seq = seq;
                 SignedManifest::sign(m, &fixtures::owner_key())
             }),
+            lease: None,
         })
 }
 

@@ -51,6 +51,9 @@ fn oak_prod_token_verifies_and_is_accepted() {
     assert_eq!(claims.support_attributes, ["LATEST", "STABLE", "USABLE"]);
     assert_eq!(claims.restart_policy.as_deref(), Some("Never"));
     assert!(claims.env_override.is_empty() && claims.cmd_override.is_empty());
+    // What identifies the instance for single-instance leases.
+    assert_eq!(claims.gce_instance_id.as_deref(), Some("3087957179640521392"));
+    assert_eq!(claims.gce_instance_name.as_deref(), Some("ctf-sha2-test"));
     check_policy(&claims, &tdx_policy(OAK_DIGEST)).unwrap();
 }
 

@@ -1,0 +1,231 @@
+//! Single-instance leases on this node (`docs/api.md` `POST /v1/lease`, `docs/decisions.md` 36):
+//! grants under [`kms_proto::lease::decide`], each record durable before its grant is sent, and
+//! the lease check of key requests for apps whose manifest allows a single instance.
+
+use kms_proto::api::KeyRequest;
+use kms_proto::app::{AppId, InstancePolicy, SignedManifest};
+use kms_proto::cluster::identity_of_peer_id;
+use kms_proto::codec::decode_json;
+use kms_proto::lease::{
+    decide, lease_quorum, CertificateRules, LeaseGrant, LeaseOp, LeaseRequest, LeaseStatus, Refusal,
+    LEASE_VERSION, MAX_LEASE_SECS, MIN_LEASE_SECS,
+};
+use kms_proto::ErrorCode;
+
+use crate::api_error::ApiError;
+use crate::service::{decode_error, KeyService};
+use crate::store::Durable;
+
+/// Whether this node can guarantee a manifest's instance policy: a lease time within bounds
+/// and at least four times the allowed clock skew (so a holder keeps at least half of each
+/// lease after the skew is taken off at both ends).
+pub fn check_instance_policy(policy: &InstancePolicy, max_skew_secs: u64) -> Result<(), ApiError> {
+    let Some(lease) = policy.lease_secs() else { return Ok(()) };
+    let min = MIN_LEASE_SECS.max(max_skew_secs.saturating_mul(4));
+    if lease < min || lease > MAX_LEASE_SECS {
+        return Err(ApiError::new(
+            ErrorCode::InstancePolicyInvalid,
+            format!(
+                "lease_secs {lease} is outside {min}..={MAX_LEASE_SECS} (at least {MIN_LEASE_SECS} s and four times \
+                 this node's allowed clock skew of {max_skew_secs} s)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl KeyService {
+    /// Identity keys of the current committee and the grants a certificate needs.
+    fn committee_keys(&self) -> (Vec<[u8; 32]>, usize) {
+        let m = self.shared.membership();
+        let keys: Vec<[u8; 32]> =
+            m.members.iter().filter_map(|e| identity_of_peer_id(&e.peer_id)).map(|k| k.to_bytes()).collect();
+        let quorum = lease_quorum(m.members.len(), usize::from(m.threshold));
+        (keys, quorum)
+    }
+
+    /// A key request for an app allowing a single instance must carry a valid certificate
+    /// signed for this request by its instance key, and no fence above it may have been
+    /// granted here.
+    pub(crate) fn check_lease(&self, req: &KeyRequest, binding: &[u8; 32], now: u64) -> Result<(), ApiError> {
+        let proof = req.lease.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::LeaseRequired,
+                "this app allows a single instance: the request carries no lease",
+            )
+        })?;
+        let (members, quorum) = self.committee_keys();
+        let rules = CertificateRules {
+            cluster_id: &self.cluster_id,
+            app: &req.app_id,
+            members: &members,
+            quorum,
+            now,
+            max_skew: self.max_skew_secs,
+        };
+        let certified = proof
+            .verify(binding, &rules)
+            .map_err(|e| ApiError::new(ErrorCode::LeaseInvalid, e.to_string()))?;
+        let held = self.store.lease(&req.app_id).map_err(ApiError::internal)?;
+        if let Some(h) = held.filter(|h| h.fence > certified.fence) {
+            return Err(ApiError::new(
+                ErrorCode::LeaseFenceStale,
+                format!("the lease's fence {} was superseded here by fence {}", certified.fence, h.fence),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/lease` (CPU-bound: run it off the async workers). The record is on disk
+    /// before the grant is returned.
+    pub fn lease(&self, body: &[u8], now: u64) -> Result<Durable<LeaseGrant>, ApiError> {
+        let req: LeaseRequest = decode_json(body).map_err(decode_error)?;
+        if req.cluster_id.as_bytes() != &self.cluster_id {
+            return Err(ApiError::new(
+                ErrorCode::WrongCluster,
+                format!("this node serves cluster {}, not {}", hex::encode(self.cluster_id), req.cluster_id),
+            ));
+        }
+        self.check_time(req.time, now)?;
+        if let Some(e) = &req.evidence {
+            e.validate().map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        }
+        req.verify().map_err(|e| ApiError::new(ErrorCode::LeaseInvalid, e.to_string()))?;
+        if self.shared.active().is_none() {
+            return Err(ApiError::new(ErrorCode::NotReady, "the cluster key is not active yet"));
+        }
+        let manifest = self.lease_manifest(&req.app_id, req.manifest.as_ref())?;
+        let policy = &manifest.manifest.policy;
+        if policy.revoked {
+            return Err(ApiError::new(
+                ErrorCode::AppRevoked,
+                format!("app {} is revoked by its owner", req.app_id),
+            ));
+        }
+        let Some(lease_secs) = policy.instances.lease_secs() else {
+            return Err(ApiError::new(
+                ErrorCode::InstancePolicyInvalid,
+                format!("app {} allows any number of instances: it has no lease", req.app_id),
+            ));
+        };
+        let instance_id = match (req.op, &req.evidence) {
+            (LeaseOp::Acquire, Some(evidence)) => {
+                self.attest(evidence, &req.instance_binding(), policy, now)?.instance_id
+            }
+            (LeaseOp::Acquire, None) => {
+                return Err(ApiError::new(ErrorCode::MalformedRequest, "acquire needs evidence"));
+            }
+            (_, Some(_)) => {
+                return Err(ApiError::new(ErrorCode::MalformedRequest, "only acquire carries evidence"));
+            }
+            (_, None) => None,
+        };
+        let instance = *req.instance_key.as_bytes();
+        let _guard = self.lease_lock.lock().map_err(|_| ApiError::internal("lease lock poisoned"))?;
+        let held = self.store.lease(&req.app_id).map_err(ApiError::internal)?;
+        let mut record =
+            decide(held.as_ref(), req.op, &instance, req.fence, now, lease_secs).map_err(refusal)?;
+        if req.op == LeaseOp::Acquire && instance_id.is_some() {
+            record.instance_id = instance_id;
+        }
+        // A replayed request changes nothing it did not change the first time, but it is
+        // still refused, as key requests are.
+        let fresh = self
+            .store
+            .use_nonce(&req.app_id, req.nonce.as_bytes(), now.saturating_add(self.replay_window_secs()))
+            .map_err(ApiError::internal)?;
+        if !fresh {
+            return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
+        }
+        self.store.put_lease(&req.app_id, &record).map_err(ApiError::internal)?;
+        let grant = LeaseGrant::signed(
+            &self.identity,
+            &self.cluster_id,
+            &req.app_id,
+            &instance,
+            record.fence,
+            record.expires,
+        );
+        tracing::info!(app_id = %req.app_id, op = ?req.op, fence = record.fence, expires = record.expires, "lease");
+        self.store.durable(grant).map_err(ApiError::internal)
+    }
+
+    /// `GET /v1/lease/{app_id}`: where this node's lease of the app stands.
+    pub fn lease_status(&self, app: &AppId, now: u64) -> Result<LeaseStatus, ApiError> {
+        let manifest = self.apps.get(app)?.ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {app}"))
+        })?;
+        let held = self.store.lease(app).map_err(ApiError::internal)?;
+        let (_, quorum) = self.committee_keys();
+        Ok(LeaseStatus {
+            version: LEASE_VERSION,
+            app_id: *app,
+            lease_secs: manifest.manifest.policy.instances.lease_secs(),
+            fence: held.as_ref().map_or(0, |h| h.fence),
+            held_until: held.filter(|h| h.is_live(now)).map(|h| h.expires),
+            quorum: u16::try_from(quorum).unwrap_or(u16::MAX),
+            max_skew: self.max_skew_secs,
+            now,
+        })
+    }
+
+    /// The manifest a lease request is judged by: the one held, after offering the one it
+    /// brings (as key requests do).
+    fn lease_manifest(
+        &self,
+        app: &AppId,
+        brought: Option<&SignedManifest>,
+    ) -> Result<SignedManifest, ApiError> {
+        if let Some(m) = brought {
+            if m.manifest.app_id != *app {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestAppIdMismatch,
+                    "the supplied manifest is for another app_id",
+                ));
+            }
+            match self.apps.offer(m, true) {
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::ManifestStaleSeq => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.apps
+            .get(app)?
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {app}")))
+    }
+}
+
+fn refusal(r: Refusal) -> ApiError {
+    match r {
+        Refusal::Held { until } => ApiError::new(
+            ErrorCode::LeaseHeld,
+            format!("another instance holds this app's lease here until {until} (unix seconds, this node's clock)"),
+        ),
+        Refusal::StaleFence { highest } => ApiError::new(
+            ErrorCode::LeaseFenceStale,
+            format!("the fence must be above {highest}, the highest granted here to another instance"),
+        ),
+        Refusal::NotHeld => ApiError::new(
+            ErrorCode::LeaseNotHeld,
+            "this node holds no lease of this app for that instance and fence",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_times_the_node_cannot_guarantee_are_refused() {
+        assert!(check_instance_policy(&InstancePolicy::Any, 100).is_ok());
+        assert!(check_instance_policy(&InstancePolicy::Single { lease_secs: 8 }, 2).is_ok());
+        let short = check_instance_policy(&InstancePolicy::Single { lease_secs: 7 }, 2).unwrap_err();
+        assert_eq!(short.code, ErrorCode::InstancePolicyInvalid);
+        assert!(short.reason.contains("outside 8..=86400"), "{}", short.reason);
+        let long = check_instance_policy(&InstancePolicy::Single { lease_secs: MAX_LEASE_SECS + 1 }, 0);
+        assert_eq!(long.unwrap_err().code, ErrorCode::InstancePolicyInvalid);
+        let tiny = check_instance_policy(&InstancePolicy::Single { lease_secs: 1 }, 0);
+        assert_eq!(tiny.unwrap_err().code, ErrorCode::InstancePolicyInvalid);
+    }
+}
