@@ -150,17 +150,18 @@ impl KeyService {
         self.store.durable(grant).map_err(ApiError::internal)
     }
 
-    /// `GET /v1/lease/{app_id}`: where this node's lease of the app stands.
+    /// `GET /v1/lease/{app_id}`: where this node's lease of the app stands (`lease_secs`
+    /// null when no manifest of the app with a lease is held).
     pub fn lease_status(&self, app: &AppId, now: u64) -> Result<LeaseStatus, ApiError> {
-        let manifest = self.apps.get(app)?.ok_or_else(|| {
-            ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {app}"))
-        })?;
+        // Answered for an app whose manifest is not held yet too (an instance may bring it
+        // with its acquire): no record, fence 0.
+        let manifest = self.apps.get(app)?;
         let held = self.store.lease(app).map_err(ApiError::internal)?;
         let (_, quorum) = self.committee_keys();
         Ok(LeaseStatus {
             version: LEASE_VERSION,
             app_id: *app,
-            lease_secs: manifest.manifest.policy.instances.lease_secs(),
+            lease_secs: manifest.and_then(|m| m.manifest.policy.instances.lease_secs()),
             fence: held.as_ref().map_or(0, |h| h.fence),
             held_until: held.filter(|h| h.is_live(now)).map(|h| h.expires),
             quorum: u16::try_from(quorum).unwrap_or(u16::MAX),

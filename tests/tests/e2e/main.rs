@@ -4,3 +4,4 @@
 mod cli;
 mod client_fetch;
 mod containers;
+mod leases;
