@@ -635,6 +635,50 @@ mod tests {
         assert_eq!(stolen.verify(&[1; 32], &rules), Err(LeaseError::BadProofSignature));
     }
 
+    /// Recomputed independently with Python's `cryptography` (docs/formats.md §16).
+    #[test]
+    fn grant_and_request_known_answers() {
+        let (node, inst) = (key(1), key(2));
+        let ik = inst.verifying_key().to_bytes();
+        assert_eq!(hex::encode(ik), "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394");
+        let g = LeaseGrant::signed(&node, &[0xc1; 32], &AppId([0xa9; 32]), &ik, 7, 1_767_225_630);
+        assert_eq!(hex::encode(g.node_key.0), "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c");
+        assert_eq!(
+            hex::encode(g.signature.0),
+            "059095d0cb814c96e2ff8720cba3bc5408ccec75db016cc50a6293779d866ad4\
+             4019393d18e00e2db1fc40755758581dce9ae2ecbb6ad669f46b9994fe6d2c07"
+        );
+        let req = LeaseRequest {
+            version: LEASE_VERSION,
+            cluster_id: HexBytes([0xc1; 32]),
+            app_id: AppId([0xa9; 32]),
+            op: LeaseOp::Acquire,
+            instance_key: HexBytes(ik),
+            fence: 7,
+            nonce: HexBytes([0x33; 32]),
+            time: 1_767_225_600,
+            evidence: None,
+            manifest: None,
+            signature: HexBytes([0; 64]),
+        }
+        .sign(&inst);
+        assert_eq!(
+            hex::encode(req.signature.0),
+            "6e01500ff8d56ec493e774517163e1ae35c5c5e8ff2cd59b33c5dfa1a5bdb797\
+             5c27d8740aa39c58914ad2931cf2ff7d2f15c38b886f24b9697429f31e38c808"
+        );
+        assert_eq!(
+            hex::encode(req.instance_binding()),
+            "9909011301e2f660d69f7f422ddd261fd77a6dacaac76823e967a20c49d95944"
+        );
+        let proof = LeaseProof::new(vec![g], &inst, &[0x42; 32]);
+        assert_eq!(
+            hex::encode(proof.signature.0),
+            "93f3a15a1f0a2fa09282bef350bf55dd5f4638c7fbab9bb76f74f10e9e2946a7\
+             31be34bcb7d7efed33e1da5059305bdd52787e12ba70283ef7205cf938c09c03"
+        );
+    }
+
     #[test]
     fn requests_are_signed_by_their_instance_key() {
         let inst = key(50);
