@@ -40,6 +40,11 @@ struct Fixture {
 /// The cluster the fixture's node serves.
 const CLUSTER: [u8; 32] = [0x5c; 32];
 
+/// Identity keys of the fixture's committee: index 2 is the node itself.
+fn member_keys() -> Vec<SigningKey> {
+    [0x31, 0x1d, 0x33, 0x34, 0x35].iter().map(|&b| SigningKey::from_bytes(&[b; 32])).collect()
+}
+
 fn fixture(active: bool) -> Fixture {
     let jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
     fixture_with(active, Arc::new(JwksSource::fixed(jwks)))
@@ -53,9 +58,19 @@ fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
             version: 1,
             cluster_id: kms_proto::HexBytes([0; 32]),
             epoch: 4,
-            threshold: 2,
+            threshold: 3,
             max_faulty: None,
-            members: Vec::new(),
+            // The node (identity seed 0x1d) at index 2 and four peers: leases need 4 grants.
+            members: member_keys()
+                .iter()
+                .enumerate()
+                .map(|(i, k)| kms_node::config::RosterEntry {
+                    index: i as u16 + 1,
+                    peer_id: kms_proto::cluster::peer_id_of_identity(&k.verifying_key().to_bytes()),
+                    p2p_addr: "/ip4/127.0.0.1/tcp/1".into(),
+                    http_url: "http://127.0.0.1:1".into(),
+                })
+                .collect(),
         },
     );
     let mut rng = seeded_rng(3);
@@ -435,4 +450,193 @@ fn an_unknown_kid_is_fetched_only_for_a_request_that_could_succeed() {
     assert_eq!(hits.load(Ordering::SeqCst), 0, "a request for an unknown app made the node fetch keys");
     f.send(&f.request()).expect("a plausible request fetches the issuer's keys and is served");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// Single-instance leases on one node (`docs/api.md` §2.2): grants, the key request's lease
+/// check, and every refusal with its reason. The other four members' grants are signed here
+/// with their keys, as their nodes would.
+mod leases {
+    use kms_proto::app::InstancePolicy;
+    use kms_proto::lease::{LeaseGrant, LeaseOp, LeaseProof, LeaseRequest, LeaseStatus, LEASE_VERSION};
+
+    use super::*;
+
+    const LEASE: u64 = 30;
+
+    struct Instance {
+        key: SigningKey,
+    }
+
+    impl Instance {
+        fn new() -> Self {
+            Instance { key: SigningKey::generate(&mut OsRng) }
+        }
+
+        fn public(&self) -> [u8; 32] {
+            self.key.verifying_key().to_bytes()
+        }
+
+        /// A signed lease request at `time`; `acquire` carries evidence binding this instance key
+        /// (or, with `bound_to`, another one).
+        fn request(&self, f: &Fixture, op: LeaseOp, fence: u64, time: u64, bound_to: Option<[u8; 32]>) -> Vec<u8> {
+            let mut nonce = [0u8; 32];
+            OsRng.fill_bytes(&mut nonce);
+            let ik = bound_to.unwrap_or(self.public());
+            let evidence = (op == LeaseOp::Acquire).then(|| {
+                let binding = kms_proto::lease::instance_binding(&CLUSTER, &f.app, &ik, time);
+                Evidence::ConfidentialSpace { token: mint(&claims(&binding, &f.image, time)) }
+            });
+            let req = LeaseRequest {
+                version: LEASE_VERSION,
+                cluster_id: HexBytes(CLUSTER),
+                app_id: f.app,
+                op,
+                instance_key: HexBytes(self.public()),
+                fence,
+                nonce: HexBytes(nonce),
+                time,
+                evidence,
+                manifest: None,
+                signature: HexBytes([0; 64]),
+            };
+            encode_json(&req.sign(&self.key))
+        }
+
+        /// The grants the four other members would give for `fence`, expiring at `expires`.
+        fn peer_grants(&self, f: &Fixture, fence: u64, expires: u64) -> Vec<LeaseGrant> {
+            member_keys()
+                .iter()
+                .filter(|k| k.verifying_key() != f.identity)
+                .map(|k| LeaseGrant::signed(k, &CLUSTER, &f.app, &self.public(), fence, expires))
+                .collect()
+        }
+
+        /// A key request carrying `grants`, signed by `signer` (this instance unless stolen).
+        fn key_request(&self, f: &Fixture, grants: Vec<LeaseGrant>, signer: &SigningKey) -> Request {
+            let mut r = f.request();
+            r.req.lease = Some(LeaseProof::new(grants, signer, &r.binding));
+            r
+        }
+    }
+
+    fn single(f: &Fixture) {
+        let policy = Policy { instances: InstancePolicy::Single { lease_secs: LEASE }, ..policy(&[f.image]) };
+        f.apps.offer(&manifest_with(&f.owner, 2, policy), false).unwrap();
+    }
+
+    #[test]
+    fn a_single_instance_app_is_served_only_under_a_valid_certificate_signed_for_the_request() {
+        let f = fixture(true);
+        single(&f);
+        let a = Instance::new();
+        refused(f.send(&f.request()), ErrorCode::LeaseRequired, "carries no lease");
+
+        let t = now();
+        let grant = f.service.lease(&a.request(&f, LeaseOp::Acquire, 1, t, None), t).unwrap().into_inner();
+        grant.verify().unwrap();
+        assert_eq!((grant.fence, grant.expires, grant.node_key.0), (1, t + LEASE, f.identity.to_bytes()));
+        let status: LeaseStatus = f.service.lease_status(&f.app, t).unwrap();
+        assert_eq!((status.fence, status.held_until, status.quorum), (1, Some(t + LEASE), 4));
+
+        // Its grant and three peers' make the 4 of 5 needed.
+        let mut grants = a.peer_grants(&f, 1, t + LEASE);
+        grants.truncate(3);
+        grants.push(grant.clone());
+        let r = a.key_request(&f, grants.clone(), &a.key);
+        f.send(&r).expect("served under the certificate");
+
+        // A replica that copied the certificate cannot sign for its own request.
+        let thief = SigningKey::generate(&mut OsRng);
+        let r = a.key_request(&f, grants.clone(), &thief);
+        refused(f.send(&r), ErrorCode::LeaseInvalid, "not signed by the lease's instance key");
+        // Three grants are not a certificate.
+        let r = a.key_request(&f, grants[1..].to_vec(), &a.key);
+        refused(f.send(&r), ErrorCode::LeaseInvalid, "3 lease grants valid beyond the allowed clock skew, 4 needed");
+        // Grants expiring within the skew of the node's clock do not count.
+        let r = a.key_request(&f, a.peer_grants(&f, 1, now() + 2), &a.key);
+        refused(f.send(&r), ErrorCode::LeaseInvalid, "0 lease grants valid");
+        // A grant of a node outside the committee.
+        let mut foreign = grants.clone();
+        foreign[0] = LeaseGrant::signed(&SigningKey::from_bytes(&[0x99; 32]), &CLUSTER, &f.app, &a.public(), 1, t + LEASE);
+        refused(f.send(&a.key_request(&f, foreign, &a.key)), ErrorCode::LeaseInvalid, "not a member");
+        // A grant whose expiry was moved.
+        let mut forged = grants.clone();
+        forged[1].expires += 100;
+        refused(f.send(&a.key_request(&f, forged, &a.key)), ErrorCode::LeaseInvalid, "signature does not verify");
+        // Grants of two fences.
+        let mut mixed = grants.clone();
+        mixed[0] = a.peer_grants(&f, 2, t + LEASE).remove(0);
+        refused(f.send(&a.key_request(&f, mixed, &a.key)), ErrorCode::LeaseInvalid, "do not all name");
+    }
+
+    #[test]
+    fn lease_requests_are_refused_with_their_reason() {
+        let f = fixture(true);
+        let (a, b) = (Instance::new(), Instance::new());
+        let t = now();
+        // An app without a lease has none to give.
+        refused(
+            f.service.lease(&a.request(&f, LeaseOp::Acquire, 1, t, None), t).map(|g| g.into_inner()),
+            ErrorCode::InstancePolicyInvalid,
+            "allows any number of instances",
+        );
+        single(&f);
+        let lease = |body: Vec<u8>, at: u64| f.service.lease(&body, at).map(|g| g.into_inner());
+        // Evidence bound to another instance key: the binding does not match.
+        refused(lease(a.request(&f, LeaseOp::Acquire, 1, t, Some(b.public())), t), ErrorCode::AttestationNonceMismatch, "");
+        // A request whose signature does not verify.
+        let mut bad: serde_json::Value = serde_json::from_slice(&a.request(&f, LeaseOp::Renew, 1, t, None)).unwrap();
+        bad["fence"] = 2.into();
+        refused(lease(bad.to_string().into_bytes(), t), ErrorCode::LeaseInvalid, "does not verify under its instance key");
+        // Evidence only with acquire, and always with it.
+        let mut renew: serde_json::Value = serde_json::from_slice(&a.request(&f, LeaseOp::Acquire, 1, t, None)).unwrap();
+        renew["op"] = "renew".into();
+        let renew = LeaseRequest { ..decode_json(renew.to_string().as_bytes()).unwrap() }.sign(&a.key);
+        refused(lease(encode_json(&renew), t), ErrorCode::MalformedRequest, "only acquire carries evidence");
+        let mut bare: serde_json::Value = serde_json::from_slice(&a.request(&f, LeaseOp::Renew, 1, t, None)).unwrap();
+        bare["op"] = "acquire".into();
+        let bare = LeaseRequest { ..decode_json(bare.to_string().as_bytes()).unwrap() }.sign(&a.key);
+        refused(lease(encode_json(&bare), t), ErrorCode::MalformedRequest, "acquire needs evidence");
+        // Nothing held yet: nothing to renew or release.
+        refused(lease(a.request(&f, LeaseOp::Renew, 1, t, None), t), ErrorCode::LeaseNotHeld, "holds no lease");
+
+        // A holds the lease: B is told until when, not by whom.
+        let first = lease(a.request(&f, LeaseOp::Acquire, 1, t, None), t).unwrap();
+        let held = lease(b.request(&f, LeaseOp::Acquire, 2, t, None), t).unwrap_err();
+        assert_eq!(held.code, ErrorCode::LeaseHeld);
+        assert!(held.reason.contains(&format!("until {}", first.expires)), "{}", held.reason);
+        assert!(!held.reason.contains(&hex::encode(a.public())));
+        refused(lease(b.request(&f, LeaseOp::Renew, 1, t, None), t), ErrorCode::LeaseNotHeld, "");
+        refused(lease(b.request(&f, LeaseOp::Release, 1, t, None), t), ErrorCode::LeaseNotHeld, "");
+        // A replayed request is refused.
+        let body = a.request(&f, LeaseOp::Renew, 1, t, None);
+        lease(body.clone(), t).unwrap();
+        refused(lease(body, t), ErrorCode::RequestReplayed, "");
+
+        // Past A's lease: B needs a higher fence, then gets it; A's heartbeat finds no lease.
+        let later = t + LEASE + 1;
+        refused(lease(b.request(&f, LeaseOp::Acquire, 1, later, None), later), ErrorCode::LeaseFenceStale, "above 1");
+        let second = lease(b.request(&f, LeaseOp::Acquire, 2, later, None), later).unwrap();
+        assert_eq!(second.fence, 2);
+        refused(lease(a.request(&f, LeaseOp::Renew, 1, later, None), later), ErrorCode::LeaseNotHeld, "");
+        // A certificate for fence 1 from the four peers (say, byzantine ones) is refused here:
+        // this node granted fence 2 since.
+        let r = a.key_request(&f, a.peer_grants(&f, 1, now() + 3600), &a.key);
+        refused(f.send(&r), ErrorCode::LeaseFenceStale, "superseded here by fence 2");
+        // B releases: anyone may acquire again, above the highest fence.
+        lease(b.request(&f, LeaseOp::Release, 2, later, None), later).unwrap();
+        assert_eq!(f.service.lease_status(&f.app, later).unwrap().held_until, None);
+        assert_eq!(lease(a.request(&f, LeaseOp::Acquire, 3, later, None), later).unwrap().fence, 3);
+    }
+
+    #[test]
+    fn lease_times_the_node_cannot_guarantee_are_refused_at_upload() {
+        let f = fixture(true);
+        let short = Policy { instances: InstancePolicy::Single { lease_secs: 7 }, ..policy(&[f.image]) };
+        let e = f.apps.offer(&manifest_with(&f.owner, 2, short), false).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InstancePolicyInvalid);
+        assert!(e.reason.contains("outside 8..=86400") && e.reason.contains("clock skew of 2 s"), "{}", e.reason);
+        // The app keeps its older manifest.
+        assert_eq!(f.apps.get(&f.app).unwrap().unwrap().manifest.seq, 1);
+    }
 }

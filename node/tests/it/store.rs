@@ -288,3 +288,22 @@ fn pruned_entries_leave_the_tree_and_its_proofs_unchanged() {
     assert_eq!(next.unwrap().id, 20);
     assert_eq!(store.audit_log(&app).unwrap().len(), 1);
 }
+
+/// A node's lease records survive a restart: what it granted it still refuses others.
+#[test]
+fn lease_records_survive_a_restart() {
+    use kms_proto::lease::{decide, LeaseOp, LeaseRecord, Refusal};
+    let dir = tempfile::tempdir().unwrap();
+    let app = kms_proto::AppId([3; 32]);
+    let granted = decide(None, LeaseOp::Acquire, &[1; 32], 4, 100, 30).unwrap();
+    {
+        let store = NodeStore::new(Box::new(SledKv::open(dir.path()).unwrap()), SealKey::from_bytes([2; 32]));
+        store.put_lease(&app, &granted).unwrap();
+        store.durable(()).unwrap();
+    }
+    let store = NodeStore::new(Box::new(SledKv::open(dir.path()).unwrap()), SealKey::from_bytes([2; 32]));
+    let held: Option<LeaseRecord> = store.lease(&app).unwrap();
+    assert_eq!(held.as_ref(), Some(&granted));
+    assert_eq!(decide(held.as_ref(), LeaseOp::Acquire, &[2; 32], 5, 110, 30), Err(Refusal::Held { until: 130 }));
+    assert_eq!(store.lease(&kms_proto::AppId([4; 32])).unwrap(), None);
+}
