@@ -170,5 +170,41 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, floor, threshold, envelopes, dkg, reshare, recovery);
+/// What a single-instance lease adds to a key request at a node: the certificate of q grants
+/// (q Ed25519 verifications) and the instance key's signature over the request, next to one
+/// raw Ed25519 verification.
+fn leases(c: &mut Criterion) {
+    use ed25519_dalek::{Signer, SigningKey};
+    use kms_proto::lease::{lease_quorum, CertificateRules, LeaseGrant, LeaseProof};
+    let mut g = c.benchmark_group("leases");
+    let app = kms_proto::AppId([7; 32]);
+    let instance = SigningKey::from_bytes(&[9; 32]);
+    let ik = instance.verifying_key().to_bytes();
+    let msg = [1u8; 64];
+    let sig = instance.sign(&msg);
+    let vk = instance.verifying_key();
+    g.bench_function("floor: ed25519 verify_strict", |b| b.iter(|| vk.verify_strict(black_box(&msg), &sig)));
+    for (n, t) in [(5usize, 3usize), (16, 11)] {
+        let keys: Vec<SigningKey> = (0..n).map(|i| SigningKey::from_bytes(&[i as u8 + 20; 32])).collect();
+        let members: Vec<[u8; 32]> = keys.iter().map(|k| k.verifying_key().to_bytes()).collect();
+        let q = lease_quorum(n, t);
+        let grants: Vec<LeaseGrant> =
+            keys[..q].iter().map(|k| LeaseGrant::signed(k, &[3; 32], &app, &ik, 1, 2_000)).collect();
+        let proof = LeaseProof::new(grants, &instance, &[5; 32]);
+        let rules = CertificateRules {
+            cluster_id: &[3; 32],
+            app: &app,
+            members: &members,
+            quorum: q,
+            now: 1_000,
+            max_skew: 2,
+        };
+        g.bench_function(format!("lease proof check n={n} t={t} (q={q})"), |b| {
+            b.iter(|| proof.verify(black_box(&[5; 32]), &rules).expect("valid"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, floor, threshold, envelopes, dkg, reshare, recovery, leases);
 criterion_main!(benches);

@@ -642,7 +642,10 @@ mod tests {
         let ik = inst.verifying_key().to_bytes();
         assert_eq!(hex::encode(ik), "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394");
         let g = LeaseGrant::signed(&node, &[0xc1; 32], &AppId([0xa9; 32]), &ik, 7, 1_767_225_630);
-        assert_eq!(hex::encode(g.node_key.0), "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c");
+        assert_eq!(
+            hex::encode(g.node_key.0),
+            "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+        );
         assert_eq!(
             hex::encode(g.signature.0),
             "059095d0cb814c96e2ff8720cba3bc5408ccec75db016cc50a6293779d866ad4\

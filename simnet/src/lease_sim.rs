@@ -174,6 +174,9 @@ struct World {
     holding_since: Vec<Option<u64>>,
     /// Holder deaths waiting for a successor (time of death).
     orphaned: Vec<u64>,
+    /// The latest death of any instance: one that dies holding grants of a failed acquire
+    /// blocks the app for up to a lease time too.
+    last_death: u64,
     out: Outcome,
 }
 
@@ -260,6 +263,7 @@ impl World {
             releases: Vec::new(),
             holding_since,
             orphaned: Vec::new(),
+            last_death: 0,
             out: Outcome::default(),
         };
         for i in 0..w.sc.instances {
@@ -340,6 +344,7 @@ impl World {
             if self.holder_view(i) {
                 self.orphaned.push(d);
             }
+            self.last_death = self.last_death.max(d);
             let inst = &mut self.insts[i];
             inst.dead = true;
             inst.phase = Phase::Idle;
@@ -348,9 +353,11 @@ impl World {
         }
     }
 
-    /// The bound on a handover once the network is whole: the dead holder's grants lapse
-    /// within the lease time and the skew; then a retry (backoff, status, acquire) succeeds
-    /// unless instances collide, which random backoff makes rare.
+    /// The bound on a handover once the network is whole and no other instance died since:
+    /// the dead holder's grants lapse within the lease time and the skew; then a retry
+    /// (backoff, status, acquire) succeeds unless instances collide, which random backoff makes
+    /// rare. (An instance that dies holding grants of a failed acquire blocks the app for up to
+    /// a lease time as well, hence "no other instance died since".)
     fn handover_bound(&self) -> u64 {
         (self.sc.lease_secs + self.sc.max_skew) * 1000 + 10_000
     }
@@ -432,6 +439,16 @@ impl World {
             }
             Timer::AcquireDone => {
                 self.insts[i].phase = Phase::Holding;
+                if std::env::var_os("KMS_LEASE_TRACE").is_some() {
+                    eprintln!(
+                        "{} ms: instance {i} fence {} got {} grants (nodes {:?}), holder view {}",
+                        self.now,
+                        self.insts[i].fence,
+                        self.insts[i].grants.len(),
+                        self.insts[i].grants.keys().collect::<Vec<_>>(),
+                        self.holder_view(i)
+                    );
+                }
                 if self.holder_view(i) {
                     self.holding_since[i] = Some(self.now);
                     self.out.acquisitions += 1;
@@ -439,7 +456,7 @@ impl World {
                         let wait = self.now - d;
                         self.out.handovers += 1;
                         self.out.longest_handover = self.out.longest_handover.max(wait);
-                        if self.now > d.max(self.sc.heal_at) + self.handover_bound() {
+                        if self.now > d.max(self.sc.heal_at).max(self.last_death) + self.handover_bound() {
                             self.out.violations.push(format!(
                                 "the holder died at {d} ms and the next instance held the lease only at {} ms",
                                 self.now
@@ -516,7 +533,14 @@ impl World {
             match msg {
                 Msg::Status => Reply::Status(record.as_ref().map_or(0, |r| r.fence)),
                 Msg::Op(op, fence) => {
-                    match decide(record.as_ref(), op, &ik, fence, now, self.sc.lease_secs) {
+                    let decided = decide(record.as_ref(), op, &ik, fence, now, self.sc.lease_secs);
+                    if std::env::var_os("KMS_LEASE_TRACE").is_some() {
+                        eprintln!(
+                            "{} ms: node {node} {op:?} instance {inst} fence {fence}: {decided:?}",
+                            self.now
+                        );
+                    }
+                    match decided {
                         Ok(next) => {
                             let g = grant(next.fence, next.expires);
                             self.nodes[node].record = Some(next);
@@ -566,7 +590,7 @@ impl World {
     fn check_liveness_at_end(&mut self) {
         let bound = self.handover_bound();
         for &d in &self.orphaned {
-            let from = d.max(self.sc.heal_at);
+            let from = d.max(self.sc.heal_at).max(self.last_death);
             if self.sc.horizon > from + bound {
                 self.out.violations.push(format!(
                     "the holder died at {d} ms and no instance held the lease by {} ms",

@@ -162,6 +162,10 @@ enum AppCmd {
         /// Revoke the app (all key requests refused).
         #[arg(long)]
         revoke: bool,
+        /// How many instances may hold the key at once: `any`, or `single:<lease seconds>` (key
+        /// requests then need a lease; `docs/api.md` §2.2).
+        #[arg(long)]
+        instances: Option<String>,
     },
     /// Publish manifest.json to every node of the cluster.
     Publish {
@@ -266,6 +270,10 @@ struct ProviderArgs {
     /// Per-node timeout, milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// For an app that allows a single instance: acquire a lease (a new instance key bound into
+    /// the evidence), fetch under it, release it.
+    #[arg(long)]
+    lease: bool,
 }
 
 /// The hardware models Confidential Space runs on: `kms app allow` allows these when an image is
@@ -409,8 +417,32 @@ async fn fetch(
     json_mode: bool,
 ) -> Result<fetch::Fetched, Exit> {
     let p = provider(args)?;
-    let opts = FetchOptions { timeout: Duration::from_millis(args.timeout_ms), ..FetchOptions::default() };
-    match kms_client::fetch_key(cluster, app, label, p.as_ref(), &opts).await {
+    let mut opts =
+        FetchOptions { timeout: Duration::from_millis(args.timeout_ms), ..FetchOptions::default() };
+    let lease_opts =
+        kms_client::LeaseOptions { timeout: opts.timeout, ..kms_client::LeaseOptions::default() };
+    if args.lease {
+        let lease = kms_client::Lease::acquire(cluster, app, p.as_ref(), &lease_opts).await.map_err(|e| {
+            let detail = match &e {
+                kms_client::lease::LeaseError::NotGranted { report, .. } => {
+                    report.iter().map(|(i, o)| format!("\n  node {i}: {o}")).collect::<String>()
+                }
+                _ => String::new(),
+            };
+            Exit(3, anyhow!("no lease: {e}{detail}"))
+        })?;
+        if !json_mode {
+            eprintln!("lease held: fence {}, until {} (unix seconds)", lease.fence(), lease.deadline());
+        }
+        opts.lease = Some(lease);
+    }
+    let fetched = kms_client::fetch_key(cluster, app, label, p.as_ref(), &opts).await;
+    if let Some(lease) = opts.lease.take() {
+        if let Err(e) = lease.release(&lease_opts).await {
+            eprintln!("releasing the lease failed (it lapses on its own): {e}");
+        }
+    }
+    match fetched {
         Ok(f) => {
             if !json_mode {
                 eprintln!("{}", fetch::format_report(&f.report));
@@ -506,9 +538,22 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             require_stable,
             min_swversion,
             revoke,
+            instances,
         }) => {
             let (owner, current) = read_app_dir(&dir)?;
             let mut m = current.manifest;
+            if let Some(i) = instances {
+                m.policy.instances = match i.as_str() {
+                    "any" => kms_proto::app::InstancePolicy::Any,
+                    other => {
+                        let secs =
+                            other.strip_prefix("single:").and_then(|s| s.parse().ok()).ok_or_else(|| {
+                                anyhow!("--instances {other}: expected `any` or `single:<lease seconds>`")
+                            })?;
+                        kms_proto::app::InstancePolicy::Single { lease_secs: secs }
+                    }
+                };
+            }
             for i in images {
                 let d: ImageDigest = i.parse().map_err(|e| anyhow!("--image {i}: {e:?}"))?;
                 if !m.policy.allowed_image_digests.contains(&d) {

@@ -478,7 +478,14 @@ mod leases {
 
         /// A signed lease request at `time`; `acquire` carries evidence binding this instance key
         /// (or, with `bound_to`, another one).
-        fn request(&self, f: &Fixture, op: LeaseOp, fence: u64, time: u64, bound_to: Option<[u8; 32]>) -> Vec<u8> {
+        fn request(
+            &self,
+            f: &Fixture,
+            op: LeaseOp,
+            fence: u64,
+            time: u64,
+            bound_to: Option<[u8; 32]>,
+        ) -> Vec<u8> {
             let mut nonce = [0u8; 32];
             OsRng.fill_bytes(&mut nonce);
             let ik = bound_to.unwrap_or(self.public());
@@ -551,18 +558,33 @@ mod leases {
         refused(f.send(&r), ErrorCode::LeaseInvalid, "not signed by the lease's instance key");
         // Three grants are not a certificate.
         let r = a.key_request(&f, grants[1..].to_vec(), &a.key);
-        refused(f.send(&r), ErrorCode::LeaseInvalid, "3 lease grants valid beyond the allowed clock skew, 4 needed");
+        refused(
+            f.send(&r),
+            ErrorCode::LeaseInvalid,
+            "3 lease grants valid beyond the allowed clock skew, 4 needed",
+        );
         // Grants expiring within the skew of the node's clock do not count.
         let r = a.key_request(&f, a.peer_grants(&f, 1, now() + 2), &a.key);
         refused(f.send(&r), ErrorCode::LeaseInvalid, "0 lease grants valid");
         // A grant of a node outside the committee.
         let mut foreign = grants.clone();
-        foreign[0] = LeaseGrant::signed(&SigningKey::from_bytes(&[0x99; 32]), &CLUSTER, &f.app, &a.public(), 1, t + LEASE);
+        foreign[0] = LeaseGrant::signed(
+            &SigningKey::from_bytes(&[0x99; 32]),
+            &CLUSTER,
+            &f.app,
+            &a.public(),
+            1,
+            t + LEASE,
+        );
         refused(f.send(&a.key_request(&f, foreign, &a.key)), ErrorCode::LeaseInvalid, "not a member");
         // A grant whose expiry was moved.
         let mut forged = grants.clone();
         forged[1].expires += 100;
-        refused(f.send(&a.key_request(&f, forged, &a.key)), ErrorCode::LeaseInvalid, "signature does not verify");
+        refused(
+            f.send(&a.key_request(&f, forged, &a.key)),
+            ErrorCode::LeaseInvalid,
+            "signature does not verify",
+        );
         // Grants of two fences.
         let mut mixed = grants.clone();
         mixed[0] = a.peer_grants(&f, 2, t + LEASE).remove(0);
@@ -583,22 +605,37 @@ mod leases {
         single(&f);
         let lease = |body: Vec<u8>, at: u64| f.service.lease(&body, at).map(|g| g.into_inner());
         // Evidence bound to another instance key: the binding does not match.
-        refused(lease(a.request(&f, LeaseOp::Acquire, 1, t, Some(b.public())), t), ErrorCode::AttestationNonceMismatch, "");
+        refused(
+            lease(a.request(&f, LeaseOp::Acquire, 1, t, Some(b.public())), t),
+            ErrorCode::AttestationNonceMismatch,
+            "",
+        );
         // A request whose signature does not verify.
-        let mut bad: serde_json::Value = serde_json::from_slice(&a.request(&f, LeaseOp::Renew, 1, t, None)).unwrap();
+        let mut bad: serde_json::Value =
+            serde_json::from_slice(&a.request(&f, LeaseOp::Renew, 1, t, None)).unwrap();
         bad["fence"] = 2.into();
-        refused(lease(bad.to_string().into_bytes(), t), ErrorCode::LeaseInvalid, "does not verify under its instance key");
+        refused(
+            lease(bad.to_string().into_bytes(), t),
+            ErrorCode::LeaseInvalid,
+            "does not verify under its instance key",
+        );
         // Evidence only with acquire, and always with it.
-        let mut renew: serde_json::Value = serde_json::from_slice(&a.request(&f, LeaseOp::Acquire, 1, t, None)).unwrap();
+        let mut renew: serde_json::Value =
+            serde_json::from_slice(&a.request(&f, LeaseOp::Acquire, 1, t, None)).unwrap();
         renew["op"] = "renew".into();
         let renew = LeaseRequest { ..decode_json(renew.to_string().as_bytes()).unwrap() }.sign(&a.key);
         refused(lease(encode_json(&renew), t), ErrorCode::MalformedRequest, "only acquire carries evidence");
-        let mut bare: serde_json::Value = serde_json::from_slice(&a.request(&f, LeaseOp::Renew, 1, t, None)).unwrap();
+        let mut bare: serde_json::Value =
+            serde_json::from_slice(&a.request(&f, LeaseOp::Renew, 1, t, None)).unwrap();
         bare["op"] = "acquire".into();
         let bare = LeaseRequest { ..decode_json(bare.to_string().as_bytes()).unwrap() }.sign(&a.key);
         refused(lease(encode_json(&bare), t), ErrorCode::MalformedRequest, "acquire needs evidence");
         // Nothing held yet: nothing to renew or release.
-        refused(lease(a.request(&f, LeaseOp::Renew, 1, t, None), t), ErrorCode::LeaseNotHeld, "holds no lease");
+        refused(
+            lease(a.request(&f, LeaseOp::Renew, 1, t, None), t),
+            ErrorCode::LeaseNotHeld,
+            "holds no lease",
+        );
 
         // A holds the lease: B is told until when, not by whom.
         let first = lease(a.request(&f, LeaseOp::Acquire, 1, t, None), t).unwrap();
@@ -615,7 +652,11 @@ mod leases {
 
         // Past A's lease: B needs a higher fence, then gets it; A's heartbeat finds no lease.
         let later = t + LEASE + 1;
-        refused(lease(b.request(&f, LeaseOp::Acquire, 1, later, None), later), ErrorCode::LeaseFenceStale, "above 1");
+        refused(
+            lease(b.request(&f, LeaseOp::Acquire, 1, later, None), later),
+            ErrorCode::LeaseFenceStale,
+            "above 1",
+        );
         let second = lease(b.request(&f, LeaseOp::Acquire, 2, later, None), later).unwrap();
         assert_eq!(second.fence, 2);
         refused(lease(a.request(&f, LeaseOp::Renew, 1, later, None), later), ErrorCode::LeaseNotHeld, "");
@@ -635,7 +676,11 @@ mod leases {
         let short = Policy { instances: InstancePolicy::Single { lease_secs: 7 }, ..policy(&[f.image]) };
         let e = f.apps.offer(&manifest_with(&f.owner, 2, short), false).unwrap_err();
         assert_eq!(e.code, ErrorCode::InstancePolicyInvalid);
-        assert!(e.reason.contains("outside 8..=86400") && e.reason.contains("clock skew of 2 s"), "{}", e.reason);
+        assert!(
+            e.reason.contains("outside 8..=86400") && e.reason.contains("clock skew of 2 s"),
+            "{}",
+            e.reason
+        );
         // The app keeps its older manifest.
         assert_eq!(f.apps.get(&f.app).unwrap().unwrap().manifest.seq, 1);
     }

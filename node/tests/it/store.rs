@@ -304,6 +304,9 @@ fn lease_records_survive_a_restart() {
     let store = NodeStore::new(Box::new(SledKv::open(dir.path()).unwrap()), SealKey::from_bytes([2; 32]));
     let held: Option<LeaseRecord> = store.lease(&app).unwrap();
     assert_eq!(held.as_ref(), Some(&granted));
-    assert_eq!(decide(held.as_ref(), LeaseOp::Acquire, &[2; 32], 5, 110, 30), Err(Refusal::Held { until: 130 }));
+    assert_eq!(
+        decide(held.as_ref(), LeaseOp::Acquire, &[2; 32], 5, 110, 30),
+        Err(Refusal::Held { until: 130 })
+    );
     assert_eq!(store.lease(&kms_proto::AppId([4; 32])).unwrap(), None);
 }

@@ -272,4 +272,25 @@ fn kms_cli_end_to_end() {
     assert!(findings[0]["reason"].as_str().unwrap().contains("consistency proof"), "{v}");
     // The kept state still holds the checkpoint node 5 can no longer extend: caught again.
     assert_eq!(audit(&image).status.code(), Some(5));
+
+    // A single-instance app: a lease time the nodes cannot guarantee is refused at publish; then
+    // a fetch without a lease is refused by every node, and `--lease` holds one for the fetch
+    // (and releases it, so the next fetch gets one at once).
+    let fingerprint = ok(&other_args)["fingerprint"].clone();
+    ok(&["app", "allow", "--dir", s(&other_dir), "--instances", "single:7", "--json"]);
+    let out = kms(&["app", "publish", "--dir", s(&other_dir), "--cluster", s(&cluster), "--json"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("instance_policy_invalid"));
+    ok(&["app", "allow", "--dir", s(&other_dir), "--instances", "single:8", "--json"]);
+    assert_eq!(
+        ok(&["app", "publish", "--dir", s(&other_dir), "--cluster", s(&cluster), "--json"])["accepted"],
+        5
+    );
+    let out = kms(&other_args);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lease_required"));
+    let mut leased = other_args.clone();
+    leased.push("--lease");
+    assert_eq!(ok(&leased)["fingerprint"], fingerprint, "the same key under a lease");
+    assert_eq!(ok(&leased)["fingerprint"], fingerprint, "the released lease is free again");
 }
