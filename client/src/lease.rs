@@ -102,7 +102,8 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     /// Acquires a lease of `app` for a new instance key: asks every node for its lease status,
-    /// takes a fence above the highest reported, asks every node to grant it with evidence
+    /// takes a fence above the highest reported (`next_fence`: up to `t − 1` lying reports are
+    /// ignored), asks every node to grant it with evidence
     /// binding the key, and succeeds with a quorum of valid grants. A fence refused as stale
     /// (another instance raced) is retried twice with a fresh status. On failure the grants
     /// obtained are released, so they do not block the instance that won.
@@ -135,7 +136,8 @@ impl Lease {
             if statuses.is_empty() {
                 return Err(LeaseError::NoStatus);
             }
-            lease.fence = statuses.iter().map(|s| s.fence).max().unwrap_or(0).saturating_add(1);
+            let reported: Vec<u64> = statuses.iter().map(|s| s.fence).collect();
+            lease.fence = kms_proto::lease::next_fence(&reported, usize::from(d.threshold));
             lease.max_skew = statuses.iter().map(|s| s.max_skew).max().unwrap_or(0);
             lease.grants.clear();
             let time = unix_now();

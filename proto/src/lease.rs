@@ -39,6 +39,23 @@ pub const MIN_LEASE_SECS: u64 = 2;
 /// Longest lease a manifest may ask for, seconds (one day).
 pub const MAX_LEASE_SECS: u64 = 86_400;
 
+/// How far above the highest fence a node granted an acquire may go (2³²): a lying status
+/// report cannot push fences to the end of the `u64` range, where no later instance could take
+/// a higher one.
+pub const MAX_FENCE_STEP: u64 = 1 << 32;
+
+/// The fence an acquiring instance takes from the nodes' reported highest fences: one above
+/// the highest report that is not more than [`MAX_FENCE_STEP`] above the `(f + 1)`-th highest
+/// (`f = t − 1`), so up to `f` lying reports cannot push it out of reach of the honest nodes.
+pub fn next_fence(reported: &[u64], t: usize) -> u64 {
+    let mut sorted = reported.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let f = t.saturating_sub(1);
+    let Some(&anchor) = sorted.get(f.min(sorted.len().saturating_sub(1))) else { return 1 };
+    let ceiling = anchor.saturating_add(MAX_FENCE_STEP);
+    sorted.into_iter().find(|&r| r <= ceiling).unwrap_or(anchor).saturating_add(1)
+}
+
 /// Members whose grants make a lease certificate, for a committee of `n` members with
 /// threshold `t` (so at most `f = t − 1` byzantine members): `⌊(n + f) / 2⌋ + 1`.
 ///
@@ -426,6 +443,11 @@ pub enum Refusal {
         /// The highest fence granted here.
         highest: u64,
     },
+    /// The fence is more than [`MAX_FENCE_STEP`] above the highest this node granted.
+    FenceTooFar {
+        /// The highest fence granted here.
+        highest: u64,
+    },
     /// Renew or release of a lease this node does not hold for that instance and fence.
     NotHeld,
 }
@@ -434,7 +456,8 @@ pub enum Refusal {
 /// time `lease_secs`. Returns the record to persist (before the grant leaves) or the refusal.
 ///
 /// * `acquire`: refused while another instance's lease is live here; the fence must be at
-///   least the highest granted here, and above it unless it is the same instance's.
+///   least the highest granted here, and above it unless it is the same instance's, and at most
+///   [`MAX_FENCE_STEP`] above it.
 /// * `renew`: only the instance and fence of the record, not released; extends to
 ///   `now + lease_secs` (a lapsed lease nobody else took is taken up again).
 /// * `release`: only the instance and fence of the record; ends it now.
@@ -456,6 +479,9 @@ pub fn decide(
             let highest = held.map_or(0, |h| h.fence);
             if fence == 0 || fence < highest || (fence == highest && !own) {
                 return Err(Refusal::StaleFence { highest });
+            }
+            if fence - highest > MAX_FENCE_STEP {
+                return Err(Refusal::FenceTooFar { highest });
             }
             let instance_id = held.filter(|_| own).and_then(|h| h.instance_id.clone());
             Ok(LeaseRecord {
@@ -529,6 +555,17 @@ mod tests {
     }
 
     #[test]
+    fn lying_status_reports_do_not_push_the_fence_out_of_reach() {
+        assert_eq!(next_fence(&[], 3), 1);
+        assert_eq!(next_fence(&[0, 0, 0, 0, 0], 3), 1);
+        assert_eq!(next_fence(&[4, 3, 4, 2, 0], 3), 5);
+        // Two liars (t = 3) report the end of the range: ignored.
+        assert_eq!(next_fence(&[u64::MAX, u64::MAX - 5, 4, 3, 4], 3), 5);
+        // A high honest fence within the step is taken.
+        assert_eq!(next_fence(&[7 + MAX_FENCE_STEP, 7, 7, 6, 0], 3), 8 + MAX_FENCE_STEP);
+    }
+
+    #[test]
     fn decide_grants_one_live_lease_at_a_time() {
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let ga = decide(None, LeaseOp::Acquire, &a, 1, 100, 10).unwrap();
@@ -549,6 +586,11 @@ mod tests {
             Err(Refusal::StaleFence { highest: 2 })
         );
         assert_eq!(decide(None, LeaseOp::Acquire, &a, 0, 1, 10), Err(Refusal::StaleFence { highest: 0 }));
+        assert_eq!(
+            decide(Some(&gb), LeaseOp::Acquire, &a, 2 + MAX_FENCE_STEP + 1, 130, 10),
+            Err(Refusal::FenceTooFar { highest: 2 })
+        );
+        assert!(decide(Some(&gb), LeaseOp::Acquire, &a, 2 + MAX_FENCE_STEP, 130, 10).is_ok());
         // Renew extends; release ends now and frees the app.
         let renewed = decide(Some(&gb), LeaseOp::Renew, &b, 2, 115, 10).unwrap();
         assert_eq!(renewed.expires, 125);

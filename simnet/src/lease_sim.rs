@@ -36,7 +36,8 @@ pub struct Scenario {
     pub n: usize,
     /// Threshold (at most `t − 1` byzantine nodes).
     pub t: usize,
-    /// Indices of the byzantine nodes: they grant anything with a far expiry, report fence 0,
+    /// Indices of the byzantine nodes: they grant anything with a far expiry, report a fence near
+    /// the end of the `u64` range,
     /// and hand their partial to anyone.
     pub byzantine: Vec<usize>,
     /// The app's lease time, seconds.
@@ -151,7 +152,8 @@ struct Instance {
     /// Bumped on every phase change: stale timers are ignored.
     epoch: u64,
     fence: u64,
-    highest: u64,
+    /// Fences reported by the nodes' status answers in this round.
+    reported: Vec<u64>,
     grants: BTreeMap<usize, LeaseGrant>,
 }
 
@@ -232,7 +234,7 @@ impl World {
                     dead: false,
                     epoch: 0,
                     fence: 0,
-                    highest: 0,
+                    reported: Vec::new(),
                     grants: BTreeMap::new(),
                 }
             })
@@ -425,13 +427,13 @@ impl World {
         match kind {
             Timer::Start => {
                 self.insts[i].phase = Phase::Query;
-                self.insts[i].highest = 0;
+                self.insts[i].reported.clear();
                 self.insts[i].grants.clear();
                 self.broadcast(i, || Msg::Status);
                 self.schedule(self.now + 600, Event::Timer { inst: i, kind: Timer::QueryDone, epoch });
             }
             Timer::QueryDone => {
-                let fence = self.insts[i].highest + 1;
+                let fence = kms_proto::lease::next_fence(&self.insts[i].reported, self.sc.t);
                 self.insts[i].fence = fence;
                 self.insts[i].phase = Phase::Acquire;
                 self.broadcast(i, || Msg::Op(LeaseOp::Acquire, fence));
@@ -503,7 +505,7 @@ impl World {
     fn at_instance(&mut self, i: usize, node: usize, reply: Reply) {
         let inst = &mut self.insts[i];
         match reply {
-            Reply::Status(f) if inst.phase == Phase::Query => inst.highest = inst.highest.max(f),
+            Reply::Status(f) if inst.phase == Phase::Query => inst.reported.push(f),
             Reply::Grant(g)
                 if matches!(inst.phase, Phase::Acquire | Phase::Holding)
                     && g.fence == inst.fence
@@ -524,7 +526,8 @@ impl World {
         let grant = |fence, expires| LeaseGrant::signed(&key, &CLUSTER, &APP, &ik, fence, expires);
         let reply = if self.nodes[node].byzantine {
             match msg {
-                Msg::Status => Reply::Status(0),
+                // A lie that would end every fence if believed.
+                Msg::Status => Reply::Status(u64::MAX - 1),
                 Msg::Op(_, fence) => Reply::Grant(Box::new(grant(fence, now + 1_000))),
                 Msg::Fetch(..) => Reply::Partial,
             }
@@ -577,6 +580,11 @@ impl World {
                 ));
             }
             last = last.max(fence);
+            if fence > kms_proto::lease::MAX_FENCE_STEP {
+                self.out
+                    .violations
+                    .push(format!("fence {fence}: a lying status report pushed the fence out of reach"));
+            }
             if let Some(&other) = owner.get(&fence) {
                 if other != inst {
                     self.out.violations.push(format!("fence {fence} served to instances {other} and {inst}"));
