@@ -3,7 +3,7 @@
 //! the lease check of key requests for apps whose manifest allows a single instance.
 
 use kms_proto::api::KeyRequest;
-use kms_proto::app::{AppId, InstancePolicy, SignedManifest};
+use kms_proto::app::{AppId, InstancePolicy};
 use kms_proto::cluster::identity_of_peer_id;
 use kms_proto::codec::decode_json;
 use kms_proto::lease::{
@@ -94,7 +94,7 @@ impl KeyService {
         if self.shared.active().is_none() {
             return Err(ApiError::new(ErrorCode::NotReady, "the cluster key is not active yet"));
         }
-        let manifest = self.lease_manifest(&req.app_id, req.manifest.as_ref())?;
+        let manifest = self.offered_manifest(&req.app_id, req.manifest.as_ref())?;
         let policy = &manifest.manifest.policy;
         if policy.revoked {
             return Err(ApiError::new(
@@ -130,13 +130,7 @@ impl KeyService {
         }
         // A replayed request changes nothing it did not change the first time, but it is
         // still refused, as key requests are.
-        let fresh = self
-            .store
-            .use_nonce(&req.app_id, req.nonce.as_bytes(), now.saturating_add(self.replay_window_secs()))
-            .map_err(ApiError::internal)?;
-        if !fresh {
-            return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
-        }
+        self.use_nonce(&req.app_id, req.nonce.as_bytes(), now)?;
         self.store.put_lease(&req.app_id, &record).map_err(ApiError::internal)?;
         let grant = LeaseGrant::signed(
             &self.identity,
@@ -168,31 +162,6 @@ impl KeyService {
             max_skew: self.max_skew_secs,
             now,
         })
-    }
-
-    /// The manifest a lease request is judged by: the one held, after offering the one it
-    /// brings (as key requests do).
-    fn lease_manifest(
-        &self,
-        app: &AppId,
-        brought: Option<&SignedManifest>,
-    ) -> Result<SignedManifest, ApiError> {
-        if let Some(m) = brought {
-            if m.manifest.app_id != *app {
-                return Err(ApiError::new(
-                    ErrorCode::ManifestAppIdMismatch,
-                    "the supplied manifest is for another app_id",
-                ));
-            }
-            match self.apps.offer(m, true) {
-                Ok(_) => {}
-                Err(e) if e.code == ErrorCode::ManifestStaleSeq => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.apps
-            .get(app)?
-            .ok_or_else(|| ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {app}")))
     }
 }
 

@@ -179,6 +179,24 @@ impl KeyService {
         Ok(kms_proto::checkpoint::SignedCheckpoint::new(checkpoint, &self.identity).to_text())
     }
 
+    /// Records a request's nonce for the replay window; `request_replayed` if it was used.
+    pub(crate) fn use_nonce(
+        &self,
+        app: &kms_proto::AppId,
+        nonce: &[u8; 32],
+        now: u64,
+    ) -> Result<(), ApiError> {
+        let fresh = self
+            .store
+            .use_nonce(app, nonce, now.saturating_add(self.replay_window_secs()))
+            .map_err(ApiError::internal)?;
+        if fresh {
+            Ok(())
+        } else {
+            Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"))
+        }
+    }
+
     /// How long a released request's nonce is remembered, seconds: long enough that the request
     /// is refused by [`KeyService::check_time`] once its record is dropped.
     pub fn replay_window_secs(&self) -> u64 {
@@ -236,25 +254,36 @@ impl KeyService {
     /// The manifest to apply: the one held (looked up by `precheck`), or, when the request
     /// supplies one, the newest held after offering it.
     fn manifest(&self, req: &KeyRequest, held: Option<SignedManifest>) -> Result<SignedManifest, ApiError> {
-        if let Some(m) = held {
-            return Ok(m);
+        match held {
+            Some(m) => Ok(m),
+            None => self.offered_manifest(&req.app_id, req.manifest.as_ref()),
         }
-        if let Some(m) = &req.manifest {
-            if m.manifest.app_id != req.app_id {
+    }
+
+    /// The newest manifest held for `app` after offering the one a request brings, if any: a
+    /// newer one is taken (and gossiped); the same or an older one is fine, the newest held is
+    /// applied either way.
+    pub(crate) fn offered_manifest(
+        &self,
+        app: &kms_proto::AppId,
+        brought: Option<&SignedManifest>,
+    ) -> Result<SignedManifest, ApiError> {
+        if let Some(m) = brought {
+            if m.manifest.app_id != *app {
                 return Err(ApiError::new(
                     ErrorCode::ManifestAppIdMismatch,
                     "the supplied manifest is for another app_id",
                 ));
             }
-            // A newer manifest is taken (and gossiped); the same or an older one is fine, the
-            // newest held is applied either way.
             match self.apps.offer(m, true) {
                 Ok(_) => {}
                 Err(e) if e.code == ErrorCode::ManifestStaleSeq => {}
                 Err(e) => return Err(e),
             }
         }
-        self.held_manifest(req)
+        self.apps
+            .get(app)?
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownApp, format!("no manifest is held for app {app}")))
     }
 
     fn process(
@@ -289,13 +318,7 @@ impl KeyService {
         )
         .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, format!("client public key: {e}")))?;
         // Replay check last: a refused request does not burn its nonce.
-        let fresh = self
-            .store
-            .use_nonce(&req.app_id, req.nonce.as_bytes(), now.saturating_add(self.replay_window_secs()))
-            .map_err(ApiError::internal)?;
-        if !fresh {
-            return Err(ApiError::new(ErrorCode::RequestReplayed, "this request nonce was already used"));
-        }
+        self.use_nonce(&req.app_id, req.nonce.as_bytes(), now)?;
         let response = KeyResponse::signed(
             &self.identity,
             &self.cluster_id,

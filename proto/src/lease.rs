@@ -600,6 +600,16 @@ mod tests {
         assert!(decide(Some(&released), LeaseOp::Acquire, &a, 3, 117, 10).is_ok());
     }
 
+    /// Five members (keys 1..=5) and the app of these tests.
+    fn committee() -> (Vec<[u8; 32]>, AppId) {
+        ((1..=5).map(|i| key(i).verifying_key().to_bytes()).collect(), AppId([7; 32]))
+    }
+
+    /// 4 of 5 grants, at clock 100, skew 2.
+    fn rules<'a>(members: &'a [[u8; 32]], app: &'a AppId) -> CertificateRules<'a> {
+        CertificateRules { cluster_id: &[9; 32], app, members, quorum: 4, now: 100, max_skew: 2 }
+    }
+
     fn grants(nodes: &[u8], instance: &SigningKey, fence: u64, expires: u64) -> Vec<LeaseGrant> {
         let app = AppId([7; 32]);
         let ik = instance.verifying_key().to_bytes();
@@ -608,16 +618,8 @@ mod tests {
 
     #[test]
     fn certificates_need_a_quorum_of_live_member_grants() {
-        let members: Vec<[u8; 32]> = (1..=5).map(|i| key(i).verifying_key().to_bytes()).collect();
-        let app = AppId([7; 32]);
-        let rules = CertificateRules {
-            cluster_id: &[9; 32],
-            app: &app,
-            members: &members,
-            quorum: 4,
-            now: 100,
-            max_skew: 2,
-        };
+        let (members, app) = committee();
+        let rules = rules(&members, &app);
         let inst = key(50);
         let ok = check_certificate(&grants(&[1, 2, 3, 4], &inst, 3, 110), &rules).unwrap();
         assert_eq!((ok.fence, ok.deadline), (3, 110));
@@ -658,16 +660,8 @@ mod tests {
 
     #[test]
     fn a_proof_is_bound_to_its_request_and_instance() {
-        let members: Vec<[u8; 32]> = (1..=5).map(|i| key(i).verifying_key().to_bytes()).collect();
-        let app = AppId([7; 32]);
-        let rules = CertificateRules {
-            cluster_id: &[9; 32],
-            app: &app,
-            members: &members,
-            quorum: 4,
-            now: 100,
-            max_skew: 2,
-        };
+        let (members, app) = committee();
+        let rules = rules(&members, &app);
         let inst = key(50);
         let proof = LeaseProof::new(grants(&[1, 2, 3, 4], &inst, 1, 110), &inst, &[1; 32]);
         assert!(proof.verify(&[1; 32], &rules).is_ok());

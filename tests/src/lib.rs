@@ -200,8 +200,26 @@ impl Node {
         (node, peer)
     }
 
-    /// Starts the process (stderr appended to `node.log`).
+    /// Starts the process (stderr appended to `node.log`) and returns once its HTTP port accepts
+    /// connections (or the process exited, or 60 s passed): a test never asks a node that is not
+    /// listening yet (a request then would be refused, not answered).
     pub fn start(&mut self) {
+        self.spawn();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect_timeout(&self.http, std::time::Duration::from_millis(500)).is_ok()
+            {
+                return;
+            }
+            if self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process without waiting for it to listen.
+    pub fn spawn(&mut self) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
         let child = Command::new(&self.bin)
