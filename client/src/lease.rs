@@ -39,11 +39,15 @@ pub struct LeaseOptions {
     pub client: Option<reqwest::Client>,
     /// The owner-signed manifest to present, if the enclave carries one.
     pub manifest: Option<SignedManifest>,
+    /// The cluster's allowed clock skew, seconds (the nodes' `lease.max_clock_skew_secs`; 2 by
+    /// default). Taken from here, never from a node's answer: a lying node must not be able to
+    /// widen this instance's view of its lease.
+    pub max_skew: u64,
 }
 
 impl Default for LeaseOptions {
     fn default() -> Self {
-        LeaseOptions { timeout: Duration::from_secs(5), client: None, manifest: None }
+        LeaseOptions { timeout: Duration::from_secs(5), client: None, manifest: None, max_skew: 2 }
     }
 }
 
@@ -101,7 +105,8 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Acquires a lease of `app` for a new instance key: asks every node for its lease status,
+    /// Acquires a lease of `app` for a new instance key (a new one for each attempt): asks every
+    /// node for its lease status,
     /// takes a fence above the highest reported (`next_fence`: up to `t − 1` lying reports are
     /// ignored), asks every node to grant it with evidence
     /// binding the key, and succeeds with a quorum of valid grants. A fence refused as stale
@@ -137,8 +142,12 @@ impl Lease {
                 return Err(LeaseError::NoStatus);
             }
             let reported: Vec<u64> = statuses.iter().map(|s| s.fence).collect();
-            lease.fence = kms_proto::lease::next_fence(&reported, usize::from(d.threshold));
-            lease.max_skew = statuses.iter().map(|s| s.max_skew).max().unwrap_or(0);
+            // A fresh instance key per attempt, and never a fence given back before: a delayed
+            // request of an earlier attempt (its release above all) can touch no later lease.
+            lease.key = SigningKey::generate(&mut OsRng);
+            lease.fence =
+                kms_proto::lease::next_fence(&reported, usize::from(d.threshold)).max(lease.fence + 1);
+            lease.max_skew = opts.max_skew;
             lease.grants.clear();
             let time = unix_now();
             let binding =

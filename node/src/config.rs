@@ -408,6 +408,12 @@ impl Config {
         if self.dkg.round_timeout_ms == 0 {
             return Err(err("dkg.round_timeout_ms", "must be at least 1"));
         }
+        if self.lease.max_clock_skew_secs == 0 {
+            return Err(err(
+                "lease.max_clock_skew_secs",
+                "must be at least 1: clocks are read in whole seconds, so two of them always differ by up to one",
+            ));
+        }
         if self.lease.max_clock_skew_secs > kms_proto::lease::MAX_LEASE_SECS / 4 {
             return Err(err(
                 "lease.max_clock_skew_secs",

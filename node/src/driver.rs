@@ -159,7 +159,11 @@ fn write(
         Write::Activate(keys) => {
             store.activate(keys)?;
             let membership = match reshare {
-                Some(r) => finish_reshare(store, &r.change, keys.epoch)?,
+                Some(r) => {
+                    // Leases: no new grant until every lease of the old committee lapsed.
+                    store.set_committee_changed(crate::http::unix_now())?;
+                    finish_reshare(store, &r.change, keys.epoch)?
+                }
                 None => Membership { epoch: keys.epoch, ..shared.membership() },
             };
             info!(

@@ -237,7 +237,8 @@ async fn keys(
         // The evidence's signatures and the partial key are CPU work: off the async workers.
         let prepared = s.keys.prepare(&bytes, now).await?;
         let state = s.clone();
-        let resp = tokio::task::spawn_blocking(move || state.keys.release(prepared, now))
+        // The clock read again when the release is decided (a lease must still be valid then).
+        let resp = tokio::task::spawn_blocking(move || state.keys.release(prepared, unix_now().max(now)))
             .await
             .map_err(ApiError::internal)??;
         Ok(json(StatusCode::OK, &resp.into_inner()))
@@ -275,10 +276,10 @@ async fn lease(
     let started = Instant::now();
     let r = async {
         let (bytes, _permit) = admit_body(&s, peer, body).await?;
-        let now = unix_now();
-        // Signatures, evidence and a flush: off the async workers.
+        // Signatures, evidence and a flush: off the async workers; the clock is read there,
+        // when the request is decided.
         let state = s.clone();
-        let grant = tokio::task::spawn_blocking(move || state.keys.lease(&bytes, now))
+        let grant = tokio::task::spawn_blocking(move || state.keys.lease(&bytes, unix_now()))
             .await
             .map_err(ApiError::internal)??;
         Ok(json(StatusCode::OK, &grant.into_inner()))

@@ -120,8 +120,11 @@ impl KeyService {
             }
             (_, None) => None,
         };
+        if req.op == LeaseOp::Acquire {
+            self.check_committee_settled(lease_secs, now)?;
+        }
         let instance = *req.instance_key.as_bytes();
-        let _guard = self.lease_lock.lock().map_err(|_| ApiError::internal("lease lock poisoned"))?;
+        let guard = self.lease_lock.lock().map_err(|_| ApiError::internal("lease lock poisoned"))?;
         let held = self.store.lease(&req.app_id).map_err(ApiError::internal)?;
         let mut record =
             decide(held.as_ref(), req.op, &instance, req.fence, now, lease_secs).map_err(refusal)?;
@@ -132,6 +135,10 @@ impl KeyService {
         // still refused, as key requests are.
         self.use_nonce(&req.app_id, req.nonce.as_bytes(), now)?;
         self.store.put_lease(&req.app_id, &record).map_err(ApiError::internal)?;
+        // The next decision may read this record before it is on disk: whatever it sends waits
+        // for its own flush, which covers this write, so nothing leaves the node on an
+        // unflushed record; the lock is not held across the flush.
+        drop(guard);
         let grant = LeaseGrant::signed(
             &self.identity,
             &self.cluster_id,
@@ -142,6 +149,26 @@ impl KeyService {
         );
         tracing::info!(app_id = %req.app_id, op = ?req.op, fence = record.fence, expires = record.expires, "lease");
         self.store.durable(grant).map_err(ApiError::internal)
+    }
+
+    /// After a reshare a node grants no new lease for `lease_secs + max_skew`: a holder's grants
+    /// from the old committee (members that left, or a quorum of another size) may be valid
+    /// until then, and new members hold no record of them (`docs/decisions.md` 36).
+    fn check_committee_settled(&self, lease_secs: u64, now: u64) -> Result<(), ApiError> {
+        let Some(changed) = self.store.committee_changed().map_err(ApiError::internal)? else {
+            return Ok(());
+        };
+        let from = changed.saturating_add(lease_secs).saturating_add(self.max_skew_secs);
+        if now < from {
+            return Err(ApiError::new(
+                ErrorCode::LeaseHeld,
+                format!(
+                    "the committee changed at {changed}: this node grants new leases of this app from {from} \
+                     (unix seconds, this node's clock), once every lease of the old committee lapsed"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `GET /v1/lease/{app_id}`: where this node's lease of the app stands (`lease_secs`

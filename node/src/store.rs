@@ -18,6 +18,9 @@ use kms_proto::merkle::{self, Hash, Subtrees};
 
 use crate::seal::{SealError, SealKey};
 
+/// Key of [`NodeStore::committee_changed`] in `Space::Lease` (app records have 32-byte keys).
+const LEASE_COMMITTEE_CHANGED: &[u8] = b"committee-changed";
+
 /// The key spaces of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Space {
@@ -656,6 +659,22 @@ impl NodeStore {
     pub fn put_lease(&self, app: &AppId, record: &kms_proto::lease::LeaseRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.kv.put(Space::Lease, app.as_bytes(), &bytes)
+    }
+
+    /// Records that this node's committee changed (keys of a reshare became active) at `now`,
+    /// its clock: it grants no new lease for a while after (`KeyService::lease`).
+    pub fn set_committee_changed(&self, now: u64) -> Result<(), StoreError> {
+        self.kv.put(Space::Lease, LEASE_COMMITTEE_CHANGED, &now.to_be_bytes())?;
+        self.kv.flush()
+    }
+
+    /// When this node's committee last changed by a reshare, if ever.
+    pub fn committee_changed(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .kv
+            .get(Space::Lease, LEASE_COMMITTEE_CHANGED)?
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_be_bytes))
     }
 
     /// Records a request nonce; `false` if it was seen before (a replay).

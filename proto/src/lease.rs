@@ -52,7 +52,8 @@ pub fn next_fence(reported: &[u64], t: usize) -> u64 {
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     let f = t.saturating_sub(1);
     let Some(&anchor) = sorted.get(f.min(sorted.len().saturating_sub(1))) else { return 1 };
-    let ceiling = anchor.saturating_add(MAX_FENCE_STEP);
+    // The result is at most `anchor + MAX_FENCE_STEP`, which a node at `anchor` still grants.
+    let ceiling = anchor.saturating_add(MAX_FENCE_STEP - 1);
     sorted.into_iter().find(|&r| r <= ceiling).unwrap_or(anchor).saturating_add(1)
 }
 
@@ -319,15 +320,16 @@ pub struct Certified {
     pub deadline: u64,
 }
 
-/// Checks a lease certificate: at most one grant per member, every grant of the same cluster,
-/// app, instance key and fence, signed by a current member, and at least `quorum` of them
-/// expiring after `now + max_skew`.
+/// Checks a lease certificate: at most [`crate::cluster::MAX_NODES`] grants, every grant of
+/// the same cluster, app, instance key and fence, at most one per member, each signature valid;
+/// grants of nodes outside the current committee count for nothing; at least `quorum` grants of
+/// members expiring after `now + max_skew`.
 pub fn check_certificate(
     grants: &[LeaseGrant],
     rules: &CertificateRules<'_>,
 ) -> Result<Certified, LeaseError> {
     let first = grants.first().ok_or(LeaseError::TooFewGrants { valid: 0, needed: rules.quorum })?;
-    if grants.len() > rules.members.len() {
+    if grants.len() > crate::cluster::MAX_NODES {
         return Err(LeaseError::TooManyGrants { found: grants.len(), members: rules.members.len() });
     }
     let mut seen: Vec<[u8; 32]> = Vec::with_capacity(grants.len());
@@ -343,7 +345,8 @@ pub fn check_certificate(
         }
         let node = *g.node_key.as_bytes();
         if !rules.members.contains(&node) {
-            return Err(LeaseError::NotAMember);
+            // A grant of a node that left the committee (a reshare) counts for nothing.
+            continue;
         }
         if seen.contains(&node) {
             return Err(LeaseError::DuplicateGrant);
@@ -383,14 +386,13 @@ pub enum LeaseError {
     /// The grants name different clusters, apps, instances or fences (or another version).
     #[error("the lease grants do not all name this cluster, app, instance and fence")]
     MixedGrants,
-    /// A grant is signed by a node outside the current committee.
-    #[error("a lease grant is signed by a node that is not a member of the current committee")]
-    NotAMember,
     /// Two grants of one member.
     #[error("two lease grants of the same member")]
     DuplicateGrant,
-    /// More grants than members.
-    #[error("{found} lease grants for a committee of {members}")]
+    /// More grants than any committee has members ([`crate::cluster::MAX_NODES`]).
+    #[error(
+        "{found} lease grants, more than any committee of up to 1024 nodes has (this one has {members})"
+    )]
     TooManyGrants {
         /// Grants found.
         found: usize,
@@ -456,8 +458,9 @@ pub enum Refusal {
 /// time `lease_secs`. Returns the record to persist (before the grant leaves) or the refusal.
 ///
 /// * `acquire`: refused while another instance's lease is live here; the fence must be at
-///   least the highest granted here, and above it unless it is the same instance's, and at most
-///   [`MAX_FENCE_STEP`] above it.
+///   least the highest granted here, and above it unless it is the same instance's lease, not
+///   released, and at most [`MAX_FENCE_STEP`] above it; the holder asking again never shortens
+///   its lease.
 /// * `renew`: only the instance and fence of the record, not released; extends to
 ///   `now + lease_secs` (a lapsed lease nobody else took is taken up again).
 /// * `release`: only the instance and fence of the record; ends it now.
@@ -477,13 +480,18 @@ pub fn decide(
                 return Err(Refusal::Held { until: h.expires });
             }
             let highest = held.map_or(0, |h| h.fence);
-            if fence == 0 || fence < highest || (fence == highest && !own) {
+            // A released lease is not taken up again, not even by its holder: a delayed
+            // release must never apply to a lease granted after it.
+            let released_own = own && held.is_some_and(|h| h.released);
+            if fence == 0 || fence < highest || (fence == highest && (!own || released_own)) {
                 return Err(Refusal::StaleFence { highest });
             }
             if fence - highest > MAX_FENCE_STEP {
                 return Err(Refusal::FenceTooFar { highest });
             }
             let instance_id = held.filter(|_| own).and_then(|h| h.instance_id.clone());
+            // The holder asking again never shortens what this node already granted it.
+            let expires = held.filter(|_| own).map_or(expires, |h| expires.max(h.expires));
             Ok(LeaseRecord {
                 instance_key: HexBytes(*instance),
                 fence,
@@ -562,7 +570,9 @@ mod tests {
         // Two liars (t = 3) report the end of the range: ignored.
         assert_eq!(next_fence(&[u64::MAX, u64::MAX - 5, 4, 3, 4], 3), 5);
         // A high honest fence within the step is taken.
-        assert_eq!(next_fence(&[7 + MAX_FENCE_STEP, 7, 7, 6, 0], 3), 8 + MAX_FENCE_STEP);
+        assert_eq!(next_fence(&[6 + MAX_FENCE_STEP, 7, 7, 6, 0], 3), 7 + MAX_FENCE_STEP);
+        // A lie exactly at the step is ignored: a node at 7 would refuse 8 + step.
+        assert_eq!(next_fence(&[7 + MAX_FENCE_STEP, 7, 7, 6, 0], 3), 8);
     }
 
     #[test]
@@ -598,6 +608,14 @@ mod tests {
         assert!(released.released && released.expires == 116);
         assert_eq!(decide(Some(&released), LeaseOp::Renew, &b, 2, 117, 10), Err(Refusal::NotHeld));
         assert!(decide(Some(&released), LeaseOp::Acquire, &a, 3, 117, 10).is_ok());
+        // Its holder cannot take a released lease up again (a delayed release must never end a
+        // later lease of the same fence).
+        assert_eq!(
+            decide(Some(&released), LeaseOp::Acquire, &b, 2, 117, 10),
+            Err(Refusal::StaleFence { highest: 2 })
+        );
+        // Asking again never shortens the lease (a late request, or a shorter lease time).
+        assert_eq!(decide(Some(&renewed), LeaseOp::Acquire, &b, 2, 110, 5).unwrap().expires, 125);
     }
 
     /// Five members (keys 1..=5) and the app of these tests.
@@ -632,10 +650,12 @@ mod tests {
             check_certificate(&grants(&[1, 2, 3, 4], &inst, 3, 102), &rules),
             Err(LeaseError::TooFewGrants { valid: 0, needed: 4 })
         );
+        // A non-member's grant (a node that left the committee) counts for nothing.
         assert_eq!(
             check_certificate(&grants(&[1, 2, 3, 6], &inst, 3, 110), &rules),
-            Err(LeaseError::NotAMember)
+            Err(LeaseError::TooFewGrants { valid: 3, needed: 4 })
         );
+        assert!(check_certificate(&grants(&[1, 2, 3, 4, 6], &inst, 3, 110), &rules).is_ok());
         assert_eq!(
             check_certificate(&grants(&[1, 2, 3, 3], &inst, 3, 110), &rules),
             Err(LeaseError::DuplicateGrant)
@@ -646,10 +666,11 @@ mod tests {
         let mut forged = grants(&[1, 2, 3, 4], &inst, 3, 110);
         forged[2].expires = 200;
         assert_eq!(check_certificate(&forged, &rules), Err(LeaseError::BadGrantSignature));
-        assert_eq!(
-            check_certificate(&grants(&[1, 2, 3, 4, 5, 1], &inst, 3, 110), &rules),
-            Err(LeaseError::TooManyGrants { found: 6, members: 5 })
-        );
+        let many: Vec<u8> = (0..=255u8).cycle().take(1025).collect();
+        assert!(matches!(
+            check_certificate(&grants(&many, &inst, 3, 110), &rules),
+            Err(LeaseError::TooManyGrants { found: 1025, .. })
+        ));
         // The deadline is the quorum-th latest expiry.
         let spread: Vec<LeaseGrant> = (1..=5u8)
             .zip([120, 101, 130, 115, 125])

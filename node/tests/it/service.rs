@@ -566,7 +566,7 @@ mod leases {
         // Grants expiring within the skew of the node's clock do not count.
         let r = a.key_request(&f, a.peer_grants(&f, 1, now() + 2), &a.key);
         refused(f.send(&r), ErrorCode::LeaseInvalid, "0 lease grants valid");
-        // A grant of a node outside the committee.
+        // A grant of a node outside the committee counts for nothing.
         let mut foreign = grants.clone();
         foreign[0] = LeaseGrant::signed(
             &SigningKey::from_bytes(&[0x99; 32]),
@@ -576,7 +576,7 @@ mod leases {
             1,
             t + LEASE,
         );
-        refused(f.send(&a.key_request(&f, foreign, &a.key)), ErrorCode::LeaseInvalid, "not a member");
+        refused(f.send(&a.key_request(&f, foreign, &a.key)), ErrorCode::LeaseInvalid, "3 lease grants valid");
         // A grant whose expiry was moved.
         let mut forged = grants.clone();
         forged[1].expires += 100;
@@ -668,6 +668,32 @@ mod leases {
         lease(b.request(&f, LeaseOp::Release, 2, later, None), later).unwrap();
         assert_eq!(f.service.lease_status(&f.app, later).unwrap().held_until, None);
         assert_eq!(lease(a.request(&f, LeaseOp::Acquire, 3, later, None), later).unwrap().fence, 3);
+    }
+
+    /// After a reshare no new lease is granted until every lease of the old committee lapsed;
+    /// a holder's renewals go on.
+    #[test]
+    fn no_new_lease_until_the_old_committees_leases_lapsed() {
+        let f = fixture(true);
+        single(&f);
+        let (a, b) = (Instance::new(), Instance::new());
+        let t = now();
+        f.service.lease(&a.request(&f, LeaseOp::Acquire, 1, t, None), t).unwrap();
+        f.service.store.set_committee_changed(t).unwrap();
+        f.service.lease(&a.request(&f, LeaseOp::Renew, 1, t, None), t).expect("renewals go on");
+        let later = t + LEASE + 1;
+        refused(
+            f.service.lease(&b.request(&f, LeaseOp::Acquire, 2, later, None), later).map(|g| g.into_inner()),
+            ErrorCode::LeaseHeld,
+            &format!(
+                "the committee changed at {t}: this node grants new leases of this app from {}",
+                t + LEASE + 2
+            ),
+        );
+        let settled = t + 2 * LEASE + 2;
+        f.service
+            .lease(&b.request(&f, LeaseOp::Acquire, 2, settled, None), settled)
+            .expect("granted once settled");
     }
 
     #[test]
