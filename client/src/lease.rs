@@ -69,8 +69,8 @@ pub enum LeaseError {
         /// Each node's outcome, by index.
         report: Vec<(u16, NodeOutcome)>,
     },
-    /// No node answered the status query.
-    #[error("no node reported the app's lease status")]
+    /// Fewer than t nodes answered the status query.
+    #[error("fewer than t nodes reported the app's lease status")]
     NoStatus,
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
@@ -138,15 +138,15 @@ impl Lease {
         let mut last = (0, Vec::new());
         for _ in 0..3 {
             let statuses = lease.statuses(&client, opts.timeout).await;
-            if statuses.is_empty() {
-                return Err(LeaseError::NoStatus);
-            }
             let reported: Vec<u64> = statuses.iter().map(|s| s.fence).collect();
             // A fresh instance key per attempt, and never a fence given back before: a delayed
             // request of an earlier attempt (its release above all) can touch no later lease.
             lease.key = SigningKey::generate(&mut OsRng);
-            lease.fence =
-                kms_proto::lease::next_fence(&reported, usize::from(d.threshold)).max(lease.fence + 1);
+            // With fewer than t answers the t-th highest could be a lie.
+            let Some(fence) = kms_proto::lease::next_fence(&reported, usize::from(d.threshold)) else {
+                return Err(LeaseError::NoStatus);
+            };
+            lease.fence = fence.max(lease.fence + 1);
             lease.max_skew = opts.max_skew;
             lease.grants.clear();
             let time = unix_now();

@@ -202,12 +202,6 @@ fn refusal(r: Refusal) -> ApiError {
             ErrorCode::LeaseFenceStale,
             format!("the fence must be above {highest}, the highest granted here to another instance"),
         ),
-        Refusal::FenceTooFar { highest } => ApiError::new(
-            ErrorCode::LeaseFenceStale,
-            format!(
-                "the fence is more than 2^32 above {highest}, the highest granted here (a status report lied?)"
-            ),
-        ),
         Refusal::NotHeld => ApiError::new(
             ErrorCode::LeaseNotHeld,
             "this node holds no lease of this app for that instance and fence",

@@ -36,10 +36,13 @@ pub struct Scenario {
     pub n: usize,
     /// Threshold (at most `t − 1` byzantine nodes).
     pub t: usize,
-    /// Indices of the byzantine nodes: they grant anything with a far expiry, report a fence near
-    /// the end of the `u64` range,
+    /// Indices of the byzantine nodes: they grant anything with a far expiry (unless silent),
+    /// report a fence near the end of the `u64` range or just past what `next_fence` accepts,
     /// and hand their partial to anyone.
     pub byzantine: Vec<usize>,
+    /// The byzantine nodes that refuse every lease request (and still lie about fences): leases
+    /// stay live only while the other nodes make a quorum.
+    pub silent: Vec<usize>,
     /// The app's lease time, seconds.
     pub lease_secs: u64,
     /// Allowed clock skew, seconds; every clock is within ±skew/2 of real time.
@@ -65,6 +68,7 @@ impl Scenario {
         shuffle(&mut byzantine, rng);
         byzantine.truncate(f);
         byzantine.sort_unstable();
+        let silent: Vec<usize> = byzantine.iter().copied().filter(|_| rng.next_u32() % 3 == 0).collect();
         let max_skew = 1 + u64::from(rng.next_u32() % 3);
         let lease_secs = max_skew * 4 + u64::from(rng.next_u32() % 8);
         let instances = 2 + (rng.next_u32() % 3) as usize;
@@ -74,11 +78,12 @@ impl Scenario {
             n,
             t,
             byzantine,
+            silent,
             lease_secs,
             max_skew,
             instances,
             heal_at,
-            horizon: heal_at + 60_000,
+            horizon: heal_at + 100_000,
             quorum,
         }
     }
@@ -100,13 +105,16 @@ pub struct Outcome {
 }
 
 enum Msg {
-    Status,
-    Op(LeaseOp, u64),
+    /// A status query of one acquire round (the instance's epoch).
+    Status(u64),
+    /// The operation, the fence and the attempt's instance key.
+    Op(LeaseOp, u64, [u8; 32]),
     Fetch(LeaseProof, [u8; 32]),
 }
 
 enum Reply {
-    Status(u64),
+    /// The round asked and the fence reported.
+    Status(u64, u64),
     Grant(Box<LeaseGrant>),
     Partial,
     Refused,
@@ -152,8 +160,9 @@ struct Instance {
     /// Bumped on every phase change: stale timers are ignored.
     epoch: u64,
     fence: u64,
-    /// Fences reported by the nodes' status answers in this round.
-    reported: Vec<u64>,
+    /// Fences reported by the nodes' status answers in this round, one per node (as the client
+    /// gets one answer per request).
+    reported: BTreeMap<usize, u64>,
     grants: BTreeMap<usize, LeaseGrant>,
 }
 
@@ -176,6 +185,8 @@ struct World {
     holding_since: Vec<Option<u64>>,
     /// Holder deaths waiting for a successor (time of death).
     orphaned: Vec<u64>,
+    /// Acquire rounds run by all instances.
+    rounds: u64,
     /// The latest death of any instance: one that dies holding grants of a failed acquire
     /// blocks the app for up to a lease time too.
     last_death: u64,
@@ -234,7 +245,7 @@ impl World {
                     dead: false,
                     epoch: 0,
                     fence: 0,
-                    reported: Vec::new(),
+                    reported: BTreeMap::new(),
                     grants: BTreeMap::new(),
                 }
             })
@@ -266,6 +277,7 @@ impl World {
             holding_since,
             orphaned: Vec::new(),
             last_death: 0,
+            rounds: 0,
             out: Outcome::default(),
         };
         for i in 0..w.sc.instances {
@@ -292,7 +304,13 @@ impl World {
     /// Sends with a random delay; lost when the link is cut, the node is down on arrival, or
     /// (before healing) at random.
     fn send(&mut self, inst: usize, node: usize, e: Event) {
-        let delay = 1 + self.rng.next_u64() % 200;
+        // Before healing, one message in fifty is held back 5–40 s (a delayed release of an
+        // earlier attempt arriving after a later one succeeded, say).
+        let delay = if self.now < self.sc.heal_at && self.rng.next_u32() % 50 == 0 {
+            5_000 + self.rng.next_u64() % 35_000
+        } else {
+            1 + self.rng.next_u64() % 200
+        };
         let at = self.now + delay;
         let cut =
             self.cuts.iter().any(|&(i, n, a, b)| i == inst && n == node && self.now >= a && self.now < b);
@@ -353,6 +371,16 @@ impl World {
             inst.epoch += 1;
             self.holding_since[i] = None;
         }
+    }
+
+    /// Whether the nodes that grant at all (all but the silent byzantine ones) make a quorum.
+    fn live_quorum(&self) -> bool {
+        self.sc.n - self.sc.silent.len() >= self.quorum
+    }
+
+    /// When the last message held back before healing has arrived.
+    fn quiet_at(&self) -> u64 {
+        self.sc.heal_at + 40_000
     }
 
     /// The bound on a handover once the network is whole and no other instance died since:
@@ -426,17 +454,37 @@ impl World {
         let epoch = self.insts[i].epoch;
         match kind {
             Timer::Start => {
+                // A new instance key per attempt, as the client does.
+                let mut secret = [0u8; 32];
+                self.rng.fill_bytes(&mut secret);
+                self.insts[i].key = SigningKey::from_bytes(&secret);
                 self.insts[i].phase = Phase::Query;
                 self.insts[i].reported.clear();
                 self.insts[i].grants.clear();
-                self.broadcast(i, || Msg::Status);
+                let round = self.insts[i].epoch;
+                self.broadcast(i, || Msg::Status(round));
                 self.schedule(self.now + 600, Event::Timer { inst: i, kind: Timer::QueryDone, epoch });
             }
             Timer::QueryDone => {
-                let fence = kms_proto::lease::next_fence(&self.insts[i].reported, self.sc.t);
+                let reported: Vec<u64> = self.insts[i].reported.values().copied().collect();
+                let Some(fence) = kms_proto::lease::next_fence(&reported, self.sc.t) else {
+                    // Too few status answers: try again later, as the client does.
+                    self.go_idle(i);
+                    return;
+                };
+                // Never a fence given back before (a new key per attempt, too).
+                let fence = fence.max(self.insts[i].fence + 1);
+                self.rounds += 1;
+                if std::env::var_os("KMS_LEASE_TRACE").is_some() {
+                    eprintln!(
+                        "{} ms: instance {i} status reports {:?} -> fence {fence}",
+                        self.now, self.insts[i].reported
+                    );
+                }
                 self.insts[i].fence = fence;
                 self.insts[i].phase = Phase::Acquire;
-                self.broadcast(i, || Msg::Op(LeaseOp::Acquire, fence));
+                let ik = self.insts[i].key.verifying_key().to_bytes();
+                self.broadcast(i, || Msg::Op(LeaseOp::Acquire, fence, ik));
                 self.schedule(self.now + 600, Event::Timer { inst: i, kind: Timer::AcquireDone, epoch });
             }
             Timer::AcquireDone => {
@@ -458,7 +506,9 @@ impl World {
                         let wait = self.now - d;
                         self.out.handovers += 1;
                         self.out.longest_handover = self.out.longest_handover.max(wait);
-                        if self.now > d.max(self.sc.heal_at).max(self.last_death) + self.handover_bound() {
+                        if self.live_quorum()
+                            && self.now > d.max(self.quiet_at()).max(self.last_death) + self.handover_bound()
+                        {
                             self.out.violations.push(format!(
                                 "the holder died at {d} ms and the next instance held the lease only at {} ms",
                                 self.now
@@ -470,22 +520,18 @@ impl World {
                     self.schedule(self.now + renew, Event::Timer { inst: i, kind: Timer::Renew, epoch });
                     self.schedule(self.now + 100, Event::Timer { inst: i, kind: Timer::Fetch, epoch });
                 } else {
-                    // Give back what was granted, then try again later.
+                    // Give back what may have been granted (to every node asked, as the client
+                    // does), then try again later.
                     let fence = self.insts[i].fence;
-                    let granted: Vec<usize> = self.insts[i].grants.keys().copied().collect();
-                    for node in granted {
-                        self.send(
-                            i,
-                            node,
-                            Event::ToNode { node, inst: i, msg: Msg::Op(LeaseOp::Release, fence) },
-                        );
-                    }
+                    let ik = self.insts[i].key.verifying_key().to_bytes();
+                    self.broadcast(i, || Msg::Op(LeaseOp::Release, fence, ik));
                     self.go_idle(i);
                 }
             }
             Timer::Renew => {
                 let fence = self.insts[i].fence;
-                self.broadcast(i, || Msg::Op(LeaseOp::Renew, fence));
+                let ik = self.insts[i].key.verifying_key().to_bytes();
+                self.broadcast(i, || Msg::Op(LeaseOp::Renew, fence, ik));
                 let renew = self.sc.lease_secs * 1000 / 3;
                 self.schedule(self.now + renew, Event::Timer { inst: i, kind: Timer::Renew, epoch });
             }
@@ -505,7 +551,9 @@ impl World {
     fn at_instance(&mut self, i: usize, node: usize, reply: Reply) {
         let inst = &mut self.insts[i];
         match reply {
-            Reply::Status(f) if inst.phase == Phase::Query => inst.reported.push(f),
+            Reply::Status(round, f) if inst.phase == Phase::Query && round == inst.epoch => {
+                inst.reported.insert(node, f);
+            }
             Reply::Grant(g)
                 if matches!(inst.phase, Phase::Acquire | Phase::Holding)
                     && g.fence == inst.fence
@@ -521,21 +569,30 @@ impl World {
 
     fn at_node(&mut self, node: usize, inst: usize, msg: Msg) {
         let now = clock(self.now, self.nodes[node].offset);
-        let ik = self.insts[inst].key.verifying_key().to_bytes();
         let key = self.nodes[node].key.clone();
-        let grant = |fence, expires| LeaseGrant::signed(&key, &CLUSTER, &APP, &ik, fence, expires);
+        let grant =
+            |ik: &[u8; 32], fence, expires| LeaseGrant::signed(&key, &CLUSTER, &APP, ik, fence, expires);
         let reply = if self.nodes[node].byzantine {
+            let silent = self.sc.silent.contains(&node);
             match msg {
-                // A lie that would end every fence if believed.
-                Msg::Status => Reply::Status(u64::MAX - 1),
-                Msg::Op(_, fence) => Reply::Grant(Box::new(grant(fence, now + 1_000))),
+                // Lies that would end every fence, or stall the fence, if believed: the end of
+                // the range, or just past what a node at the honest maximum would still grant.
+                Msg::Status(round) if self.rng.next_u32() % 2 == 0 => Reply::Status(round, u64::MAX - 1),
+                Msg::Status(round) => {
+                    let honest = self.nodes.iter().filter(|n| !n.byzantine);
+                    let highest =
+                        honest.filter_map(|n| n.record.as_ref()).map(|r| r.fence).max().unwrap_or(0);
+                    Reply::Status(round, highest + kms_proto::lease::MAX_FENCE_STEP)
+                }
+                Msg::Op(..) | Msg::Fetch(..) if silent => Reply::Refused,
+                Msg::Op(_, fence, ik) => Reply::Grant(Box::new(grant(&ik, fence, now + 1_000))),
                 Msg::Fetch(..) => Reply::Partial,
             }
         } else {
             let record = self.nodes[node].record.clone();
             match msg {
-                Msg::Status => Reply::Status(record.as_ref().map_or(0, |r| r.fence)),
-                Msg::Op(op, fence) => {
+                Msg::Status(round) => Reply::Status(round, record.as_ref().map_or(0, |r| r.fence)),
+                Msg::Op(op, fence, ik) => {
                     let decided = decide(record.as_ref(), op, &ik, fence, now, self.sc.lease_secs);
                     if std::env::var_os("KMS_LEASE_TRACE").is_some() {
                         eprintln!(
@@ -545,7 +602,7 @@ impl World {
                     }
                     match decided {
                         Ok(next) => {
-                            let g = grant(next.fence, next.expires);
+                            let g = grant(&ik, next.fence, next.expires);
                             self.nodes[node].record = Some(next);
                             Reply::Grant(Box::new(g))
                         }
@@ -580,10 +637,13 @@ impl World {
                 ));
             }
             last = last.max(fence);
-            if fence > kms_proto::lease::MAX_FENCE_STEP {
-                self.out
-                    .violations
-                    .push(format!("fence {fence}: a lying status report pushed the fence out of reach"));
+            // Lies can make each acquire round jump by less than the step, never more: the
+            // fence range lasts at least 2³² rounds.
+            if u128::from(fence) > u128::from(self.rounds) * u128::from(kms_proto::lease::MAX_FENCE_STEP) {
+                self.out.violations.push(format!(
+                    "fence {fence} after {} acquire rounds: a lying status report pushed the fence out of reach",
+                    self.rounds
+                ));
             }
             if let Some(&other) = owner.get(&fence) {
                 if other != inst {
@@ -596,9 +656,14 @@ impl World {
 
     /// A holder that died after the network healed is replaced within the bound.
     fn check_liveness_at_end(&mut self) {
+        if !self.live_quorum() {
+            // Silent byzantine nodes leave fewer granting nodes than a quorum: no lease can be
+            // had (docs/decisions.md 36, "Availability"); only safety is checked.
+            return;
+        }
         let bound = self.handover_bound();
         for &d in &self.orphaned {
-            let from = d.max(self.sc.heal_at).max(self.last_death);
+            let from = d.max(self.quiet_at()).max(self.last_death);
             if self.sc.horizon > from + bound {
                 self.out.violations.push(format!(
                     "the holder died at {d} ms and no instance held the lease by {} ms",

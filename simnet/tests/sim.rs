@@ -591,7 +591,7 @@ mod leases {
     #[test]
     fn one_holder_at_a_time_over_300_random_seeds() {
         let (mut releases, mut acquisitions, mut handovers, mut longest) = (0, 0, 0, 0);
-        let mut byzantine_runs = 0;
+        let (mut byzantine_runs, mut silent_runs) = (0, 0);
         for seed in 0..SEEDS {
             let (sc, out) = run(seed);
             assert!(
@@ -604,15 +604,17 @@ mod leases {
             handovers += out.handovers;
             longest = longest.max(out.longest_handover);
             byzantine_runs += usize::from(!sc.byzantine.is_empty());
+            silent_runs += usize::from(sc.n - sc.silent.len() < sc.quorum);
         }
         eprintln!(
             "{SEEDS} seeds: {acquisitions} acquisitions, {handovers} handovers (longest {longest} ms), \
              {releases} honest releases, {byzantine_runs} runs with byzantine nodes"
         );
         // The runs exercise what they claim to.
-        assert!(handovers > SEEDS as usize / 2, "holders die and are replaced: {handovers}");
+        assert!(handovers > SEEDS as usize / 4, "holders die and are replaced: {handovers}");
         assert!(acquisitions > handovers && releases > 1000);
         assert!(byzantine_runs > SEEDS as usize / 3, "{byzantine_runs}");
+        assert!(silent_runs > 10, "runs where silent byzantine nodes leave no quorum: {silent_runs}");
     }
 
     /// The harness finds a second holder when the certificate quorum is too small: counting t
