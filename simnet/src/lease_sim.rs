@@ -1,9 +1,11 @@
 //! A deterministic harness for single-instance leases (`docs/decisions.md` 36): instances race
-//! for the lease of one app through message loss, partitions, node crashes, skewed clocks and
-//! byzantine nodes, with the nodes applying the protocol's own rules
-//! ([`kms_proto::lease::decide`], [`kms_proto::lease::check_certificate`], the proof check of
-//! key requests) and the instances following the client's algorithm (status, fence above the
-//! highest, acquire, renew every third of the lease, give back a failed acquire).
+//! for the lease of one app through message loss, messages held back for seconds, partitions,
+//! node crashes, skewed clocks and byzantine nodes, with the nodes applying the protocol's own
+//! rules ([`kms_proto::lease::decide`], [`kms_proto::lease::check_certificate`], the proof check
+//! of key requests) and the instances following the client's algorithm (status from at least t
+//! nodes, [`kms_proto::lease::next_fence`], a new instance key per attempt, acquire, renew every
+//! third of the lease, give back a failed acquire to every node; the client's fixed retry count is
+//! replaced by a random back-off).
 //!
 //! What a run checks:
 //! * **one holder**: at no moment do two live instances each hold a certificate valid at their
@@ -11,8 +13,13 @@
 //! * **one instance served at a time**: the partial keys honest nodes release go out in
 //!   non-decreasing fence order, and each fence to one instance only (the byzantine nodes, at
 //!   most `t − 1`, cannot give anyone the key on their own);
-//! * **liveness**: once the network is whole again, after a holder dies another instance holds
-//!   the lease within the lease time plus a bounded retry delay.
+//! * **fences last**: lies about fences make each acquire round jump by less than 2³²;
+//! * **liveness**: once the network is quiet again and the nodes that grant at all make a quorum,
+//!   after a holder dies another instance holds the lease within the lease time plus a bounded
+//!   retry delay (counted from the last death of any instance: one that dies holding grants of a
+//!   failed acquire blocks the app for a lease time too).
+//!
+//! `KMS_LEASE_TRACE=1` prints every node decision and acquire round of a run to stderr.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
