@@ -106,12 +106,12 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     /// Acquires a lease of `app` for a new instance key (a new one for each attempt): asks every
-    /// node for its lease status,
-    /// takes a fence above the highest reported (`next_fence`: up to `t − 1` lying reports are
-    /// ignored), asks every node to grant it with evidence
-    /// binding the key, and succeeds with a quorum of valid grants. A fence refused as stale
-    /// (another instance raced) is retried twice with a fresh status. On failure the grants
-    /// obtained are released, so they do not block the instance that won.
+    /// node for its lease status (at least t must answer), takes a fence above the highest
+    /// reported (`next_fence`: up to `t − 1` lying reports are ignored) and above any it used,
+    /// asks every node to grant it with evidence binding the key, and succeeds with a quorum of
+    /// valid grants. A fence refused as stale (another instance raced) is retried twice with a
+    /// fresh status. A failed attempt is given back (`release` to every node asked), so it does
+    /// not block the instance that won.
     pub async fn acquire(
         cluster: &Cluster,
         app: &AppId,
@@ -158,10 +158,9 @@ impl Lease {
             if granted >= lease.quorum {
                 return Ok(lease);
             }
-            // Give back what was granted: it would only hold up the instance that won.
-            if !lease.grants.is_empty() {
-                lease.ask_all(&client, LeaseOp::Release, unix_now(), None, opts).await;
-            }
+            // Give back whatever was granted, at every node asked (a grant whose answer was lost
+            // too): it would only hold up the instance that won.
+            lease.ask_all(&client, LeaseOp::Release, unix_now(), None, opts).await;
             let stale = report
                 .iter()
                 .any(|(_, o)| matches!(o, NodeOutcome::Refused { code: ErrorCode::LeaseFenceStale, .. }));
