@@ -146,7 +146,7 @@ impl Lease {
             let Some(fence) = kms_proto::lease::next_fence(&reported, usize::from(d.threshold)) else {
                 return Err(LeaseError::NoStatus);
             };
-            lease.fence = fence.max(lease.fence + 1);
+            lease.fence = fence.max(lease.fence.saturating_add(1));
             lease.max_skew = opts.max_skew;
             lease.grants.clear();
             let time = unix_now();

@@ -157,13 +157,14 @@ fn write(
         }
         Write::Message { attempt, from, bytes } => store.log_dkg_message(*attempt, *from, bytes),
         Write::Activate(keys) => {
+            if reshare.is_some() {
+                // Leases: no new grant until every lease of the old committee lapsed. Written
+                // before the keys, so a crash in between cannot skip it (waiting longer is safe).
+                store.set_committee_changed(crate::http::unix_now())?;
+            }
             store.activate(keys)?;
             let membership = match reshare {
-                Some(r) => {
-                    // Leases: no new grant until every lease of the old committee lapsed.
-                    store.set_committee_changed(crate::http::unix_now())?;
-                    finish_reshare(store, &r.change, keys.epoch)?
-                }
+                Some(r) => finish_reshare(store, &r.change, keys.epoch)?,
                 None => Membership { epoch: keys.epoch, ..shared.membership() },
             };
             info!(

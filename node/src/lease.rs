@@ -67,6 +67,14 @@ impl KeyService {
             .verify(binding, &rules)
             .map_err(|e| ApiError::new(ErrorCode::LeaseInvalid, e.to_string()))?;
         let held = self.store.lease(&req.app_id).map_err(ApiError::internal)?;
+        if let Some(h) = held.as_ref().filter(|h| {
+            h.released && h.fence == certified.fence && h.instance_key.as_bytes() == &certified.instance_key
+        }) {
+            return Err(ApiError::new(
+                ErrorCode::LeaseInvalid,
+                format!("the lease of fence {} was released here", h.fence),
+            ));
+        }
         if let Some(h) = held.filter(|h| h.fence > certified.fence) {
             return Err(ApiError::new(
                 ErrorCode::LeaseFenceStale,

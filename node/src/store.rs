@@ -670,11 +670,13 @@ impl NodeStore {
 
     /// When this node's committee last changed by a reshare, if ever.
     pub fn committee_changed(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .kv
-            .get(Space::Lease, LEASE_COMMITTEE_CHANGED)?
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_be_bytes))
+        match self.kv.get(Space::Lease, LEASE_COMMITTEE_CHANGED)? {
+            None => Ok(None),
+            Some(v) => v
+                .try_into()
+                .map(|b| Some(u64::from_be_bytes(b)))
+                .map_err(|_| StoreError::Corrupt("lease committee-changed time".into())),
+        }
     }
 
     /// Records a request nonce; `false` if it was seen before (a replay).

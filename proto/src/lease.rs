@@ -481,8 +481,11 @@ pub fn decide(
                 return Err(Refusal::StaleFence { highest });
             }
             let instance_id = held.filter(|_| own).and_then(|h| h.instance_id.clone());
-            // The holder asking again never shortens what this node already granted it.
-            let expires = held.filter(|_| own).map_or(expires, |h| expires.max(h.expires));
+            // The same instance asking again (with this fence or a higher one) never shortens
+            // what this node already granted it.
+            let expires = held
+                .filter(|h| h.instance_key.as_bytes() == instance && !h.released)
+                .map_or(expires, |h| expires.max(h.expires));
             Ok(LeaseRecord {
                 instance_key: HexBytes(*instance),
                 fence,
@@ -600,6 +603,8 @@ mod tests {
             decide(Some(&released), LeaseOp::Acquire, &b, 2, 117, 10),
             Err(Refusal::StaleFence { highest: 2 })
         );
+        // The same key with a higher fence never shortens what was granted either.
+        assert_eq!(decide(Some(&renewed), LeaseOp::Acquire, &b, 3, 110, 5).unwrap().expires, 125);
         // Asking again never shortens the lease (a late request, or a shorter lease time).
         assert_eq!(decide(Some(&renewed), LeaseOp::Acquire, &b, 2, 110, 5).unwrap().expires, 125);
     }

@@ -44,7 +44,7 @@ pub struct Scenario {
     /// Threshold (at most `t − 1` byzantine nodes).
     pub t: usize,
     /// Indices of the byzantine nodes: they grant anything with a far expiry (unless silent),
-    /// report a fence near the end of the `u64` range or just past what `next_fence` accepts,
+    /// report a fence near the end of the `u64` range, or 2³² or 2³² − 1 above the honest maximum,
     /// and hand their partial to anyone.
     pub byzantine: Vec<usize>,
     /// The byzantine nodes that refuse every lease request (and still lie about fences): leases
@@ -583,13 +583,15 @@ impl World {
             let silent = self.sc.silent.contains(&node);
             match msg {
                 // Lies that would end every fence, or stall the fence, if believed: the end of
-                // the range, or just past what a node at the honest maximum would still grant.
+                // the range, or the largest step `next_fence` takes above the honest maximum.
                 Msg::Status(round) if self.rng.next_u32() % 2 == 0 => Reply::Status(round, u64::MAX - 1),
                 Msg::Status(round) => {
                     let honest = self.nodes.iter().filter(|n| !n.byzantine);
                     let highest =
                         honest.filter_map(|n| n.record.as_ref()).map(|r| r.fence).max().unwrap_or(0);
-                    Reply::Status(round, highest + kms_proto::lease::MAX_FENCE_STEP)
+                    // Just past what `next_fence` takes, or the most it takes.
+                    let step = kms_proto::lease::MAX_FENCE_STEP - u64::from(self.rng.next_u32() % 2);
+                    Reply::Status(round, highest + step)
                 }
                 Msg::Op(..) | Msg::Fetch(..) if silent => Reply::Refused,
                 Msg::Op(_, fence, ik) => Reply::Grant(Box::new(grant(&ik, fence, now + 1_000))),

@@ -664,8 +664,11 @@ mod leases {
         // this node granted fence 2 since.
         let r = a.key_request(&f, a.peer_grants(&f, 1, now() + 3600), &a.key);
         refused(f.send(&r), ErrorCode::LeaseFenceStale, "superseded here by fence 2");
-        // B releases: anyone may acquire again, above the highest fence.
+        // B releases: its certificate is refused here from then on; anyone may acquire again,
+        // above the highest fence.
         lease(b.request(&f, LeaseOp::Release, 2, later, None), later).unwrap();
+        let r = b.key_request(&f, b.peer_grants(&f, 2, now() + 3600), &b.key);
+        refused(f.send(&r), ErrorCode::LeaseInvalid, "the lease of fence 2 was released here");
         assert_eq!(f.service.lease_status(&f.app, later).unwrap().held_until, None);
         assert_eq!(lease(a.request(&f, LeaseOp::Acquire, 3, later, None), later).unwrap().fence, 3);
     }
