@@ -170,7 +170,7 @@ pub fn format_report(report: &[NodeReport]) -> String {
 }
 
 /// Largest answer accepted from a node (a key response is ~250 bytes; an error body is small).
-const MAX_NODE_ANSWER: usize = 64 << 10;
+pub(crate) const MAX_NODE_ANSWER: usize = 64 << 10;
 
 /// Reads a body chunk by chunk, giving up (`Ok(None)`) past `max` bytes: a faulty or hostile
 /// node cannot make the client buffer an unbounded answer.
@@ -204,30 +204,48 @@ struct Asked {
     binding: [u8; 32],
 }
 
-async fn ask(client: reqwest::Client, asked: Asked, body: Vec<u8>, secret: StaticSecret) -> Answer {
-    let Asked { url, index, identity, epoch, cluster_id, binding } = asked;
-    let resp = match client.post(format!("{}/v1/keys", url.trim_end_matches('/'))).body(body).send().await {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => return Answer::Failed(NodeOutcome::Timeout),
-        Err(e) => return Answer::Failed(NodeOutcome::Unreachable { error: e.to_string() }),
-    };
-    let status = resp.status();
-    let bytes = match read_limited(resp, MAX_NODE_ANSWER).await {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            return Answer::Failed(NodeOutcome::InvalidResponse {
-                reason: format!("answer larger than {MAX_NODE_ANSWER} bytes"),
-            })
+/// POSTs `body` to a node: its answer of at most [`MAX_NODE_ANSWER`] bytes if it succeeded,
+/// otherwise what happened (a refusal with its code and reason, a timeout, ...).
+pub(crate) async fn post_node(
+    client: &reqwest::Client,
+    url: String,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, NodeOutcome> {
+    let failed = |e: reqwest::Error| {
+        if e.is_timeout() {
+            NodeOutcome::Timeout
+        } else {
+            NodeOutcome::Unreachable { error: e.to_string() }
         }
-        Err(e) if e.is_timeout() => return Answer::Failed(NodeOutcome::Timeout),
-        Err(e) => return Answer::Failed(NodeOutcome::Unreachable { error: e.to_string() }),
     };
+    let resp = client.post(url).body(body).send().await.map_err(failed)?;
+    let status = resp.status();
+    let bytes = read_limited(resp, MAX_NODE_ANSWER).await.map_err(failed)?.ok_or_else(|| {
+        NodeOutcome::InvalidResponse { reason: format!("answer larger than {MAX_NODE_ANSWER} bytes") }
+    })?;
     if !status.is_success() {
-        return Answer::Failed(match decode_json::<ErrorBody>(&bytes) {
+        return Err(match decode_json::<ErrorBody>(&bytes) {
             Ok(e) => NodeOutcome::Refused { code: e.code, reason: e.reason },
             Err(_) => NodeOutcome::InvalidResponse { reason: format!("HTTP {status} without an error body") },
         });
     }
+    Ok(bytes)
+}
+
+/// The HTTP client to use: the one given, or a new one.
+pub(crate) fn http_client(given: Option<&reqwest::Client>) -> Result<reqwest::Client, reqwest::Error> {
+    match given {
+        Some(c) => Ok(c.clone()),
+        None => reqwest::Client::builder().build(),
+    }
+}
+
+async fn ask(client: reqwest::Client, asked: Asked, body: Vec<u8>, secret: StaticSecret) -> Answer {
+    let Asked { url, index, identity, epoch, cluster_id, binding } = asked;
+    let bytes = match post_node(&client, format!("{}/v1/keys", url.trim_end_matches('/')), body).await {
+        Ok(b) => b,
+        Err(o) => return Answer::Failed(o),
+    };
     let invalid = |reason: String| Answer::Failed(NodeOutcome::InvalidResponse { reason });
     let r: KeyResponse = match decode_json(&bytes) {
         Ok(r) => r,
@@ -307,10 +325,7 @@ pub async fn fetch_key(
     if newer.is_empty() {
         return first;
     }
-    let client = match &opts.client {
-        Some(c) => c.clone(),
-        None => reqwest::Client::builder().build().map_err(|e| FetchError::Combine(e.to_string()))?,
-    };
+    let client = http_client(opts.client.as_ref()).map_err(|e| FetchError::Combine(e.to_string()))?;
     for r in newer {
         if let Some(next) = newer_descriptor(&client, cluster, &r.url, opts.timeout).await {
             let mut fetched = fetch_once(&next, app, label, provider, opts).await?;
@@ -383,10 +398,7 @@ async fn fetch_once(
     request.evidence = provider.evidence(&binding).await?;
     request.lease = opts.lease.as_ref().map(|l| l.proof(&binding));
     let body = encode_json(&request);
-    let client = match &opts.client {
-        Some(c) => c.clone(),
-        None => reqwest::Client::builder().build().map_err(|e| FetchError::Combine(e.to_string()))?,
-    };
+    let client = http_client(opts.client.as_ref()).map_err(|e| FetchError::Combine(e.to_string()))?;
 
     let started = Instant::now();
     let mut tasks = JoinSet::new();
@@ -478,7 +490,7 @@ async fn fetch_once(
 }
 
 /// Seconds since the Unix epoch (the request's `time`).
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -18,7 +18,6 @@ use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 use tokio::task::JoinSet;
 
-use kms_proto::api::ErrorBody;
 use kms_proto::app::{AppId, SignedManifest};
 use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::lease::{
@@ -27,7 +26,7 @@ use kms_proto::lease::{
 use kms_proto::{ErrorCode, HexBytes};
 
 use crate::cluster::Cluster;
-use crate::fetch::{read_limited, NodeOutcome};
+use crate::fetch::{http_client, post_node, read_limited, unix_now, NodeOutcome};
 use crate::provider::{AttestationProvider, ProviderError};
 
 /// Options of lease calls.
@@ -239,7 +238,7 @@ impl Lease {
                 if !resp.status().is_success() {
                     return None;
                 }
-                let bytes = read_limited(resp, MAX_ANSWER).await.ok()??;
+                let bytes = read_limited(resp, crate::fetch::MAX_NODE_ANSWER).await.ok()??;
                 decode_json::<LeaseStatus>(&bytes).ok()
             });
         }
@@ -286,7 +285,7 @@ impl Lease {
             let (client, body, timeout) = (client.clone(), body.clone(), opts.timeout);
             tasks.spawn(async move {
                 let url = format!("{}/v1/lease", url.trim_end_matches('/'));
-                let answer = match tokio::time::timeout(timeout, post(client, url, body)).await {
+                let answer = match tokio::time::timeout(timeout, post_node(&client, url, body)).await {
                     Ok(a) => a,
                     Err(_) => Err(NodeOutcome::Timeout),
                 };
@@ -338,43 +337,6 @@ impl Lease {
     }
 }
 
-/// Largest answer accepted from a node.
-const MAX_ANSWER: usize = 64 << 10;
-
-async fn post(client: reqwest::Client, url: String, body: Vec<u8>) -> Result<Vec<u8>, NodeOutcome> {
-    let resp = client.post(url).body(body).send().await.map_err(|e| {
-        if e.is_timeout() {
-            NodeOutcome::Timeout
-        } else {
-            NodeOutcome::Unreachable { error: e.to_string() }
-        }
-    })?;
-    let status = resp.status();
-    let bytes = match read_limited(resp, MAX_ANSWER).await {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            return Err(NodeOutcome::InvalidResponse {
-                reason: format!("answer larger than {MAX_ANSWER} bytes"),
-            })
-        }
-        Err(e) => return Err(NodeOutcome::Unreachable { error: e.to_string() }),
-    };
-    if !status.is_success() {
-        return Err(match decode_json::<ErrorBody>(&bytes) {
-            Ok(e) => NodeOutcome::Refused { code: e.code, reason: e.reason },
-            Err(_) => NodeOutcome::InvalidResponse { reason: format!("HTTP {status} without an error body") },
-        });
-    }
-    Ok(bytes)
-}
-
 fn http(opts: &LeaseOptions) -> Result<reqwest::Client, LeaseError> {
-    match &opts.client {
-        Some(c) => Ok(c.clone()),
-        None => reqwest::Client::builder().build().map_err(|e| LeaseError::Http(e.to_string())),
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    http_client(opts.client.as_ref()).map_err(|e| LeaseError::Http(e.to_string()))
 }
