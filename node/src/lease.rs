@@ -4,7 +4,6 @@
 
 use kms_proto::api::KeyRequest;
 use kms_proto::app::{AppId, InstancePolicy};
-use kms_proto::cluster::identity_of_peer_id;
 use kms_proto::codec::decode_json;
 use kms_proto::lease::{
     decide, lease_quorum, CertificateRules, LeaseGrant, LeaseOp, LeaseRequest, LeaseStatus, Refusal,
@@ -36,12 +35,10 @@ pub fn check_instance_policy(policy: &InstancePolicy, max_skew_secs: u64) -> Res
 
 impl KeyService {
     /// Identity keys of the current committee and the grants a certificate needs.
-    fn committee_keys(&self) -> (Vec<[u8; 32]>, usize) {
-        let m = self.shared.membership();
-        let keys: Vec<[u8; 32]> =
-            m.members.iter().filter_map(|e| identity_of_peer_id(&e.peer_id)).map(|k| k.to_bytes()).collect();
-        let quorum = lease_quorum(m.members.len(), usize::from(m.threshold));
-        (keys, quorum)
+    fn committee_keys(&self) -> Result<(Vec<[u8; 32]>, usize), ApiError> {
+        let c = self.shared.membership().committee().map_err(ApiError::internal)?;
+        let quorum = lease_quorum(c.identities.len(), usize::from(c.threshold));
+        Ok((c.identities.iter().map(|k| k.to_bytes()).collect(), quorum))
     }
 
     /// A key request for an app allowing a single instance must carry a valid certificate
@@ -54,7 +51,7 @@ impl KeyService {
                 "this app allows a single instance: the request carries no lease",
             )
         })?;
-        let (members, quorum) = self.committee_keys();
+        let (members, quorum) = self.committee_keys()?;
         let rules = CertificateRules {
             cluster_id: &self.cluster_id,
             app: &req.app_id,
@@ -186,7 +183,7 @@ impl KeyService {
         // with its acquire): no record, fence 0.
         let manifest = self.apps.get(app)?;
         let held = self.store.lease(app).map_err(ApiError::internal)?;
-        let (_, quorum) = self.committee_keys();
+        let (_, quorum) = self.committee_keys()?;
         Ok(LeaseStatus {
             version: LEASE_VERSION,
             app_id: *app,
