@@ -173,17 +173,17 @@ pub struct AttestationSection {
 }
 
 fn default_tcb_statuses() -> Vec<String> {
-    crate::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES.iter().map(|s| s.to_string()).collect()
+    kms_proto::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_issuer() -> String {
     "https://confidentialcomputing.googleapis.com".into()
 }
 fn default_max_age() -> u64 {
-    crate::attestation::confidential_space::DEFAULT_MAX_AGE_SECS
+    kms_proto::attestation::confidential_space::DEFAULT_MAX_AGE_SECS
 }
 fn default_leeway() -> u64 {
-    crate::attestation::confidential_space::DEFAULT_LEEWAY_SECS
+    kms_proto::attestation::confidential_space::DEFAULT_LEEWAY_SECS
 }
 
 /// Resource limits of the HTTP API.
@@ -383,13 +383,13 @@ impl Config {
             return Err(err("attestation.tdx_tcb_statuses", "must name at least one status"));
         }
         if let Some(bad) =
-            a.tdx_tcb_statuses.iter().find(|s| !crate::attestation::KNOWN_TCB_STATUSES.contains(&s.as_str()))
+            a.tdx_tcb_statuses.iter().find(|s| !kms_proto::attestation::KNOWN_TCB_STATUSES.contains(&s.as_str()))
         {
             return Err(err(
                 "attestation.tdx_tcb_statuses",
                 format!(
                     "{bad:?} is not a TCB status that can be accepted (one of {})",
-                    crate::attestation::KNOWN_TCB_STATUSES.join(", ")
+                    kms_proto::attestation::KNOWN_TCB_STATUSES.join(", ")
                 ),
             ));
         }
@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(cfg.cluster.threshold, 1);
         assert_eq!(
             cfg.attestation.max_age_secs,
-            crate::attestation::confidential_space::DEFAULT_MAX_AGE_SECS
+            kms_proto::attestation::confidential_space::DEFAULT_MAX_AGE_SECS
         );
     }
 
@@ -519,7 +519,7 @@ mod tests {
         assert_eq!(accepted.attestation.tdx_tcb_statuses, ["UpToDate", "OutOfDate"]);
         assert_eq!(
             Config::parse(&base()).unwrap().attestation.tdx_tcb_statuses,
-            crate::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES
+            kms_proto::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES
         );
         let unknown = refused(&(base() + "[extra]\nx = 1\n"));
         assert_eq!(unknown.field, "config");

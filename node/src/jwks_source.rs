@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::attestation::{Jwks, JwksCache};
+use kms_proto::attestation::{Jwks, JwksCache};
 
 /// Least time between two fetches triggered by unknown `kid`s.
 pub const REFETCH_INTERVAL_SECS: u64 = 60;

@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod api_error;
 pub mod apps;
-pub mod attestation;
 pub mod config;
 pub mod descriptor;
 pub mod driver;

@@ -14,7 +14,7 @@ use kms_proto::codec::decode_json;
 use kms_proto::p2p::{NodeResponse, RequestBody, ResponseBody};
 
 use crate::apps::Apps;
-use crate::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
 use crate::config::{Config, NodeSection};
 use crate::descriptor::DescriptorSigner;
 use crate::driver::{self, DriverConfig, OtherHandler};
@@ -61,7 +61,7 @@ fn verifier(cfg: &Config) -> anyhow::Result<ConfidentialSpaceVerifier> {
         let pem = std::fs::read(path)
             .with_context(|| format!("attestation.pki_root_pem: reading {}", path.display()))?;
         cs.pki_root_der = Some(
-            crate::attestation::x5c::pem_to_der(&pem)
+            kms_proto::attestation::x5c::pem_to_der(&pem)
                 .ok_or_else(|| anyhow::anyhow!("attestation.pki_root_pem: not a PEM certificate"))?,
         );
     }
@@ -304,11 +304,11 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::default());
-    if let Some(at) = cs.config().pki_root_der.as_deref().and_then(crate::attestation::x5c::not_after) {
+    if let Some(at) = cs.config().pki_root_der.as_deref().and_then(kms_proto::attestation::x5c::not_after) {
         metrics.set_trust_expiry("pki_root", at);
     }
     if let Some(at) =
-        tdx.as_ref().and_then(|t| crate::attestation::tdx::collateral_next_update(&t.collateral))
+        tdx.as_ref().and_then(|t| kms_proto::attestation::tdx::collateral_next_update(&t.collateral))
     {
         metrics.set_trust_expiry("tdx_collateral", at);
     }

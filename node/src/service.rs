@@ -14,7 +14,7 @@ use kms_proto::{CodecError, ErrorCode};
 
 use crate::api_error::ApiError;
 use crate::apps::Apps;
-use crate::attestation::{check_policy, ConfidentialSpaceVerifier};
+use kms_proto::attestation::{check_policy, ConfidentialSpaceVerifier};
 use crate::jwks_source::JwksSource;
 use crate::state::{ActiveKeys, Shared};
 use crate::store::{AuditEntry, Durable, NodeStore};
@@ -362,12 +362,12 @@ impl KeyService {
                     .tdx_quote_bytes()
                     .map_err(|e| ApiError::new(e.code(), e.to_string()))?
                     .unwrap_or_default();
-                let expected = crate::attestation::tdx_report_data(binding);
+                let expected = kms_proto::attestation::tdx_report_data(binding);
                 #[cfg(all(feature = "test-faults", debug_assertions))]
                 let at = crate::faults::tdx_time().unwrap_or(now);
                 #[cfg(not(all(feature = "test-faults", debug_assertions)))]
                 let at = now;
-                let claims = crate::attestation::verify_tdx_quote(
+                let claims = kms_proto::attestation::verify_tdx_quote(
                     &quote,
                     &tdx.collateral,
                     at,

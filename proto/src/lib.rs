@@ -1,12 +1,15 @@
 //! Wire and file formats of the threshold KMS.
 //!
-//! Types only: no I/O and no key math (`README.md`, "Workspace"). Peer-to-peer messages are encoded with bincode
+//! Types, and the pure checks every party runs on them (attestation evidence, lease certificates,
+//! log proofs): no I/O, no clock, no key math (`README.md`, "Workspace"). Peer-to-peer messages are encoded with bincode
 //! under a hard size limit ([`codec::decode_p2p`]); HTTP bodies and files are JSON that refuses
 //! unknown fields and unknown versions ([`codec::decode_json`]). Every format carries a version.
 //!
 //! * [`dkg`]: DKG p2p messages.
 //! * [`app`]: app identity, labels, owner-signed manifests and their policy.
 //! * [`api`]: HTTP bodies of `POST /v1/keys`, errors, health; the attestation binding.
+//! * [`attestation`]: verification of Confidential Space tokens and TDX quotes against a policy;
+//!   nodes' own evidence (`GET /v1/attestation`).
 //! * [`error_code`]: stable API error codes.
 //! * [`cluster`]: the cluster descriptor signed by the cluster's group key.
 //! * [`hex_bytes`]: fixed-size byte strings as lowercase hex in JSON.
@@ -17,6 +20,7 @@
 
 pub mod api;
 pub mod app;
+pub mod attestation;
 pub mod audit;
 pub mod checkpoint;
 pub mod cluster;

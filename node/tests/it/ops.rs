@@ -92,12 +92,12 @@ fn a_node_reports_when_its_trust_anchors_expire() {
 fn tdx_collateral_expires_at_its_earliest_next_update() {
     let doc = std::fs::read(kms_tests::fixtures().join("tdx/tdx_quote_collateral.json")).unwrap();
     let mut collateral: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(&doc).unwrap();
-    assert_eq!(kms_node::attestation::tdx::collateral_next_update(&collateral), Some(1_752_920_163));
+    assert_eq!(kms_proto::attestation::tdx::collateral_next_update(&collateral), Some(1_752_920_163));
     collateral.qe_identity = r#"{"nextUpdate":"2025-07-01T00:00:00Z"}"#.into();
-    assert_eq!(kms_node::attestation::tdx::collateral_next_update(&collateral), Some(1_751_328_000));
+    assert_eq!(kms_proto::attestation::tdx::collateral_next_update(&collateral), Some(1_751_328_000));
     collateral.qe_identity = "{}".into();
     collateral.tcb_info = "not json".into();
-    assert_eq!(kms_node::attestation::tdx::collateral_next_update(&collateral), None);
+    assert_eq!(kms_proto::attestation::tdx::collateral_next_update(&collateral), None);
 }
 
 /// Starts one node of a one-node cluster and waits for its keys.

@@ -10,7 +10,7 @@ use kms_dkg::threshold::{verify_partial, KeyId, PartialKey};
 use kms_dkg::{Bls12381G2, Ed25519};
 use kms_node::api_error::ApiError;
 use kms_node::apps::Apps;
-use kms_node::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
 use kms_node::jwks_source::JwksSource;
 use kms_node::seal::SealKey;
 use kms_node::service::KeyService;

@@ -3,8 +3,8 @@
 use std::cell::Cell;
 
 use jsonwebtoken::Algorithm;
-use kms_node::attestation::jwks::{JwksError, DEFAULT_JWKS_REFETCH_INTERVAL_SECS};
-use kms_node::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks, JwksCache};
+use kms_proto::attestation::jwks::{JwksError, DEFAULT_JWKS_REFETCH_INTERVAL_SECS};
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks, JwksCache};
 use kms_proto::error_code::ErrorCode;
 use serde_json::{json, Value};
 
@@ -111,7 +111,7 @@ fn verify_with_cache_picks_up_a_rotated_key() {
         verifier.verify_with_cache(&token_with_kid("rotated"), &mut cache, NONCE, NOW, fetch).unwrap();
     assert_eq!(
         claims.signer,
-        kms_node::attestation::confidential_space::TokenSigner::Oidc { kid: "rotated".into() }
+        kms_proto::attestation::confidential_space::TokenSigner::Oidc { kid: "rotated".into() }
     );
     assert_eq!(calls.get(), 1);
     // A random kid right after: refused without another fetch.
@@ -147,7 +147,7 @@ fn verifier_without_keys_refuses_oidc_tokens() {
 
 #[test]
 fn rsa_component_bounds() {
-    use kms_node::attestation::jwks::RsaPublicKey;
+    use kms_proto::attestation::jwks::RsaPublicKey;
     let n = [0xC5u8; 256];
     assert!(RsaPublicKey::from_components(&n, &[1, 0, 1]).is_some());
     let mut padded = vec![0u8];

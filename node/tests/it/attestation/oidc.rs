@@ -1,8 +1,8 @@
 //! OIDC-flavour tokens signed here: one test per refusal of the token verifier.
 
 use jsonwebtoken::{Algorithm, EncodingKey};
-use kms_node::attestation::confidential_space::{TokenSigner, DEFAULT_LEEWAY_SECS};
-use kms_node::attestation::{check_policy, ConfidentialSpaceVerifier, CsConfig};
+use kms_proto::attestation::confidential_space::{TokenSigner, DEFAULT_LEEWAY_SECS};
+use kms_proto::attestation::{check_policy, ConfidentialSpaceVerifier, CsConfig};
 use kms_proto::error_code::ErrorCode;
 use serde_json::{json, Value};
 

@@ -2,8 +2,8 @@
 
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use kms_node::attestation::confidential_space::TokenSigner;
-use kms_node::attestation::{ConfidentialSpaceVerifier, CsConfig};
+use kms_proto::attestation::confidential_space::TokenSigner;
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig};
 use kms_proto::error_code::ErrorCode;
 use serde_json::{json, Value};
 

@@ -1,7 +1,7 @@
 //! The real Confidential Space PKI tokens in `fixtures/confidential-space/`, verified offline.
 
-use kms_node::attestation::confidential_space::TokenSigner;
-use kms_node::attestation::{check_policy, ConfidentialSpaceVerifier, CsConfig};
+use kms_proto::attestation::confidential_space::TokenSigner;
+use kms_proto::attestation::{check_policy, ConfidentialSpaceVerifier, CsConfig};
 use kms_proto::app::{EnvPolicy, Policy};
 use kms_proto::error_code::ErrorCode;
 

@@ -2,13 +2,13 @@
 //! time inside the collateral's validity window.
 
 use dcap_qvl::QuoteCollateralV3;
-use kms_node::attestation::{tdx_report_data, verify_tdx_quote, TdxClaims, DEFAULT_ACCEPTABLE_TCB_STATUSES};
+use kms_proto::attestation::{tdx_report_data, verify_tdx_quote, TdxClaims, DEFAULT_ACCEPTABLE_TCB_STATUSES};
 use kms_proto::app::TdxMeasurement;
 use kms_proto::error_code::ErrorCode;
 use kms_proto::HexBytes;
 
 use super::assert_refused;
-use kms_node::attestation::AttestationError;
+use kms_proto::attestation::AttestationError;
 
 const QUOTE: &[u8] = include_bytes!("../../fixtures/tdx/tdx_quote");
 const COLLATERAL: &[u8] = include_bytes!("../../fixtures/tdx/tdx_quote_collateral.json");

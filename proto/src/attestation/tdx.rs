@@ -10,7 +10,7 @@
 
 use dcap_qvl::quote::TDReport10;
 use dcap_qvl::QuoteCollateralV3;
-use kms_proto::app::TdxMeasurement;
+use crate::app::TdxMeasurement;
 
 use super::AttestationError;
 
@@ -128,8 +128,8 @@ pub fn verify_tdx_quote(
     allowed: &[TdxMeasurement],
     acceptable_tcb: &[impl AsRef<str>],
 ) -> Result<TdxClaims, AttestationError> {
-    if quote.len() > kms_proto::api::MAX_TDX_QUOTE {
-        return Err(AttestationError::TooLarge { len: quote.len(), max: kms_proto::api::MAX_TDX_QUOTE });
+    if quote.len() > crate::api::MAX_TDX_QUOTE {
+        return Err(AttestationError::TooLarge { len: quote.len(), max: crate::api::MAX_TDX_QUOTE });
     }
     let verified = dcap_qvl::verify::ring::verify(quote, collateral, now)
         .map_err(|e| AttestationError::TdxQuoteInvalid { reason: dcap_reason(&e) })?;

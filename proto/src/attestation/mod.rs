@@ -8,7 +8,7 @@
 //!   a pinned [`Jwks`]) and PKI flavour (`x5c` chain ending in the pinned root, [`x5c`]). RS256
 //!   only (RFC 7515 §4.1.1, RFC 8725 §3.1); `iss`, `aud`, `exp`, `nbf`, `iat` (RFC 7519 §4.1)
 //!   with a small leeway and a maximum age; `eat_nonce` (RFC 9711 §4.1) must carry the binding.
-//! * [`policy_check`]: the claims against an app's [`Policy`](kms_proto::app::Policy).
+//! * [`policy_check`]: the claims against an app's [`Policy`](crate::app::Policy).
 //! * [`jwks`]: the JWKS document (RFC 7517) and a rate-limited refresh cache.
 //! * [`tdx`]: raw Intel TDX quotes, verified by DCAP (`dcap-qvl`) against collateral the node
 //!   holds.
@@ -23,7 +23,7 @@ pub mod policy_check;
 pub mod tdx;
 pub mod x5c;
 
-use kms_proto::error_code::ErrorCode;
+use crate::error_code::ErrorCode;
 
 pub use confidential_space::{ConfidentialSpaceVerifier, CsClaims, CsConfig};
 pub use jwks::{Jwks, JwksCache, JwksError};

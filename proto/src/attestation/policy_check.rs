@@ -10,7 +10,7 @@
 //! Not checked, because [`Policy`] has no field for them yet: `restart_policy` and `args` (the
 //! command the image itself runs). They are in [`CsClaims`] for the caller.
 
-use kms_proto::app::Policy;
+use crate::app::Policy;
 
 use super::confidential_space::DBGSTAT_DISABLED;
 use super::{shown, shown_opt, AttestationError, CsClaims};

@@ -27,7 +27,7 @@ use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use kms_proto::app::ImageDigest;
+use crate::app::ImageDigest;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
