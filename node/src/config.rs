@@ -382,8 +382,10 @@ impl Config {
         if a.tdx_tcb_statuses.is_empty() {
             return Err(err("attestation.tdx_tcb_statuses", "must name at least one status"));
         }
-        if let Some(bad) =
-            a.tdx_tcb_statuses.iter().find(|s| !kms_proto::attestation::KNOWN_TCB_STATUSES.contains(&s.as_str()))
+        if let Some(bad) = a
+            .tdx_tcb_statuses
+            .iter()
+            .find(|s| !kms_proto::attestation::KNOWN_TCB_STATUSES.contains(&s.as_str()))
         {
             return Err(err(
                 "attestation.tdx_tcb_statuses",

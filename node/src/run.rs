@@ -14,7 +14,6 @@ use kms_proto::codec::decode_json;
 use kms_proto::p2p::{NodeResponse, RequestBody, ResponseBody};
 
 use crate::apps::Apps;
-use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
 use crate::config::{Config, NodeSection};
 use crate::descriptor::DescriptorSigner;
 use crate::driver::{self, DriverConfig, OtherHandler};
@@ -27,9 +26,10 @@ use crate::metrics::Metrics;
 use crate::p2p::{self, P2pConfig};
 use crate::reshare::{self, Reshares};
 use crate::serve::{serve, ConnLimits};
-use crate::service::{KeyService, TdxTrust};
+use crate::service::KeyService;
 use crate::state::Shared;
 use crate::store::{NodeStore, SledKv};
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks, TdxTrust};
 use kms_proto::cluster::identity_of_peer_id;
 
 /// Domain of the cluster id.
@@ -304,11 +304,14 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::default());
-    if let Some(at) = cs.config().pki_root_der.as_deref().and_then(kms_proto::attestation::x5c::not_after) {
+    let verifier = Arc::new(EvidenceVerifier { cs, tdx });
+    if let Some(at) =
+        verifier.cs.config().pki_root_der.as_deref().and_then(kms_proto::attestation::x5c::not_after)
+    {
         metrics.set_trust_expiry("pki_root", at);
     }
     if let Some(at) =
-        tdx.as_ref().and_then(|t| kms_proto::attestation::tdx::collateral_next_update(&t.collateral))
+        verifier.tdx.as_ref().and_then(|t| kms_proto::attestation::tdx::collateral_next_update(&t.collateral))
     {
         metrics.set_trust_expiry("tdx_collateral", at);
     }
@@ -317,9 +320,8 @@ pub async fn run(
             store: store.clone(),
             shared: shared.clone(),
             apps: apps.clone(),
-            cs,
+            verifier,
             jwks,
-            tdx,
             cluster_id,
             identity: identity.signing.clone(),
             max_age_secs: cfg.attestation.max_age_secs,

@@ -14,10 +14,10 @@ use kms_proto::{CodecError, ErrorCode};
 
 use crate::api_error::ApiError;
 use crate::apps::Apps;
-use kms_proto::attestation::{check_policy, ConfidentialSpaceVerifier};
 use crate::jwks_source::JwksSource;
 use crate::state::{ActiveKeys, Shared};
 use crate::store::{AuditEntry, Durable, NodeStore};
+use kms_proto::attestation::{Attested, EvidenceVerifier};
 
 /// Everything a key request needs.
 pub struct KeyService {
@@ -27,12 +27,10 @@ pub struct KeyService {
     pub shared: Arc<Shared>,
     /// Manifests.
     pub apps: Arc<Apps>,
-    /// Confidential Space verifier (OIDC and/or PKI).
-    pub cs: ConfidentialSpaceVerifier,
+    /// Confidential Space tokens (OIDC and/or PKI) and TDX quotes, if collateral is configured.
+    pub verifier: Arc<EvidenceVerifier>,
     /// The OIDC issuer's keys (file or URL).
     pub jwks: Arc<JwksSource>,
-    /// TDX quote verification: collateral and acceptable TCB statuses, if configured.
-    pub tdx: Option<TdxTrust>,
     /// The cluster this node serves: a request naming another is refused (`wrong_cluster`).
     pub cluster_id: [u8; 32],
     /// The node's identity key: it signs every key response.
@@ -45,14 +43,6 @@ pub struct KeyService {
     pub max_skew_secs: u64,
     /// Serializes each lease decision with the write of its record.
     pub lease_lock: std::sync::Mutex<()>,
-}
-
-/// What a node trusts for TDX quotes.
-pub struct TdxTrust {
-    /// DCAP collateral held offline by the node.
-    pub collateral: dcap_qvl::QuoteCollateralV3,
-    /// The platform TCB statuses accepted (`attestation.tdx_tcb_statuses`).
-    pub tcb_statuses: Vec<String>,
 }
 
 /// Maps a JSON decode failure to the API refusal.
@@ -72,16 +62,6 @@ pub struct Prepared {
     binding: [u8; 32],
     /// What the checks before the evidence found, or their refusal (audited by `release`).
     early: Result<Checked, ApiError>,
-}
-
-/// What verified evidence says of the requester, for the audit log and leases.
-pub(crate) struct Attested {
-    /// Image digest (`sha256:…`) or TDX measurement (`mrtd:…`).
-    pub(crate) workload: Option<String>,
-    /// The platform's instance name, where the evidence carries one.
-    pub(crate) instance: Option<String>,
-    /// The platform's instance id, where the evidence carries one.
-    pub(crate) instance_id: Option<String>,
 }
 
 /// What a request passed before its evidence is looked at.
@@ -338,50 +318,14 @@ impl KeyService {
         policy: &kms_proto::app::Policy,
         now: u64,
     ) -> Result<Attested, ApiError> {
-        Ok(match evidence {
-            Evidence::ConfidentialSpace { token } => {
-                let claims = self
-                    .jwks
-                    .with(|jwks| self.cs.verify_with_jwks(token, jwks, &hex::encode(binding), now))
-                    .map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                check_policy(&claims, policy).map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                Attested {
-                    workload: claims.image_digest.map(|d| d.to_string()),
-                    instance: claims.gce_instance_name.clone(),
-                    instance_id: claims.gce_instance_id.clone(),
-                }
-            }
-            Evidence::TdxQuote { .. } => {
-                let Some(tdx) = &self.tdx else {
-                    return Err(ApiError::new(
-                        ErrorCode::TdxQuoteInvalid,
-                        "this node holds no TDX collateral",
-                    ));
-                };
-                let quote = evidence
-                    .tdx_quote_bytes()
-                    .map_err(|e| ApiError::new(e.code(), e.to_string()))?
-                    .unwrap_or_default();
-                let expected = kms_proto::attestation::tdx_report_data(binding);
-                #[cfg(all(feature = "test-faults", debug_assertions))]
-                let at = crate::faults::tdx_time().unwrap_or(now);
-                #[cfg(not(all(feature = "test-faults", debug_assertions)))]
-                let at = now;
-                let claims = kms_proto::attestation::verify_tdx_quote(
-                    &quote,
-                    &tdx.collateral,
-                    at,
-                    &expected,
-                    &policy.allowed_tdx_measurements,
-                    &tdx.tcb_statuses,
-                )
-                .map_err(|e| ApiError::new(e.code(), e.reason()))?;
-                Attested {
-                    workload: Some(format!("mrtd:{}", hex::encode(claims.mrtd))),
-                    instance: None,
-                    instance_id: None,
-                }
-            }
-        })
+        // The TDX fixtures' collateral is valid at one past time only: tests move the clock.
+        #[cfg(all(feature = "test-faults", debug_assertions))]
+        let now = match evidence {
+            Evidence::TdxQuote { .. } => crate::faults::tdx_time().unwrap_or(now),
+            Evidence::ConfidentialSpace { .. } => now,
+        };
+        self.jwks
+            .with(|jwks| self.verifier.verify(evidence, binding, policy, jwks, now))
+            .map_err(|e| ApiError::new(e.code(), e.reason()))
     }
 }

@@ -19,10 +19,10 @@ mod tdx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
+use kms_proto::app::{EnvPolicy, Policy};
 use kms_proto::attestation::confidential_space::DEFAULT_ISSUER;
 use kms_proto::attestation::x5c::pem_to_der;
 use kms_proto::attestation::{AttestationError, ConfidentialSpaceVerifier, CsClaims, CsConfig, Jwks};
-use kms_proto::app::{EnvPolicy, Policy};
 use kms_proto::error_code::ErrorCode;
 use serde_json::{json, Value};
 

@@ -10,7 +10,6 @@ use kms_dkg::threshold::{verify_partial, KeyId, PartialKey};
 use kms_dkg::{Bls12381G2, Ed25519};
 use kms_node::api_error::ApiError;
 use kms_node::apps::Apps;
-use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, Jwks};
 use kms_node::jwks_source::JwksSource;
 use kms_node::seal::SealKey;
 use kms_node::service::KeyService;
@@ -18,6 +17,7 @@ use kms_node::state::Shared;
 use kms_node::store::{ActiveKeys, MemKv, NodeStore};
 use kms_proto::api::{Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{ImageDigest, Label, Policy, SignedManifest};
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
 use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::{AppId, ErrorCode, HexBytes};
 use rand_core::{OsRng, RngCore};
@@ -85,9 +85,11 @@ fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
         store,
         shared,
         apps: apps.clone(),
-        cs: ConfidentialSpaceVerifier::new(CsConfig::new(AUDIENCE)),
+        verifier: Arc::new(EvidenceVerifier {
+            cs: ConfidentialSpaceVerifier::new(CsConfig::new(AUDIENCE)),
+            tdx: None,
+        }),
         jwks,
-        tdx: None,
         cluster_id: CLUSTER,
         identity: SigningKey::from_bytes(&[0x1d; 32]),
         max_age_secs: 540,

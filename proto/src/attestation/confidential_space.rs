@@ -25,9 +25,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::app::ImageDigest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use crate::app::ImageDigest;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 

@@ -12,6 +12,8 @@
 //! * [`jwks`]: the JWKS document (RFC 7517) and a rate-limited refresh cache.
 //! * [`tdx`]: raw Intel TDX quotes, verified by DCAP (`dcap-qvl`) against collateral the node
 //!   holds.
+//! * [`EvidenceVerifier`]: either kind of evidence, then the policy: one entry point.
+//! * [`node`]: a node's evidence about itself (`GET /v1/attestation`) and its check.
 //!
 //! Every refusal is an [`AttestationError`] with a stable [`ErrorCode`] ([`AttestationError::code`])
 //! and a human reason (its `Display`). Reasons name the claim and, at most, a short sanitized
@@ -19,8 +21,10 @@
 
 pub mod confidential_space;
 pub mod jwks;
+pub mod node;
 pub mod policy_check;
 pub mod tdx;
+mod verifier;
 pub mod x5c;
 
 use crate::error_code::ErrorCode;
@@ -31,6 +35,7 @@ pub use policy_check::check_policy;
 pub use tdx::{
     tdx_report_data, verify_tdx_quote, TdxClaims, DEFAULT_ACCEPTABLE_TCB_STATUSES, KNOWN_TCB_STATUSES,
 };
+pub use verifier::{Attested, EvidenceVerifier, TdxTrust};
 
 /// Why a piece of evidence, or the workload it attests, was refused.
 ///

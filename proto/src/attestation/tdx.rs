@@ -8,9 +8,9 @@
 //! are refused by `dcap-qvl` itself. This module then applies, in order: TCB status in the
 //! caller's accepted list, `report_data` equal to the expected value, MRTD/RTMRs allowed.
 
+use crate::app::TdxMeasurement;
 use dcap_qvl::quote::TDReport10;
 use dcap_qvl::QuoteCollateralV3;
-use crate::app::TdxMeasurement;
 
 use super::AttestationError;
 

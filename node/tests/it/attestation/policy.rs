@@ -1,7 +1,7 @@
 //! One test per policy refusal, on claims of verified self-signed tokens.
 
-use kms_proto::attestation::check_policy;
 use kms_proto::app::{EnvPolicy, Policy};
+use kms_proto::attestation::check_policy;
 use kms_proto::error_code::ErrorCode;
 use serde_json::{json, Value};
 

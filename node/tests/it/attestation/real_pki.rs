@@ -1,8 +1,8 @@
 //! The real Confidential Space PKI tokens in `fixtures/confidential-space/`, verified offline.
 
+use kms_proto::app::{EnvPolicy, Policy};
 use kms_proto::attestation::confidential_space::TokenSigner;
 use kms_proto::attestation::{check_policy, ConfidentialSpaceVerifier, CsConfig};
-use kms_proto::app::{EnvPolicy, Policy};
 use kms_proto::error_code::ErrorCode;
 
 use super::*;

@@ -2,8 +2,8 @@
 //! time inside the collateral's validity window.
 
 use dcap_qvl::QuoteCollateralV3;
-use kms_proto::attestation::{tdx_report_data, verify_tdx_quote, TdxClaims, DEFAULT_ACCEPTABLE_TCB_STATUSES};
 use kms_proto::app::TdxMeasurement;
+use kms_proto::attestation::{tdx_report_data, verify_tdx_quote, TdxClaims, DEFAULT_ACCEPTABLE_TCB_STATUSES};
 use kms_proto::error_code::ErrorCode;
 use kms_proto::HexBytes;
 
