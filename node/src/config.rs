@@ -46,6 +46,70 @@ pub struct Config {
     /// Single-instance leases.
     #[serde(default)]
     pub lease: LeaseSection,
+    /// This node's own TEE evidence, and what it requires of its peers.
+    #[serde(default)]
+    pub evidence: EvidenceSection,
+}
+
+/// How a node proves what it runs (`docs/node-config.md` §2.10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceSection {
+    /// Where the node's own evidence (`GET /v1/attestation`) comes from.
+    pub provider: EvidenceProvider,
+    /// The image the node says it runs (`sha256:…`), bound into its evidence; a Confidential
+    /// Space token must attest the same digest.
+    pub image_digest: Option<String>,
+    /// `provider = "dev"`: the development issuer's RSA key (PKCS#8 PEM). Never in production.
+    pub dev_issuer_key_file: Option<PathBuf>,
+    /// `provider = "dev"`: the `kid` of that key in the JWKS the nodes trust.
+    pub dev_kid: String,
+    /// `provider = "confidential_space"`: the token flavour.
+    pub token_type: TokenKind,
+    /// Evidence older than this is made anew when asked for, seconds; at most half of
+    /// `attestation.max_age_secs`, so a peer never holds evidence it must refuse as too old.
+    pub refresh_secs: u64,
+    /// Allowed node images (a policy document, as an app manifest's `policy`): when set, the
+    /// node takes DKG and reshare messages only from peers whose evidence passes it.
+    pub peer_policy_file: Option<PathBuf>,
+}
+
+impl Default for EvidenceSection {
+    fn default() -> Self {
+        EvidenceSection {
+            provider: EvidenceProvider::None,
+            image_digest: None,
+            dev_issuer_key_file: None,
+            dev_kid: "kms-dev-1".into(),
+            token_type: TokenKind::Oidc,
+            refresh_secs: 120,
+            peer_policy_file: None,
+        }
+    }
+}
+
+/// Where a node's own evidence comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceProvider {
+    /// None: `GET /v1/attestation` answers `evidence_unavailable`.
+    None,
+    /// The Confidential Space launcher socket.
+    ConfidentialSpace,
+    /// Linux configfs-tsm TDX quotes.
+    Tdx,
+    /// Tokens signed by the development issuer's key (local networks and tests only).
+    Dev,
+}
+
+/// Confidential Space token flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Signed by Google's OIDC key.
+    Oidc,
+    /// Signed by a certificate chaining to the Confidential Space root.
+    Pki,
 }
 
 /// Single-instance leases (`docs/node-config.md` §2.9).
@@ -291,6 +355,8 @@ impl Config {
             &mut self.attestation.jwks_file,
             &mut self.attestation.pki_root_pem,
             &mut self.attestation.tdx_collateral_file,
+            &mut self.evidence.dev_issuer_key_file,
+            &mut self.evidence.peer_policy_file,
         ]
         .into_iter()
         .flatten()
@@ -409,6 +475,26 @@ impl Config {
         }
         if self.dkg.round_timeout_ms == 0 {
             return Err(err("dkg.round_timeout_ms", "must be at least 1"));
+        }
+        let e = &self.evidence;
+        if let Some(d) = &e.image_digest {
+            d.parse::<kms_proto::app::ImageDigest>()
+                .map_err(|r| err("evidence.image_digest", r.to_string()))?;
+        }
+        if e.provider == EvidenceProvider::Dev && e.dev_issuer_key_file.is_none() {
+            return Err(err("evidence.dev_issuer_key_file", "required with provider = \"dev\""));
+        }
+        let too_slow =
+            e.refresh_secs == 0 || e.refresh_secs.saturating_mul(2) > self.attestation.max_age_secs;
+        if e.provider != EvidenceProvider::None && too_slow {
+            return Err(err(
+                "evidence.refresh_secs",
+                format!(
+                    "{} is not in 1..={} (half of attestation.max_age_secs, so peers never hold evidence too old to pass)",
+                    e.refresh_secs,
+                    self.attestation.max_age_secs / 2
+                ),
+            ));
         }
         if self.lease.max_clock_skew_secs == 0 {
             return Err(err(

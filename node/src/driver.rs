@@ -28,6 +28,7 @@ use kms_proto::dkg::{DkgMessage, SuiteId};
 use kms_proto::p2p::{NodeRequest, NodeResponse, RequestBody, ResponseBody};
 use kms_proto::reshare::AuthorizedChange;
 
+use crate::evidence::{Admission, PeerGate};
 use crate::membership::Membership;
 use crate::p2p::{Inbound, P2pHandle, PeerEvent};
 use crate::reshare;
@@ -47,6 +48,8 @@ pub struct DriverConfig {
     pub timeouts: Timeouts,
     /// Wait after a failed attempt.
     pub retry_delay: Duration,
+    /// Peers' evidence, checked before their DKG and reshare messages are taken.
+    pub peer_gate: Arc<PeerGate>,
 }
 
 /// What feeds the driver.
@@ -245,6 +248,19 @@ pub async fn run(
             biased;
             msg = inbound.recv() => {
                 let Some(Inbound { from, peer, request, reply }) = msg else { return };
+                if matches!(request.body, RequestBody::Dkg(_) | RequestBody::Reshare(_)) {
+                    let refusal = match driver.cfg.peer_gate.admit(peer, crate::http::unix_now()) {
+                        Admission::Admit => None,
+                        Admission::Wait => Some(ResponseBody::Unavailable),
+                        Admission::Refuse(reason) => Some(ResponseBody::Refused(format!(
+                            "your evidence does not pass this node's policy of node images: {reason}"
+                        ))),
+                    };
+                    if let Some(answer) = refusal {
+                        let _ = reply.send(NodeResponse::new(answer));
+                        continue;
+                    }
+                }
                 match request.body {
                     RequestBody::Dkg(m) => {
                         let answer = driver.on_dkg(peer, m).await;
@@ -266,7 +282,10 @@ pub async fn run(
             ev = peers.recv() => {
                 let Some(ev) = ev else { return };
                 match ev {
-                    PeerEvent::Connected(p) => { driver.connected.insert(p); }
+                    PeerEvent::Connected(p) => {
+                        driver.cfg.peer_gate.on_connected(p, crate::http::unix_now());
+                        driver.connected.insert(p);
+                    }
                     PeerEvent::Disconnected(p) => { driver.connected.remove(&p); }
                 }
                 driver.publish_connected();

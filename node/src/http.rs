@@ -42,6 +42,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Roster changes.
     pub reshares: Arc<crate::reshare::Reshares>,
+    /// This node's evidence about itself.
+    pub evidence: Arc<crate::evidence::OwnEvidence>,
+    /// Peers' evidence.
+    pub peer_gate: Arc<crate::evidence::PeerGate>,
     /// Request bodies above this are refused.
     pub max_body: usize,
     /// A request body must arrive within this.
@@ -132,6 +136,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/log/witnessed", get(log_witnessed))
         .route("/v1/log/cosign", post(log_cosign))
         .route("/v1/reshare", get(reshare_status).post(reshare_offer))
+        .route("/v1/attestation", get(attestation))
+        .route("/v1/attestation/peers", get(attestation_peers))
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
         .fallback(|| async { refusal(&ApiError::new(ErrorCode::MalformedRequest, "no such endpoint")) })
@@ -323,6 +329,30 @@ async fn get_app(
         Ok(json(StatusCode::OK, &m))
     })();
     finish(&s, "/v1/apps/{app_id}", started, r)
+}
+
+async fn attestation(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    let started = Instant::now();
+    let r = async {
+        let _permit = admit(&s, peer)?;
+        let ev = s
+            .evidence
+            .current(unix_now())
+            .await
+            .map_err(|r| ApiError::new(ErrorCode::EvidenceUnavailable, r))?;
+        Ok(json(StatusCode::OK, &*ev))
+    }
+    .await;
+    finish(&s, "/v1/attestation", started, r)
+}
+
+async fn attestation_peers(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let started = Instant::now();
+    let r = admit(&s, peer).map(|_permit| json(StatusCode::OK, &s.peer_gate.report()));
+    finish(&s, "/v1/attestation/peers", started, r)
 }
 
 async fn reshare_status(

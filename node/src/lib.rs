@@ -10,6 +10,7 @@ pub mod apps;
 pub mod config;
 pub mod descriptor;
 pub mod driver;
+pub mod evidence;
 #[cfg(all(feature = "test-faults", debug_assertions))]
 mod faults;
 pub mod framing;

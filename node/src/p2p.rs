@@ -120,12 +120,20 @@ pub enum PeerEvent {
     Disconnected(PeerId),
 }
 
+/// Where a call goes.
+enum Target {
+    /// The roster's node with this index.
+    Index(u16),
+    /// This peer (a roster peer of any epoch, connected or dialled by the swarm).
+    Peer(PeerId),
+}
+
 enum Command {
     /// Deliver reliably: retry until a response arrives (or the request is cancelled with its
     /// generation).
     Reliable { to: u16, request: NodeRequest, generation: u64 },
     /// One attempt; the answer (or error) goes to `reply`.
-    Call { to: u16, request: NodeRequest, reply: oneshot::Sender<Result<NodeResponse, String>> },
+    Call { to: Target, request: NodeRequest, reply: oneshot::Sender<Result<NodeResponse, String>> },
     /// Drop every pending reliable request of an older generation.
     Cancel { below: u64 },
     /// Deliver reliably to every roster peer but this node.
@@ -150,6 +158,25 @@ impl P2pHandle {
     pub async fn call(
         &self,
         to: u16,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> Result<NodeResponse, String> {
+        self.call_target(Target::Index(to), request, timeout).await
+    }
+
+    /// [`P2pHandle::call`] addressed by peer id.
+    pub async fn call_peer(
+        &self,
+        peer: PeerId,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> Result<NodeResponse, String> {
+        self.call_target(Target::Peer(peer), request, timeout).await
+    }
+
+    async fn call_target(
+        &self,
+        to: Target,
         request: NodeRequest,
         timeout: Duration,
     ) -> Result<NodeResponse, String> {
@@ -312,13 +339,19 @@ impl SwarmTask {
                         self.cfg.me = me;
                         self.redial();
                     }
-                    Some(Command::Call { to, request, reply }) => match self.cfg.roster.get(&to) {
-                        Some((peer, _)) => {
-                            let id = self.swarm.behaviour_mut().rpc.send_request(peer, request);
-                            self.calls.insert(id, reply);
+                    Some(Command::Call { to, request, reply }) => {
+                        let peer = match to {
+                            Target::Index(i) => self.cfg.roster.get(&i).map(|(p, _)| *p).ok_or(i),
+                            Target::Peer(p) => Ok(p),
+                        };
+                        match peer {
+                            Ok(peer) => {
+                                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+                                self.calls.insert(id, reply);
+                            }
+                            Err(i) => { let _ = reply.send(Err(format!("node {i} is not in the roster"))); }
                         }
-                        None => { let _ = reply.send(Err(format!("node {to} is not in the roster"))); }
-                    },
+                    }
                     Some(Command::Cancel { below }) => {
                         // What is pending now; an older attempt that still listens may send
                         // again later (an adopted transcript's confirmation, a share recovery).

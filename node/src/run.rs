@@ -9,14 +9,16 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 
+use kms_proto::app::Policy;
 use kms_proto::cluster::SignedClusterDescriptor;
-use kms_proto::codec::decode_json;
+use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::p2p::{NodeResponse, RequestBody, ResponseBody};
 
 use crate::apps::Apps;
 use crate::config::{Config, NodeSection};
 use crate::descriptor::DescriptorSigner;
 use crate::driver::{self, DriverConfig, OtherHandler};
+use crate::evidence::{OwnEvidence, PeerGate};
 use crate::http::{self, AppState, RateLimiter};
 use crate::identity::{self, DB_DIR};
 use crate::jwks_source::JwksSource;
@@ -90,6 +92,21 @@ fn tdx_trust(cfg: &Config) -> anyhow::Result<Option<TdxTrust>> {
     let collateral =
         serde_json::from_slice(&doc).context("attestation.tdx_collateral_file: not DCAP collateral JSON")?;
     Ok(Some(TdxTrust { collateral, tcb_statuses: cfg.attestation.tdx_tcb_statuses.clone() }))
+}
+
+/// The allowed node images (`evidence.peer_policy_file`), if the node requires its peers' evidence.
+fn peer_policy(cfg: &Config) -> anyhow::Result<Option<Policy>> {
+    let Some(path) = &cfg.evidence.peer_policy_file else { return Ok(None) };
+    let doc = std::fs::read(path)
+        .with_context(|| format!("evidence.peer_policy_file: reading {}", path.display()))?;
+    let policy: Policy =
+        serde_json::from_slice(&doc).map_err(|e| anyhow::anyhow!("evidence.peer_policy_file: {e}"))?;
+    if policy.allowed_image_digests.is_empty() && policy.allowed_tdx_measurements.is_empty() {
+        anyhow::bail!(
+            "evidence.peer_policy_file: allows no image and no TDX measurement: every peer would be refused"
+        );
+    }
+    Ok(Some(policy))
 }
 
 /// A joining node's descriptor (`cluster.join`), verified under the pinned group key, with its
@@ -218,6 +235,16 @@ pub async fn run(
         p2p::spawn(P2pConfig { keypair: identity.keypair.clone(), listen, roster: p2p_roster, me }).await?;
 
     let shared = Shared::new(identity.signing.verifying_key().to_bytes(), membership);
+    let verifier = Arc::new(EvidenceVerifier { cs, tdx });
+    let own_evidence = Arc::new(OwnEvidence::new(
+        &cfg,
+        cluster_id,
+        identity.signing.verifying_key().to_bytes(),
+        store.clone(),
+        shared.clone(),
+    )?);
+    let peer_gate =
+        PeerGate::new(&cfg, peer_policy(&cfg)?, verifier.clone(), jwks.clone(), cluster_id, p2p.clone());
     let apps = Arc::new(Apps::new(store.clone(), Some(p2p.clone()), cfg.lease.max_clock_skew_secs));
     let signer = Arc::new(DescriptorSigner::new(cluster_id, store.clone(), shared.clone(), p2p.clone()));
     let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
@@ -226,12 +253,18 @@ pub async fn run(
         let apps = apps.clone();
         let signer = signer.clone();
         let reshares = reshares.clone();
+        let own_evidence = own_evidence.clone();
         Arc::new(move |from, body| {
             let apps = apps.clone();
             let signer = signer.clone();
             let reshares = reshares.clone();
+            let own_evidence = own_evidence.clone();
             Box::pin(async move {
                 match body {
+                    RequestBody::Evidence => match own_evidence.current(http::unix_now()).await {
+                        Ok(ev) => NodeResponse::new(ResponseBody::Evidence(encode_json(&*ev))),
+                        Err(reason) => NodeResponse::new(ResponseBody::Refused(reason)),
+                    },
                     RequestBody::Manifest(bytes) => match apps.on_gossip(&bytes) {
                         Ok(()) => NodeResponse::new(ResponseBody::Ack),
                         Err(e) => {
@@ -274,7 +307,13 @@ pub async fn run(
             kind: kms_dkg::ceremony::Kind::Generate,
         })
     };
-    let driver_cfg = DriverConfig { genesis, identity: identity.signing.clone(), timeouts, retry_delay };
+    let driver_cfg = DriverConfig {
+        genesis,
+        identity: identity.signing.clone(),
+        timeouts,
+        retry_delay,
+        peer_gate: peer_gate.clone(),
+    };
     let inputs = driver::Inputs { inbound, peers, changes };
     tokio::spawn(driver::run(driver_cfg, store.clone(), shared.clone(), p2p.clone(), inputs, other));
     tokio::spawn(signer.run());
@@ -304,7 +343,6 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::default());
-    let verifier = Arc::new(EvidenceVerifier { cs, tdx });
     if let Some(at) =
         verifier.cs.config().pki_root_der.as_deref().and_then(kms_proto::attestation::x5c::not_after)
     {
@@ -334,6 +372,8 @@ pub async fn run(
         shared,
         metrics: metrics.clone(),
         reshares,
+        evidence: own_evidence,
+        peer_gate,
         max_body: cfg.limits.max_body_bytes,
         body_timeout: Duration::from_millis(cfg.limits.body_timeout_ms),
         inflight: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_concurrency)),

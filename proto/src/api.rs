@@ -410,6 +410,43 @@ impl JsonDocument for ReadyBody {
     const VERSION: u64 = API_VERSION;
 }
 
+/// Body of `GET /v1/attestation/peers`: how the node stands with each peer's evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEvidenceBody {
+    /// Always [`API_VERSION`].
+    pub version: u64,
+    /// Whether the node requires its peers' evidence (`evidence.peer_policy_file` is set).
+    pub required: bool,
+    /// Every peer asked so far, sorted by peer id.
+    pub peers: Vec<PeerEvidenceState>,
+}
+
+impl JsonDocument for PeerEvidenceBody {
+    const WHAT: &'static str = "peer evidence body";
+    const VERSION: u64 = API_VERSION;
+}
+
+/// One peer in [`PeerEvidenceBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEvidenceState {
+    /// The peer's libp2p peer id.
+    pub peer_id: String,
+    /// `pending` (asked, no answer yet), `passed`, or `refused`.
+    pub state: String,
+    /// Why it is refused, or why the last request failed while pending.
+    pub reason: Option<String>,
+    /// What its evidence attests (`sha256:…` image or `mrtd:…`), when it passed.
+    pub workload: Option<String>,
+    /// The software version its evidence binds, when it passed.
+    pub software_version: Option<String>,
+    /// When the passing evidence was made (the peer's clock), unix seconds.
+    pub made_at: Option<u64>,
+    /// When the node last decided, unix seconds (0: never).
+    pub checked_at: u64,
+}
+
 /// One roster change a node knows of, in `GET /v1/reshare`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -164,6 +164,9 @@ error_codes! {
     /// bounds or too short for the allowed clock skew), or a lease was asked for an app whose
     /// manifest asks for none.
     InstancePolicyInvalid = "instance_policy_invalid" => 400,
+    /// The node has no evidence about itself to give: it runs without an evidence provider
+    /// (`evidence.provider`), or its attestation service failed (the reason says which).
+    EvidenceUnavailable = "evidence_unavailable" => 503,
     /// The node failed; the reason is not disclosed.
     Internal = "internal" => 500,
 }

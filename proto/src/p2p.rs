@@ -52,6 +52,10 @@ pub enum RequestBody {
     /// [`crate::reshare::AuthorizedChange`]; fewer than `t` approvals is a proposal still being
     /// approved); answered with `Ack`, or `Refused` with the reason.
     Reshare(Vec<u8>),
+    /// The node's evidence about itself; answered with [`ResponseBody::Evidence`] or `Refused`.
+    /// Never refused for the asker's own evidence: a node that requires its peers' evidence
+    /// asks before it takes their DKG and reshare messages.
+    Evidence,
 }
 
 /// A node's answer.
@@ -69,6 +73,8 @@ pub enum ResponseBody {
     /// not be written or read). A reliable sender keeps the request pending and retries it, so
     /// that nothing the node acknowledged is ever lost to it.
     Unavailable,
+    /// JSON of [`crate::attestation::node::NodeEvidence`].
+    Evidence(Vec<u8>),
 }
 
 /// The response envelope.

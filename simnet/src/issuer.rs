@@ -9,6 +9,9 @@ use base64::Engine;
 use rand_core::OsRng;
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::traits::PublicKeyParts;
+use sha2::{Digest, Sha256};
+
+use kms_proto::app::{ImageDigest, Policy};
 
 /// Key id of the dev issuer's key in its JWKS.
 pub const DEV_KID: &str = "kms-dev-1";
@@ -39,4 +42,28 @@ pub fn ensure(dir: &Path) -> anyhow::Result<IssuerFiles> {
     }]});
     std::fs::write(&files.jwks, serde_json::to_vec_pretty(&jwks)?)?;
     Ok(files)
+}
+
+/// The `[evidence]` table of a local node: it makes its own evidence with the dev issuer's key,
+/// claiming the SHA-256 of this binary (which every local node runs) as its image, and takes DKG
+/// and reshare messages only from peers whose evidence claims the same image
+/// (`D/attestation/node-policy.json`, also what `kms cluster verify --node-policy` reads).
+pub fn node_evidence(dir: &Path, files: &IssuerFiles) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+    let image = ImageDigest(Sha256::digest(&bytes).into());
+    let policy = Policy {
+        allowed_image_digests: vec![image],
+        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
+        ..Policy::default()
+    };
+    let path = dir.join("node-policy.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&policy)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(format!(
+        "\n# Each node proves what it runs (GET /v1/attestation) and requires it of its peers.\n\
+         [evidence]\nprovider = \"dev\"\ndev_issuer_key_file = {:?}\ndev_kid = \"{DEV_KID}\"\n\
+         image_digest = \"{image}\"\npeer_policy_file = {path:?}\n",
+        files.key
+    ))
 }

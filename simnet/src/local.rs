@@ -117,6 +117,7 @@ impl LocalNet {
         // its own config's directory.
         let dir = &std::fs::canonicalize(dir)?;
         let issuer = issuer::ensure(&dir.join("attestation"))?;
+        let evidence = issuer::node_evidence(&dir.join("attestation"), &issuer)?;
         let mut roster = Vec::new();
         let mut ports = Vec::new();
         for i in 1..=n {
@@ -142,6 +143,7 @@ impl LocalNet {
                  [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n",
                 issuer.jwks
             );
+            toml.push_str(&evidence);
             for (j, peer, p, h, _) in &roster {
                 toml.push_str(&format!(
                     "\n[[cluster.nodes]]\nindex = {j}\npeer_id = \"{peer}\"\np2p_addr = \"/ip4/127.0.0.1/tcp/{p}\"\nhttp_url = \"http://127.0.0.1:{h}\"\n"
@@ -218,14 +220,16 @@ fn write_join_config(
     descriptor: &Path,
     jwks: &Path,
     group_key: &str,
+    evidence: &str,
 ) -> anyhow::Result<()> {
-    let toml = format!(
+    let mut toml = format!(
         "data_dir = \"data\"\n\n[node]\n{listen}\n\
          # Joins the cluster this descriptor describes, trusting only this group key.\n\
          [cluster.join]\ndescriptor = {descriptor:?}\ngroup_key = \"{group_key}\"\n\n\
          [attestation]\naudience = \"{AUDIENCE}\"\njwks_file = {jwks:?}\n\n\
          [limits]\nrate_per_sec = 100000\nrate_burst = 100000\nmax_connections_per_ip = 1024\n"
     );
+    toml.push_str(evidence);
     std::fs::write(node_dir.join("node.toml"), toml)?;
     Ok(())
 }
@@ -272,6 +276,7 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
     current.verify(Some(current.descriptor.group_key.as_bytes()))?;
     let d = &current.descriptor;
     let issuer = issuer::ensure(&dir.join("attestation"))?;
+    let evidence = issuer::node_evidence(&dir.join("attestation"), &issuer)?;
     let group_key = hex::encode(d.group_key.as_bytes());
 
     let (dirs, mut next) = member_dirs(dir, d)?;
@@ -305,6 +310,7 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
             &node_dir.join("descriptor.json"),
             &issuer.jwks,
             &group_key,
+            &evidence,
         )?;
         eprintln!("   node {i}: store wiped; replaced by {peer_id}");
         proposal
@@ -323,6 +329,7 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
             &node_dir.join("descriptor.json"),
             &issuer.jwks,
             &group_key,
+            &evidence,
         )?;
         proposal.add.push(NewNode {
             peer_id,
@@ -531,6 +538,7 @@ pub async fn replace_in_containers(dir: &Path, index: u16, prefix: &str) -> anyh
         Path::new("descriptor.json"),
         Path::new("../attestation/jwks.json"),
         &hex::encode(d.group_key.as_bytes()),
+        "",
     )?;
     let proposal = kms_node::admin::Proposal {
         replace: vec![(

@@ -1,0 +1,370 @@
+//! What a node proves about itself, and what it requires of its peers (`[evidence]`,
+//! `docs/decisions.md` 37).
+//!
+//! * [`OwnEvidence`]: the node's evidence (`GET /v1/attestation`, the p2p `Evidence` request):
+//!   TEE evidence bound to its identity key, version, claimed image and served descriptor
+//!   ([`kms_proto::attestation::node`]). Made when asked for and none is fresh (older than
+//!   `refresh_secs`, or naming another descriptor than the one served now), one at a time: a
+//!   flood of requests makes at most one call to the attestation service per refresh.
+//! * [`PeerGate`]: with `evidence.peer_policy_file` set, a peer's DKG and reshare messages are
+//!   taken only while its evidence passes that policy. The node asks a peer for its evidence when
+//!   it connects, again past half its age, and (if refused) every [`RECHECK_REFUSED_SECS`];
+//!   messages from a peer whose evidence has not arrived yet are answered `Unavailable` (the
+//!   sender retries), from a refused peer `Refused` with the reason.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use libp2p::PeerId;
+use tracing::{info, warn};
+
+use kms_client::provider::{AttestationProvider, ConfidentialSpace, DevIssuer, TdxConfigfs, TokenType};
+use kms_proto::api::{Evidence, PeerEvidenceBody, PeerEvidenceState, API_VERSION};
+use kms_proto::app::{ImageDigest, Policy};
+use kms_proto::attestation::node::{
+    descriptor_digest, node_binding, Expected, NodeEvidence, NODE_EVIDENCE_VERSION,
+};
+use kms_proto::attestation::EvidenceVerifier;
+use kms_proto::cluster::{identity_of_peer_id, SignedClusterDescriptor};
+use kms_proto::codec::decode_json;
+use kms_proto::p2p::{NodeRequest, RequestBody, ResponseBody};
+use kms_proto::HexBytes;
+
+use crate::config::{Config, EvidenceProvider, TokenKind};
+use crate::jwks_source::JwksSource;
+use crate::p2p::P2pHandle;
+use crate::state::Shared;
+use crate::store::NodeStore;
+
+/// The software version bound into the node's evidence.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// After the attestation service failed, the next try waits this long, seconds.
+const RETRY_AFTER_FAILURE_SECS: u64 = 5;
+
+/// A refused peer is asked again after this long, seconds (it may have been upgraded).
+pub const RECHECK_REFUSED_SECS: u64 = 10;
+
+/// How long a peer has to answer an evidence request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node's own evidence.
+pub struct OwnEvidence {
+    provider: Option<Box<dyn AttestationProvider>>,
+    cluster_id: [u8; 32],
+    identity_key: [u8; 32],
+    image_digest: Option<ImageDigest>,
+    refresh_secs: u64,
+    store: Arc<NodeStore>,
+    shared: Arc<Shared>,
+    /// The latest evidence, or the latest failure: one production at a time.
+    cache: tokio::sync::Mutex<Cached>,
+}
+
+#[derive(Default)]
+struct Cached {
+    evidence: Option<Arc<NodeEvidence>>,
+    failed: Option<(u64, String)>,
+}
+
+/// The digest of the descriptor a node serves (`GET /v1/cluster`), if it serves one.
+pub fn served_descriptor_digest(store: &NodeStore, shared: &Shared) -> Option<[u8; 32]> {
+    let keys = shared.active()?;
+    let doc = store.get_public("descriptor", keys.epoch).ok()??;
+    let signed: SignedClusterDescriptor = decode_json(&doc).ok()?;
+    Some(descriptor_digest(&signed.descriptor))
+}
+
+impl OwnEvidence {
+    /// The node's evidence source from `cfg.evidence`.
+    pub fn new(
+        cfg: &Config,
+        cluster_id: [u8; 32],
+        identity_key: [u8; 32],
+        store: Arc<NodeStore>,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<Self> {
+        let e = &cfg.evidence;
+        let image_digest = e.image_digest.as_deref().map(str::parse::<ImageDigest>).transpose()?;
+        let audience = cfg.attestation.audience.clone();
+        let provider: Option<Box<dyn AttestationProvider>> = match e.provider {
+            EvidenceProvider::None => None,
+            EvidenceProvider::Dev => {
+                let path = e.dev_issuer_key_file.as_ref().context("evidence.dev_issuer_key_file")?;
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("evidence.dev_issuer_key_file: reading {}", path.display()))?;
+                let image = image_digest.map(|d| d.to_string()).unwrap_or_default();
+                let issuer = DevIssuer::new(&pem, &e.dev_kid, &audience, &image)
+                    .map_err(|err| anyhow::anyhow!("evidence.dev_issuer_key_file: {err}"))?;
+                Some(Box::new(issuer))
+            }
+            EvidenceProvider::ConfidentialSpace => {
+                let kind = match e.token_type {
+                    TokenKind::Oidc => TokenType::Oidc,
+                    TokenKind::Pki => TokenType::Pki,
+                };
+                Some(Box::new(ConfidentialSpace::new(audience, kind)))
+            }
+            EvidenceProvider::Tdx => Some(Box::new(TdxConfigfs::default())),
+        };
+        Ok(OwnEvidence {
+            provider,
+            cluster_id,
+            identity_key,
+            image_digest,
+            refresh_secs: e.refresh_secs,
+            store,
+            shared,
+            cache: tokio::sync::Mutex::new(Cached::default()),
+        })
+    }
+
+    /// Fresh evidence at `now`: the cached one if younger than `refresh_secs` and naming the
+    /// descriptor served now, else new evidence from the provider. `Err` names why there is none.
+    pub async fn current(&self, now: u64) -> Result<Arc<NodeEvidence>, String> {
+        let Some(provider) = &self.provider else {
+            return Err("this node is configured without an evidence provider (evidence.provider)".into());
+        };
+        let descriptor = served_descriptor_digest(&self.store, &self.shared);
+        let mut cache = self.cache.lock().await;
+        if let Some(ev) = &cache.evidence {
+            let fresh = now >= ev.time && now - ev.time < self.refresh_secs;
+            if fresh && ev.descriptor_digest.map(|d| *d.as_bytes()) == descriptor {
+                return Ok(ev.clone());
+            }
+        }
+        if let Some((at, reason)) = &cache.failed {
+            if now < at.saturating_add(RETRY_AFTER_FAILURE_SECS) {
+                return Err(reason.clone());
+            }
+        }
+        let binding = node_binding(
+            &self.cluster_id,
+            &self.identity_key,
+            SOFTWARE_VERSION,
+            self.image_digest.as_ref(),
+            descriptor.as_ref(),
+            now,
+        );
+        match provider.evidence(&binding).await {
+            Ok(evidence) => {
+                let ev = Arc::new(NodeEvidence {
+                    version: NODE_EVIDENCE_VERSION,
+                    cluster_id: HexBytes(self.cluster_id),
+                    identity_key: HexBytes(self.identity_key),
+                    software_version: SOFTWARE_VERSION.into(),
+                    image_digest: self.image_digest,
+                    descriptor_digest: descriptor.map(HexBytes),
+                    time: now,
+                    evidence,
+                });
+                *cache = Cached { evidence: Some(ev.clone()), failed: None };
+                Ok(ev)
+            }
+            Err(e) => {
+                let reason = format!("the attestation service gave no evidence: {e}");
+                warn!(%reason, "no evidence for this node");
+                cache.failed = Some((now, reason.clone()));
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// A peer's standing, as `GET /v1/attestation/peers` reports it.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// Not decided yet; the note says what happened to the last request, if it failed.
+    Pending(Option<String>),
+    /// The evidence made at `made_at` passes the policy.
+    Passed { made_at: u64, workload: Option<String>, software_version: String },
+    /// Refused, with the reason.
+    Refused(String),
+}
+
+struct PeerState {
+    verdict: Verdict,
+    checked_at: u64,
+    asking: bool,
+}
+
+/// Whether a peer's DKG or reshare message is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Take it.
+    Admit,
+    /// Not yet: the peer's evidence is being asked for (answer `Unavailable`).
+    Wait,
+    /// The peer's evidence does not pass (answer `Refused` with this reason).
+    Refuse(String),
+}
+
+/// The check of peers' evidence before their DKG and reshare messages are taken.
+pub struct PeerGate {
+    /// Allowed node images; `None`: every peer is admitted unchecked.
+    policy: Option<Policy>,
+    verifier: Arc<EvidenceVerifier>,
+    jwks: Arc<JwksSource>,
+    cluster_id: [u8; 32],
+    max_age_secs: u64,
+    leeway_secs: u64,
+    p2p: P2pHandle,
+    peers: Mutex<HashMap<PeerId, PeerState>>,
+}
+
+impl PeerGate {
+    /// A gate requiring `policy` (if any) of every peer's evidence, checked with the node's own
+    /// verifier and trust anchors (`[attestation]`).
+    pub fn new(
+        cfg: &Config,
+        policy: Option<Policy>,
+        verifier: Arc<EvidenceVerifier>,
+        jwks: Arc<JwksSource>,
+        cluster_id: [u8; 32],
+        p2p: P2pHandle,
+    ) -> Arc<Self> {
+        Arc::new(PeerGate {
+            policy,
+            verifier,
+            jwks,
+            cluster_id,
+            max_age_secs: cfg.attestation.max_age_secs,
+            leeway_secs: cfg.attestation.leeway_secs,
+            p2p,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether peers must present evidence.
+    pub fn required(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    /// Whether `peer`'s DKG or reshare message is taken at `now`; asks the peer for its evidence
+    /// when none is held, when it is past half its age, or when a refusal is old.
+    pub fn admit(self: &Arc<Self>, peer: PeerId, now: u64) -> Admission {
+        if self.policy.is_none() {
+            return Admission::Admit;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let st = peers.entry(peer).or_insert(PeerState {
+            verdict: Verdict::Pending(None),
+            checked_at: 0,
+            asking: false,
+        });
+        let (admission, ask) = match &st.verdict {
+            Verdict::Passed { made_at, .. } if now <= made_at.saturating_add(self.max_age_secs) => {
+                (Admission::Admit, now >= made_at.saturating_add(self.max_age_secs / 2))
+            }
+            Verdict::Passed { .. } | Verdict::Pending(_) => (Admission::Wait, true),
+            Verdict::Refused(reason) => {
+                (Admission::Refuse(reason.clone()), now >= st.checked_at.saturating_add(RECHECK_REFUSED_SECS))
+            }
+        };
+        if ask && !st.asking {
+            st.asking = true;
+            tokio::spawn(self.clone().ask(peer));
+        }
+        admission
+    }
+
+    /// A peer connected: ask for its evidence now rather than at its first message.
+    pub fn on_connected(self: &Arc<Self>, peer: PeerId, now: u64) {
+        let _ = self.admit(peer, now);
+    }
+
+    async fn ask(self: Arc<Self>, peer: PeerId) {
+        let answer = self.p2p.call_peer(peer, NodeRequest::new(RequestBody::Evidence), ASK_TIMEOUT).await;
+        let verdict = match answer {
+            Err(e) => Verdict::Pending(Some(format!("asking for its evidence: {e}"))),
+            Ok(r) => match r.body {
+                ResponseBody::Evidence(bytes) => self.check(peer, &bytes).await,
+                ResponseBody::Refused(reason) => Verdict::Refused(format!("it gives no evidence: {reason}")),
+                _ => Verdict::Refused("it answered the evidence request with something else".into()),
+            },
+        };
+        match &verdict {
+            Verdict::Passed { workload, .. } => {
+                info!(%peer, workload = workload.as_deref().unwrap_or("none"), "peer evidence passes")
+            }
+            Verdict::Refused(reason) => warn!(%peer, %reason, "peer evidence refused"),
+            Verdict::Pending(note) => {
+                warn!(%peer, note = note.as_deref().unwrap_or(""), "peer evidence not received")
+            }
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(st) = peers.get_mut(&peer) {
+            // A passing verdict is kept through a failed re-ask until it ages out.
+            let keep = matches!((&st.verdict, &verdict), (Verdict::Passed { .. }, Verdict::Pending(_)));
+            if !keep {
+                st.verdict = verdict;
+            }
+            st.checked_at = crate::http::unix_now();
+            st.asking = false;
+        }
+    }
+
+    async fn check(&self, peer: PeerId, bytes: &[u8]) -> Verdict {
+        let Some(policy) = &self.policy else { return Verdict::Refused("no policy".into()) };
+        let ev: NodeEvidence = match decode_json(bytes) {
+            Ok(ev) => ev,
+            Err(e) => return Verdict::Refused(e.to_string()),
+        };
+        let Some(identity) = identity_of_peer_id(&peer.to_string()) else {
+            return Verdict::Refused("the peer id holds no Ed25519 key".into());
+        };
+        let now = crate::http::unix_now();
+        if let Evidence::ConfidentialSpace { token } = &ev.evidence {
+            if let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) {
+                if kid.len() <= 256 {
+                    self.jwks.ensure_kid(&kid, now).await;
+                }
+            }
+        }
+        let expected = Expected {
+            cluster_id: self.cluster_id,
+            identity_key: identity.to_bytes(),
+            descriptor_digest: None,
+            max_age_secs: self.max_age_secs,
+            leeway_secs: self.leeway_secs,
+        };
+        match self.jwks.with(|jwks| ev.check(&self.verifier, jwks, policy, &expected, now)) {
+            Ok(attested) => Verdict::Passed {
+                made_at: ev.time,
+                workload: attested.workload,
+                software_version: ev.software_version,
+            },
+            Err(e) => Verdict::Refused(e.to_string()),
+        }
+    }
+
+    /// Every peer's standing, for `GET /v1/attestation/peers`.
+    pub fn report(&self) -> PeerEvidenceBody {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<PeerEvidenceState> = peers
+            .iter()
+            .map(|(peer, st)| {
+                let (state, reason, workload, software_version, made_at) = match &st.verdict {
+                    Verdict::Pending(note) => ("pending", note.clone(), None, None, None),
+                    Verdict::Passed { made_at, workload, software_version } => {
+                        ("passed", None, workload.clone(), Some(software_version.clone()), Some(*made_at))
+                    }
+                    Verdict::Refused(reason) => ("refused", Some(reason.clone()), None, None, None),
+                };
+                PeerEvidenceState {
+                    peer_id: peer.to_string(),
+                    state: state.into(),
+                    reason,
+                    workload,
+                    software_version,
+                    made_at,
+                    checked_at: st.checked_at,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        PeerEvidenceBody { version: API_VERSION, required: self.required(), peers: list }
+    }
+}
