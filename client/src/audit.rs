@@ -128,7 +128,7 @@ const MAX_LOG_ANSWER: usize = 4 << 20;
 /// Most pages of one app's entries read from one node in a run (a million entries).
 const MAX_PAGES: u32 = 1000;
 
-async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+pub(crate) async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     let r = client.get(url).send().await.map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
     let body = crate::fetch::read_limited(r, MAX_LOG_ANSWER)

@@ -20,6 +20,7 @@ pub mod audit;
 pub mod cluster;
 pub mod fetch;
 pub mod lease;
+pub mod nodes;
 pub mod provider;
 pub mod secrets;
 

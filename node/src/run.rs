@@ -89,9 +89,9 @@ fn tdx_trust(cfg: &Config) -> anyhow::Result<Option<TdxTrust>> {
     let Some(path) = &cfg.attestation.tdx_collateral_file else { return Ok(None) };
     let doc = std::fs::read(path)
         .with_context(|| format!("attestation.tdx_collateral_file: reading {}", path.display()))?;
-    let collateral =
-        serde_json::from_slice(&doc).context("attestation.tdx_collateral_file: not DCAP collateral JSON")?;
-    Ok(Some(TdxTrust { collateral, tcb_statuses: cfg.attestation.tdx_tcb_statuses.clone() }))
+    TdxTrust::from_json(&doc, cfg.attestation.tdx_tcb_statuses.clone())
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("attestation.tdx_collateral_file: {e}"))
 }
 
 /// The allowed node images (`evidence.peer_policy_file`), if the node requires its peers' evidence.

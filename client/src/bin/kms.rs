@@ -204,11 +204,43 @@ enum ClusterCmd {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
-    /// Verify a descriptor's FROST signature (exit 2 if it does not verify).
+    /// Verify a descriptor's FROST signature (exit 2 if it does not verify); with
+    /// `--node-policy`, also ask every node for its evidence about itself and check it, node by
+    /// node (exit 2 if any node's does not pass).
     Verify {
         #[command(flatten)]
         cluster: ClusterArgs,
+        #[command(flatten)]
+        nodes: NodeTrustArgs,
     },
+}
+
+#[derive(Args)]
+struct NodeTrustArgs {
+    /// The allowed node images: a policy document (JSON, as an app manifest's `policy`).
+    #[arg(long)]
+    node_policy: Option<PathBuf>,
+    /// The cluster's attestation audience (nodes' tokens are issued for it); also `KMS_AUDIENCE`.
+    #[arg(long, env = "KMS_AUDIENCE", default_value = "")]
+    audience: String,
+    /// The token issuer (`iss`).
+    #[arg(long, default_value = kms_proto::attestation::confidential_space::DEFAULT_ISSUER)]
+    issuer: String,
+    /// The issuer's keys for OIDC tokens (a JWKS file).
+    #[arg(long)]
+    jwks: Option<PathBuf>,
+    /// The pinned root for PKI tokens (PEM).
+    #[arg(long)]
+    pki_root: Option<PathBuf>,
+    /// DCAP collateral for TDX quotes (JSON).
+    #[arg(long)]
+    tdx_collateral: Option<PathBuf>,
+    /// TDX TCB statuses accepted.
+    #[arg(long, value_delimiter = ',', default_value = "UpToDate")]
+    tdx_tcb_statuses: Vec<String>,
+    /// Oldest node evidence accepted, seconds.
+    #[arg(long, default_value_t = 300)]
+    max_age_secs: u64,
 }
 
 #[derive(Args)]
@@ -375,6 +407,46 @@ fn load_cluster(args: &ClusterArgs) -> Result<Cluster, Exit> {
         }
     };
     Cluster::from_json(&bytes, pin).map_err(|e| Exit(2, e.into()))
+}
+
+/// What `--node-policy` checks nodes' evidence against; `None` without it.
+fn node_trust(args: &NodeTrustArgs) -> anyhow::Result<Option<kms_client::nodes::NodeTrust>> {
+    use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks, TdxTrust};
+    let Some(path) = &args.node_policy else { return Ok(None) };
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let policy: Policy =
+        serde_json::from_slice(&read(path)?).with_context(|| format!("{}: not a policy", path.display()))?;
+    if args.audience.is_empty() {
+        bail!("--audience is required with --node-policy (the audience the nodes' tokens are issued for)");
+    }
+    let mut cs = CsConfig::new(args.audience.clone());
+    cs.issuer = args.issuer.clone();
+    cs.max_age_secs = args.max_age_secs;
+    if let Some(p) = &args.pki_root {
+        cs.pki_root_der = Some(
+            kms_proto::attestation::x5c::pem_to_der(&read(p)?)
+                .ok_or_else(|| anyhow!("{}: not a PEM certificate", p.display()))?,
+        );
+    }
+    let jwks = match &args.jwks {
+        Some(p) => Jwks::from_json(&read(p)?).map_err(|e| anyhow!("{}: {e}", p.display()))?,
+        None => Jwks::default(),
+    };
+    let tdx = match &args.tdx_collateral {
+        Some(p) => Some(
+            TdxTrust::from_json(&read(p)?, args.tdx_tcb_statuses.clone())
+                .map_err(|e| anyhow!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let leeway_secs = cs.leeway_secs;
+    Ok(Some(kms_client::nodes::NodeTrust {
+        verifier: EvidenceVerifier { cs: ConfidentialSpaceVerifier::new(cs), tdx },
+        jwks,
+        policy,
+        max_age_secs: args.max_age_secs,
+        leeway_secs,
+    }))
 }
 
 fn provider(args: &ProviderArgs) -> anyhow::Result<Box<dyn AttestationProvider>> {
@@ -865,13 +937,46 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             );
             out(json_mode, serde_json::to_value(d)?, text);
         }
-        Cmd::Cluster(ClusterCmd::Verify { cluster }) => {
+        Cmd::Cluster(ClusterCmd::Verify { cluster, nodes }) => {
             let c = load_cluster(&cluster)?;
+            let Some(trust) = node_trust(&nodes)? else {
+                out(
+                    json_mode,
+                    json!({"verified": true, "group_key": c.descriptor().group_key}),
+                    "descriptor verifies".into(),
+                );
+                return Ok(());
+            };
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+            let checks = kms_client::nodes::verify_nodes(&c, &trust, &client).await;
+            let failed = checks.iter().filter(|c| !c.passed).count();
+            let text = checks
+                .iter()
+                .map(|n| match (&n.reason, &n.workload) {
+                    (None, w) => format!(
+                        "node {}: passes: runs {} (v{}) {}",
+                        n.node,
+                        w.as_deref().unwrap_or("?"),
+                        n.software_version.as_deref().unwrap_or("?"),
+                        n.url
+                    ),
+                    (Some(r), _) => format!("node {}: REFUSED: {r} {}", n.node, n.url),
+                })
+                .chain([format!(
+                    "descriptor verifies; {} of {} nodes pass",
+                    checks.len() - failed,
+                    checks.len()
+                )])
+                .collect::<Vec<_>>()
+                .join("\n");
             out(
                 json_mode,
-                json!({"verified": true, "group_key": c.descriptor().group_key}),
-                "descriptor verifies".into(),
+                json!({"verified": failed == 0, "group_key": c.descriptor().group_key, "nodes": checks}),
+                text,
             );
+            if failed > 0 {
+                return Err(Exit(2, anyhow!("{failed} node(s) do not pass the node policy")));
+            }
         }
     }
     Ok(())

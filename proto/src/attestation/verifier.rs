@@ -17,6 +17,15 @@ pub struct TdxTrust {
     pub tcb_statuses: Vec<String>,
 }
 
+impl TdxTrust {
+    /// Collateral from its JSON (as `dcap-qvl` writes it), accepting `tcb_statuses`.
+    pub fn from_json(collateral: &[u8], tcb_statuses: Vec<String>) -> Result<Self, String> {
+        let collateral =
+            serde_json::from_slice(collateral).map_err(|e| format!("not DCAP collateral JSON: {e}"))?;
+        Ok(TdxTrust { collateral, tcb_statuses })
+    }
+}
+
 /// Verifies evidence of either kind.
 pub struct EvidenceVerifier {
     /// Confidential Space tokens (OIDC against a JWKS handed to [`EvidenceVerifier::verify`], PKI
