@@ -464,7 +464,12 @@ impl SwarmTask {
                         return;
                     }
                 }
-                self.pending.remove(&request_id);
+                let delivered = self.pending.remove(&request_id);
+                if let (Some(p), ResponseBody::Refused(reason)) = (&delivered, &response.body) {
+                    // The peer's words, shortened and escaped (`?`): they are not ours to trust.
+                    let reason: String = reason.chars().take(300).collect();
+                    warn!(to = p.to, reason = ?reason, "the peer refused a message");
+                }
                 if let Some(reply) = self.calls.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }

@@ -338,6 +338,21 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
         d.group_key
     );
 
+    println!("   every node proves what it runs; each checked against the node policy (kms cluster verify --node-policy):");
+    let trust = node_trust(&net)?;
+    let checks = kms_client::nodes::verify_nodes(&cluster, &trust, &reqwest::Client::new()).await;
+    for c in &checks {
+        match &c.reason {
+            None => println!(
+                "   node {}: runs {} (v{})",
+                c.node,
+                c.workload.as_deref().unwrap_or("?"),
+                c.software_version.as_deref().unwrap_or("?")
+            ),
+            Some(r) => bail!("node {}'s evidence does not pass: {r}", c.node),
+        }
+    }
+
     println!("== 2. an app owner creates an app and allows one image");
     let owner = SigningKey::generate(&mut OsRng);
     let (m, good) = demo_app(&owner, "payments-api")?;
@@ -413,6 +428,23 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
         bail!("the demo did not behave as expected");
     }
     Ok(())
+}
+
+/// What the local network's node evidence is checked against: the dev issuer's keys and the node
+/// policy `up` wrote (`D/attestation/node-policy.json`).
+fn node_trust(net: &LocalNet) -> anyhow::Result<kms_client::nodes::NodeTrust> {
+    use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
+    let jwks =
+        Jwks::from_json(&std::fs::read(&net.issuer.jwks)?).map_err(|e| anyhow::anyhow!("dev JWKS: {e}"))?;
+    let policy_file = net.dir.join("attestation").join("node-policy.json");
+    let policy = serde_json::from_slice(&std::fs::read(&policy_file)?).context("the node policy")?;
+    Ok(kms_client::nodes::NodeTrust {
+        verifier: EvidenceVerifier { cs: ConfidentialSpaceVerifier::new(CsConfig::new(AUDIENCE)), tdx: None },
+        jwks,
+        policy,
+        max_age_secs: 300,
+        leeway_secs: 30,
+    })
 }
 
 /// `sim --lease`: the lease harness over many seeds, or one seed in detail.

@@ -10,6 +10,7 @@
 //! * `tdx`: dcap-qvl's sample TDX quote and collateral at a pinned time.
 
 mod jwks;
+mod node_evidence;
 mod oidc;
 mod pki_chain;
 mod policy;

@@ -133,6 +133,13 @@ fn five_nodes_on_loopback() {
     }
     let keys = bls_keys(&d0);
 
+    // A node configured without an evidence provider has none to give, and says so.
+    let (status, body) = c.nodes[0].get("/v1/attestation");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    let refusal: kms_proto::api::ErrorBody = decode_json(&body).unwrap();
+    assert_eq!(refusal.code, ErrorCode::EvidenceUnavailable);
+    assert!(refusal.reason.contains("evidence.provider"), "{}", refusal.reason);
+
     // The owner registers the app at node 1; gossip brings it to every node.
     let owner = SigningKey::generate(&mut OsRng);
     let (image_a, image_b) = (digest(0xaa), digest(0xbb));

@@ -3,6 +3,7 @@
 mod attestation;
 mod cluster;
 mod common;
+mod evidence;
 mod limits;
 mod log;
 mod ops;

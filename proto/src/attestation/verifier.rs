@@ -77,7 +77,7 @@ impl EvidenceVerifier {
             Evidence::TdxQuote { .. } => {
                 let Some(tdx) = &self.tdx else {
                     return Err(AttestationError::TdxQuoteInvalid {
-                        reason: "no TDX collateral is configured".into(),
+                        reason: "the verifier holds no TDX collateral".into(),
                     });
                 };
                 let quote = evidence
