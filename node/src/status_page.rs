@@ -98,6 +98,7 @@ pub fn render(s: &AppState, now: u64) -> String {
     let membership = s.shared.membership.read().map(|m| m.clone()).ok();
     let reshare = s.reshares.status().ok();
     let (by_reason, recent) = s.metrics.refusals.snapshot();
+    let evidence = s.peer_gate.report();
 
     let mut h = String::with_capacity(8 << 10);
     let title = match me {
@@ -132,7 +133,7 @@ pub fn render(s: &AppState, now: u64) -> String {
         row(&mut h, "reshare-state", "roster changes", &format!("{}{progress}", esc(&r.state)));
     }
     row(&mut h, "time", "page made", &format!("{} UTC", utc(now)));
-    h.push_str("</table>\n<h2>Committee</h2>\n<table id=\"committee\"><tr><th>index</th><th>peer id</th><th>HTTP</th><th>p2p</th><th>connected</th></tr>");
+    h.push_str("</table>\n<h2>Committee</h2>\n<table id=\"committee\"><tr><th>index</th><th>peer id</th><th>HTTP</th><th>p2p</th><th>connected</th><th>evidence</th></tr>");
     for e in membership.iter().flat_map(|m| m.members.iter()) {
         let link = if me == Some(e.index) {
             "<span class=\"ok\">this node</span>"
@@ -141,9 +142,24 @@ pub fn render(s: &AppState, now: u64) -> String {
         } else {
             "<span class=\"bad\">no</span>"
         };
+        // The peer's evidence as this node judged it (`GET /v1/attestation/peers`).
+        let judged = evidence.peers.iter().find(|p| p.peer_id == e.peer_id);
+        let proof = match judged {
+            _ if me == Some(e.index) => String::new(),
+            _ if !evidence.required => "not required".into(),
+            Some(p) if p.state == "passed" => {
+                format!("<span class=\"ok\">passes: {}</span>", esc(p.workload.as_deref().unwrap_or("")))
+            }
+            Some(p) => format!(
+                "<span class=\"bad\">{}: {}</span>",
+                esc(&p.state),
+                esc(p.reason.as_deref().unwrap_or(""))
+            ),
+            None => "<span class=\"bad\">not asked yet</span>".into(),
+        };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{link}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{link}</td><td>{proof}</td></tr>",
             e.index,
             esc(&e.peer_id),
             esc(&e.http_url),
@@ -162,7 +178,7 @@ pub fn render(s: &AppState, now: u64) -> String {
         let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", utc(*t), esc(endpoint), esc(code));
     }
     h.push_str(
-        "</table>\n<p>Machine-readable: <a href=\"v1/ready\">/v1/ready</a>, <a href=\"v1/cluster\">/v1/cluster</a>, \
+        "</table>\n<p>Machine-readable: <a href=\"v1/ready\">/v1/ready</a>, <a href=\"v1/cluster\">/v1/cluster</a>, <a href=\"v1/attestation\">/v1/attestation</a>, <a href=\"v1/attestation/peers\">/v1/attestation/peers</a>, \
          <a href=\"v1/reshare\">/v1/reshare</a>, <a href=\"metrics\">/metrics</a>.</p>\n</body></html>\n",
     );
     h

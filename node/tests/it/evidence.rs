@@ -94,6 +94,12 @@ fn peers_refuse_a_node_whose_evidence_fails_their_node_policy() {
         assert_eq!(passed.workload.as_deref(), Some(good.to_string().as_str()));
         assert_eq!(passed.software_version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
     }
+    // The status page shows it too.
+    let (status, page) = c.nodes[0].get("/");
+    assert_eq!(status, 200);
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains(&format!("refused: image digest {bad} is not allowed by the policy")), "{page}");
+    assert!(page.contains(&format!("passes: {good}")), "{page}");
     // Node 4 hears the refusal of its DKG messages, with the reason.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !c.nodes[3].log().contains("your evidence does not pass this node's policy of node images") {
