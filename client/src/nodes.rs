@@ -46,6 +46,11 @@ pub struct NodeCheck {
     pub made_at: Option<u64>,
 }
 
+/// A node's words, made safe to print: at most 300 characters, control characters replaced.
+fn clean(text: &str) -> String {
+    text.chars().take(300).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+}
+
 /// Asks every node of `cluster` for its evidence and checks it when it arrives, all nodes at once.
 pub async fn verify_nodes(cluster: &Cluster, trust: &NodeTrust, client: &reqwest::Client) -> Vec<NodeCheck> {
     let d = cluster.descriptor();
@@ -76,18 +81,18 @@ pub async fn verify_nodes(cluster: &Cluster, trust: &NodeTrust, client: &reqwest
         let ev = match answer.and_then(|b| decode_json::<NodeEvidence>(&b).map_err(|e| e.to_string())) {
             Ok(ev) => ev,
             Err(reason) => {
-                check.reason = Some(reason);
+                check.reason = Some(clean(&reason));
                 return check;
             }
         };
-        check.software_version = Some(ev.software_version.clone());
+        check.software_version = Some(clean(&ev.software_version));
         check.made_at = Some(ev.time);
         match ev.check(&trust.verifier, &trust.jwks, &trust.policy, &expected, crate::fetch::unix_now()) {
             Ok(attested) => {
                 check.passed = true;
                 check.workload = attested.workload;
             }
-            Err(e) => check.reason = Some(e.to_string()),
+            Err(e) => check.reason = Some(clean(&e.to_string())),
         }
         check
     });

@@ -248,7 +248,7 @@ pub async fn run(
             biased;
             msg = inbound.recv() => {
                 let Some(Inbound { from, peer, request, reply }) = msg else { return };
-                if matches!(request.body, RequestBody::Dkg(_) | RequestBody::Reshare(_)) {
+                if crate::evidence::gated(&request.body) {
                     let refusal = match driver.cfg.peer_gate.admit(peer, crate::http::unix_now()) {
                         Admission::Admit => None,
                         Admission::Wait => Some(ResponseBody::Unavailable),
@@ -286,7 +286,10 @@ pub async fn run(
                         driver.cfg.peer_gate.on_connected(p, crate::http::unix_now());
                         driver.connected.insert(p);
                     }
-                    PeerEvent::Disconnected(p) => { driver.connected.remove(&p); }
+                    PeerEvent::Disconnected(p) => {
+                        driver.cfg.peer_gate.on_disconnected(p);
+                        driver.connected.remove(&p);
+                    }
                 }
                 driver.publish_connected();
                 driver.with_engine(|e, now, connected| e.handle_peers(connected, now)).await;

@@ -6,11 +6,14 @@
 //!   ([`kms_proto::attestation::node`]). Made when asked for and none is fresh (older than
 //!   `refresh_secs`, or naming another descriptor than the one served now), one at a time: a
 //!   flood of requests makes at most one call to the attestation service per refresh.
-//! * [`PeerGate`]: with `evidence.peer_policy_file` set, a peer's DKG and reshare messages are
-//!   taken only while its evidence passes that policy. The node asks a peer for its evidence when
-//!   it connects, again past half its age, and (if refused) every [`RECHECK_REFUSED_SECS`];
-//!   messages from a peer whose evidence has not arrived yet are answered `Unavailable` (the
-//!   sender retries), from a refused peer `Refused` with the reason.
+//! * [`PeerGate`]: with `evidence.peer_policy_file` set, DKG and reshare messages go to and come
+//!   from a peer only while its evidence passes that policy: a refused peer gets no share. The node
+//!   asks a peer for its evidence when it connects (and forgets the verdict when it disconnects),
+//!   again past half the evidence's age, and every [`RECHECK_SECS`] while it is pending or refused.
+//!   Incoming messages from a peer not decided yet are answered `Unavailable` (the sender retries)
+//!   and outgoing ones held; from a refused peer they are answered `Refused` with the reason, and to
+//!   it dropped. A refusal that may pass by itself (the peer's attestation service failed, a key id
+//!   not fetched yet, clocks apart) leaves the peer pending.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,13 +23,16 @@ use anyhow::Context;
 use libp2p::PeerId;
 use tracing::{info, warn};
 
-use kms_client::provider::{AttestationProvider, ConfidentialSpace, DevIssuer, TdxConfigfs, TokenType};
+use kms_client::provider::{
+    AttestationProvider, ConfidentialSpace, DevIssuer, ProviderError, TdxConfigfs, TokenType,
+};
 use kms_proto::api::{Evidence, PeerEvidenceBody, PeerEvidenceState, API_VERSION};
 use kms_proto::app::{ImageDigest, Policy};
+use kms_proto::attestation::node::NodeEvidenceError;
 use kms_proto::attestation::node::{
     descriptor_digest, node_binding, Expected, NodeEvidence, NODE_EVIDENCE_VERSION,
 };
-use kms_proto::attestation::EvidenceVerifier;
+use kms_proto::attestation::{AttestationError, EvidenceVerifier};
 use kms_proto::cluster::{identity_of_peer_id, SignedClusterDescriptor};
 use kms_proto::codec::decode_json;
 use kms_proto::p2p::{NodeRequest, RequestBody, ResponseBody};
@@ -34,7 +40,7 @@ use kms_proto::HexBytes;
 
 use crate::config::{Config, EvidenceProvider, TokenKind};
 use crate::jwks_source::JwksSource;
-use crate::p2p::P2pHandle;
+use crate::p2p::{Outbound, P2pHandle};
 use crate::state::Shared;
 use crate::store::NodeStore;
 
@@ -44,11 +50,25 @@ pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// After the attestation service failed, the next try waits this long, seconds.
 const RETRY_AFTER_FAILURE_SECS: u64 = 5;
 
-/// A refused peer is asked again after this long, seconds (it may have been upgraded).
-pub const RECHECK_REFUSED_SECS: u64 = 10;
+/// A pending or refused peer is asked again after this long, seconds (a refused one may have been
+/// upgraded).
+pub const RECHECK_SECS: u64 = 10;
 
-/// How long a peer has to answer an evidence request.
+/// After an ask that failed, the next waits this long, seconds.
+const PENDING_RETRY_SECS: u64 = 2;
+
+/// How long a peer has to answer an evidence request, and the attestation service to give this
+/// node its evidence.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest peer-supplied text kept in a verdict.
+const MAX_REASON: usize = 300;
+
+/// Text from a peer, made safe to log and show: at most [`MAX_REASON`] characters, control
+/// characters replaced.
+fn clean(text: &str) -> String {
+    text.chars().take(MAX_REASON).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+}
 
 /// The node's own evidence.
 pub struct OwnEvidence {
@@ -147,8 +167,12 @@ impl OwnEvidence {
             self.image_digest.as_ref(),
             descriptor.as_ref(),
             now,
-        );
-        match provider.evidence(&binding).await {
+        )
+        .ok_or("the software version is too long to bind")?;
+        let made = tokio::time::timeout(ASK_TIMEOUT, provider.evidence(&binding))
+            .await
+            .unwrap_or_else(|_| Err(ProviderError::Unreachable(format!("no answer within {ASK_TIMEOUT:?}"))));
+        match made {
             Ok(evidence) => {
                 let ev = Arc::new(NodeEvidence {
                     version: NODE_EVIDENCE_VERSION,
@@ -178,7 +202,8 @@ impl OwnEvidence {
 enum Verdict {
     /// Not decided yet; the note says what happened to the last request, if it failed.
     Pending(Option<String>),
-    /// The evidence made at `made_at` passes the policy.
+    /// The evidence passes the policy; it counts from `made_at` (its time, or the time it was
+    /// checked if that is earlier: a peer's clock ahead of ours does not lengthen it).
     Passed { made_at: u64, workload: Option<String>, software_version: String },
     /// Refused, with the reason.
     Refused(String),
@@ -258,9 +283,13 @@ impl PeerGate {
             Verdict::Passed { made_at, .. } if now <= made_at.saturating_add(self.max_age_secs) => {
                 (Admission::Admit, now >= made_at.saturating_add(self.max_age_secs / 2))
             }
-            Verdict::Passed { .. } | Verdict::Pending(_) => (Admission::Wait, true),
+            Verdict::Passed { .. } | Verdict::Pending(None) => (Admission::Wait, true),
+            // The last ask failed: not again at every message.
+            Verdict::Pending(Some(_)) => {
+                (Admission::Wait, now >= st.checked_at.saturating_add(PENDING_RETRY_SECS))
+            }
             Verdict::Refused(reason) => {
-                (Admission::Refuse(reason.clone()), now >= st.checked_at.saturating_add(RECHECK_REFUSED_SECS))
+                (Admission::Refuse(reason.clone()), now >= st.checked_at.saturating_add(RECHECK_SECS))
             }
         };
         if ask && !st.asking {
@@ -275,13 +304,55 @@ impl PeerGate {
         let _ = self.admit(peer, now);
     }
 
+    /// A peer disconnected: forget its verdict (it may come back running something else).
+    pub fn on_disconnected(&self, peer: PeerId) {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+    }
+
+    /// Whether a queued DKG or reshare message may go to `peer` now: to a peer whose evidence
+    /// passes, held while it is being asked for, dropped for a refused peer (it gets no share).
+    pub fn outbound(self: &Arc<Self>, peer: &PeerId, request: &NodeRequest) -> Outbound {
+        if !gated(&request.body) {
+            return Outbound::Send;
+        }
+        match self.admit(*peer, crate::http::unix_now()) {
+            Admission::Admit => Outbound::Send,
+            Admission::Wait => Outbound::Hold,
+            Admission::Refuse(_) => Outbound::Drop,
+        }
+    }
+
+    /// Asks again, every [`RECHECK_SECS`], every peer that is pending, refused or past half its
+    /// evidence's age, whether or not messages flow.
+    pub fn spawn_rechecks(self: &Arc<Self>) {
+        if self.policy.is_none() {
+            return;
+        }
+        let gate = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(RECHECK_SECS));
+            loop {
+                tick.tick().await;
+                let peers: Vec<PeerId> =
+                    gate.peers.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+                let now = crate::http::unix_now();
+                for peer in peers {
+                    let _ = gate.admit(peer, now);
+                }
+            }
+        });
+    }
+
     async fn ask(self: Arc<Self>, peer: PeerId) {
         let answer = self.p2p.call_peer(peer, NodeRequest::new(RequestBody::Evidence), ASK_TIMEOUT).await;
         let verdict = match answer {
-            Err(e) => Verdict::Pending(Some(format!("asking for its evidence: {e}"))),
+            Err(e) => Verdict::Pending(Some(clean(&format!("asking for its evidence: {e}")))),
             Ok(r) => match r.body {
                 ResponseBody::Evidence(bytes) => self.check(peer, &bytes).await,
-                ResponseBody::Refused(reason) => Verdict::Refused(format!("it gives no evidence: {reason}")),
+                // Its attestation service may be back at the next ask.
+                ResponseBody::Refused(reason) => {
+                    Verdict::Pending(Some(format!("it gives no evidence: {}", clean(&reason))))
+                }
                 _ => Verdict::Refused("it answered the evidence request with something else".into()),
             },
         };
@@ -310,7 +381,7 @@ impl PeerGate {
         let Some(policy) = &self.policy else { return Verdict::Refused("no policy".into()) };
         let ev: NodeEvidence = match decode_json(bytes) {
             Ok(ev) => ev,
-            Err(e) => return Verdict::Refused(e.to_string()),
+            Err(e) => return Verdict::Refused(clean(&e.to_string())),
         };
         let Some(identity) = identity_of_peer_id(&peer.to_string()) else {
             return Verdict::Refused("the peer id holds no Ed25519 key".into());
@@ -332,22 +403,32 @@ impl PeerGate {
         };
         match self.jwks.with(|jwks| ev.check(&self.verifier, jwks, policy, &expected, now)) {
             Ok(attested) => Verdict::Passed {
-                made_at: ev.time,
+                made_at: ev.time.min(now),
                 workload: attested.workload,
                 software_version: ev.software_version,
             },
-            Err(e) => Verdict::Refused(e.to_string()),
+            // What may pass by itself: a key the issuer just rotated in, clocks apart.
+            Err(
+                e @ (NodeEvidenceError::FromTheFuture { .. }
+                | NodeEvidenceError::Attestation(
+                    AttestationError::UnknownKid { .. } | AttestationError::NotYetValid { .. },
+                )),
+            ) => Verdict::Pending(Some(clean(&e.to_string()))),
+            Err(e) => Verdict::Refused(clean(&e.to_string())),
         }
     }
 
-    /// Every peer's standing, for `GET /v1/attestation/peers`.
-    pub fn report(&self) -> PeerEvidenceBody {
+    /// Every peer's standing at `now`, for `GET /v1/attestation/peers`.
+    pub fn report(&self, now: u64) -> PeerEvidenceBody {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let mut list: Vec<PeerEvidenceState> = peers
             .iter()
             .map(|(peer, st)| {
                 let (state, reason, workload, software_version, made_at) = match &st.verdict {
                     Verdict::Pending(note) => ("pending", note.clone(), None, None, None),
+                    Verdict::Passed { made_at, .. } if now > made_at.saturating_add(self.max_age_secs) => {
+                        ("pending", Some("its evidence expired; asking again".into()), None, None, None)
+                    }
                     Verdict::Passed { made_at, workload, software_version } => {
                         ("passed", None, workload.clone(), Some(software_version.clone()), Some(*made_at))
                     }
@@ -367,4 +448,9 @@ impl PeerGate {
         list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         PeerEvidenceBody { version: API_VERSION, required: self.required(), peers: list }
     }
+}
+
+/// The messages the gate applies to: key generation and reshares.
+pub fn gated(body: &RequestBody) -> bool {
+    matches!(body, RequestBody::Dkg(_) | RequestBody::Reshare(_))
 }

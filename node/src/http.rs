@@ -351,7 +351,7 @@ async fn attestation_peers(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     let started = Instant::now();
-    let r = admit(&s, peer).map(|_permit| json(StatusCode::OK, &s.peer_gate.report()));
+    let r = admit(&s, peer).map(|_permit| json(StatusCode::OK, &s.peer_gate.report(unix_now())));
     finish(&s, "/v1/attestation/peers", started, r)
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::prelude::*;
@@ -111,6 +112,23 @@ pub struct Inbound {
     pub reply: oneshot::Sender<NodeResponse>,
 }
 
+/// Whether a queued reliable request may go to its peer now ([`P2pHandle::set_gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// Send it.
+    Send,
+    /// Not yet: keep it queued and ask again shortly.
+    Hold,
+    /// Never: drop it.
+    Drop,
+}
+
+/// Decides [`Outbound`] for a peer and a request.
+pub type OutboundGate = Arc<dyn Fn(&PeerId, &NodeRequest) -> Outbound + Send + Sync>;
+
+/// How long a held request waits before the gate is asked again.
+const HOLD: Duration = Duration::from_millis(200);
+
 /// Connectivity changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerEvent {
@@ -140,6 +158,8 @@ enum Command {
     Broadcast { request: NodeRequest, generation: u64 },
     /// Replace the roster (a reshare's participants): indices map to these peers from now on.
     SetRoster { roster: BTreeMap<u16, (PeerId, Multiaddr)>, me: u16 },
+    /// Ask `gate` before every reliable send from now on.
+    SetGate(OutboundGate),
 }
 
 /// Sends to the swarm task.
@@ -197,6 +217,12 @@ impl P2pHandle {
     /// Queues a request for reliable delivery to every roster peer but this node.
     pub fn broadcast(&self, request: NodeRequest, generation: u64) {
         let _ = self.tx.send(Command::Broadcast { request, generation });
+    }
+
+    /// Asks `gate` before each reliable send (and each retry) from now on: what it holds stays
+    /// queued, what it drops is gone. Calls ([`P2pHandle::call`]) are not gated.
+    pub fn set_gate(&self, gate: OutboundGate) {
+        let _ = self.tx.send(Command::SetGate(gate));
     }
 
     /// Replaces the roster: index `i` is `roster[i]` for every request queued from now on
@@ -276,6 +302,7 @@ pub async fn spawn(
         pending: HashMap::new(),
         calls: HashMap::new(),
         retry: Vec::new(),
+        gate: None,
         listening: Some(listening_tx),
     };
     tokio::spawn(task.run());
@@ -297,6 +324,8 @@ struct SwarmTask {
     pending: HashMap<OutboundRequestId, Pending>,
     calls: HashMap<OutboundRequestId, oneshot::Sender<Result<NodeResponse, String>>>,
     retry: Vec<(Instant, Pending)>,
+    /// Asked before every reliable send.
+    gate: Option<OutboundGate>,
     /// Told the first listen address (or why listening failed), then `None`.
     listening: Option<oneshot::Sender<Result<Multiaddr, String>>>,
 }
@@ -352,6 +381,7 @@ impl SwarmTask {
                             Err(i) => { let _ = reply.send(Err(format!("node {i} is not in the roster"))); }
                         }
                     }
+                    Some(Command::SetGate(gate)) => self.gate = Some(gate),
                     Some(Command::Cancel { below }) => {
                         // What is pending now; an older attempt that still listens may send
                         // again later (an adopted transcript's confirmation, a share recovery).
@@ -384,6 +414,19 @@ impl SwarmTask {
     }
 
     fn send(&mut self, p: Pending) {
+        if let Some(gate) = &self.gate {
+            match gate(&p.peer, &p.request) {
+                Outbound::Send => {}
+                Outbound::Hold => {
+                    self.retry.push((Instant::now() + HOLD, p));
+                    return;
+                }
+                Outbound::Drop => {
+                    debug!(to = p.to, "not sent: the gate refuses this peer");
+                    return;
+                }
+            }
+        }
         let id = self.swarm.behaviour_mut().rpc.send_request(&p.peer, p.request.clone());
         self.pending.insert(id, p);
     }

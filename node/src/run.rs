@@ -245,6 +245,12 @@ pub async fn run(
     )?);
     let peer_gate =
         PeerGate::new(&cfg, peer_policy(&cfg)?, verifier.clone(), jwks.clone(), cluster_id, p2p.clone());
+    if peer_gate.required() {
+        // Before anything is queued: no DKG or reshare message leaves for an unchecked peer.
+        let gate = peer_gate.clone();
+        p2p.set_gate(Arc::new(move |peer, request| gate.outbound(peer, request)));
+        peer_gate.spawn_rechecks();
+    }
     let apps = Arc::new(Apps::new(store.clone(), Some(p2p.clone()), cfg.lease.max_clock_skew_secs));
     let signer = Arc::new(DescriptorSigner::new(cluster_id, store.clone(), shared.clone(), p2p.clone()));
     let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();

@@ -98,7 +98,7 @@ pub fn render(s: &AppState, now: u64) -> String {
     let membership = s.shared.membership.read().map(|m| m.clone()).ok();
     let reshare = s.reshares.status().ok();
     let (by_reason, recent) = s.metrics.refusals.snapshot();
-    let evidence = s.peer_gate.report();
+    let evidence = s.peer_gate.report(now);
 
     let mut h = String::with_capacity(8 << 10);
     let title = match me {

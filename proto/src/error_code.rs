@@ -213,6 +213,6 @@ mod tests {
             assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
             assert!((400..600).contains(&c.http_status()));
         }
-        assert_eq!(ErrorCode::ALL.len(), 48);
+        assert_eq!(ErrorCode::ALL.len(), 49);
     }
 }

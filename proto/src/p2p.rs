@@ -52,9 +52,9 @@ pub enum RequestBody {
     /// [`crate::reshare::AuthorizedChange`]; fewer than `t` approvals is a proposal still being
     /// approved); answered with `Ack`, or `Refused` with the reason.
     Reshare(Vec<u8>),
-    /// The node's evidence about itself; answered with [`ResponseBody::Evidence`] or `Refused`.
-    /// Never refused for the asker's own evidence: a node that requires its peers' evidence
-    /// asks before it takes their DKG and reshare messages.
+    /// The node's evidence about itself; answered with [`ResponseBody::Evidence`], or `Refused`
+    /// with the reason it has none. Never gated: a node that requires its peers' evidence asks
+    /// with this before it exchanges DKG and reshare messages with them.
     Evidence,
 }
 

@@ -45,19 +45,26 @@ pub fn ensure(dir: &Path) -> anyhow::Result<IssuerFiles> {
 }
 
 /// The `[evidence]` table of a local node: it makes its own evidence with the dev issuer's key,
-/// claiming the SHA-256 of this binary (which every local node runs) as its image, and takes DKG
-/// and reshare messages only from peers whose evidence claims the same image
-/// (`D/attestation/node-policy.json`, also what `kms cluster verify --node-policy` reads).
+/// claiming the SHA-256 of this binary (which every local node runs) as its image, and exchanges DKG
+/// and reshare messages only with peers whose evidence claims an allowed image
+/// (`D/attestation/node-policy.json`: the images of every binary that ran the network; also what
+/// `kms cluster verify --node-policy` reads).
 pub fn node_evidence(dir: &Path, files: &IssuerFiles) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
     let image = ImageDigest(Sha256::digest(&bytes).into());
-    let policy = Policy {
-        allowed_image_digests: vec![image],
-        allowed_hwmodels: vec!["GCP_INTEL_TDX".into()],
-        ..Policy::default()
-    };
     let path = dir.join("node-policy.json");
+    // A network that already has a policy keeps the images it allowed: a rebuilt binary joining
+    // it (a reshare after an upgrade) is added, as an operator rolling out a new image would.
+    let mut policy = match std::fs::read(&path) {
+        Ok(doc) => {
+            serde_json::from_slice(&doc).with_context(|| format!("{}: not a policy", path.display()))?
+        }
+        Err(_) => Policy { allowed_hwmodels: vec!["GCP_INTEL_TDX".into()], ..Policy::default() },
+    };
+    if !policy.allowed_image_digests.contains(&image) {
+        policy.allowed_image_digests.push(image);
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(&policy)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(format!(

@@ -235,8 +235,8 @@ struct NodeTrustArgs {
     /// DCAP collateral for TDX quotes (JSON).
     #[arg(long)]
     tdx_collateral: Option<PathBuf>,
-    /// TDX TCB statuses accepted.
-    #[arg(long, value_delimiter = ',', default_value = "UpToDate")]
+    /// TDX TCB statuses accepted (the nodes' default: UpToDate, SWHardeningNeeded).
+    #[arg(long, value_delimiter = ',', default_values_t = kms_proto::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES.iter().map(|s| s.to_string()))]
     tdx_tcb_statuses: Vec<String>,
     /// Oldest node evidence accepted, seconds.
     #[arg(long, default_value_t = 300)]

@@ -1,8 +1,9 @@
 //! Nodes prove what they run (`GET /v1/attestation`) and require it of each other
 //! (`[evidence] peer_policy_file`), with real processes on 127.0.0.1: four nodes, three claiming
-//! the allowed image and one another; the three refuse its DKG messages and say why, the
-//! ceremony completes without it, and `kms_client::nodes::verify_nodes` (what `kms cluster
-//! verify --node-policy` runs) reports each node.
+//! the allowed image and one another; the three refuse its DKG messages and say why, send it
+//! nothing, complete the ceremony without it (it never holds a key), and
+//! `kms_client::nodes::verify_nodes` (what `kms cluster verify --node-policy` runs) reports each
+//! node.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -119,6 +120,11 @@ fn peers_refuse_a_node_whose_evidence_fails_their_node_policy() {
     );
     assert_eq!(ev.image_digest, Some(good));
 
+    // Refused both ways: node 4 was sent no share, so it never holds a key (its messages were
+    // refused, and every message to it was dropped).
+    let (status, body) = c.nodes[3].get("/v1/ready");
+    assert_eq!(status, 503, "node 4 must hold no key share: {}", String::from_utf8_lossy(&body));
+
     // What `kms cluster verify --node-policy` runs: node by node.
     let cluster = ClientCluster::verify(signed, Pin::None).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -126,11 +132,13 @@ fn peers_refuse_a_node_whose_evidence_fails_their_node_policy() {
     let checks = rt.block_on(verify_nodes(&cluster, &trust(&[good]), &client));
     let passed: Vec<bool> = checks.iter().map(|c| c.passed).collect();
     assert_eq!(passed, [true, true, true, false], "{checks:?}");
-    assert!(checks[3].reason.as_deref().unwrap().contains("is not allowed by the policy"), "{checks:?}");
+    // Node 4 serves no descriptor (it holds no key), so its evidence names none.
+    assert!(checks[3].reason.as_deref().unwrap().contains("another cluster descriptor: none"), "{checks:?}");
     // Under a policy of another image, every node is refused.
     let checks = rt.block_on(verify_nodes(&cluster, &trust(&[digest(0xc3)]), &client));
+    assert!(checks.iter().all(|c| !c.passed), "{checks:?}");
     assert!(
-        checks.iter().all(|c| !c.passed && c.reason.as_deref().unwrap().contains("not allowed")),
+        checks[..3].iter().all(|c| c.reason.as_deref().unwrap().contains("is not allowed by the policy")),
         "{checks:?}"
     );
 }

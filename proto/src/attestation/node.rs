@@ -58,7 +58,8 @@ pub fn descriptor_digest(descriptor: &ClusterDescriptor) -> [u8; 32] {
 
 /// The binding of a node's evidence: `SHA-256(domain ‖ cluster_id ‖ identity_key ‖
 /// u8 len ‖ software_version ‖ flag ‖ [image digest] ‖ flag ‖ [descriptor digest] ‖ time (u64 BE))`,
-/// each flag `0x00` (absent) or `0x01` followed by the 32 bytes.
+/// each flag `0x00` (absent) or `0x01` followed by the 32 bytes; `None` for a version longer than
+/// [`MAX_SOFTWARE_VERSION`] (its length would not fit the prefix).
 pub fn node_binding(
     cluster_id: &[u8; 32],
     identity_key: &[u8; 32],
@@ -66,13 +67,16 @@ pub fn node_binding(
     image_digest: Option<&ImageDigest>,
     descriptor_digest: Option<&[u8; 32]>,
     time: u64,
-) -> [u8; 32] {
+) -> Option<[u8; 32]> {
+    let version = software_version.as_bytes();
+    if version.len() > MAX_SOFTWARE_VERSION {
+        return None;
+    }
     let mut h = Sha256::new();
     h.update(NODE_EVIDENCE_DOMAIN);
     h.update(cluster_id);
     h.update(identity_key);
-    let version = software_version.as_bytes();
-    h.update([u8::try_from(version.len()).unwrap_or(u8::MAX)]);
+    h.update([u8::try_from(version.len()).ok()?]);
     h.update(version);
     for part in [image_digest.map(|d| &d.0), descriptor_digest] {
         match part {
@@ -84,7 +88,7 @@ pub fn node_binding(
         }
     }
     h.update(time.to_be_bytes());
-    h.finalize().into()
+    Some(h.finalize().into())
 }
 
 /// What a checker expects of a node's evidence.
@@ -168,8 +172,8 @@ fn short(bytes: &[u8]) -> String {
 }
 
 impl NodeEvidence {
-    /// This evidence's binding ([`node_binding`] of its fields).
-    pub fn binding(&self) -> [u8; 32] {
+    /// This evidence's binding ([`node_binding`] of its fields); `None` if its version is too long.
+    pub fn binding(&self) -> Option<[u8; 32]> {
         node_binding(
             self.cluster_id.as_bytes(),
             self.identity_key.as_bytes(),
@@ -225,7 +229,9 @@ impl NodeEvidence {
         if self.time > now.saturating_add(expected.leeway_secs) {
             return Err(NodeEvidenceError::FromTheFuture { time: self.time, now });
         }
-        let attested = verifier.verify(&self.evidence, &self.binding(), policy, jwks, now)?;
+        let binding =
+            self.binding().ok_or_else(|| NodeEvidenceError::Malformed("software_version too long".into()))?;
+        let attested = verifier.verify(&self.evidence, &binding, policy, jwks, now)?;
         if matches!(self.evidence, Evidence::ConfidentialSpace { .. })
             && attested.image_digest != self.image_digest
         {

@@ -23,7 +23,7 @@ fn image() -> ImageDigest {
 
 /// Evidence made at `time` claiming `image`, its token attesting `attested`, issued at `time`.
 fn evidence_with(time: u64, image: ImageDigest, attested: &str) -> NodeEvidence {
-    let binding = node_binding(&CLUSTER, &IDENTITY, "0.1.0", Some(&image), Some(&DESCRIPTOR), time);
+    let binding = node_binding(&CLUSTER, &IDENTITY, "0.1.0", Some(&image), Some(&DESCRIPTOR), time).unwrap();
     let mut claims = good_claims();
     claims["eat_nonce"] = json!(hex::encode(binding));
     claims["iat"] = json!(time);
@@ -134,15 +134,19 @@ fn a_claimed_image_the_token_does_not_attest_is_refused() {
 
 #[test]
 fn fields_changed_after_the_token_was_made_break_the_binding() {
-    let cases: [fn(&mut NodeEvidence); 3] = [
+    let cases: [fn(&mut NodeEvidence); 6] = [
         |ev| ev.software_version = "0.2.0".into(),
         |ev| ev.time -= 1,
         |ev| ev.descriptor_digest = Some(HexBytes([0x0d; 32])),
+        |ev| ev.descriptor_digest = None,
+        |ev| ev.image_digest = None,
+        |ev| ev.cluster_id = HexBytes([0xc2; 32]),
     ];
     for change in cases {
         let mut ev = evidence();
         change(&mut ev);
-        let expect = Expected { descriptor_digest: None, ..expected() };
+        let expect =
+            Expected { descriptor_digest: None, cluster_id: *ev.cluster_id.as_bytes(), ..expected() };
         let err = check(&ev, &expect).unwrap_err();
         assert!(
             matches!(err, NodeEvidenceError::Attestation(AttestationError::NonceMismatch { .. })),
@@ -152,6 +156,10 @@ fn fields_changed_after_the_token_was_made_break_the_binding() {
     let mut ev = evidence();
     ev.software_version = "0.1.0\n".into();
     assert!(matches!(check(&ev, &expected()).unwrap_err(), NodeEvidenceError::Malformed(_)));
+    ev.software_version = "v".repeat(65);
+    assert!(matches!(check(&ev, &expected()).unwrap_err(), NodeEvidenceError::Malformed(_)));
+    // The binding refuses what its one-byte length prefix cannot say.
+    assert!(node_binding(&CLUSTER, &IDENTITY, &"v".repeat(256), None, None, 7).is_none());
 }
 
 #[test]
@@ -159,7 +167,7 @@ fn the_binding_is_the_documented_hash() {
     // docs/formats.md §17; the answer recomputed with Python's hashlib over
     // "kms/v1/node-evidence" ‖ c1×32 ‖ 1d×32 ‖ 05 "0.1.0" ‖ 01 <DIGEST> ‖ 00 ‖ 7 as u64 BE.
     assert_eq!(
-        hex::encode(node_binding(&CLUSTER, &IDENTITY, "0.1.0", Some(&image()), None, 7)),
+        hex::encode(node_binding(&CLUSTER, &IDENTITY, "0.1.0", Some(&image()), None, 7).unwrap()),
         "6cf9e07af015c232e73b87c65569d44fb79cc27ae4207f36db4cb74db4e9d6dc"
     );
 }
