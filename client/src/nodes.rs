@@ -46,9 +46,9 @@ pub struct NodeCheck {
     pub made_at: Option<u64>,
 }
 
-/// A node's words, made safe to print: at most 300 characters, control characters replaced.
+/// Text from elsewhere, made safe to log and show.
 fn clean(text: &str) -> String {
-    text.chars().take(300).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+    kms_proto::attestation::excerpt(text, 300)
 }
 
 /// Asks every node of `cluster` for its evidence and checks it when it arrives, all nodes at once.

@@ -64,10 +64,9 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest peer-supplied text kept in a verdict.
 const MAX_REASON: usize = 300;
 
-/// Text from a peer, made safe to log and show: at most [`MAX_REASON`] characters, control
-/// characters replaced.
+/// Text from elsewhere, made safe to log and show.
 fn clean(text: &str) -> String {
-    text.chars().take(MAX_REASON).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+    kms_proto::attestation::excerpt(text, MAX_REASON)
 }
 
 /// The node's own evidence.

@@ -262,8 +262,14 @@ const MAX_SHOWN: usize = 80;
 /// A short, printable excerpt of an untrusted value for a reason string: control characters
 /// replaced, cut at [`MAX_SHOWN`] characters.
 pub(crate) fn shown(s: &str) -> String {
-    let mut out: String = s.chars().take(MAX_SHOWN).map(|c| if c.is_control() { '?' } else { c }).collect();
-    if s.chars().nth(MAX_SHOWN).is_some() {
+    excerpt(s, MAX_SHOWN)
+}
+
+/// Text from elsewhere (a claim, a peer's reason, a node's answer) made safe to log and show: at
+/// most `max` characters, `…` if cut, control characters replaced by `?`.
+pub fn excerpt(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).map(|c| if c.is_control() { '?' } else { c }).collect();
+    if s.chars().nth(max).is_some() {
         out.push('…');
     }
     out
