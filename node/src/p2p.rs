@@ -126,6 +126,10 @@ pub enum Outbound {
 /// Decides [`Outbound`] for a peer and a request.
 pub type OutboundGate = Arc<dyn Fn(&PeerId, &NodeRequest) -> Outbound + Send + Sync>;
 
+/// Concurrent request streams per connection (each node answers a request once it has durably
+/// taken it, so a busy node holds many open).
+const MAX_STREAMS: usize = 1024;
+
 /// How long a held request waits before the gate is asked again.
 const HOLD: Duration = Duration::from_millis(200);
 
@@ -271,7 +275,11 @@ pub async fn spawn(
     let rpc = request_response::Behaviour::with_codec(
         KmsCodec,
         [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        // Streams per connection: libp2p's default of 100 dropped deals and complaints ("at
+        // capacity") while a loaded node of a 64-member reshare was still checking earlier ones.
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(10))
+            .with_max_concurrent_streams(MAX_STREAMS),
     );
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()

@@ -2,8 +2,9 @@
 //!
 //! An operator proposes a [`RosterChange`] of the current epoch and approves it on their own
 //! node (`kms-node reshare approve` signs it with the node's identity key and posts it to
-//! `POST /v1/reshare`). A node checks every approval against its current committee, keeps the
-//! valid ones (durably), and passes new ones on to the other members. Once a change holds
+//! `POST /v1/reshare`). A node checks every approval it does not hold yet against its current
+//! committee, keeps the valid ones (durably), and passes new ones on to the other members (those
+//! learnt within 250 ms together). Once a change holds
 //! approvals from `t` current members it is authorized: the node stores it before anything
 //! acts on it and hands it to the ceremony driver, which runs the reshare and sends the
 //! authorized change to every participant (new members learn of it that way).
@@ -38,6 +39,10 @@ pub const MEMBERSHIP: &str = "membership";
 const PROPOSAL: &str = "reshare/proposal/";
 /// Generation of reshare gossip: never cancelled by ceremony attempts.
 const GOSSIP_GENERATION: u64 = u64::MAX;
+/// Approvals learnt within this long are passed on together: at 64 members, passing on each one
+/// at once made every member send every other one a message per approval (n² · t messages, each
+/// checked), and the approvals took minutes to spread.
+const GOSSIP_BATCH: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Proposals, approvals and authorization (see the module docs).
 pub struct Reshares {
@@ -48,6 +53,10 @@ pub struct Reshares {
     start: mpsc::UnboundedSender<AuthorizedChange>,
     /// Serializes check-merge-store.
     lock: Mutex<()>,
+    /// The newest document of each session still to pass on ([`Reshares::spawn_gossip`]).
+    outbox: Mutex<BTreeMap<[u8; 32], Vec<u8>>>,
+    /// Wakes the gossip task.
+    news: tokio::sync::Notify,
 }
 
 fn invalid(why: impl std::fmt::Display) -> ApiError {
@@ -62,7 +71,39 @@ impl Reshares {
         p2p: P2pHandle,
         start: mpsc::UnboundedSender<AuthorizedChange>,
     ) -> Self {
-        Reshares { store, shared, p2p, start, lock: Mutex::new(()) }
+        Reshares {
+            store,
+            shared,
+            p2p,
+            start,
+            lock: Mutex::new(()),
+            outbox: Mutex::new(BTreeMap::new()),
+            news: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Passes changes on to the other current members: the newest document of each session
+    /// learnt in the last [`GOSSIP_BATCH`], once (delivery is reliable, and idempotent at each).
+    pub fn spawn_gossip(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.news.notified().await;
+                tokio::time::sleep(GOSSIP_BATCH).await;
+                let docs = std::mem::take(&mut *this.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+                let membership = this.shared.membership();
+                let me = this.shared.me();
+                for doc in docs.into_values() {
+                    for e in membership.members.iter().filter(|e| Some(e.index) != me) {
+                        this.p2p.send_reliable(
+                            e.index,
+                            NodeRequest::new(RequestBody::Reshare(doc.clone())),
+                            GOSSIP_GENERATION,
+                        );
+                    }
+                }
+            }
+        });
     }
 
     /// The change authorized here and not finished, if any.
@@ -89,11 +130,6 @@ impl Reshares {
         let change = &offered.change;
         change.layout(&committee).map_err(invalid)?;
         let bytes = change.signing_bytes();
-        for a in &offered.approvals {
-            if !a.is_valid(&bytes, &committee) {
-                return Err(invalid(format!("approval by member {} does not verify", a.index)));
-            }
-        }
         let session = change.session();
         let _guard = self.lock.lock().map_err(|_| ApiError::internal("reshare lock poisoned"))?;
         if let Some(running) = self.authorized()? {
@@ -117,6 +153,13 @@ impl Reshares {
                 .collect(),
             None => BTreeMap::new(),
         };
+        // Only approvals not held yet are checked: the held ones were, against this committee
+        // (the session names the epoch), and one per member is kept.
+        for a in offered.approvals.iter().filter(|a| !held.contains_key(&a.index)) {
+            if !a.is_valid(&bytes, &committee) {
+                return Err(invalid(format!("approval by member {} does not verify", a.index)));
+            }
+        }
         let before = held.len();
         for a in offered.approvals {
             held.entry(a.index).or_insert(a);
@@ -153,14 +196,9 @@ impl Reshares {
                 "roster change approval taken; waiting for more approvals"
             );
         }
-        // Pass the news on to the other current members (idempotent at each).
-        for e in membership.members.iter().filter(|e| Some(e.index) != self.shared.me()) {
-            self.p2p.send_reliable(
-                e.index,
-                NodeRequest::new(RequestBody::Reshare(doc.clone())),
-                GOSSIP_GENERATION,
-            );
-        }
+        // Pass the news on to the other current members, batched (idempotent at each).
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).insert(session, doc);
+        self.news.notify_one();
         Ok(status)
     }
 

@@ -255,6 +255,7 @@ pub async fn run(
     let signer = Arc::new(DescriptorSigner::new(cluster_id, store.clone(), shared.clone(), p2p.clone()));
     let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let reshares = Arc::new(Reshares::new(store.clone(), shared.clone(), p2p.clone(), changes_tx));
+    reshares.spawn_gossip();
     let other: OtherHandler = {
         let apps = apps.clone();
         let signer = signer.clone();
