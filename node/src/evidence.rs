@@ -278,19 +278,7 @@ impl PeerGate {
             checked_at: 0,
             asking: false,
         });
-        let (admission, ask) = match &st.verdict {
-            Verdict::Passed { made_at, .. } if now <= made_at.saturating_add(self.max_age_secs) => {
-                (Admission::Admit, now >= made_at.saturating_add(self.max_age_secs / 2))
-            }
-            Verdict::Passed { .. } | Verdict::Pending(None) => (Admission::Wait, true),
-            // The last ask failed: not again at every message.
-            Verdict::Pending(Some(_)) => {
-                (Admission::Wait, now >= st.checked_at.saturating_add(PENDING_RETRY_SECS))
-            }
-            Verdict::Refused(reason) => {
-                (Admission::Refuse(reason.clone()), now >= st.checked_at.saturating_add(RECHECK_SECS))
-            }
-        };
+        let (admission, ask) = judge(&st.verdict, st.checked_at, now, self.max_age_secs);
         if ask && !st.asking {
             st.asking = true;
             tokio::spawn(self.clone().ask(peer));
@@ -366,11 +354,8 @@ impl PeerGate {
         }
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(st) = peers.get_mut(&peer) {
-            // A passing verdict is kept through a failed re-ask until it ages out.
-            let keep = matches!((&st.verdict, &verdict), (Verdict::Passed { .. }, Verdict::Pending(_)));
-            if !keep {
-                st.verdict = verdict;
-            }
+            let old = std::mem::replace(&mut st.verdict, Verdict::Pending(None));
+            st.verdict = settle(old, verdict);
             st.checked_at = crate::http::unix_now();
             st.asking = false;
         }
@@ -449,7 +434,83 @@ impl PeerGate {
     }
 }
 
+/// What a peer's standing means at `now`: whether its messages pass, and whether to ask it for
+/// its evidence again (see [`PeerGate`]).
+fn judge(verdict: &Verdict, checked_at: u64, now: u64, max_age_secs: u64) -> (Admission, bool) {
+    match verdict {
+        Verdict::Passed { made_at, .. } if now <= made_at.saturating_add(max_age_secs) => {
+            (Admission::Admit, now >= made_at.saturating_add(max_age_secs / 2))
+        }
+        Verdict::Passed { .. } | Verdict::Pending(None) => (Admission::Wait, true),
+        // The last ask failed: not again at every message.
+        Verdict::Pending(Some(_)) => (Admission::Wait, now >= checked_at.saturating_add(PENDING_RETRY_SECS)),
+        Verdict::Refused(reason) => {
+            (Admission::Refuse(reason.clone()), now >= checked_at.saturating_add(RECHECK_SECS))
+        }
+    }
+}
+
+/// The standing after an ask: the new verdict, except that a passing one is kept through a
+/// failed re-ask (it ages out by itself in [`judge`]).
+fn settle(old: Verdict, new: Verdict) -> Verdict {
+    match (old, new) {
+        (old @ Verdict::Passed { .. }, Verdict::Pending(_)) => old,
+        (_, new) => new,
+    }
+}
+
 /// The messages the gate applies to: key generation and reshares.
 pub fn gated(body: &RequestBody) -> bool {
     matches!(body, RequestBody::Dkg(_) | RequestBody::Reshare(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passed(made_at: u64) -> Verdict {
+        Verdict::Passed { made_at, workload: None, software_version: "0.1.0".into() }
+    }
+
+    #[test]
+    fn a_passing_peer_is_admitted_until_its_evidence_ages_out_and_asked_again_from_half_its_age() {
+        assert_eq!(judge(&passed(1000), 0, 1100, 300), (Admission::Admit, false));
+        assert_eq!(judge(&passed(1000), 0, 1150, 300), (Admission::Admit, true));
+        assert_eq!(judge(&passed(1000), 0, 1300, 300), (Admission::Admit, true));
+        // Expired: held until new evidence passes.
+        assert_eq!(judge(&passed(1000), 0, 1301, 300), (Admission::Wait, true));
+    }
+
+    #[test]
+    fn an_undecided_peer_waits_and_a_failed_ask_is_not_repeated_at_every_message() {
+        assert_eq!(judge(&Verdict::Pending(None), 0, 5, 300), (Admission::Wait, true));
+        let failed = Verdict::Pending(Some("timed out".into()));
+        assert_eq!(judge(&failed, 100, 101, 300), (Admission::Wait, false));
+        assert_eq!(judge(&failed, 100, 100 + PENDING_RETRY_SECS, 300), (Admission::Wait, true));
+    }
+
+    #[test]
+    fn a_refused_peer_is_refused_with_its_reason_and_asked_again_every_recheck() {
+        let refused = Verdict::Refused("image not allowed".into());
+        assert_eq!(judge(&refused, 100, 105, 300), (Admission::Refuse("image not allowed".into()), false));
+        assert_eq!(judge(&refused, 100, 100 + RECHECK_SECS, 300).1, true);
+    }
+
+    #[test]
+    fn a_failed_re_ask_keeps_a_passing_verdict_but_a_refusal_replaces_it() {
+        let kept = settle(passed(1000), Verdict::Pending(Some("timed out".into())));
+        assert!(matches!(kept, Verdict::Passed { made_at: 1000, .. }));
+        let refused = settle(passed(1000), Verdict::Refused("image not allowed".into()));
+        assert!(matches!(refused, Verdict::Refused(_)));
+        let renewed = settle(Verdict::Pending(None), passed(2000));
+        assert!(matches!(renewed, Verdict::Passed { made_at: 2000, .. }));
+    }
+
+    #[test]
+    fn reshare_messages_are_gated_and_the_evidence_request_never_is() {
+        assert!(gated(&RequestBody::Reshare(Vec::new())));
+        assert!(!gated(&RequestBody::Evidence));
+        assert!(!gated(&RequestBody::Manifest(Vec::new())));
+        assert!(!gated(&RequestBody::FrostCommit { epoch: 1, digest: [0; 32] }));
+    }
 }

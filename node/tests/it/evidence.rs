@@ -142,3 +142,19 @@ fn peers_refuse_a_node_whose_evidence_fails_their_node_policy() {
         "{checks:?}"
     );
 }
+
+#[test]
+fn a_node_policy_that_allows_no_image_is_refused_at_start() {
+    let mut c = Cluster::prepare(Path::new(BIN), 1, 1, "");
+    let policy_file = c.tmp.path().join("node-policy.json");
+    std::fs::write(&policy_file, serde_json::to_vec(&policy(&[])).unwrap()).unwrap();
+    let node = &mut c.nodes[0];
+    let mut toml = std::fs::read_to_string(&node.config).unwrap();
+    toml.push_str(&evidence_table(&digest(0xa1).to_string(), &policy_file));
+    std::fs::write(&node.config, toml).unwrap();
+    node.spawn();
+    let status = node.child.as_mut().unwrap().wait().unwrap();
+    assert!(!status.success());
+    let log = node.log();
+    assert!(log.contains("evidence.peer_policy_file: allows no image and no TDX measurement"), "{log}");
+}
