@@ -493,7 +493,7 @@ mod tests {
     fn a_refused_peer_is_refused_with_its_reason_and_asked_again_every_recheck() {
         let refused = Verdict::Refused("image not allowed".into());
         assert_eq!(judge(&refused, 100, 105, 300), (Admission::Refuse("image not allowed".into()), false));
-        assert_eq!(judge(&refused, 100, 100 + RECHECK_SECS, 300).1, true);
+        assert!(judge(&refused, 100, 100 + RECHECK_SECS, 300).1);
     }
 
     #[test]
