@@ -140,14 +140,16 @@ impl OwnEvidence {
         })
     }
 
-    /// Fresh evidence at `now`: the cached one if younger than `refresh_secs` and naming the
-    /// descriptor served now, else new evidence from the provider. `Err` names why there is none.
-    pub async fn current(&self, now: u64) -> Result<Arc<NodeEvidence>, String> {
+    /// Fresh evidence: the cached one if younger than `refresh_secs` and naming the descriptor
+    /// served now, else new evidence from the provider. `Err` names why there is none. The clock
+    /// is read once this caller's turn comes (another may have been making evidence meanwhile).
+    pub async fn current(&self) -> Result<Arc<NodeEvidence>, String> {
         let Some(provider) = &self.provider else {
             return Err("this node is configured without an evidence provider (evidence.provider)".into());
         };
-        let descriptor = served_descriptor_digest(&self.store, &self.shared);
         let mut cache = self.cache.lock().await;
+        let now = crate::http::unix_now();
+        let descriptor = served_descriptor_digest(&self.store, &self.shared);
         if let Some(ev) = &cache.evidence {
             let fresh = now >= ev.time && now - ev.time < self.refresh_secs;
             if fresh && ev.descriptor_digest.map(|d| *d.as_bytes()) == descriptor {

@@ -334,12 +334,11 @@ async fn get_app(
 async fn attestation(State(s): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
     let started = Instant::now();
     let r = async {
-        let _permit = admit(&s, peer)?;
-        let ev = s
-            .evidence
-            .current(unix_now())
-            .await
-            .map_err(|r| ApiError::new(ErrorCode::EvidenceUnavailable, r))?;
+        // Rate-limited like every endpoint, but taking no concurrency permit: while evidence is
+        // made (up to the provider's timeout) callers wait on it, and key requests never wait
+        // behind them.
+        rate_limit(&s, peer)?;
+        let ev = s.evidence.current().await.map_err(|r| ApiError::new(ErrorCode::EvidenceUnavailable, r))?;
         Ok(json(StatusCode::OK, &*ev))
     }
     .await;

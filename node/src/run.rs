@@ -268,7 +268,7 @@ pub async fn run(
             let own_evidence = own_evidence.clone();
             Box::pin(async move {
                 match body {
-                    RequestBody::Evidence => match own_evidence.current(http::unix_now()).await {
+                    RequestBody::Evidence => match own_evidence.current().await {
                         Ok(ev) => NodeResponse::new(ResponseBody::Evidence(encode_json(&*ev))),
                         Err(reason) => NodeResponse::new(ResponseBody::Refused(reason)),
                     },
