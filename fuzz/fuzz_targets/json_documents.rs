@@ -1,8 +1,11 @@
-//! Any bytes as each HTTP/file JSON document: decoding never panics; manifests and cluster
-//! descriptors and authorized roster changes that decode are verified (which must not panic either).
+//! Any bytes as each HTTP/file JSON document: decoding never panics; manifests, cluster
+//! descriptors, authorized roster changes and node evidence that decode are verified (which must
+//! not panic either).
 #![no_main]
 use kms_proto::api::{ErrorBody, KeyRequest, KeyResponse};
-use kms_proto::app::SignedManifest;
+use kms_proto::app::{Policy, SignedManifest};
+use kms_proto::attestation::node::{Expected, NodeEvidence};
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
 use kms_proto::cluster::SignedClusterDescriptor;
 use kms_proto::codec::decode_json;
 use kms_proto::reshare::AuthorizedChange;
@@ -35,5 +38,16 @@ fuzz_target!(|data: &[u8]| {
         };
         let _ = c.verify(&committee);
         let _ = c.change.session();
+    }
+    if let Ok(ev) = decode_json::<NodeEvidence>(data) {
+        let verifier = EvidenceVerifier { cs: ConfidentialSpaceVerifier::new(CsConfig::new("kms-fuzz")), tdx: None };
+        let expected = Expected {
+            cluster_id: *ev.cluster_id.as_bytes(),
+            identity_key: *ev.identity_key.as_bytes(),
+            descriptor_digest: None,
+            max_age_secs: u64::MAX,
+            leeway_secs: u64::MAX,
+        };
+        let _ = ev.check(&verifier, &Jwks::default(), &Policy::default(), &expected, ev.time);
     }
 });
