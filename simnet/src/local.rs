@@ -188,17 +188,26 @@ impl LocalNet {
                 shown = ready;
             }
             if ready == running {
+                // Every running node serves the signed descriptor (it reaches the others after
+                // the node that coordinated the signing): only then does each node's evidence
+                // name it, and any node can hand it to a client.
+                let mut first = None;
+                let mut serving = 0;
                 for n in self.nodes.iter().filter(|n| n.child.is_some()) {
                     if let Ok(r) = client.get(format!("{}/v1/cluster", n.url)).send().await {
                         if r.status() == 200 {
                             let bytes = r.bytes().await?.to_vec();
-                            std::fs::write(self.dir.join("cluster.json"), &bytes)?;
-                            if progress {
-                                eprintln!("   cluster descriptor signed");
-                            }
-                            return Ok(bytes);
+                            first.get_or_insert(bytes);
+                            serving += 1;
                         }
                     }
+                }
+                if let (Some(bytes), true) = (first, serving == running) {
+                    std::fs::write(self.dir.join("cluster.json"), &bytes)?;
+                    if progress {
+                        eprintln!("   cluster descriptor signed, served by all {running}");
+                    }
+                    return Ok(bytes);
                 }
             }
             if Instant::now() > deadline {

@@ -109,7 +109,11 @@ fn peers_refuse_a_node_whose_evidence_fails_their_node_policy() {
     }
 
     // Each node's own evidence binds its identity key and the descriptor it serves.
+    // Every good node serves the signed descriptor (it reaches the others after node 1 has it).
     let signed = c.descriptor(0, Duration::from_secs(30));
+    for i in 1..3 {
+        assert_eq!(c.descriptor(i, Duration::from_secs(30)).descriptor, signed.descriptor);
+    }
     assert_eq!(signed.descriptor.epoch, epoch);
     let (status, body) = c.nodes[0].get("/v1/attestation");
     assert_eq!(status, 200);
