@@ -33,7 +33,8 @@ enum Cmd {
     /// Change the committee: propose a roster change, approve it, follow the reshare.
     #[command(subcommand)]
     Reshare(ReshareCmd),
-    /// Show a running node's readiness, epoch and peers (asks its HTTP API).
+    /// Show a running node's readiness, epoch and, when it requires its peers' evidence, each
+    /// peer that does not pass and why (asks its HTTP API).
     Status {
         /// Path of the TOML configuration.
         #[arg(long)]
@@ -179,11 +180,29 @@ fn status(config: PathBuf, json: bool) -> anyhow::Result<()> {
     let host = local_addr(&cfg)?;
     let body = kms_node::http::get_local(host, "/v1/ready")
         .map_err(|e| anyhow::anyhow!("the node at {host} is not answering: {e}"))?;
+    let peers = kms_node::http::get_local(host, "/v1/attestation/peers")
+        .map_err(|e| anyhow::anyhow!("the node at {host} is not answering: {e}"))?;
+    let mut v: serde_json::Value = serde_json::from_str(&body)?;
+    let p: kms_node::proto::api::PeerEvidenceBody = kms_node::proto::codec::decode_json(peers.as_bytes())?;
     if json {
-        println!("{body}");
-    } else {
-        let v: serde_json::Value = serde_json::from_str(&body)?;
-        println!("node at {host}: ready={} epoch={}", v["ready"], v["epoch"]);
+        // `GET /v1/ready`'s body, with the peers' evidence added.
+        v["peer_evidence"] = serde_json::to_value(&p)?;
+        println!("{v}");
+        return Ok(());
+    }
+    println!("node at {host}: ready={} epoch={}", v["ready"], v["epoch"]);
+    if p.required {
+        // Why a peer's DKG and reshare messages are not taken, if they are not.
+        let passed = p.peers.iter().filter(|e| e.state == "passed").count();
+        println!("peer evidence required: {passed} of {} peers asked pass", p.peers.len());
+        for e in p.peers.iter().filter(|e| e.state != "passed") {
+            println!(
+                "  {} {}: {}",
+                e.peer_id,
+                e.state,
+                e.reason.as_deref().unwrap_or("asked, no answer yet")
+            );
+        }
     }
     Ok(())
 }

@@ -101,6 +101,27 @@ fn peers_refuse_a_node_whose_evidence_fails_their_node_policy() {
     let page = String::from_utf8(page).unwrap();
     assert!(page.contains(&format!("refused: image digest {bad} is not allowed by the policy")), "{page}");
     assert!(page.contains(&format!("passes: {good}")), "{page}");
+    // So does `kms-node status`.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&c.nodes[0].config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("peer evidence required: 2 of 3 peers asked pass"), "{text}");
+    assert!(text.contains(&format!("{} refused: image digest {bad} is not allowed", peer_ids[3])), "{text}");
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(&c.nodes[0].config)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ready"].as_bool(), v["peer_evidence"]["required"].as_bool()),
+        (Some(true), Some(true)),
+        "{v}"
+    );
     // Node 4 hears the refusal of its DKG messages, with the reason.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !c.nodes[3].log().contains("your evidence does not pass this node's policy of node images") {
