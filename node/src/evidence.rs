@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use kms_client::provider::{
     AttestationProvider, ConfidentialSpace, DevIssuer, ProviderError, TdxConfigfs, TokenType,
 };
-use kms_proto::api::{Evidence, PeerEvidenceBody, PeerEvidenceState, API_VERSION};
+use kms_proto::api::{PeerEvidenceBody, PeerEvidenceState, API_VERSION};
 use kms_proto::app::{ImageDigest, Policy};
 use kms_proto::attestation::node::NodeEvidenceError;
 use kms_proto::attestation::node::{
@@ -373,13 +373,7 @@ impl PeerGate {
             return Verdict::Refused("the peer id holds no Ed25519 key".into());
         };
         let now = crate::http::unix_now();
-        if let Evidence::ConfidentialSpace { token } = &ev.evidence {
-            if let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) {
-                if kid.len() <= 256 {
-                    self.jwks.ensure_kid(&kid, now).await;
-                }
-            }
-        }
+        self.jwks.ensure_for(&ev.evidence, now).await;
         let expected = Expected {
             cluster_id: self.cluster_id,
             identity_key: identity.to_bytes(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use kms_proto::api::Evidence;
 use kms_proto::attestation::{Jwks, JwksCache};
 
 /// Least time between two fetches triggered by unknown `kid`s.
@@ -132,6 +133,20 @@ impl JwksSource {
                 }
             }
             Err(e) => warn!(error = %e, "JWKS fetch failed; keeping the keys held"),
+        }
+    }
+
+    /// For evidence about to be verified: an OIDC token naming a key not held may mean the
+    /// issuer rotated its keys, so [`JwksSource::ensure_kid`] its `kid` (rate-limited). PKI
+    /// tokens (`x5c`) carry their own chain; TDX quotes need no JWKS.
+    pub async fn ensure_for(&self, evidence: &Evidence, now: u64) {
+        let Evidence::ConfidentialSpace { token } = evidence else { return };
+        if let Ok(header) = jsonwebtoken::decode_header(token) {
+            if let (Some(kid), None) = (&header.kid, &header.x5c) {
+                if kid.len() <= 256 {
+                    self.ensure_kid(kid, now).await;
+                }
+            }
         }
     }
 

@@ -87,16 +87,8 @@ impl KeyService {
         let req: KeyRequest = decode_json(body).map_err(decode_error)?;
         let binding = req.binding();
         let early = self.precheck(&req, now);
-        // An OIDC token naming a key we do not hold may mean the issuer rotated its keys:
-        // re-fetch (rate-limited) before verifying. PKI tokens (`x5c`) carry their own chain.
-        if let (Ok(_), Evidence::ConfidentialSpace { token }) = (&early, &req.evidence) {
-            if let Ok(header) = jsonwebtoken::decode_header(token) {
-                if let (Some(kid), None) = (&header.kid, &header.x5c) {
-                    if kid.len() <= 256 {
-                        self.jwks.ensure_kid(kid, now).await;
-                    }
-                }
-            }
+        if early.is_ok() {
+            self.jwks.ensure_for(&req.evidence, now).await;
         }
         Ok(Prepared { req, binding, early })
     }
