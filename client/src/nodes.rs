@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use kms_proto::app::Policy;
 use kms_proto::attestation::node::{descriptor_digest, Expected, NodeEvidence};
-use kms_proto::attestation::{EvidenceVerifier, Jwks};
+use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
 use kms_proto::codec::decode_json;
 
 use crate::Cluster;
@@ -25,6 +25,22 @@ pub struct NodeTrust {
     pub max_age_secs: u64,
     /// Clock difference tolerated, seconds.
     pub leeway_secs: u64,
+}
+
+impl NodeTrust {
+    /// OIDC tokens issued for `audience` (Google's issuer) checked against `jwks`, the defaults of
+    /// a node's `[attestation]` for age and leeway, no PKI root and no TDX collateral.
+    pub fn oidc(audience: &str, jwks: Jwks, policy: Policy) -> Self {
+        let cs = CsConfig::new(audience);
+        let (max_age_secs, leeway_secs) = (cs.max_age_secs, cs.leeway_secs);
+        NodeTrust {
+            verifier: EvidenceVerifier { cs: ConfidentialSpaceVerifier::new(cs), tdx: None },
+            jwks,
+            policy,
+            max_age_secs,
+            leeway_secs,
+        }
+    }
 }
 
 /// One node's result.

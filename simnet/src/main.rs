@@ -433,18 +433,11 @@ async fn demo_in(dir: &std::path::Path) -> anyhow::Result<()> {
 /// What the local network's node evidence is checked against: the dev issuer's keys and the node
 /// policy `up` wrote (`D/attestation/node-policy.json`).
 fn node_trust(net: &LocalNet) -> anyhow::Result<kms_client::nodes::NodeTrust> {
-    use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
-    let jwks =
-        Jwks::from_json(&std::fs::read(&net.issuer.jwks)?).map_err(|e| anyhow::anyhow!("dev JWKS: {e}"))?;
+    let jwks = kms_proto::attestation::Jwks::from_json(&std::fs::read(&net.issuer.jwks)?)
+        .map_err(|e| anyhow::anyhow!("dev JWKS: {e}"))?;
     let policy_file = net.dir.join("attestation").join("node-policy.json");
     let policy = serde_json::from_slice(&std::fs::read(&policy_file)?).context("the node policy")?;
-    Ok(kms_client::nodes::NodeTrust {
-        verifier: EvidenceVerifier { cs: ConfidentialSpaceVerifier::new(CsConfig::new(AUDIENCE)), tdx: None },
-        jwks,
-        policy,
-        max_age_secs: 300,
-        leeway_secs: 30,
-    })
+    Ok(kms_client::nodes::NodeTrust::oidc(AUDIENCE, jwks, policy))
 }
 
 /// `sim --lease`: the lease harness over many seeds, or one seed in detail.

@@ -12,7 +12,7 @@ use kms_client::nodes::{verify_nodes, NodeTrust};
 use kms_client::{Cluster as ClientCluster, Pin};
 use kms_proto::api::PeerEvidenceBody;
 use kms_proto::attestation::node::NodeEvidence;
-use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
+use kms_proto::attestation::Jwks;
 use kms_proto::codec::decode_json;
 use kms_tests::{fixtures, Cluster, AUDIENCE};
 
@@ -45,15 +45,8 @@ fn wait_peers(c: &Cluster, i: usize, done: impl Fn(&PeerEvidenceBody) -> bool) -
 }
 
 fn trust(images: &[kms_proto::app::ImageDigest]) -> NodeTrust {
-    let mut cs = CsConfig::new(AUDIENCE);
-    cs.jwks = Jwks::default();
-    NodeTrust {
-        verifier: EvidenceVerifier { cs: ConfidentialSpaceVerifier::new(cs), tdx: None },
-        jwks: Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap(),
-        policy: policy(images),
-        max_age_secs: 300,
-        leeway_secs: 30,
-    }
+    let jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
+    NodeTrust::oidc(AUDIENCE, jwks, policy(images))
 }
 
 #[test]
