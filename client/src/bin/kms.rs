@@ -238,8 +238,8 @@ struct NodeTrustArgs {
     /// TDX TCB statuses accepted (the nodes' default: UpToDate, SWHardeningNeeded).
     #[arg(long, value_delimiter = ',', default_values_t = kms_proto::attestation::DEFAULT_ACCEPTABLE_TCB_STATUSES.iter().map(|s| s.to_string()))]
     tdx_tcb_statuses: Vec<String>,
-    /// Oldest node evidence accepted, seconds.
-    #[arg(long, default_value_t = 300)]
+    /// Oldest node evidence accepted, seconds (the nodes' default `attestation.max_age_secs`).
+    #[arg(long, default_value_t = kms_proto::attestation::confidential_space::DEFAULT_MAX_AGE_SECS)]
     max_age_secs: u64,
 }
 
