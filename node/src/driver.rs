@@ -238,6 +238,9 @@ pub async fn run(
     }
     // A cluster of one, or `min_peers = 0`, starts at once.
     driver.with_engine(|e, now, connected| e.handle_peers(connected, now)).await;
+    let mut load = Load::new();
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = driver.engine.as_ref().and_then(Ceremonies::poll_timeout).map(|d| origin + d);
         // `biased`: messages first, then peer changes, then timers. A loaded node (a large
@@ -246,8 +249,11 @@ pub async fn run(
         // missing (the 64-node livelock of the scale issue).
         tokio::select! {
             biased;
+            // First, so that a flood of messages cannot hide how far behind the node is.
+            _ = progress.tick() => driver.report_progress(&mut load, inbound.len()),
             msg = inbound.recv() => {
-                let Some(Inbound { from, peer, request, reply }) = msg else { return };
+                let Some(Inbound { from, peer, request, reply, arrived }) = msg else { return };
+                load.waited = load.waited.max(arrived.elapsed());
                 if crate::evidence::gated(&request.body) {
                     let refusal = match driver.cfg.peer_gate.admit(peer, crate::http::unix_now()) {
                         Admission::Admit => None,
@@ -263,7 +269,10 @@ pub async fn run(
                 }
                 match request.body {
                     RequestBody::Dkg(m) => {
+                        let began = Instant::now();
                         let answer = driver.on_dkg(peer, m).await;
+                        load.messages += 1;
+                        load.busy += began.elapsed();
                         let _ = reply.send(NodeResponse::new(answer));
                     }
                     body => {
@@ -303,6 +312,25 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => futures::future::pending().await,
+    }
+}
+
+/// How often a running ceremony's progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// The ceremony messages the driver took since the last progress line, and the time it spent
+/// on them (checks, writes, sends).
+struct Load {
+    since: Instant,
+    messages: u64,
+    busy: Duration,
+    /// The longest a message waited in the queue before the driver took it.
+    waited: Duration,
+}
+
+impl Load {
+    fn new() -> Self {
+        Load { since: Instant::now(), messages: 0, busy: Duration::ZERO, waited: Duration::ZERO }
     }
 }
 
@@ -489,10 +517,17 @@ impl Driver {
         )
         .map_err(|e| format!("invalid reshare configuration: {e}"))?;
         self.set_roster(addrs.collect::<Vec<_>>().into_iter(), me);
-        // Every participant learns of the change (a new member only this way).
+        // A new member learns of the change only this way; current members have it passed on
+        // by each other as they learn approvals (at 64 members, sending every one of them the
+        // document again cost each node 63 more checks of it at the busiest moment).
         let doc = encode_json(&change);
-        for j in (1..=u16::try_from(n).unwrap_or(u16::MAX)).filter(|&j| j != me) {
-            self.p2p.send_reliable(j, NodeRequest::new(RequestBody::Reshare(doc.clone())), u64::MAX);
+        let current: HashSet<&str> = membership.members.iter().map(|m| m.peer_id.as_str()).collect();
+        for j in (1..=n).filter(|&j| j != usize::from(me)) {
+            let peer = kms_proto::cluster::peer_id_of_identity(&layout.participants[j - 1]);
+            if !current.contains(peer.as_str()) {
+                let j = u16::try_from(j).unwrap_or(u16::MAX);
+                self.p2p.send_reliable(j, NodeRequest::new(RequestBody::Reshare(doc.clone())), u64::MAX);
+            }
         }
         info!(
             session = %hex::encode(session),
@@ -639,6 +674,28 @@ impl Driver {
             }
             self.shared.set_status(DkgStatus::Ceremony(status));
         }
+    }
+
+    /// Logs where the running attempt stands and how loaded the driver is: messages taken and
+    /// the time spent on them since the last line, and how many wait in its queue. Nothing
+    /// when no attempt runs.
+    fn report_progress(&self, load: &mut Load, queued: usize) {
+        let progress = self.engine.as_ref().and_then(Ceremonies::progress);
+        if let Some((attempt, bls, ed25519)) = progress {
+            let what = if self.reshare.is_some() { "reshare" } else { "DKG" };
+            info!(
+                attempt,
+                bls = %bls,
+                ed25519 = %ed25519,
+                taken = load.messages,
+                busy_ms = load.busy.as_millis() as u64,
+                over_ms = load.since.elapsed().as_millis() as u64,
+                queued,
+                max_wait_ms = load.waited.as_millis() as u64,
+                "{what} progress"
+            );
+        }
+        *load = Load::new();
     }
 
     /// Stops taking part in ceremonies, loudly.

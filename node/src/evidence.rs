@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use libp2p::PeerId;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use kms_client::provider::{
@@ -54,8 +55,19 @@ const RETRY_AFTER_FAILURE_SECS: u64 = 5;
 /// upgraded).
 pub const RECHECK_SECS: u64 = 10;
 
-/// After an ask that failed, the next waits this long, seconds.
+/// After an ask that failed, the next waits this long, seconds, doubled for each further failure
+/// in a row up to [`MAX_RETRY_SECS`]: an ask times out mostly because the peer is overloaded,
+/// and asking it again at once (63 peers asking, each answer a token and a descriptor digest)
+/// only overloads it more (a 64-node reshare spent its CPU answering evidence requests).
 const PENDING_RETRY_SECS: u64 = 2;
+
+/// The longest wait between failed asks, seconds.
+const MAX_RETRY_SECS: u64 = 60;
+
+/// The wait before the next ask after `failures` failed asks in a row (at least one).
+fn retry_secs(failures: u32) -> u64 {
+    (PENDING_RETRY_SECS << failures.saturating_sub(1).min(5)).min(MAX_RETRY_SECS)
+}
 
 /// How long a peer has to answer an evidence request, and the attestation service to give this
 /// node its evidence.
@@ -86,14 +98,33 @@ pub struct OwnEvidence {
 struct Cached {
     evidence: Option<Arc<NodeEvidence>>,
     failed: Option<(u64, String)>,
+    descriptor: DigestCache,
 }
 
-/// The digest of the descriptor a node serves (`GET /v1/cluster`), if it serves one.
-pub fn served_descriptor_digest(store: &NodeStore, shared: &Shared) -> Option<[u8; 32]> {
-    let keys = shared.active()?;
-    let doc = store.get_public("descriptor", keys.epoch).ok()??;
-    let signed: SignedClusterDescriptor = decode_json(&doc).ok()?;
-    Some(descriptor_digest(&signed.descriptor))
+/// The digest of the descriptor a node serves (`GET /v1/cluster`), if it serves one, decoded
+/// once per stored document: a 64-member descriptor takes milliseconds to decode, and every
+/// peer's evidence request needs the digest.
+#[derive(Default)]
+struct DigestCache {
+    /// SHA-256 of the stored document's bytes, and the digest of the descriptor in it.
+    last: Option<([u8; 32], [u8; 32])>,
+}
+
+impl DigestCache {
+    fn get(&mut self, store: &NodeStore, shared: &Shared) -> Option<[u8; 32]> {
+        let keys = shared.active()?;
+        let doc = store.get_public("descriptor", keys.epoch).ok()??;
+        let fingerprint: [u8; 32] = Sha256::digest(&doc).into();
+        if let Some((f, digest)) = self.last {
+            if f == fingerprint {
+                return Some(digest);
+            }
+        }
+        let signed: SignedClusterDescriptor = decode_json(&doc).ok()?;
+        let digest = descriptor_digest(&signed.descriptor);
+        self.last = Some((fingerprint, digest));
+        Some(digest)
+    }
 }
 
 impl OwnEvidence {
@@ -149,7 +180,7 @@ impl OwnEvidence {
         };
         let mut cache = self.cache.lock().await;
         let now = crate::http::unix_now();
-        let descriptor = served_descriptor_digest(&self.store, &self.shared);
+        let descriptor = cache.descriptor.get(&self.store, &self.shared);
         if let Some(ev) = &cache.evidence {
             let fresh = now >= ev.time && now - ev.time < self.refresh_secs;
             if fresh && ev.descriptor_digest.map(|d| *d.as_bytes()) == descriptor {
@@ -185,7 +216,8 @@ impl OwnEvidence {
                     time: now,
                     evidence,
                 });
-                *cache = Cached { evidence: Some(ev.clone()), failed: None };
+                cache.evidence = Some(ev.clone());
+                cache.failed = None;
                 Ok(ev)
             }
             Err(e) => {
@@ -214,6 +246,8 @@ struct PeerState {
     verdict: Verdict,
     checked_at: u64,
     asking: bool,
+    /// Failed asks in a row (no answer, or no evidence in it).
+    failures: u32,
 }
 
 /// Whether a peer's DKG or reshare message is taken.
@@ -279,8 +313,9 @@ impl PeerGate {
             verdict: Verdict::Pending(None),
             checked_at: 0,
             asking: false,
+            failures: 0,
         });
-        let (admission, ask) = judge(&st.verdict, st.checked_at, now, self.max_age_secs);
+        let (admission, ask) = judge(&st.verdict, st.checked_at, st.failures, now, self.max_age_secs);
         if ask && !st.asking {
             st.asking = true;
             tokio::spawn(self.clone().ask(peer));
@@ -356,6 +391,8 @@ impl PeerGate {
         }
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(st) = peers.get_mut(&peer) {
+            st.failures =
+                if matches!(verdict, Verdict::Pending(_)) { st.failures.saturating_add(1) } else { 0 };
             let old = std::mem::replace(&mut st.verdict, Verdict::Pending(None));
             st.verdict = settle(old, verdict);
             st.checked_at = crate::http::unix_now();
@@ -431,15 +468,21 @@ impl PeerGate {
 }
 
 /// What a peer's standing means at `now`: whether its messages pass, and whether to ask it for
-/// its evidence again (see [`PeerGate`]).
-fn judge(verdict: &Verdict, checked_at: u64, now: u64, max_age_secs: u64) -> (Admission, bool) {
+/// its evidence again (see [`PeerGate`]). After `failures` failed asks in a row the next waits
+/// [`retry_secs`], whatever the verdict it keeps.
+fn judge(
+    verdict: &Verdict,
+    checked_at: u64,
+    failures: u32,
+    now: u64,
+    max_age_secs: u64,
+) -> (Admission, bool) {
+    let backed_off = failures == 0 || now >= checked_at.saturating_add(retry_secs(failures));
     match verdict {
         Verdict::Passed { made_at, .. } if now <= made_at.saturating_add(max_age_secs) => {
-            (Admission::Admit, now >= made_at.saturating_add(max_age_secs / 2))
+            (Admission::Admit, backed_off && now >= made_at.saturating_add(max_age_secs / 2))
         }
-        Verdict::Passed { .. } | Verdict::Pending(None) => (Admission::Wait, true),
-        // The last ask failed: not again at every message.
-        Verdict::Pending(Some(_)) => (Admission::Wait, now >= checked_at.saturating_add(PENDING_RETRY_SECS)),
+        Verdict::Passed { .. } | Verdict::Pending(_) => (Admission::Wait, backed_off),
         Verdict::Refused(reason) => {
             (Admission::Refuse(reason.clone()), now >= checked_at.saturating_add(RECHECK_SECS))
         }
@@ -470,26 +513,43 @@ mod tests {
 
     #[test]
     fn a_passing_peer_is_admitted_until_its_evidence_ages_out_and_asked_again_from_half_its_age() {
-        assert_eq!(judge(&passed(1000), 0, 1100, 300), (Admission::Admit, false));
-        assert_eq!(judge(&passed(1000), 0, 1150, 300), (Admission::Admit, true));
-        assert_eq!(judge(&passed(1000), 0, 1300, 300), (Admission::Admit, true));
+        assert_eq!(judge(&passed(1000), 0, 0, 1100, 300), (Admission::Admit, false));
+        assert_eq!(judge(&passed(1000), 0, 0, 1150, 300), (Admission::Admit, true));
+        assert_eq!(judge(&passed(1000), 0, 0, 1300, 300), (Admission::Admit, true));
         // Expired: held until new evidence passes.
-        assert_eq!(judge(&passed(1000), 0, 1301, 300), (Admission::Wait, true));
+        assert_eq!(judge(&passed(1000), 0, 0, 1301, 300), (Admission::Wait, true));
     }
 
     #[test]
     fn an_undecided_peer_waits_and_a_failed_ask_is_not_repeated_at_every_message() {
-        assert_eq!(judge(&Verdict::Pending(None), 0, 5, 300), (Admission::Wait, true));
+        assert_eq!(judge(&Verdict::Pending(None), 0, 0, 5, 300), (Admission::Wait, true));
         let failed = Verdict::Pending(Some("timed out".into()));
-        assert_eq!(judge(&failed, 100, 101, 300), (Admission::Wait, false));
-        assert_eq!(judge(&failed, 100, 100 + PENDING_RETRY_SECS, 300), (Admission::Wait, true));
+        assert_eq!(judge(&failed, 100, 1, 101, 300), (Admission::Wait, false));
+        assert_eq!(judge(&failed, 100, 1, 100 + PENDING_RETRY_SECS, 300), (Admission::Wait, true));
+    }
+
+    #[test]
+    fn failed_asks_back_off_even_for_a_peer_that_still_passes() {
+        // Past half its age, a passing peer whose re-ask failed is not asked again at every
+        // message: a 64-node reshare re-asked each aging peer as soon as the last ask timed out.
+        assert_eq!(judge(&passed(1000), 1160, 1, 1161, 300), (Admission::Admit, false));
+        assert_eq!(judge(&passed(1000), 1160, 1, 1162, 300), (Admission::Admit, true));
+        assert_eq!(judge(&passed(1000), 1160, 3, 1167, 300), (Admission::Admit, false));
+        assert_eq!(judge(&passed(1000), 1160, 3, 1168, 300), (Admission::Admit, true));
+        let failed = Verdict::Pending(Some("timed out".into()));
+        assert_eq!(retry_secs(1), 2);
+        assert_eq!(retry_secs(2), 4);
+        assert_eq!(retry_secs(6), 60);
+        assert_eq!(retry_secs(40), 60);
+        assert_eq!(judge(&failed, 100, 40, 159, 300), (Admission::Wait, false));
+        assert_eq!(judge(&failed, 100, 40, 160, 300), (Admission::Wait, true));
     }
 
     #[test]
     fn a_refused_peer_is_refused_with_its_reason_and_asked_again_every_recheck() {
         let refused = Verdict::Refused("image not allowed".into());
-        assert_eq!(judge(&refused, 100, 105, 300), (Admission::Refuse("image not allowed".into()), false));
-        assert!(judge(&refused, 100, 100 + RECHECK_SECS, 300).1);
+        assert_eq!(judge(&refused, 100, 0, 105, 300), (Admission::Refuse("image not allowed".into()), false));
+        assert!(judge(&refused, 100, 0, 100 + RECHECK_SECS, 300).1);
     }
 
     #[test]

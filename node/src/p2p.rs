@@ -110,6 +110,8 @@ pub struct Inbound {
     pub request: NodeRequest,
     /// Answer here; dropping it answers `Refused`.
     pub reply: oneshot::Sender<NodeResponse>,
+    /// When the transport handed it over (how long it waited in the consumer's queue).
+    pub arrived: Instant,
 }
 
 /// Whether a queued reliable request may go to its peer now ([`P2pHandle::set_gate`]).
@@ -125,6 +127,12 @@ pub enum Outbound {
 
 /// Decides [`Outbound`] for a peer and a request.
 pub type OutboundGate = Arc<dyn Fn(&PeerId, &NodeRequest) -> Outbound + Send + Sync>;
+
+/// How long a peer has to answer a request before it is sent again. A loaded node of a large
+/// cluster answers a ceremony message only once it took it (its queue held deals for up to 10 s
+/// in a 64-node reshare on 2 cores): a short timeout only resent what was still queued, and the
+/// duplicates loaded it more. A request lost with its connection fails at once, not here.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Concurrent request streams per connection (each node answers a request once it has durably
 /// taken it, so a busy node holds many open).
@@ -278,7 +286,7 @@ pub async fn spawn(
         // Streams per connection: libp2p's default of 100 dropped deals and complaints ("at
         // capacity") while a loaded node of a 64-member reshare was still checking earlier ones.
         request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(10))
+            .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(MAX_STREAMS),
     );
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
@@ -401,10 +409,18 @@ impl SwarmTask {
                     let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
                 }
                 _ = tick.tick() => {
+                    // Only what is due moves (thousands may wait on a loaded large cluster).
                     let now = Instant::now();
-                    let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry).into_iter().partition(|(at, _)| *at <= now);
-                    self.retry = later;
-                    for (_, p) in due {
+                    let mut due = Vec::new();
+                    let mut i = 0;
+                    while i < self.retry.len() {
+                        if self.retry[i].0 <= now {
+                            due.push(self.retry.swap_remove(i).1);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    for p in due {
                         self.send(p);
                     }
                 }
@@ -496,7 +512,7 @@ impl SwarmTask {
                     return;
                 };
                 let (reply, rx) = oneshot::channel();
-                if self.in_tx.send(Inbound { from, peer, request, reply }).is_err() {
+                if self.in_tx.send(Inbound { from, peer, request, reply, arrived: Instant::now() }).is_err() {
                     return;
                 }
                 replies.push(Box::pin(async move {

@@ -272,17 +272,21 @@ pub async fn run(
                         Ok(ev) => NodeResponse::new(ResponseBody::Evidence(encode_json(&*ev))),
                         Err(reason) => NodeResponse::new(ResponseBody::Refused(reason)),
                     },
-                    RequestBody::Manifest(bytes) => match apps.on_gossip(&bytes) {
+                    // Decoding and checking a gossiped document is synchronous work (signatures,
+                    // a 64-member roster): off the async workers, which drive libp2p.
+                    RequestBody::Manifest(bytes) => match blocking(move || apps.on_gossip(&bytes)).await {
                         Ok(()) => NodeResponse::new(ResponseBody::Ack),
                         Err(e) => {
                             warn!(from, reason = %e, "gossiped manifest refused");
                             NodeResponse::new(ResponseBody::Refused(e.to_string()))
                         }
                     },
-                    RequestBody::Reshare(bytes) => match reshares.on_gossip(from, &bytes) {
-                        Ok(()) => NodeResponse::new(ResponseBody::Ack),
-                        Err(e) => NodeResponse::new(ResponseBody::Refused(e.to_string())),
-                    },
+                    RequestBody::Reshare(bytes) => {
+                        match blocking(move || reshares.on_gossip(from, &bytes)).await {
+                            Ok(()) => NodeResponse::new(ResponseBody::Ack),
+                            Err(e) => NodeResponse::new(ResponseBody::Refused(e.to_string())),
+                        }
+                    }
                     body => signer.handle(body),
                 }
             })
@@ -411,4 +415,13 @@ pub async fn run(
     store.flush().context("flushing the store")?;
     info!("stopped");
     Ok(())
+}
+
+/// Runs `f` on the blocking pool; a panic in it becomes an internal error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::api_error::ApiError> + Send + 'static,
+) -> Result<T, crate::api_error::ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(crate::api_error::ApiError::internal("a blocking task panicked")))
 }

@@ -277,7 +277,7 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
     let dir = &std::fs::canonicalize(dir).with_context(|| format!("no network at {}", dir.display()))?;
     use kms_node::admin::{self, NewNode, Proposal};
     use kms_proto::cluster::SignedClusterDescriptor;
-    use kms_proto::codec::{decode_json, encode_json};
+    use kms_proto::codec::decode_json;
 
     let bytes = std::fs::read(dir.join("cluster.json"))
         .with_context(|| format!("no network at {} (start one with `kms-simnet up`)", dir.display()))?;
@@ -369,30 +369,8 @@ pub async fn reshare(dir: &Path, req: &ReshareRequest) -> anyhow::Result<Vec<u8>
     }
     // t current members that keep their store approve, each with its own identity key.
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let approvers: Vec<u16> = d
-        .nodes
-        .iter()
-        .map(|e| e.index)
-        .filter(|i| !req.replace.contains(i))
-        .take(usize::from(d.threshold))
-        .collect();
-    if approvers.len() < usize::from(d.threshold) {
-        bail!("fewer than t = {} members keep their store: the change cannot be approved", d.threshold);
-    }
     let approved_at = Instant::now();
-    for &i in &approvers {
-        let node_dir =
-            dirs.get(&i).with_context(|| format!("member {i}: its directory is not in {}", dir.display()))?;
-        let (id, _) = kms_node::identity::load(&node_dir.join("data"))?;
-        let url = &d.node(i).context("member")?.http_url;
-        let body = encode_json(&admin::approve(&id.signing, i, change.clone()));
-        let resp = client.post(format!("{url}/v1/reshare")).body(body).send().await?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("member {i} refused the approval: HTTP {status}: {text}");
-        }
-    }
+    let approvers = approve_by_t(&client, d, &dirs, &change, &req.replace).await?;
     eprintln!("   approved by members {approvers:?}; the reshare runs");
     // Every member of the new committee serves the new epoch; then the descriptor is signed.
     let deadline = Instant::now() + Duration::from_secs(120.max(4 * target as u64));
@@ -476,7 +454,8 @@ fn member_dirs(
 }
 
 /// The first t members of `d` not in `except` approve `change`, each with the identity key in
-/// its directory, at its own node. Returns who approved.
+/// its directory, at its own node, all at once (as operators acting independently would).
+/// Returns who approved.
 async fn approve_by_t(
     client: &reqwest::Client,
     d: &kms_proto::cluster::ClusterDescriptor,
@@ -494,17 +473,25 @@ async fn approve_by_t(
     if approvers.len() < usize::from(d.threshold) {
         bail!("fewer than t = {} members keep their store: the change cannot be approved", d.threshold);
     }
+    let mut posts = tokio::task::JoinSet::new();
     for &i in &approvers {
         let node_dir = dirs.get(&i).with_context(|| format!("member {i}: its directory is not here"))?;
         let (id, _) = kms_node::identity::load(&node_dir.join("data"))?;
-        let url = &d.node(i).context("member")?.http_url;
+        let url = format!("{}/v1/reshare", d.node(i).context("member")?.http_url);
         let body = kms_proto::codec::encode_json(&kms_node::admin::approve(&id.signing, i, change.clone()));
-        let resp = client.post(format!("{url}/v1/reshare")).body(body).send().await?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("member {i} refused the approval: HTTP {status}: {text}");
-        }
+        let client = client.clone();
+        posts.spawn(async move {
+            let resp = client.post(url).body(body).send().await?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("member {i} refused the approval: HTTP {status}: {text}");
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = posts.join_next().await {
+        done??;
     }
     Ok(approvers)
 }

@@ -54,7 +54,7 @@ use kms_proto::dkg::{Deal, DkgBody, DkgMessage, Signed, SuiteId};
 use crate::dkg::recovery::{is_for_helper, Helper};
 use crate::dkg::{
     confirmation_in_record, Action, ConfigError, Culprit, Dkg, DkgConfig, DkgFailure, DkgOutput, DkgRecord,
-    HandOver, Ignored, Resharing, Timeouts,
+    HandOver, Ignored, Progress, Resharing, Timeouts,
 };
 use crate::share::{KeyShare, PublicKeySet};
 use crate::suite::{Bls12381G2, Ed25519, Suite};
@@ -386,6 +386,10 @@ pub trait Machine<S: Suite>: Send {
     fn evidence(&self) -> Vec<(u16, Vec<Signed<Deal>>)> {
         Vec::new()
     }
+    /// Where it stands.
+    fn progress(&self) -> Progress {
+        Progress::default()
+    }
 }
 
 impl<S: Suite> Machine<S> for Dkg<S> {
@@ -405,6 +409,9 @@ impl<S: Suite> Machine<S> for Dkg<S> {
     }
     fn evidence(&self) -> Vec<(u16, Vec<Signed<Deal>>)> {
         Dkg::evidence(self)
+    }
+    fn progress(&self) -> Progress {
+        Dkg::progress(self)
     }
 }
 
@@ -592,6 +599,13 @@ impl Ceremonies {
             Some(a) => Status::Running { attempt: a.number },
             None => Status::Waiting { connected: self.connected, needed: self.cfg.min_peers },
         }
+    }
+
+    /// The attempt this node runs and where each suite of it stands (BLS12-381, Ed25519), if
+    /// one runs.
+    pub fn progress(&self) -> Option<(u64, Progress, Progress)> {
+        let a = self.current.as_ref()?;
+        Some((a.number, a.bls.machine.progress(), a.ed.machine.progress()))
     }
 
     /// The ceremony's session (every message of it carries it).

@@ -87,6 +87,33 @@ struct Adoption {
     certificate: BTreeMap<u16, Signed<Confirm>>,
 }
 
+/// Where one suite's run of an attempt stands, for operators' logs and status: the round and
+/// how many deals, shares, responses and transcript confirmations it has taken (its own
+/// included). Public counts only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// `dealing`, `responding`, `justifying`, `confirming`, `listening`, `recovering` or `done`.
+    pub round: &'static str,
+    /// Deals taken.
+    pub deals: usize,
+    /// Shares addressed to this node taken.
+    pub shares: usize,
+    /// Responses (complaint lists) taken.
+    pub responses: usize,
+    /// Transcript confirmations taken.
+    pub confirms: usize,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (deals {}, shares {}, responses {}, confirmations {})",
+            self.round, self.deals, self.shares, self.responses, self.confirms
+        )
+    }
+}
+
 /// One node's run of the DKG over group `S`.
 pub struct Dkg<S: Suite> {
     cfg: DkgConfig,
@@ -261,6 +288,26 @@ impl<S: Suite> Dkg<S> {
     /// Whether this node is recovering its share of a transcript a quorum signed.
     pub fn is_recovering(&self) -> bool {
         self.phase == Phase::Recovering
+    }
+
+    /// Where the run stands: its round and what it has taken of each kind.
+    pub fn progress(&self) -> Progress {
+        let round = match self.phase {
+            Phase::Dealing => "dealing",
+            Phase::Responding => "responding",
+            Phase::Justifying => "justifying",
+            Phase::Confirming => "confirming",
+            Phase::Listening => "listening",
+            Phase::Recovering => "recovering",
+            Phase::Done => "done",
+        };
+        Progress {
+            round,
+            deals: self.deals.len(),
+            shares: self.shares.len(),
+            responses: self.responses.len(),
+            confirms: self.confirms.len(),
+        }
     }
 
     /// Whether the run completed (this node holds its share).

@@ -37,7 +37,7 @@ use kms_proto::dkg::{DkgMessage, Signed, SignedPayload};
 use crate::share::{KeyShare, PublicKeySet};
 use crate::suite::Suite;
 
-pub use machine::{confirmation_in_record, Dkg};
+pub use machine::{confirmation_in_record, Dkg, Progress};
 
 /// Largest supported cluster.
 pub const MAX_NODES: u16 = 1024;

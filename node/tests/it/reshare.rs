@@ -174,6 +174,23 @@ fn reshares_change_the_committee_and_keep_the_master_key() {
     let change = admin::propose(&d0.descriptor, &grow).unwrap();
     approve(&c, &d0, &[0, 1], &change);
     assert_eq!(status(&c, 0).state, "approving", "two of three approvals do not start it");
+    // A document bringing no approval the node lacks is answered from what it holds (nodes pass
+    // every change on to each other): the same status, both approvals, nothing authorized; an
+    // approval for a held member in another's name changes nothing either.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status(&c, 0).proposals.iter().any(|p| p.approved_by == [1, 2]) {
+        assert!(Instant::now() < deadline, "member 2's approval never reached member 1\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (identity, _) = kms_node::identity::load(&c.nodes[0].dir.join("data")).unwrap();
+    for signer in [identity.signing.clone(), SigningKey::generate(&mut OsRng)] {
+        let again = admin::approve(&signer, 1, change.clone());
+        let (code, body) = c.nodes[0].post("/v1/reshare", &encode_json(&again));
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let s: ProposalStatus = decode_json(&body).unwrap();
+        assert_eq!((s.approved_by, s.needed), (vec![1, 2], 3));
+    }
+    assert_eq!(status(&c, 0).state, "approving");
     assert_eq!(status(&c, p6).state, "waiting", "the new node waits to be added");
     let started = Instant::now();
     approve(&c, &d0, &[2], &change);
