@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use kms_dkg::threshold::BlsPublicKeys;
+use kms_dkg::threshold::{BlsPublicKeys, PreparedMpk};
 use kms_dkg::{Bls12381G2, PublicKeySet, Suite};
 use kms_proto::cluster::{ClusterDescriptor, NodeEntry, SignedClusterDescriptor};
 use kms_proto::codec::decode_json;
@@ -49,6 +49,8 @@ pub struct Cluster {
     descriptor: ClusterDescriptor,
     signature: kms_proto::HexBytes<64>,
     keys: BlsPublicKeys,
+    /// `MPK` prepared for the pairing that checks each fetched key.
+    mpk: PreparedMpk,
     /// Each node's identity key (from its peer id), which signs its key responses; decoded once.
     identities: BTreeMap<u16, ed25519_dalek::VerifyingKey>,
 }
@@ -88,7 +90,8 @@ impl Cluster {
         let keys = PublicKeySet::new(d.threshold, mpk, vks);
         // `verify` checked that every peer id holds an Ed25519 key.
         let identities = d.nodes.iter().filter_map(|e| Some((e.index, e.identity()?))).collect();
-        Ok(Cluster { descriptor: d, signature, keys, identities })
+        let mpk = PreparedMpk::new(&keys);
+        Ok(Cluster { descriptor: d, signature, keys, mpk, identities })
     }
 
     /// The signed descriptor as JSON (what `cluster.json` holds).
@@ -107,6 +110,11 @@ impl Cluster {
     /// `MPK` and every node's `VK_i`.
     pub fn keys(&self) -> &BlsPublicKeys {
         &self.keys
+    }
+
+    /// `MPK`, prepared for checking combined keys.
+    pub fn prepared_mpk(&self) -> &PreparedMpk {
+        &self.mpk
     }
 
     /// Shares needed.

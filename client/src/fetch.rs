@@ -1,5 +1,5 @@
-//! `fetch_key`: one request to every node at once; stop when t partials have verified; name
-//! every node that failed and why.
+//! `fetch_key`: requests to t nodes (more when one fails or is slow, or to every node at once,
+//! see [`Spread`]); stop when t partials combine to the key; name every node that failed and why.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use kms_dkg::envelope::response;
-use kms_dkg::threshold::{combine, verify_partials, AppKey, KeyId, PartialKey};
+use kms_dkg::threshold::{combine, combine_prepared, verify_partials, AppKey, KeyId, PartialKey};
 use kms_proto::api::{ErrorBody, Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{AppId, Label, SignedManifest};
 use kms_proto::codec::{decode_json, encode_json};
@@ -29,11 +29,40 @@ pub struct FetchOptions {
     pub manifest: Option<SignedManifest>,
     /// The instance's lease, for an app that allows a single instance ([`crate::lease`]).
     pub lease: Option<crate::lease::Lease>,
+    /// Which nodes are asked, and when.
+    pub spread: Spread,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { timeout: Duration::from_secs(5), client: None, manifest: None, lease: None }
+        FetchOptions {
+            timeout: Duration::from_secs(5),
+            client: None,
+            manifest: None,
+            lease: None,
+            spread: Spread::default(),
+        }
+    }
+}
+
+/// Which nodes a fetch asks (`docs/decisions.md` 38).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spread {
+    /// Every node at once.
+    All,
+    /// `t` nodes picked at random; one more for each that fails (refuses, cannot be reached,
+    /// answers with something that is not a valid partial), and every node not asked yet if
+    /// the `t` answers are not all in after `hedge`, or if the partials do not combine to the
+    /// key. Each node does the work of `t/n` of the fetches instead of all of them.
+    Threshold {
+        /// How long to wait for the first `t` before asking the others too.
+        hedge: Duration,
+    },
+}
+
+impl Default for Spread {
+    fn default() -> Self {
+        Spread::Threshold { hedge: Duration::from_millis(250) }
     }
 }
 
@@ -42,7 +71,8 @@ impl Default for FetchOptions {
 pub enum NodeOutcome {
     /// Returned a partial that verified against its `VK_i`.
     Valid,
-    /// Not needed: t valid partials had already arrived (its request was cancelled).
+    /// Not needed: t valid partials had already arrived (its request was cancelled, or it was
+    /// never asked, see [`Spread`]).
     NotNeeded,
     /// Refused the request.
     Refused {
@@ -297,9 +327,11 @@ fn settle(
 }
 
 /// Fetches the key `(app, label)` from the cluster as the attested enclave `provider` speaks
-/// for. Every node is asked at once; the first t partials are combined and the key checked
-/// against `MPK`; if that fails, the partials are verified (in a batch, falling back to one by
-/// one to name the bad ones) and the first t valid ones combined and checked.
+/// for. The nodes are asked as [`FetchOptions::spread`] says (by default t at random, more when
+/// one fails or is slow); the first t partials are combined and the key checked against `MPK`;
+/// if that fails, the partials are verified (in a batch, falling back to one by one to name the
+/// bad ones), every node not asked yet is asked, and the first t valid ones are combined and
+/// checked.
 ///
 /// Only partials of the descriptor's epoch are combined. If too few nodes answer from it and
 /// some answer from a newer epoch (the cluster reshared), the client fetches the newer signed
@@ -401,37 +433,77 @@ async fn fetch_once(
     let client = http_client(opts.client.as_ref()).map_err(|e| FetchError::Combine(e.to_string()))?;
 
     let started = Instant::now();
-    let mut tasks = JoinSet::new();
     let mut urls = BTreeMap::new();
+    let mut order = Vec::new();
     for node in cluster.nodes() {
         urls.insert(node.index, node.http_url.clone());
-        let (client, body, secret) = (client.clone(), body.clone(), secret.clone());
-        let index = node.index;
-        let asked = Asked {
+        order.push(Asked {
             url: node.http_url.clone(),
-            index,
-            identity: cluster.identity(index).copied(),
+            index: node.index,
+            identity: cluster.identity(node.index).copied(),
             epoch: cluster.descriptor().epoch,
             cluster_id,
             binding,
-        };
-        let timeout = opts.timeout;
-        tasks.spawn(async move {
-            let answer = match tokio::time::timeout(timeout, ask(client, asked, body, secret)).await {
-                Ok(a) => a,
-                Err(_) => Answer::Failed(NodeOutcome::Timeout),
-            };
-            (index, answer)
         });
     }
-
     let t = usize::from(cluster.threshold());
+    let first = match opts.spread {
+        Spread::All => order.len(),
+        Spread::Threshold { .. } => {
+            // A random t, so that every node does its share of a cluster's fetches.
+            for i in (1..order.len()).rev() {
+                let j = usize::try_from(OsRng.next_u64() % (i as u64 + 1)).unwrap_or(0);
+                order.swap(i, j);
+            }
+            t
+        }
+    };
+    let mut to_ask = order.into_iter();
+    let mut tasks = JoinSet::new();
+    let ask_next =
+        |tasks: &mut JoinSet<(u16, Answer)>, to_ask: &mut std::vec::IntoIter<Asked>, count: usize| {
+            for asked in to_ask.by_ref().take(count) {
+                let (client, body, secret) = (client.clone(), body.clone(), secret.clone());
+                let (index, timeout) = (asked.index, opts.timeout);
+                tasks.spawn(async move {
+                    let answer = match tokio::time::timeout(timeout, ask(client, asked, body, secret)).await {
+                        Ok(a) => a,
+                        Err(_) => Answer::Failed(NodeOutcome::Timeout),
+                    };
+                    (index, answer)
+                });
+            }
+        };
+    ask_next(&mut tasks, &mut to_ask, first);
+    let hedge_at = match opts.spread {
+        Spread::Threshold { hedge } => Some(tokio::time::Instant::from_std(started + hedge)),
+        Spread::All => None,
+    };
+
     let h = id.hash();
     let mut outcomes: BTreeMap<u16, (NodeOutcome, Duration)> = BTreeMap::new();
     let mut valid: Vec<PartialKey> = Vec::new();
     let mut pending: Vec<PartialKey> = Vec::new();
     let mut combined = None;
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let hedge = async {
+            match hedge_at {
+                Some(at) if to_ask.len() > 0 => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let joined = tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(j) => j,
+                None => break,
+            },
+            () = hedge => {
+                // The first t are not all in: ask the others too.
+                let rest = to_ask.len();
+                ask_next(&mut tasks, &mut to_ask, rest);
+                continue;
+            }
+        };
         let Ok((index, answer)) = joined else { continue };
         let elapsed = started.elapsed();
         match answer {
@@ -441,6 +513,7 @@ async fn fetch_once(
             }
             Answer::Failed(o) => {
                 outcomes.insert(index, (o, elapsed));
+                ask_next(&mut tasks, &mut to_ask, 1);
             }
         }
         if valid.len() + pending.len() >= t {
@@ -448,7 +521,7 @@ async fn fetch_once(
             // settle the fetch; only when that fails is each partial verified, which names every
             // bad one (docs/decisions.md 32).
             let first: Vec<PartialKey> = valid.iter().chain(&pending).take(t).copied().collect();
-            if let Ok(key) = combine(cluster.keys(), &id, &first) {
+            if let Ok(key) = combine_prepared(cluster.keys(), cluster.prepared_mpk(), &id, &h, &first) {
                 combined = Some(key);
                 valid.append(&mut pending);
                 tasks.abort_all();
@@ -459,6 +532,9 @@ async fn fetch_once(
                 tasks.abort_all();
                 break;
             }
+            // Some partial was bad: ask everyone not asked yet.
+            let rest = to_ask.len();
+            ask_next(&mut tasks, &mut to_ask, rest);
         }
     }
     // Partials that arrived but were never needed in a batch (fewer than t in all): check

@@ -130,10 +130,31 @@ pub fn partial_key_for_hash(share: &BlsKeyShare, h: &G1Projective) -> PartialKey
 
 /// `e(a, G2) == e(h, b)`, as `e(a, -G2)·e(h, b) == 1` with one multi-Miller loop.
 pub(crate) fn pairing_eq(a: &G1Affine, h: &G1Affine, b: &G2Affine) -> bool {
-    let neg_g2 = G2Prepared::from(-G2Affine::generator());
-    let b = G2Prepared::from(*b);
-    let r = Bls12::multi_miller_loop(&[(a, &neg_g2), (h, &b)]).final_exponentiation();
+    pairing_eq_prepared(a, h, &G2Prepared::from(*b))
+}
+
+/// `e(a, G2) == e(h, b)` with `b` already prepared (its Miller-loop lines computed).
+fn pairing_eq_prepared(a: &G1Affine, h: &G1Affine, b: &G2Prepared) -> bool {
+    static NEG_G2: std::sync::OnceLock<G2Prepared> = std::sync::OnceLock::new();
+    let neg_g2 = NEG_G2.get_or_init(|| G2Prepared::from(-G2Affine::generator()));
+    let r = Bls12::multi_miller_loop(&[(a, neg_g2), (h, b)]).final_exponentiation();
     bool::from(r.is_identity())
+}
+
+/// A cluster's `MPK` prepared for the pairing that checks a combined key: a client that fetches
+/// many keys of one cluster computes the Miller-loop lines of `MPK` once, not at every fetch.
+#[derive(Clone, Debug)]
+pub struct PreparedMpk {
+    mpk: G2Affine,
+    lines: G2Prepared,
+}
+
+impl PreparedMpk {
+    /// Prepares `keys`' master public key.
+    pub fn new(keys: &BlsPublicKeys) -> Self {
+        let mpk = keys.public_key().to_affine();
+        PreparedMpk { mpk, lines: G2Prepared::from(mpk) }
+    }
 }
 
 /// Checks one partial: `e(σ_i, G2) == e(H(id), VK_i)`.
@@ -211,6 +232,18 @@ pub fn verify_partials(
 /// The partials should have been verified (see [`verify_partials`]); if they were not and one is
 /// wrong, the final check fails with [`ThresholdError::CombinedKeyInvalid`].
 pub fn combine(keys: &BlsPublicKeys, id: &KeyId, partials: &[PartialKey]) -> Result<AppKey, ThresholdError> {
+    combine_prepared(keys, &PreparedMpk::new(keys), id, &id.hash(), partials)
+}
+
+/// [`combine`] with `MPK` prepared ([`PreparedMpk::new`] of the same `keys`) and `h = H(id)`
+/// already hashed ([`KeyId::hash`]), for a client that needs `H(id)` anyway.
+pub fn combine_prepared(
+    keys: &BlsPublicKeys,
+    mpk: &PreparedMpk,
+    id: &KeyId,
+    h: &G1Projective,
+    partials: &[PartialKey],
+) -> Result<AppKey, ThresholdError> {
     let t = usize::from(keys.threshold());
     let mut seen = BTreeSet::new();
     let chosen: Vec<&PartialKey> = partials.iter().filter(|p| seen.insert(p.index)).take(t).collect();
@@ -219,8 +252,8 @@ pub fn combine(keys: &BlsPublicKeys, id: &KeyId, partials: &[PartialKey]) -> Res
     }
     let owned: Vec<PartialKey> = chosen.into_iter().copied().collect();
     let sigma = interpolate(&owned)?;
-    let h = id.hash().to_affine();
-    if !pairing_eq(&sigma, &h, &keys.public_key().to_affine()) {
+    debug_assert!(mpk.mpk == keys.public_key().to_affine(), "MPK prepared from other keys");
+    if !pairing_eq_prepared(&sigma, &h.to_affine(), &mpk.lines) {
         return Err(ThresholdError::CombinedKeyInvalid);
     }
     Ok(AppKey::from_parts(id.clone(), &sigma))

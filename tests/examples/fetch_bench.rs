@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use kms_client::fetch::Spread;
 use kms_client::provider::DevIssuer;
 use kms_client::{fetch_key, AttestationProvider, Cluster, FetchOptions, Pin};
 use kms_proto::app::{AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
@@ -47,7 +48,12 @@ fn main() {
     let pem = std::fs::read(fixtures().join("oidc/signer.pem")).unwrap();
     let provider = DevIssuer::new(&pem, "kms-test-oidc-1", AUDIENCE, &img.to_string()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let opts = FetchOptions { client: Some(reqwest::Client::new()), ..FetchOptions::default() };
+    // `--spread all`: every node at once (the client before decision 38).
+    let spread = match args.iter().position(|a| a == "--spread").and_then(|i| args.get(i + 1)) {
+        Some(s) if s == "all" => Spread::All,
+        _ => Spread::default(),
+    };
+    let opts = FetchOptions { client: Some(reqwest::Client::new()), spread, ..FetchOptions::default() };
     let label = Label::default();
 
     // The provider's own cost (RS256 signing of a token), for reference.

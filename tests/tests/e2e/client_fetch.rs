@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use kms_client::fetch::NodeOutcome;
+use kms_client::fetch::{NodeOutcome, Spread};
 use kms_client::provider::DevIssuer;
 use kms_client::{fetch_key, secrets, Cluster, FetchError, FetchOptions, Pin};
 use kms_proto::app::{AppId, AppName, ImageDigest, Label, Manifest, Policy, SignedManifest};
@@ -96,6 +96,15 @@ fn encrypt_offline_fetch_attested_decrypt_and_survive_two_failures() {
         b"DATABASE_URL=postgres://prod"
     );
 
+    // By default a healthy cluster is asked t nodes only (decision 38): here with a hedge long
+    // enough that no answer is late, three answer and two are never asked.
+    let patient =
+        FetchOptions { spread: Spread::Threshold { hedge: Duration::from_secs(60) }, ..opts.clone() };
+    let three = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &patient)).expect("fetch");
+    let count = |o: &NodeOutcome| three.report.iter().filter(|r| r.outcome == *o).count();
+    assert_eq!((count(&NodeOutcome::Valid), count(&NodeOutcome::NotNeeded)), (3, 2), "{:?}", three.report);
+    assert_eq!(*three.key.root_secret(), *fetched.key.root_secret());
+
     // The same app gets the same key every time; another app another key.
     let again = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).unwrap();
     assert_eq!(*again.key.root_secret(), *fetched.key.root_secret());
@@ -118,9 +127,17 @@ fn encrypt_offline_fetch_attested_decrypt_and_survive_two_failures() {
     let two_down =
         rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).expect("works with 2 of 5 down");
     assert_eq!(*two_down.key.root_secret(), *fetched.key.root_secret());
+    // The client asks t nodes, one more for each that fails: a node down is unreachable if it
+    // was asked, not needed if it was not; the three up answered.
     for r in &two_down.report[3..] {
-        assert!(matches!(r.outcome, NodeOutcome::Unreachable { .. }), "node {}: {}", r.index, r.outcome);
+        assert!(
+            matches!(r.outcome, NodeOutcome::Unreachable { .. } | NodeOutcome::NotNeeded),
+            "node {}: {}",
+            r.index,
+            r.outcome
+        );
     }
+    assert!(two_down.report[..3].iter().all(|r| r.outcome == NodeOutcome::Valid), "{:?}", two_down.report);
     assert_eq!(
         &*secrets::decrypt(&two_down.key, &cluster, &envelope).unwrap(),
         b"DATABASE_URL=postgres://prod"
