@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use kms_proto::api::{ProposalStatus, ReshareStatusBody, API_VERSION};
 use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::p2p::{NodeRequest, RequestBody};
-use kms_proto::reshare::{Approval, AuthorizedChange};
+use kms_proto::reshare::{Approval, AuthorizedChange, Committee};
 use kms_proto::{ErrorCode, HexBytes};
 
 use crate::api_error::ApiError;
@@ -62,6 +62,8 @@ pub struct Reshares {
     /// committee or checking the change again (each member passes every change on to every
     /// other, and at 64 members those checks took more CPU than the reshare).
     held: Mutex<(u64, Held)>,
+    /// The committee of the current epoch, decoded once (64 peer ids and identity keys).
+    committee: Mutex<Option<Committee>>,
 }
 
 /// Per session, the members whose approval a node holds.
@@ -88,6 +90,7 @@ impl Reshares {
             outbox: Mutex::new(BTreeMap::new()),
             news: tokio::sync::Notify::new(),
             held: Mutex::new((0, BTreeMap::new())),
+            committee: Mutex::new(None),
         }
     }
 
@@ -141,8 +144,12 @@ impl Reshares {
         if let Some(status) = self.nothing_new(&offered, session, membership.epoch, membership.threshold) {
             return Ok(status);
         }
-        let committee = membership.committee().map_err(ApiError::internal)?;
-        change.layout(&committee).map_err(invalid)?;
+        let committee = self.committee(&membership)?;
+        // A session already held was laid out against this committee (the session names the
+        // epoch): only its new approvals need checking.
+        if !self.is_held(session, membership.epoch) {
+            change.layout(&committee).map_err(invalid)?;
+        }
         let _guard = self.lock.lock().map_err(|_| ApiError::internal("reshare lock poisoned"))?;
         if let Some(running) = self.authorized()? {
             if running.change.from_epoch == change.from_epoch {
@@ -243,6 +250,23 @@ impl Reshares {
             approved_by: members.iter().copied().collect(),
             needed,
         })
+    }
+
+    /// The committee of `membership`'s epoch, decoded once per epoch.
+    fn committee(&self, membership: &crate::membership::Membership) -> Result<Committee, ApiError> {
+        let mut cached = self.committee.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_ref().filter(|c| c.epoch == membership.epoch) {
+            return Ok(c.clone());
+        }
+        let c = membership.committee().map_err(ApiError::internal)?;
+        *cached = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Whether approvals of `session` (of `epoch`) are held: the change was checked.
+    fn is_held(&self, session: [u8; 32], epoch: u64) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.0 == epoch && held.1.contains_key(&session)
     }
 
     /// Notes the approvals now stored for `session` (of `epoch`); `authorized`: the only
