@@ -192,10 +192,16 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
         std::fs::read(procs.nodes[1].dir.join("data/identity.key")).unwrap().try_into().unwrap();
     let signed_by_node2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let signer = signed_by_node2.clone();
+    // Last, node 2 takes requests and never answers.
+    let hangs = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hang = hangs.clone();
     rt.spawn(async move {
         let app = axum::Router::new().route(
             "/v1/keys",
             axum::routing::post(move |body: axum::body::Bytes| async move {
+                if hang.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
                 // A well-formed answer, sealed to the enclave, around a partial for another key.
                 let req: kms_proto::api::KeyRequest = decode_json(&body).unwrap();
                 let mut rng = kms_dkg::testing::seeded_rng(9);
@@ -276,6 +282,32 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
         "the liar's partial is never counted valid: {:?}",
         outcomes(&f.report)
     );
+
+    // Node 2 now hangs, the other four answer. A fetch that asked node 2 among its first three
+    // completes only because it asks the others after the hedge delay (the per-node timeout is
+    // an hour); ten fetches ask it in all likelihood (each asks it with probability 3/5).
+    procs.nodes[4].start();
+    procs.wait_ready(&[4], Duration::from_secs(30));
+    hangs.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hedged = FetchOptions {
+        timeout: Duration::from_secs(3600),
+        spread: Spread::Threshold { hedge: Duration::from_millis(200) },
+        ..FetchOptions::default()
+    };
+    for _ in 0..10 {
+        let f = rt
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(120),
+                    fetch_key(&cluster, &app, &label, &provider, &hedged),
+                )
+                .await
+            })
+            .expect("a hung node delays a fetch by the hedge, not its timeout")
+            .expect("fetch with node 2 hanging");
+        assert_eq!(&*secrets::decrypt(&f.key, &cluster, &envelope).unwrap(), b"sealed before the fetch");
+        assert_eq!(f.report[1].outcome, NodeOutcome::NotNeeded, "{:?}", outcomes(&f.report));
+    }
 }
 
 /// Runs `kms-node` with `args`; panics with its stderr unless it succeeds; returns stdout.
