@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use kms_dkg::envelope::response;
-use kms_dkg::threshold::{combine, combine_prepared, verify_partials, AppKey, KeyId, PartialKey};
+use kms_dkg::threshold::{combine_prepared, verify_partials, AppKey, KeyId, PartialKey};
 use kms_proto::api::{ErrorBody, Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{AppId, Label, SignedManifest};
 use kms_proto::codec::{decode_json, encode_json};
@@ -560,7 +560,8 @@ async fn fetch_once(
     }
     let key = match combined {
         Some(key) => key,
-        None => combine(cluster.keys(), &id, &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?,
+        None => combine_prepared(cluster.keys(), cluster.prepared_mpk(), &id, &h, &valid[..t])
+            .map_err(|e| FetchError::Combine(e.to_string()))?,
     };
     Ok(Fetched { key, report, refreshed: None, binding })
 }
