@@ -15,7 +15,7 @@ use group::{Curve, Group};
 use kms_dkg::envelope::{response, secret};
 use kms_dkg::testing::{recover_in_memory, run_dkg_in_memory, run_reshare_in_memory, trusted_dealer};
 use kms_dkg::threshold::{combine, partial_key, verify_partial, verify_partials, KeyId, PartialKey};
-use kms_dkg::{Bls12381G2, Ed25519};
+use kms_dkg::{Bls12381G2, Ed25519, Suite};
 use pairing::Engine;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -50,6 +50,15 @@ fn floor(c: &mut Criterion) {
         b.iter(|| G2Affine::from_uncompressed(black_box(&bytes)))
     });
     g.bench_function("blst G2 subgroup check", |b| b.iter(|| black_box(a2).is_torsion_free()));
+    // What a node pays per deal commitment past the constant term (decision 39).
+    g.bench_function("deal commitment decode, compressed", |b| {
+        let bytes = Bls12381G2::encode_point(&p2);
+        b.iter(|| Bls12381G2::decode_commitment_unchecked(black_box(&bytes)))
+    });
+    g.bench_function("deal commitment decode, uncompressed", |b| {
+        let bytes = Bls12381G2::encode_commitment(&p2);
+        b.iter(|| Bls12381G2::decode_commitment_unchecked(black_box(&bytes)))
+    });
     g.finish();
 }
 

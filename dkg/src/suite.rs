@@ -56,6 +56,23 @@ pub trait Suite: Clone + Copy + PartialEq + Eq + std::fmt::Debug + Send + Sync +
     /// Multi-scalar multiplication `Σ s_i·P_i`.
     fn msm(points: &[Self::Point], scalars: &[Self::Scalar]) -> Self::Point;
 
+    /// A deal commitment's wire encoding: what [`Suite::encode_point`] gives, except for
+    /// BLS12-381, whose commitments travel uncompressed (192 bytes): decoding them skips a square
+    /// root, and a ceremony decodes `n·t` of them at every node.
+    fn encode_commitment(p: &Self::Point) -> Vec<u8> {
+        Self::encode_point(p)
+    }
+    /// Decodes a deal commitment as [`Suite::decode_point_unchecked`] does, in either encoding
+    /// [`Suite::encode_commitment`] allows.
+    fn decode_commitment_unchecked(bytes: &[u8]) -> Option<Self::Point> {
+        Self::decode_point_unchecked(bytes)
+    }
+    /// Decodes a deal commitment and checks it for the prime-order subgroup (as
+    /// [`Suite::decode_point`]).
+    fn decode_commitment(bytes: &[u8]) -> Option<Self::Point> {
+        Self::decode_commitment_unchecked(bytes).filter(Self::in_subgroup)
+    }
+
     /// Overwrites a secret scalar with zero in a way the optimizer keeps.
     fn zeroize_scalar(s: &mut Self::Scalar) {
         *s = Self::Scalar::ZERO;
@@ -121,6 +138,31 @@ impl Suite for Bls12381G2 {
     fn msm(points: &[Self::Point], scalars: &[Self::Scalar]) -> Self::Point {
         blstrs::G2Projective::multi_exp(points, scalars)
     }
+
+    fn encode_commitment(p: &Self::Point) -> Vec<u8> {
+        blstrs::G2Affine::from(p).to_uncompressed().to_vec()
+    }
+
+    fn decode_commitment_unchecked(bytes: &[u8]) -> Option<Self::Point> {
+        let Ok(arr) = <&[u8; 192]>::try_from(bytes) else {
+            // The compressed form (what nodes sent before) is still read.
+            return Self::decode_point_unchecked(bytes);
+        };
+        // The uncompressed form with its compression and infinity flags clear; blst checks the
+        // coordinates against the field modulus and the curve equation, and the round trip
+        // refuses any other spelling of the same point (the sort flag, for one).
+        if arr[0] & 0xe0 != 0 {
+            return None;
+        }
+        let p: blstrs::G2Affine = Option::from(blstrs::G2Affine::from_uncompressed_unchecked(arr))?;
+        if !bool::from(p.is_on_curve())
+            || bool::from(group::prime::PrimeCurveAffine::is_identity(&p))
+            || p.to_uncompressed() != *arr
+        {
+            return None;
+        }
+        Some(blstrs::G2Projective::from(p))
+    }
 }
 
 /// Reduces 64 big-endian bytes modulo the BLS12-381 scalar order: `hi·2^256 + lo`.
@@ -151,10 +193,12 @@ impl Suite for Ed25519 {
 
     fn decode_point_unchecked(bytes: &[u8]) -> Option<Self::Point> {
         let arr: [u8; 32] = bytes.try_into().ok()?;
-        let p = curve25519_dalek::edwards::CompressedEdwardsY(arr).decompress()?;
         // Refuse non-canonical encodings and small-order points (the identity among them).
-        let canonical = p.compress().to_bytes() == arr;
-        (canonical && !p.is_small_order()).then_some(p)
+        if !ed25519_y_is_canonical(&arr) {
+            return None;
+        }
+        let p = curve25519_dalek::edwards::CompressedEdwardsY(arr).decompress()?;
+        (!p.is_small_order()).then_some(p)
     }
 
     fn in_subgroup(p: &Self::Point) -> bool {
@@ -181,6 +225,18 @@ impl Suite for Ed25519 {
         // public indices).
         curve25519_dalek::EdwardsPoint::vartime_multiscalar_mul(scalars.iter(), points.iter())
     }
+}
+
+/// Whether an Ed25519 encoding's `y` (the sign bit aside) is below `p = 2^255 − 19`.
+/// curve25519-dalek's decompression reduces `y` modulo `p`, so `y ≥ p` is a second spelling of a
+/// point; the only other one, `x = 0` with the sign bit set, has `y = ±1`: the identity or the
+/// point of order 2, both refused as small order. Checked on the bytes: re-compressing to
+/// compare costs a field inversion, as much as the decompression (a ceremony decodes `n·t`
+/// commitments at every node).
+fn ed25519_y_is_canonical(bytes: &[u8; 32]) -> bool {
+    // y ≥ p iff y ∈ [2^255 − 19, 2^255 − 1]: little-endian, byte 0 ≥ 0xed, bytes 1..=30 all
+    // 0xff, byte 31 0x7f under the sign bit.
+    !(bytes[0] >= 0xed && bytes[1..31].iter().all(|&b| b == 0xff) && bytes[31] & 0x7f == 0x7f)
 }
 
 /// SHA-512 over length-prefixed parts (for BLS: reduced by [`bls_scalar_from_wide`]).
@@ -261,6 +317,33 @@ mod tests {
         assert_eq!(Ed25519::decode_scalar(&ell), None);
     }
 
+    /// Every `y ≥ p` spelling of a point is refused (dalek would read it as `y − p`), whatever
+    /// that point is; canonical encodings of random points all read back.
+    #[test]
+    fn ed25519_refuses_y_at_or_above_p() {
+        let mut refused_points = 0;
+        for k in 0u8..19 {
+            // p + k = 2^255 − 19 + k, little-endian.
+            let mut bytes = [0xffu8; 32];
+            bytes[0] = 0xed + k;
+            bytes[31] = 0x7f;
+            for sign in [0u8, 0x80] {
+                let mut b = bytes;
+                b[31] |= sign;
+                let read = curve25519_dalek::edwards::CompressedEdwardsY(b).decompress();
+                assert_eq!(Ed25519::decode_point_unchecked(&b), None, "y = p + {k}");
+                if read.is_some_and(|p| !p.is_small_order()) {
+                    refused_points += 1;
+                }
+            }
+        }
+        assert!(refused_points > 0, "some y = p + k is a point of large order that dalek would accept");
+        for _ in 0..100 {
+            let p = curve25519_dalek::EdwardsPoint::mul_base(&curve25519_dalek::Scalar::random(&mut OsRng));
+            assert_eq!(Ed25519::decode_point_unchecked(&Ed25519::encode_point(&p)), Some(p));
+        }
+    }
+
     /// A point of the curve outside the prime-order subgroup is refused by `decode_point`, read
     /// by `decode_point_unchecked`, and `in_subgroup` says what it is.
     fn torsion_is_caught<S: Suite>(outside: &S::Point) {
@@ -285,6 +368,48 @@ mod tests {
         torsion_is_caught::<Ed25519>(&(ED25519_BASEPOINT_POINT + EIGHT_TORSION[1]));
         // Small-order points are refused even unchecked.
         assert_eq!(Ed25519::decode_point_unchecked(&Ed25519::encode_point(&EIGHT_TORSION[1])), None);
+    }
+
+    /// BLS12-381 deal commitments travel uncompressed; the compressed form is still read; every
+    /// other spelling of a point is refused, and the subgroup is checked only when asked.
+    #[test]
+    fn bls_commitments_are_uncompressed_and_strict() {
+        type B = Bls12381G2;
+        let p = blstrs::G2Projective::generator() * blstrs::Scalar::from(12345u64);
+        let enc = B::encode_commitment(&p);
+        assert_eq!(enc.len(), 192);
+        assert_eq!(B::decode_commitment(&enc), Some(p));
+        assert_eq!(B::decode_commitment_unchecked(&enc), Some(p));
+        assert_eq!(B::decode_commitment(&B::encode_point(&p)), Some(p), "compressed still read");
+        // Wrong lengths.
+        assert_eq!(B::decode_commitment(&enc[..191]), None);
+        assert_eq!(B::decode_commitment(&[enc.clone(), vec![0]].concat()), None);
+        // The compression flag on 192 bytes (blst would read the first 96 as compressed).
+        let mut flagged = enc.clone();
+        flagged[..96].copy_from_slice(&B::encode_point(&p));
+        assert_eq!(B::decode_commitment(&flagged), None, "compression flag");
+        // The sort flag, the infinity flag, and the identity itself.
+        let mut sort = enc.clone();
+        sort[0] |= 0x20;
+        assert_eq!(B::decode_commitment(&sort), None, "sort flag");
+        let mut infinity = vec![0u8; 192];
+        infinity[0] = 0x40;
+        assert_eq!(B::decode_commitment(&infinity), None, "infinity");
+        // A coordinate at or above the field modulus: all ones under the flags.
+        let mut big = enc.clone();
+        big[0] |= 0x1f;
+        big[1..48].fill(0xff);
+        assert_eq!(B::decode_commitment(&big), None, "coordinate ≥ p");
+        // Off the curve: one bit of y changed.
+        let mut off = enc.clone();
+        off[191] ^= 1;
+        assert_eq!(B::decode_commitment(&off), None, "off the curve");
+        // Outside G2: read unchecked, refused checked.
+        let outside = crate::testing::bls_point_outside_g2();
+        let bytes = B::encode_commitment(&outside);
+        assert_eq!(B::decode_commitment(&bytes), None);
+        let read = B::decode_commitment_unchecked(&bytes).expect("on the curve");
+        assert!(!B::in_subgroup(&read));
     }
 
     #[test]

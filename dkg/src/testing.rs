@@ -262,9 +262,9 @@ pub fn add_torsion(suite: kms_proto::dkg::SuiteId, commitments: &mut [Vec<u8>]) 
         }
         SuiteId::Bls12381G2 => {
             let Some(c) = commitments.get_mut(1) else { return false };
-            let Some(p) = Bls12381G2::decode_point_unchecked(c) else { return false };
+            let Some(p) = Bls12381G2::decode_commitment_unchecked(c) else { return false };
             if Bls12381G2::in_subgroup(&p) {
-                *c = Bls12381G2::encode_point(&(p + bls_point_outside_g2()));
+                *c = Bls12381G2::encode_commitment(&(p + bls_point_outside_g2()));
             }
             true
         }

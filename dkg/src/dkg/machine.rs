@@ -135,6 +135,10 @@ pub struct Dkg<S: Suite> {
     deal_faults: BTreeMap<u16, Fault>,
     /// Shares received directly (`None`: not a canonical scalar).
     shares: BTreeMap<u16, Option<S::Scalar>>,
+    /// Dealers whose direct share to this node matched their commitments when this node
+    /// responded (finalization does not check them again: a share and a deal, once taken, never
+    /// change).
+    shares_checked: BTreeSet<u16>,
     responses: BTreeMap<u16, Signed<Response>>,
     equivocated_responses: BTreeSet<u16>,
     /// accused dealer → accusers (union over every response seen).
@@ -252,6 +256,7 @@ impl<S: Suite> Dkg<S> {
             deals: BTreeMap::new(),
             deal_faults: BTreeMap::new(),
             shares: BTreeMap::new(),
+            shares_checked: BTreeSet::new(),
             responses: BTreeMap::new(),
             equivocated_responses: BTreeSet::new(),
             complaints: BTreeMap::new(),
@@ -421,10 +426,23 @@ impl<S: Suite> Dkg<S> {
         self.cfg.resharing.as_ref().and_then(|r| r.dealers.get(&participant).copied())
     }
 
-    /// The weights of the qualified dealers' contributions: 1 each in a key generation (the key
+    /// The qualified dealers (ascending) whose deals make the new key set: all of them in a key
+    /// generation (the key is the sum of their secrets); in a reshare the first `t_old` (any
+    /// `t_old` of the old shares interpolate the same key, so weighing more deals only costs:
+    /// `t` multi-scalar multiplications of `|QUAL|` points a node). Every node takes the same
+    /// ones, since every node finalizes on the same `QUAL`.
+    fn contributing<'q>(&self, qual: &'q [u16]) -> &'q [u16] {
+        match self.cfg.resharing {
+            None => qual,
+            Some(_) => &qual[..qual.len().min(usize::from(self.cfg.dealers_needed()))],
+        }
+    }
+
+    /// The weights of the contributing dealers (see [`Dkg::contributing`]): 1 each in a key generation (the key
     /// is the sum of the dealt secrets); in a reshare the Lagrange coefficients at zero over
     /// their old indices (the key is the old one, interpolated from the dealt old shares).
     fn weights(&self, qual: &[u16]) -> Option<Vec<S::Scalar>> {
+        debug_assert!(qual.len() == self.contributing(qual).len());
         if self.cfg.resharing.is_none() {
             return Some(vec![S::Scalar::ONE; qual.len()]);
         }
@@ -443,8 +461,12 @@ impl<S: Suite> Dkg<S> {
         } else {
             (Vec::new(), Vec::new())
         };
-        let deal =
-            Deal { header, commitments: commitments.iter().map(S::encode_point).collect(), pok_r, pok_z };
+        let deal = Deal {
+            header,
+            commitments: commitments.iter().map(S::encode_commitment).collect(),
+            pok_r,
+            pok_z,
+        };
         let signed = sign(&self.identity, deal);
         let mut actions = vec![Action::Broadcast(DkgMessage::new(DkgBody::Deal(signed.clone())))];
         for j in 1..=self.cfg.committee() {
@@ -677,8 +699,8 @@ impl<S: Suite> Dkg<S> {
             .iter()
             .enumerate()
             .map(|(k, c)| match (k, points) {
-                (0, _) | (_, Points::All) => S::decode_point(c),
-                _ => S::decode_point_unchecked(c),
+                (0, _) | (_, Points::All) => S::decode_commitment(c),
+                _ => S::decode_commitment_unchecked(c),
             })
             .collect::<Option<Vec<_>>>()
             .ok_or(Fault::MalformedDeal)?;
@@ -734,19 +756,20 @@ impl<S: Suite> Dkg<S> {
             // A reshare's leaving member receives nothing, so it has nothing to report.
             return vec![Action::Timer(self.deadline)];
         }
-        let complaints: Vec<u16> = self
-            .dealers()
-            .into_iter()
-            .filter(|&d| d != me && !self.deal_faults.contains_key(&d))
-            .filter(|&d| {
-                let commitments = self.deals.get(&d).and_then(|r| r.commitments.as_ref());
-                let share = self.shares.get(&d).copied().flatten();
-                match (commitments, share) {
-                    (Some(c), Some(s)) => !verify_share::<S>(c, me, &s),
-                    _ => true,
+        let mut complaints = Vec::new();
+        for d in self.dealers() {
+            if d == me || self.deal_faults.contains_key(&d) {
+                continue;
+            }
+            let commitments = self.deals.get(&d).and_then(|r| r.commitments.as_ref());
+            let share = self.shares.get(&d).copied().flatten();
+            match (commitments, share) {
+                (Some(c), Some(s)) if verify_share::<S>(c, me, &s) => {
+                    self.shares_checked.insert(d);
                 }
-            })
-            .collect();
+                _ => complaints.push(d),
+            }
+        }
         let deal_digests = self.deals.iter().map(|(d, r)| (*d, r.digest)).collect();
         let response = sign(&self.identity, Response { header: self.header(), complaints, deal_digests });
         self.record_response(response.clone());
@@ -930,12 +953,12 @@ impl<S: Suite> Dkg<S> {
                 qualified.push((d, c, None));
                 continue;
             }
-            let mine = if accusers.contains(&me) {
-                revealed.and_then(|r| r.get(&me)).copied().flatten()
+            let (mine, checked) = if accusers.contains(&me) {
+                (revealed.and_then(|r| r.get(&me)).copied().flatten(), false)
             } else {
-                self.shares.get(&d).copied().flatten()
+                (self.shares.get(&d).copied().flatten(), self.shares_checked.contains(&d))
             };
-            let Some(s) = mine.filter(|s| verify_share::<S>(&c, me, s)) else {
+            let Some(s) = mine.filter(|s| checked || verify_share::<S>(&c, me, s)) else {
                 // Cannot happen for an honest node (it complained, and the dealer answered);
                 // treat the dealer as unqualified rather than produce an unusable share.
                 self.culprits.insert(Culprit { node: d, fault: Fault::UnansweredComplaint { accuser: me } });
@@ -1018,10 +1041,12 @@ impl<S: Suite> Dkg<S> {
     /// remain.
     fn combine(&mut self, qualified: &mut Vec<Qualified<S>>) -> Option<(PublicKeySet<S>, S::Scalar)> {
         let needed = usize::from(self.cfg.dealers_needed());
+        qualified.sort_by_key(|(d, _, _)| *d);
         let combined = loop {
             let dealers: Vec<u16> = qualified.iter().map(|(d, _, _)| *d).collect();
-            let Some(weights) = self.weights(&dealers) else { break None };
-            let commitments = self.combined_commitments(qualified, &weights);
+            let used = self.contributing(&dealers);
+            let Some(weights) = self.weights(used) else { break None };
+            let commitments = self.combined_commitments(&qualified[..used.len()], &weights);
             if commitments.iter().all(S::in_subgroup) {
                 break Some((commitments, weights));
             }
@@ -1034,6 +1059,7 @@ impl<S: Suite> Dkg<S> {
             return None;
         };
         let mut secret = S::Scalar::ZERO;
+        // `weights` covers the contributing dealers, the first ones of `qualified`.
         for ((_, _, s), w) in qualified.iter().zip(&weights) {
             if let Some(s) = s {
                 secret += *s * w;
@@ -1265,10 +1291,13 @@ impl<S: Suite> Dkg<S> {
         if !self.cfg.receives(me) {
             return self.complete_adopted(adoption, None, public, false);
         }
-        let Some(weights) = self.weights(&adoption.qual) else { return Vec::new() };
+        let mut qual = adoption.qual.clone();
+        qual.sort_unstable();
+        let used = self.contributing(&qual);
+        let Some(weights) = self.weights(used) else { return Vec::new() };
         let mut secret = S::Scalar::ZERO;
         let mut complete = true;
-        for (d, w) in adoption.qual.iter().zip(&weights) {
+        for (d, w) in used.iter().zip(&weights) {
             let revealed = self.revealed.get(d).and_then(|r| r.get(&me)).copied().flatten();
             match revealed.or_else(|| self.shares.get(d).copied().flatten()) {
                 Some(s) => secret += s * w,

@@ -261,8 +261,8 @@ fn bls_points_outside_g2_disqualify_the_dealer() {
     fn constant_term(deal: &mut Deal) -> bool {
         // Idempotent, like `add_torsion`: a relayed copy is already outside G2.
         let c = &mut deal.commitments;
-        if let Some(p) = Bls12381G2::decode_point(&c[0]) {
-            c[0] = Bls12381G2::encode_point(&(p + kms_dkg::testing::bls_point_outside_g2()));
+        if let Some(p) = Bls12381G2::decode_commitment(&c[0]) {
+            c[0] = Bls12381G2::encode_commitment(&(p + kms_dkg::testing::bls_point_outside_g2()));
         }
         true
     }

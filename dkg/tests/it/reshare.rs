@@ -429,3 +429,52 @@ fn a_deal_from_a_node_that_does_not_deal_is_ignored() {
     let err = dkg.handle_message(6, deal, Default::default()).expect_err("ignored");
     assert!(matches!(err, kms_dkg::dkg::Ignored::NotExpected(_)), "{err:?}");
 }
+
+/// A reshare's new key set comes from exactly the first `t_old` qualified deals (by dealer
+/// index), weighted by their Lagrange coefficients: any `t_old` interpolate the old key, and
+/// weighing more only costs. Checked against the deals seen on the wire, independently of the
+/// machine: with all five old members qualified (t_old = 3), every new verification key is that
+/// of dealers 1, 2 and 3's combination, and differs from dealers 3, 4 and 5's.
+#[test]
+fn a_reshare_combines_the_first_t_old_qualified_deals() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    type S = Bls12381G2;
+    let (secret, old) = old_key::<S>(3, 5, 21);
+    let seats = seats_5_to_7();
+    let deals: Rc<RefCell<BTreeMap<u16, Vec<Vec<u8>>>>> = Rc::default();
+    let seen = Rc::clone(&deals);
+    let tamper = Box::new(move |env: &Envelope| {
+        if let DkgBody::Deal(d) = &env.message.body {
+            seen.borrow_mut().insert(d.payload.header.sender, d.payload.commitments.clone());
+        }
+        None
+    });
+    let mut net = Net::reshare(&old, &seats, 4, 22, BTreeSet::new(), Some(tamper));
+    net.run();
+    assert_reshared(&net, &seats, 4, &secret, &old);
+    let outs = net.completed(&[1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(outs[0].qual, BTreeSet::from([1, 2, 3, 4, 5]), "every old member qualified");
+    let deals = deals.borrow();
+    // Old indices are the dealers' own (members 1..=5 stay in their seats).
+    let combination = |dealers: &[u16]| -> Vec<<S as Suite>::Point> {
+        let lambdas = kms_dkg::poly::lagrange_at_zero::<<S as Suite>::Scalar>(dealers).expect("distinct");
+        (0..4)
+            .map(|k| {
+                dealers.iter().zip(&lambdas).fold(<S as Suite>::Point::identity(), |acc, (d, l)| {
+                    let c = S::decode_commitment(&deals[d][k]).expect("valid commitment");
+                    acc + c * l
+                })
+            })
+            .collect()
+    };
+    let first = combination(&[1, 2, 3]);
+    let last = combination(&[3, 4, 5]);
+    assert_eq!(first[0], last[0], "both interpolate the old key");
+    let public = outs[0].share.public();
+    for i in 1..=7u16 {
+        let vk = public.verification_key(i).expect("vk");
+        assert_eq!(*vk, kms_dkg::poly::eval_commitments::<S>(&first, i), "vk {i}: the first t_old deals");
+        assert_ne!(*vk, kms_dkg::poly::eval_commitments::<S>(&last, i), "vk {i}");
+    }
+}

@@ -234,7 +234,8 @@ fn generate_reshare_case(seed: u64) -> Value {
             p
         })
         .collect();
-    let lambdas: Vec<Scalar> = lagrange_at_zero(&[1, 2, 3, 4, 5]).expect("distinct");
+    // The new key set is made from the first t_old = 3 qualified dealers (all five qualify).
+    let lambdas: Vec<Scalar> = lagrange_at_zero(&[1, 2, 3]).expect("distinct");
     let new: Vec<Scalar> = (1..=7u64).map(|j| reshare_share(&polys, &lambdas, j)).collect();
     let mut case = json!({
         "old_threshold": 3, "old_n": 5, "threshold": 4, "n": 7,
@@ -254,6 +255,7 @@ fn generate_reshare_case(seed: u64) -> Value {
 /// `ChaCha20Rng::seed_from_u64(RESHARE_SEED * 1000 + i)`).
 const RESHARE_SEED: u64 = 31;
 
+/// `Σᵢ λᵢ fᵢ(j)` over the first `lambdas.len()` dealers.
 fn reshare_share(polys: &[Vec<Scalar>], lambdas: &[Scalar], j: u64) -> Scalar {
     let x = Scalar::from(j);
     polys.iter().zip(lambdas).map(|(p, l)| *l * p.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c)).sum()
@@ -311,7 +313,8 @@ fn reshare_vectors() {
             assert_eq!(p.len(), 4, "degree t' - 1");
             assert_eq!(&p[0], si, "each dealer deals its own old share");
         }
-        let lambdas: Vec<Scalar> = lagrange_at_zero(&[1, 2, 3, 4, 5]).expect("distinct");
+        // Dealers 1, 2 and 3 (the first t_old of QUAL = {1..5}) make the new shares.
+        let lambdas: Vec<Scalar> = lagrange_at_zero(&[1, 2, 3]).expect("distinct");
         let entries = c["new_shares"].as_array().expect("new");
         let new: Vec<Scalar> = entries.iter().map(|x| scalar(&x["secret"])).collect();
         for (j, (sj, entry)) in new.iter().zip(entries).enumerate() {
