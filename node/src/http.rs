@@ -372,7 +372,7 @@ async fn reshare_offer(
     let r = async {
         let (bytes, _permit) = admit_body(&s, peer, body).await?;
         let offered: kms_proto::reshare::AuthorizedChange = decode_json(&bytes).map_err(decode_error)?;
-        let status = s.reshares.offer(offered)?;
+        let status = s.reshares.offer(offered, true)?;
         Ok(json(StatusCode::OK, &status))
     }
     .await;

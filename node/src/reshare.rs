@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use kms_proto::api::{ProposalStatus, ReshareStatusBody, API_VERSION};
 use kms_proto::codec::{decode_json, encode_json};
 use kms_proto::p2p::{NodeRequest, RequestBody};
-use kms_proto::reshare::{Approval, AuthorizedChange, Committee};
+use kms_proto::reshare::{Approval, AuthorizedChange, Committee, RosterChange};
 use kms_proto::{ErrorCode, HexBytes};
 
 use crate::api_error::ApiError;
@@ -130,7 +130,11 @@ impl Reshares {
     /// checks the change against the current committee and every approval, merges the valid
     /// approvals with those held, stores them, passes new ones on, and authorizes the change
     /// once `t` current members approved it.
-    pub fn offer(&self, offered: AuthorizedChange) -> Result<ProposalStatus, ApiError> {
+    ///
+    /// `from_operator`: the change was posted to this node (its answer promises the approvals
+    /// are kept, so they are flushed before it); from a peer, approvals that do not authorize
+    /// yet are stored without waiting for the disk (the peers that passed them on hold them).
+    pub fn offer(&self, offered: AuthorizedChange, from_operator: bool) -> Result<ProposalStatus, ApiError> {
         if let DkgStatus::Ceremony(Status::Retired { epoch }) = self.shared.status() {
             return Err(ApiError::new(
                 ErrorCode::ReshareConflict,
@@ -140,7 +144,7 @@ impl Reshares {
         let membership = self.shared.membership();
         let change = &offered.change;
         let bytes = change.signing_bytes();
-        let session = change.session();
+        let session = RosterChange::session_of(&bytes);
         if let Some(status) = self.nothing_new(&offered, session, membership.epoch, membership.threshold) {
             return Ok(status);
         }
@@ -195,8 +199,9 @@ impl Reshares {
         if merged.approvals.len() >= usize::from(committee.threshold) {
             // Stored before anything acts on it: after a crash the node resumes this reshare.
             self.store.put_doc(AUTHORIZED, &doc).map_err(ApiError::internal)?;
+            // Proposals of the epoch are moot once a change is authorized (durably, above).
             for (stale, _) in self.store.docs(PROPOSAL).map_err(ApiError::internal)? {
-                self.store.remove_doc(&stale).map_err(ApiError::internal)?;
+                self.store.remove_doc_unflushed(&stale).map_err(ApiError::internal)?;
             }
             // Other sessions of this epoch now conflict: only this one is answered from memory.
             self.remember(change.from_epoch, session, &merged, true);
@@ -209,7 +214,11 @@ impl Reshares {
             );
             let _ = self.start.send(merged);
         } else {
-            self.store.put_doc(&name, &doc).map_err(ApiError::internal)?;
+            if from_operator {
+                self.store.put_doc(&name, &doc).map_err(ApiError::internal)?;
+            } else {
+                self.store.put_doc_unflushed(&name, &doc).map_err(ApiError::internal)?;
+            }
             self.remember(change.from_epoch, session, &merged, false);
             info!(
                 session = %hex::encode(session),
@@ -282,7 +291,7 @@ impl Reshares {
     /// Handles a change gossiped by a peer.
     pub fn on_gossip(&self, from: u16, bytes: &[u8]) -> Result<(), ApiError> {
         let offered: AuthorizedChange = decode_json(bytes).map_err(invalid)?;
-        self.offer(offered)
+        self.offer(offered, false)
             .map(|_| ())
             .inspect_err(|e| warn!(from, reason = %e, "roster change from a peer refused"))
     }

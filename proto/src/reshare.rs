@@ -191,9 +191,15 @@ impl RosterChange {
     /// message and transcript of the reshare is bound to it, so to the cluster, the epoch, the
     /// new committee, its threshold and the dealers.
     pub fn session(&self) -> [u8; 32] {
+        Self::session_of(&self.signing_bytes())
+    }
+
+    /// [`RosterChange::session`] from the change's [`RosterChange::signing_bytes`] (when the
+    /// caller holds them already: at 64 members they are ≈ 20 KB of JSON to encode).
+    pub fn session_of(signing_bytes: &[u8]) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(RESHARE_SESSION_DOMAIN);
-        h.update(self.signing_bytes());
+        h.update(signing_bytes);
         h.finalize().into()
     }
 
