@@ -4,6 +4,8 @@
 - docs/plots/ceremony-vs-n.svg: key generation and reshare (both suites, t = 2n/3 + 1) against n, from
   the simulator's cost model of this 2-core machine (`kms-simnet sim --scale N --cores 2`, time to keys
   in virtual seconds) and the CPU the simulated run took (every node's cryptography, one process).
+  Beside them, real processes on this machine (`kms-simnet up --nodes N`, then `kms-simnet reshare`):
+  wall time until all N nodes hold keys, and from the approvals until the new epoch is active on all N.
 - docs/plots/fetch-latency.svg: the distribution of end-to-end fetch latencies, five real nodes, t = 3
   (`fetch_bench --samples`).
 
@@ -12,14 +14,53 @@ Run from the repository root after `cargo build --release -p kms-simnet` and
 
     python3 scripts/plot-benchmarks.py            # measure, then plot (a few minutes)
     python3 scripts/plot-benchmarks.py --replot   # plot docs/plots/data.json again
+    python3 scripts/plot-benchmarks.py --real     # measure only the real-process runs, keep the rest
 """
 import json
 import os
 import subprocess
 import sys
+import re
+import shutil
 import tempfile
+import time
 
 SIZES = [4, 8, 16, 32, 48, 64]
+REAL_SIZES = [4, 16, 32, 48, 64]
+
+
+def measure_real():
+    """Real processes: `kms-simnet up` of n nodes (t = 2n/3 + 1), then one reshare to n new shares."""
+    rows = []
+    for n in REAL_SIZES:
+        d = tempfile.mkdtemp(prefix=f"kms-plot-{n}-")
+        up = subprocess.Popen(
+            ["target/release/kms-simnet", "up", "--nodes", str(n), "--threshold", str(2 * n // 3 + 1), "--dir", d],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        row = {"n": n}
+        try:
+            for line in up.stdout:
+                m = re.search(r"all \d+ nodes ready ([0-9.]+) s after", line)
+                if m:
+                    row["dkg_s"] = float(m.group(1))
+                if line.startswith("running;"):
+                    break
+            if "dkg_s" not in row:
+                raise SystemExit(f"n = {n}: the network did not come up")
+            time.sleep(5)  # the descriptor signing and the peers' evidence settle
+            r = subprocess.run(["target/release/kms-simnet", "reshare", "--dir", d],
+                               check=True, capture_output=True, text=True)
+            out = r.stdout + r.stderr
+            m = re.search(r"active on all \d+ members ([0-9.]+) s after the approvals", out)
+            row["reshare_s"] = float(m.group(1))
+        finally:
+            subprocess.run(["target/release/kms-simnet", "down", "--dir", d], capture_output=True)
+            up.kill()
+            up.wait()
+            shutil.rmtree(d, ignore_errors=True)
+        print("real", row, file=sys.stderr)
+        rows.append(row)
+    return rows
 OUT = "docs/plots"
 
 
@@ -40,6 +81,7 @@ def measure():
             capture_output=True,
         )
         data["fetch_ms"] = [float(x) for x in open(f.name).read().split()]
+    data["real"] = measure_real()
     return data
 
 
@@ -82,7 +124,9 @@ def nice(v):
 
 def plot(data):
     rows = data["ceremony"]
+    real = data.get("real", [])
     ymax = max(max(r["dkg"]["virtual_s"], r["reshare"]["virtual_s"], r["dkg"]["cpu_s"], r["reshare"]["cpu_s"]) for r in rows)
+    ymax = max([ymax] + [max(r["dkg_s"], r["reshare_s"]) for r in real])
     step = nice(ymax)
     ymax = step * (int(ymax / step) + 1)
     series = [
@@ -91,6 +135,11 @@ def plot(data):
         ("key generation: CPU of the run", "#1f77b4", [(r["n"], r["dkg"]["cpu_s"]) for r in rows], True),
         ("reshare: CPU of the run", "#d62728", [(r["n"], r["reshare"]["cpu_s"]) for r in rows], True),
     ]
+    if real:
+        series += [
+            ("key generation: real processes, wall", "#17becf", [(r["n"], r["dkg_s"]) for r in real], False),
+            ("reshare: real processes, wall", "#ff7f0e", [(r["n"], r["reshare_s"]) for r in real], False),
+        ]
     svg = chart("Ceremonies against n (t = 2n/3 + 1, both suites)", "nodes n", "seconds", series, 64, ymax,
                 [4, 8, 16, 32, 48, 64], list(range(0, int(ymax) + 1, step)))
     open(os.path.join(OUT, "ceremony-vs-n.svg"), "w").write(svg)
@@ -110,6 +159,10 @@ def main():
     path = os.path.join(OUT, "data.json")
     if "--replot" in sys.argv:
         data = json.load(open(path))
+    elif "--real" in sys.argv:
+        data = json.load(open(path))
+        data["real"] = measure_real()
+        json.dump(data, open(path, "w"), indent=1)
     else:
         data = measure()
         json.dump(data, open(path, "w"), indent=1)
