@@ -703,3 +703,53 @@ fn evidence_of_an_earlier_attempt_disqualifies_the_dealer_and_nothing_else_does(
         "{failure:?}"
     );
 }
+
+/// With BLS12-381 commitments sent uncompressed (192 bytes each), every ceremony message still
+/// fits the p2p limit at the largest committee: a deal of `t = MAX_NODES` commitments, evidence
+/// carrying two of them, a key set of `MAX_NODES` verification keys, a response naming every
+/// dealer and a justification revealing a share for every member.
+#[test]
+fn ceremony_messages_fit_the_p2p_limit_at_max_nodes() {
+    use kms_proto::dkg::{Evidence, Header, Justification, KeySet, Response, Signed, SuiteId};
+    let n = kms_dkg::dkg::MAX_NODES;
+    let header = Header { session: [7; 32], attempt: u64::MAX, suite: SuiteId::Bls12381G2, sender: n };
+    let point = <<Bls12381G2 as Suite>::Point as group::Group>::generator();
+    let commitment = Bls12381G2::encode_commitment(&point);
+    assert_eq!(commitment.len(), 192);
+    let deal = Signed {
+        payload: Deal {
+            header,
+            commitments: vec![commitment; usize::from(n)],
+            pok_r: Bls12381G2::encode_point(&point),
+            pok_z: vec![0; 32],
+        },
+        signature: vec![0; 64],
+    };
+    let bodies = [
+        DkgBody::Deal(deal.clone()),
+        DkgBody::Evidence(Evidence { header, dealer: n, deals: vec![deal.clone(), deal] }),
+        DkgBody::KeySet(KeySet {
+            header,
+            qual: (1..=n).collect(),
+            deal_digests: (1..=n).map(|d| (d, [0; 32])).collect(),
+            public_key: Bls12381G2::encode_point(&point),
+            verification_keys: vec![Bls12381G2::encode_point(&point); usize::from(n)],
+        }),
+        DkgBody::Response(Signed {
+            payload: Response {
+                header,
+                complaints: (1..=n).collect(),
+                deal_digests: (1..=n).map(|d| (d, [0; 32])).collect(),
+            },
+            signature: vec![0; 64],
+        }),
+        DkgBody::Justification(Signed {
+            payload: Justification { header, revealed: (1..=n).map(|j| (j, vec![0; 32])).collect() },
+            signature: vec![0; 64],
+        }),
+    ];
+    for body in bodies {
+        let bytes = kms_proto::codec::encode_p2p(&DkgMessage::new(body));
+        assert!(bytes.len() <= kms_proto::codec::MAX_P2P_MESSAGE, "{} bytes", bytes.len());
+    }
+}
