@@ -349,6 +349,26 @@ fn replayed_requests_are_refused_and_refusals_do_not_burn_nonces() {
     assert!(f2.send(&r).is_ok());
 }
 
+/// A client key the answer cannot be sealed to (here the all-zero X25519 point, of low order:
+/// every shared secret with it is zero) is refused, and the refusal does not burn the nonce: the
+/// same nonce with a good key is then served.
+#[test]
+fn a_low_order_client_key_is_refused_without_using_the_nonce() {
+    let f = fixture(true);
+    let mut r = f.request();
+    let good = r.req.client_public_key;
+    let rebind = |r: &mut Request| {
+        r.binding = r.req.binding();
+        r.req.evidence = Evidence::ConfidentialSpace { token: mint(&claims(&r.binding, &f.image, now())) };
+    };
+    r.req.client_public_key = HexBytes([0; 32]);
+    rebind(&mut r);
+    refused(f.send(&r), ErrorCode::MalformedRequest, "client public key");
+    r.req.client_public_key = good;
+    rebind(&mut r);
+    assert!(f.send(&r).is_ok(), "the nonce is still unused");
+}
+
 #[test]
 fn errors_never_echo_the_token() {
     let f = fixture(true);
