@@ -139,6 +139,31 @@ async fn write_with_retries(
     }
 }
 
+/// The most bytes of DKG messages put in one [`RequestBody::DkgBatch`]: half the p2p limit,
+/// so the request with its framing always fits.
+const BATCH_BYTES: usize = kms_proto::codec::MAX_P2P_MESSAGE / 2;
+
+/// `messages` in order, cut into runs of at most [`BATCH_BYTES`] encoded (a message larger than
+/// that goes alone).
+fn batches(messages: Vec<DkgMessage>) -> Vec<Vec<DkgMessage>> {
+    let mut out: Vec<Vec<DkgMessage>> = Vec::new();
+    let mut bytes = 0;
+    for m in messages {
+        let len = kms_proto::codec::encode_p2p(&m).len();
+        match out.last_mut() {
+            Some(last) if bytes + len <= BATCH_BYTES => {
+                bytes += len;
+                last.push(m);
+            }
+            _ => {
+                bytes = len;
+                out.push(vec![m]);
+            }
+        }
+    }
+    out
+}
+
 /// Carries out one write; activated keys are installed once they are durable, and a reshare's
 /// new committee replaces the old one once this node's part in it is durable.
 fn write(
@@ -272,6 +297,21 @@ pub async fn run(
                         let began = Instant::now();
                         let answer = driver.on_dkg(peer, m).await;
                         load.messages += 1;
+                        load.busy += began.elapsed();
+                        let _ = reply.send(NodeResponse::new(answer));
+                    }
+                    RequestBody::DkgBatch(ms) => {
+                        // Each taken in order; the batch is acknowledged only if every one is,
+                        // and sent again (all of it) if any one may be taken later.
+                        let began = Instant::now();
+                        let mut answer = ResponseBody::Ack;
+                        for m in ms {
+                            let a = driver.on_dkg(peer, m).await;
+                            load.messages += 1;
+                            if a == ResponseBody::Unavailable || answer == ResponseBody::Ack {
+                                answer = a;
+                            }
+                        }
                         load.busy += began.elapsed();
                         let _ = reply.send(NodeResponse::new(answer));
                     }
@@ -648,9 +688,7 @@ impl Driver {
             if let Some(below) = ready.cancel_below {
                 self.p2p.cancel_below(below);
             }
-            for o in ready.messages {
-                self.send(o);
-            }
+            self.send_all(ready.messages);
             for e in ready.events {
                 self.log(e);
             }
@@ -706,15 +744,30 @@ impl Driver {
         self.shared.set_status(DkgStatus::Stopped { reason });
     }
 
-    fn send(&self, o: Outgoing) {
-        let Outgoing { to, message, generation } = o;
-        #[cfg(all(feature = "test-faults", debug_assertions))]
-        let mut message = message;
-        #[cfg(all(feature = "test-faults", debug_assertions))]
-        if !crate::faults::outgoing(self.me(), to, &mut message) {
-            return;
+    /// Sends what one step of the ceremonies produced: the messages for one peer (of one
+    /// generation) go as one request, in order, split only to stay under the p2p size limit. At
+    /// 64 members a deal round was four requests to each peer (both suites' deal and share), each
+    /// its own libp2p stream: as much CPU as the ceremony's own work.
+    fn send_all(&self, messages: Vec<Outgoing>) {
+        let mut by_peer: BTreeMap<(u16, u64), Vec<DkgMessage>> = BTreeMap::new();
+        for Outgoing { to, message, generation } in messages {
+            #[cfg(all(feature = "test-faults", debug_assertions))]
+            let mut message = message;
+            #[cfg(all(feature = "test-faults", debug_assertions))]
+            if !crate::faults::outgoing(self.me(), to, &mut message) {
+                continue;
+            }
+            by_peer.entry((to, generation)).or_default().push(message);
         }
-        self.p2p.send_reliable(to, NodeRequest::new(RequestBody::Dkg(message)), generation);
+        for ((to, generation), messages) in by_peer {
+            for mut batch in batches(messages) {
+                let body = match batch.len() {
+                    1 => RequestBody::Dkg(batch.remove(0)),
+                    _ => RequestBody::DkgBatch(batch),
+                };
+                self.p2p.send_reliable(to, NodeRequest::new(body), generation);
+            }
+        }
     }
 
     /// This node's index in the engine's roster (for test fault injection).
@@ -793,6 +846,31 @@ fn culprit_summary(culprits: &[kms_dkg::dkg::Culprit]) -> String {
 #[cfg(test)]
 mod tests {
     use kms_dkg::dkg::{Culprit, Fault};
+
+    /// One step's messages for a peer go in as few requests as the size limit allows, in order;
+    /// a message over the batch size goes alone.
+    #[test]
+    fn batches_keep_order_and_stay_under_the_limit() {
+        use kms_proto::dkg::{DkgBody, DkgMessage, Header, ShareMsg, SuiteId};
+        let header = Header { session: [1; 32], attempt: 1, suite: SuiteId::Bls12381G2, sender: 2 };
+        let msg = |recipient: u16, len: usize| {
+            DkgMessage::new(DkgBody::Share(ShareMsg { header, recipient, share: vec![7; len] }))
+        };
+        let len = |m: &DkgMessage| kms_proto::codec::encode_p2p(m).len();
+        // Small ones: one batch.
+        let small: Vec<DkgMessage> = (1..=4).map(|r| msg(r, 32)).collect();
+        assert_eq!(super::batches(small.clone()), vec![small]);
+        // Five of a third of the limit each: cut into runs under it, in order.
+        let big: Vec<DkgMessage> = (1..=5).map(|r| msg(r, super::BATCH_BYTES / 3)).collect();
+        let runs = super::batches(big.clone());
+        assert!(runs.len() > 1);
+        assert!(runs.iter().all(|b| b.iter().map(len).sum::<usize>() <= super::BATCH_BYTES));
+        assert_eq!(runs.concat(), big, "order kept");
+        // One over the batch size: alone.
+        let huge = msg(9, super::BATCH_BYTES + 1);
+        let runs = super::batches(vec![msg(1, 32), huge.clone(), msg(2, 32)]);
+        assert_eq!(runs, vec![vec![msg(1, 32)], vec![huge], vec![msg(2, 32)]]);
+    }
 
     #[test]
     fn a_culprit_summary_is_bounded() {

@@ -500,7 +500,7 @@ fn settle(old: Verdict, new: Verdict) -> Verdict {
 
 /// The messages the gate applies to: key generation and reshares.
 pub fn gated(body: &RequestBody) -> bool {
-    matches!(body, RequestBody::Dkg(_) | RequestBody::Reshare(_))
+    matches!(body, RequestBody::Dkg(_) | RequestBody::DkgBatch(_) | RequestBody::Reshare(_))
 }
 
 #[cfg(test)]
@@ -565,6 +565,7 @@ mod tests {
     #[test]
     fn reshare_messages_are_gated_and_the_evidence_request_never_is() {
         assert!(gated(&RequestBody::Reshare(Vec::new())));
+        assert!(gated(&RequestBody::DkgBatch(Vec::new())));
         assert!(!gated(&RequestBody::Evidence));
         assert!(!gated(&RequestBody::Manifest(Vec::new())));
         assert!(!gated(&RequestBody::FrostCommit { epoch: 1, digest: [0; 32] }));

@@ -56,6 +56,12 @@ pub enum RequestBody {
     /// with the reason it has none. Never gated: a node that requires its peers' evidence asks
     /// with this before it exchanges DKG and reshare messages with them.
     Evidence,
+    /// Several DKG messages for one node, taken in order (what one step of the sender's
+    /// ceremonies had for it: both suites' deals and shares, say); answered like [`RequestBody::Dkg`]:
+    /// `Ack` once every one is taken; `Unavailable` if any one may be taken later (the sender
+    /// then sends the whole batch again; a message taken twice is a duplicate, ignored); else
+    /// the first other answer.
+    DkgBatch(Vec<DkgMessage>),
 }
 
 /// A node's answer.
