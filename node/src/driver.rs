@@ -143,15 +143,28 @@ async fn write_with_retries(
 /// so the request with its framing always fits.
 const BATCH_BYTES: usize = kms_proto::codec::MAX_P2P_MESSAGE / 2;
 
-/// `messages` in order, cut into runs of at most [`BATCH_BYTES`] encoded (a message larger than
-/// that goes alone).
+/// The most messages in one [`RequestBody::DkgBatch`]; a node refuses a batch with more (a peer
+/// could otherwise pack tens of thousands of tiny messages into one request and hold the ceremony
+/// driver on them).
+const BATCH_MESSAGES: usize = 1024;
+
+/// The answer to a [`RequestBody::DkgBatch`] of `len` messages that is not taken at all: one
+/// over [`BATCH_MESSAGES`] is refused (a peer that keeps sending it is not served).
+fn batch_refusal(len: usize) -> Option<ResponseBody> {
+    (len > BATCH_MESSAGES).then(|| {
+        ResponseBody::Refused(format!("a DKG batch holds at most {BATCH_MESSAGES} messages, not {len}"))
+    })
+}
+
+/// `messages` in order, cut into runs of at most [`BATCH_BYTES`] encoded and
+/// [`BATCH_MESSAGES`] messages (a message larger than that goes alone).
 fn batches(messages: Vec<DkgMessage>) -> Vec<Vec<DkgMessage>> {
     let mut out: Vec<Vec<DkgMessage>> = Vec::new();
     let mut bytes = 0;
     for m in messages {
         let len = kms_proto::codec::encode_p2p(&m).len();
         match out.last_mut() {
-            Some(last) if bytes + len <= BATCH_BYTES => {
+            Some(last) if bytes + len <= BATCH_BYTES && last.len() < BATCH_MESSAGES => {
                 bytes += len;
                 last.push(m);
             }
@@ -301,6 +314,11 @@ pub async fn run(
                         let _ = reply.send(NodeResponse::new(answer));
                     }
                     RequestBody::DkgBatch(ms) => {
+                        if let Some(refusal) = batch_refusal(ms.len()) {
+                            warn!(peer = %peer, messages = ms.len(), "a DKG batch over the limit refused");
+                            let _ = reply.send(NodeResponse::new(refusal));
+                            continue;
+                        }
                         // Each taken in order; the batch is acknowledged only if every one is,
                         // and sent again (all of it) if any one may be taken later.
                         let began = Instant::now();
@@ -870,6 +888,17 @@ mod tests {
         let huge = msg(9, super::BATCH_BYTES + 1);
         let runs = super::batches(vec![msg(1, 32), huge.clone(), msg(2, 32)]);
         assert_eq!(runs, vec![vec![msg(1, 32)], vec![huge], vec![msg(2, 32)]]);
+        // Many tiny ones: at most the count a receiver takes in one batch.
+        let many: Vec<DkgMessage> = (0..2500).map(|r| msg(r, 0)).collect();
+        let runs = super::batches(many.clone());
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), vec![1024, 1024, 452]);
+        assert_eq!(runs.concat(), many);
+        // What a sender makes, a receiver takes; one more message is refused, with the reason.
+        assert_eq!(super::batch_refusal(1024), None);
+        let Some(kms_proto::p2p::ResponseBody::Refused(why)) = super::batch_refusal(1025) else {
+            panic!("a batch of 1025 messages must be refused")
+        };
+        assert!(why.contains("at most 1024 messages, not 1025"), "{why}");
     }
 
     #[test]
