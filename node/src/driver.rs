@@ -305,39 +305,33 @@ pub async fn run(
                         continue;
                     }
                 }
-                match request.body {
-                    RequestBody::Dkg(m) => {
-                        let began = Instant::now();
-                        let answer = driver.on_dkg(peer, m).await;
-                        load.messages += 1;
-                        load.busy += began.elapsed();
-                        let _ = reply.send(NodeResponse::new(answer));
-                    }
-                    RequestBody::DkgBatch(ms) => {
-                        if let Some(refusal) = batch_refusal(ms.len()) {
-                            warn!(peer = %peer, messages = ms.len(), "a DKG batch over the limit refused");
-                            let _ = reply.send(NodeResponse::new(refusal));
-                            continue;
-                        }
-                        // Each taken in order; the batch is acknowledged only if every one is,
-                        // and sent again (all of it) if any one may be taken later.
-                        let began = Instant::now();
-                        let mut answer = ResponseBody::Ack;
-                        for m in ms {
-                            let a = driver.on_dkg(peer, m).await;
-                            load.messages += 1;
-                            if a == ResponseBody::Unavailable || answer == ResponseBody::Ack {
-                                answer = a;
-                            }
-                        }
-                        load.busy += began.elapsed();
-                        let _ = reply.send(NodeResponse::new(answer));
-                    }
+                // A lone message is a batch of one: each taken in order; acknowledged only if
+                // every one is, and sent again (all of it) if any one may be taken later.
+                let messages = match request.body {
+                    RequestBody::Dkg(m) => vec![m],
+                    RequestBody::DkgBatch(ms) => ms,
                     body => {
                         let fut = other(from, body);
                         tokio::spawn(async move { let _ = reply.send(fut.await); });
+                        continue;
+                    }
+                };
+                if let Some(refusal) = batch_refusal(messages.len()) {
+                    warn!(peer = %peer, messages = messages.len(), "a DKG batch over the limit refused");
+                    let _ = reply.send(NodeResponse::new(refusal));
+                    continue;
+                }
+                let began = Instant::now();
+                let mut answer = ResponseBody::Ack;
+                for m in messages {
+                    let a = driver.on_dkg(peer, m).await;
+                    load.messages += 1;
+                    if a == ResponseBody::Unavailable || answer == ResponseBody::Ack {
+                        answer = a;
                     }
                 }
+                load.busy += began.elapsed();
+                let _ = reply.send(NodeResponse::new(answer));
             }
             change = changes.recv() => {
                 let Some(change) = change else { return };
