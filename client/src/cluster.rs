@@ -49,8 +49,9 @@ pub struct Cluster {
     descriptor: ClusterDescriptor,
     signature: kms_proto::HexBytes<64>,
     keys: BlsPublicKeys,
-    /// `MPK` prepared for the pairing that checks each fetched key.
-    mpk: PreparedMpk,
+    /// `MPK` prepared for the pairing that checks each fetched key (shared with the thread that
+    /// prepares a fetch's check).
+    mpk: std::sync::Arc<PreparedMpk>,
     /// Each node's identity key (from its peer id), which signs its key responses; decoded once.
     identities: BTreeMap<u16, ed25519_dalek::VerifyingKey>,
 }
@@ -90,7 +91,7 @@ impl Cluster {
         let keys = PublicKeySet::new(d.threshold, mpk, vks);
         // `verify` checked that every peer id holds an Ed25519 key.
         let identities = d.nodes.iter().filter_map(|e| Some((e.index, e.identity()?))).collect();
-        let mpk = PreparedMpk::new(&keys);
+        let mpk = std::sync::Arc::new(PreparedMpk::new(&keys));
         Ok(Cluster { descriptor: d, signature, keys, mpk, identities })
     }
 
@@ -113,7 +114,7 @@ impl Cluster {
     }
 
     /// `MPK`, prepared for checking combined keys.
-    pub fn prepared_mpk(&self) -> &PreparedMpk {
+    pub fn prepared_mpk(&self) -> &std::sync::Arc<PreparedMpk> {
         &self.mpk
     }
 

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use kms_dkg::envelope::response;
-use kms_dkg::threshold::{combine_prepared, verify_partials, AppKey, KeyId, PartialKey};
+use kms_dkg::threshold::{verify_partials, AppKey, Combination, KeyCheck, KeyId, PartialKey};
 use kms_proto::api::{ErrorBody, Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{AppId, Label, SignedManifest};
 use kms_proto::codec::{decode_json, encode_json};
@@ -427,6 +427,12 @@ async fn fetch_once(
         lease: None,
     };
     let binding = request.binding();
+    // What the key's check needs before any partial (`H(id)`, its Miller loop with `MPK`) is
+    // computed while the evidence is obtained (docs/decisions.md 41).
+    let prepare = {
+        let (mpk, id) = (cluster.prepared_mpk().clone(), id.clone());
+        tokio::task::spawn_blocking(move || KeyCheck::new(&mpk, id))
+    };
     request.evidence = provider.evidence(&binding).await?;
     request.lease = opts.lease.as_ref().map(|l| l.proof(&binding));
     let body = encode_json(&request);
@@ -474,13 +480,25 @@ async fn fetch_once(
                 });
             }
         };
+    // With t nodes asked, the set to combine is known: each partial's Lagrange term is added as
+    // it arrives, and only the last one's is left once all are in.
+    let mut combination = match opts.spread {
+        Spread::Threshold { .. } => {
+            Combination::new(&to_ask.as_slice().iter().take(first).map(|a| a.index).collect::<Vec<_>>())
+        }
+        Spread::All => None,
+    };
     ask_next(&mut tasks, &mut to_ask, first);
+    let check = match prepare.await {
+        Ok(check) => check,
+        Err(_) => KeyCheck::new(cluster.prepared_mpk(), id.clone()),
+    };
     let hedge_at = match opts.spread {
         Spread::Threshold { hedge } => Some(tokio::time::Instant::from_std(started + hedge)),
         Spread::All => None,
     };
 
-    let h = id.hash();
+    let h = *check.h();
     let mut outcomes: BTreeMap<u16, (NodeOutcome, Duration)> = BTreeMap::new();
     let mut valid: Vec<PartialKey> = Vec::new();
     let mut pending: Vec<PartialKey> = Vec::new();
@@ -508,6 +526,9 @@ async fn fetch_once(
         let elapsed = started.elapsed();
         match answer {
             Answer::Partial(p) => {
+                if let Some(c) = combination.as_mut() {
+                    c.add(&p);
+                }
                 pending.push(p);
                 outcomes.insert(index, (NodeOutcome::Valid, elapsed));
             }
@@ -521,7 +542,15 @@ async fn fetch_once(
             // settle the fetch; only when that fails is each partial verified, which names every
             // bad one (docs/decisions.md 32).
             let first: Vec<PartialKey> = valid.iter().chain(&pending).take(t).copied().collect();
-            if let Ok(key) = combine_prepared(cluster.keys(), cluster.prepared_mpk(), &id, &h, &first) {
+            let summed = combination
+                .as_ref()
+                .filter(|c| first.iter().all(|p| c.indices().contains(&p.index)))
+                .and_then(Combination::sum);
+            let key = match summed {
+                Some(sigma) => check.key(&sigma),
+                None => check.combine(cluster.keys(), &first),
+            };
+            if let Ok(key) = key {
                 combined = Some(key);
                 valid.append(&mut pending);
                 tasks.abort_all();
@@ -560,8 +589,7 @@ async fn fetch_once(
     }
     let key = match combined {
         Some(key) => key,
-        None => combine_prepared(cluster.keys(), cluster.prepared_mpk(), &id, &h, &valid[..t])
-            .map_err(|e| FetchError::Combine(e.to_string()))?,
+        None => check.combine(cluster.keys(), &valid[..t]).map_err(|e| FetchError::Combine(e.to_string()))?,
     };
     Ok(Fetched { key, report, refreshed: None, binding })
 }

@@ -130,15 +130,15 @@ pub fn partial_key_for_hash(share: &BlsKeyShare, h: &G1Projective) -> PartialKey
 
 /// `e(a, G2) == e(h, b)`, as `e(a, -G2)·e(h, b) == 1` with one multi-Miller loop.
 pub(crate) fn pairing_eq(a: &G1Affine, h: &G1Affine, b: &G2Affine) -> bool {
-    pairing_eq_prepared(a, h, &G2Prepared::from(*b))
+    let r = Bls12::multi_miller_loop(&[(a, neg_g2_prepared()), (h, &G2Prepared::from(*b))])
+        .final_exponentiation();
+    bool::from(r.is_identity())
 }
 
-/// `e(a, G2) == e(h, b)` with `b` already prepared (its Miller-loop lines computed).
-fn pairing_eq_prepared(a: &G1Affine, h: &G1Affine, b: &G2Prepared) -> bool {
+/// `-G2`'s Miller-loop lines, computed once.
+fn neg_g2_prepared() -> &'static G2Prepared {
     static NEG_G2: std::sync::OnceLock<G2Prepared> = std::sync::OnceLock::new();
-    let neg_g2 = NEG_G2.get_or_init(|| G2Prepared::from(-G2Affine::generator()));
-    let r = Bls12::multi_miller_loop(&[(a, neg_g2), (h, b)]).final_exponentiation();
-    bool::from(r.is_identity())
+    NEG_G2.get_or_init(|| G2Prepared::from(-G2Affine::generator()))
 }
 
 /// A cluster's `MPK` prepared for the pairing that checks a combined key: a client that fetches
@@ -154,6 +154,109 @@ impl PreparedMpk {
     pub fn new(keys: &BlsPublicKeys) -> Self {
         let mpk = keys.public_key().to_affine();
         PreparedMpk { mpk, lines: G2Prepared::from(mpk) }
+    }
+}
+
+/// The check of one key against `MPK`, `e(σ, G2) == e(H(id), MPK)`, with everything that does
+/// not depend on `σ` done up front: `H(id)` and the Miller loop of `e(H(id), MPK)`. A client
+/// makes it while it waits (for its attestation evidence, for the nodes): once the partials are
+/// in, the check is one Miller loop and one final exponentiation.
+#[derive(Clone)]
+pub struct KeyCheck {
+    id: KeyId,
+    mpk: G2Affine,
+    h: G1Projective,
+    /// Miller loop of `(H(id), MPK)`.
+    ml: blstrs::MillerLoopResult,
+}
+
+impl KeyCheck {
+    /// Hashes `id` and runs its half of the pairing check against `mpk`.
+    pub fn new(mpk: &PreparedMpk, id: KeyId) -> Self {
+        let h = id.hash();
+        let ml = Bls12::multi_miller_loop(&[(&h.to_affine(), &mpk.lines)]);
+        KeyCheck { id, mpk: mpk.mpk, h, ml }
+    }
+
+    /// Which key it checks.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// `H(id)`.
+    pub fn h(&self) -> &G1Projective {
+        &self.h
+    }
+
+    /// `σ` as the key of `id` if `e(σ, G2) == e(H(id), MPK)`, else
+    /// [`ThresholdError::CombinedKeyInvalid`].
+    pub fn key(&self, sigma: &G1Affine) -> Result<AppKey, ThresholdError> {
+        let ml = Bls12::multi_miller_loop(&[(sigma, neg_g2_prepared())]) + self.ml;
+        if bool::from(ml.final_exponentiation().is_identity()) {
+            Ok(AppKey::from_parts(self.id.clone(), sigma))
+        } else {
+            Err(ThresholdError::CombinedKeyInvalid)
+        }
+    }
+
+    /// [`combine`] with this check: the first t partials (distinct indices) interpolated and the
+    /// result checked against `MPK` (the `MPK` of `keys`).
+    pub fn combine(&self, keys: &BlsPublicKeys, partials: &[PartialKey]) -> Result<AppKey, ThresholdError> {
+        let t = usize::from(keys.threshold());
+        let mut seen = BTreeSet::new();
+        let chosen: Vec<PartialKey> =
+            partials.iter().filter(|p| seen.insert(p.index)).take(t).copied().collect();
+        if chosen.len() < t {
+            return Err(ThresholdError::NotEnoughPartials { needed: keys.threshold(), have: chosen.len() });
+        }
+        debug_assert!(self.mpk == keys.public_key().to_affine(), "check prepared for other keys");
+        self.key(&interpolate(&chosen)?)
+    }
+}
+
+/// The interpolation `Σ λ_i σ_i` of a set of partials known in advance (the nodes a client
+/// asked), one term at a time as each partial arrives: when the last one is in, only its own
+/// term is left to compute. The result is the same point [`interpolate`] computes from the
+/// same partials.
+pub struct Combination {
+    indices: Vec<u16>,
+    lambdas: Vec<Scalar>,
+    added: Vec<bool>,
+    sum: G1Projective,
+}
+
+impl Combination {
+    /// For the partials of `indices` (distinct, non-zero); `None` otherwise.
+    pub fn new(indices: &[u16]) -> Option<Self> {
+        let lambdas = lagrange_at_zero(indices)?;
+        Some(Combination {
+            indices: indices.to_vec(),
+            lambdas,
+            added: vec![false; indices.len()],
+            sum: G1Projective::identity(),
+        })
+    }
+
+    /// Adds `partial`'s term; `false` (and nothing added) if its index is not in the set or
+    /// was added already.
+    pub fn add(&mut self, partial: &PartialKey) -> bool {
+        let Some(i) = self.indices.iter().position(|&x| x == partial.index) else { return false };
+        if self.added[i] {
+            return false;
+        }
+        self.added[i] = true;
+        self.sum += G1Projective::from(partial.point) * self.lambdas[i];
+        true
+    }
+
+    /// The indices it combines.
+    pub fn indices(&self) -> &[u16] {
+        &self.indices
+    }
+
+    /// `Σ λ_i σ_i` once every partial of the set was added.
+    pub fn sum(&self) -> Option<G1Affine> {
+        self.added.iter().all(|&a| a).then(|| self.sum.to_affine())
     }
 }
 
@@ -232,31 +335,7 @@ pub fn verify_partials(
 /// The partials should have been verified (see [`verify_partials`]); if they were not and one is
 /// wrong, the final check fails with [`ThresholdError::CombinedKeyInvalid`].
 pub fn combine(keys: &BlsPublicKeys, id: &KeyId, partials: &[PartialKey]) -> Result<AppKey, ThresholdError> {
-    combine_prepared(keys, &PreparedMpk::new(keys), id, &id.hash(), partials)
-}
-
-/// [`combine`] with `MPK` prepared ([`PreparedMpk::new`] of the same `keys`) and `h = H(id)`
-/// already hashed ([`KeyId::hash`]), for a client that needs `H(id)` anyway.
-pub fn combine_prepared(
-    keys: &BlsPublicKeys,
-    mpk: &PreparedMpk,
-    id: &KeyId,
-    h: &G1Projective,
-    partials: &[PartialKey],
-) -> Result<AppKey, ThresholdError> {
-    let t = usize::from(keys.threshold());
-    let mut seen = BTreeSet::new();
-    let chosen: Vec<&PartialKey> = partials.iter().filter(|p| seen.insert(p.index)).take(t).collect();
-    if chosen.len() < t {
-        return Err(ThresholdError::NotEnoughPartials { needed: keys.threshold(), have: chosen.len() });
-    }
-    let owned: Vec<PartialKey> = chosen.into_iter().copied().collect();
-    let sigma = interpolate(&owned)?;
-    debug_assert!(mpk.mpk == keys.public_key().to_affine(), "MPK prepared from other keys");
-    if !pairing_eq_prepared(&sigma, &h.to_affine(), &mpk.lines) {
-        return Err(ThresholdError::CombinedKeyInvalid);
-    }
-    Ok(AppKey::from_parts(id.clone(), &sigma))
+    KeyCheck::new(&PreparedMpk::new(keys), id.clone()).combine(keys, partials)
 }
 
 /// Lagrange interpolation at zero in the exponent, `Σ λ_i σ_i`, as one multi-scalar

@@ -30,7 +30,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 /// partials and its check against `MPK` (`MPK` prepared once, as the client does; the batch
 /// verification runs only when that check fails). The provider's token is measured separately.
 fn client_floor_ms(t: u16) -> f64 {
-    use kms_dkg::threshold::{combine_prepared, partial_key, KeyId, PreparedMpk};
+    use kms_dkg::threshold::{partial_key, KeyCheck, KeyId, PreparedMpk};
     let mut rng = kms_dkg::testing::seeded_rng(1);
     let shares = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(t, t, None, &mut rng);
     let id = match KeyId::new([1; 32], "root") {
@@ -42,8 +42,7 @@ fn client_floor_ms(t: u16) -> f64 {
     let mpk = PreparedMpk::new(keys);
     let started = Instant::now();
     for _ in 0..50 {
-        let h = id.hash();
-        let _ = combine_prepared(keys, &mpk, &id, &h, &partials);
+        let _ = KeyCheck::new(&mpk, id.clone()).combine(keys, &partials);
     }
     started.elapsed().as_secs_f64() * 1e3 / 50.0
 }

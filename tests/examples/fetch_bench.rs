@@ -1,7 +1,8 @@
 //! End-to-end key fetch latency: five `kms-node` processes on 127.0.0.1 (t = 3), one enclave
 //! client fetching the same app key over and over with fresh attestation each time.
 //!
-//! Run: `cargo run --release -p kms-tests --example fetch_bench -- --fetches 2000 [--samples FILE]`
+//! Run: `cargo run --release -p kms-tests --example fetch_bench -- --fetches 2000 [--samples FILE]
+//! [--spread all] [--current-thread]` (the client on a single-threaded runtime instead of one worker).
 
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,11 @@ fn main() {
     }
     let pem = std::fs::read(fixtures().join("oidc/signer.pem")).unwrap();
     let provider = DevIssuer::new(&pem, "kms-test-oidc-1", AUDIENCE, &img.to_string()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = if args.iter().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    };
     // `--spread all`: every node at once (the client before decision 38).
     let spread = match args.iter().position(|a| a == "--spread").and_then(|i| args.get(i + 1)) {
         Some(s) if s == "all" => Spread::All,
@@ -66,6 +71,24 @@ fn main() {
     for _ in 0..50 {
         rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).unwrap();
     }
+    // The nodes' own time for a key request (from the request's arrival to its answer), from
+    // their latency histograms: the difference over the timed run.
+    let handled = |procs: &Procs| -> (f64, f64) {
+        let mut sum_count = (0.0, 0.0);
+        for n in &procs.nodes {
+            let text = String::from_utf8(n.get("/metrics").1).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("endpoint=\"/v1/keys\"")) {
+                let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                if line.contains("_sum{") {
+                    sum_count.0 += value;
+                } else if line.contains("_count{") {
+                    sum_count.1 += value;
+                }
+            }
+        }
+        sum_count
+    };
+    let handled_before = handled(&procs);
     let mut lat = Vec::with_capacity(fetches);
     // Per fetch, when its t-th valid answer was in (from the requests' start, after the token).
     let mut answers = Vec::with_capacity(fetches);
@@ -78,6 +101,8 @@ fn main() {
         answers.push(last.unwrap_or_default());
     }
     let total = started.elapsed();
+    let handled_after = handled(&procs);
+    let node_ms = (handled_after.0 - handled_before.0) / (handled_after.1 - handled_before.1).max(1.0) * 1e3;
     lat.sort();
     answers.sort();
     // `--samples FILE`: every latency in milliseconds, one a line (for scripts/plot-benchmarks.py).
@@ -93,6 +118,8 @@ fn main() {
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
             "fetches_per_s": fetches as f64 / total.as_secs_f64(),
             "provider_token_ms": provider_ms,
+            // Mean time a node spent on a key request, from its arrival to its answer.
+            "node_request_mean_ms": node_ms,
             // The rest of a fetch is the token before the requests and the combination after.
             "t_th_answer_ms": {"p50": answers[answers.len() / 2].as_secs_f64() * 1e3,
                                "p99": answers[(answers.len() * 99 / 100).min(answers.len() - 1)].as_secs_f64() * 1e3},

@@ -6,7 +6,8 @@ use ff::Field;
 use group::{prime::PrimeCurveAffine, Curve, Group};
 use kms_dkg::testing::trusted_dealer;
 use kms_dkg::threshold::{
-    combine, interpolate, partial_key, verify_partial, verify_partials, KeyId, PartialKey,
+    combine, interpolate, partial_key, verify_partial, verify_partials, Combination, KeyCheck, KeyId,
+    PartialKey, PreparedMpk,
 };
 use kms_dkg::{BadPartial, Bls12381G2, PartialFault, ThresholdError};
 use proptest::prelude::*;
@@ -48,6 +49,44 @@ proptest! {
         let pick: Vec<PartialKey> = subset(n, mask, usize::from(t)).into_iter().map(|i| all[i]).collect();
         let key = combine(shares[0].public(), &id, &pick).expect("t valid partials combine");
         prop_assert_eq!(*key.to_bytes(), expected);
+    }
+
+    /// The client's path: the check prepared before the partials, their terms added one at a
+    /// time in any arrival order; the same key as `combine`, and a wrong partial still caught.
+    #[test]
+    fn a_combination_built_as_partials_arrive_is_the_combined_key(t in 1u16..8, extra in 0u16..6, mask in any::<u64>(), seed in any::<u64>(), corrupt in any::<bool>()) {
+        let n = t + extra;
+        let (s, shares) = setup(t, n, seed);
+        let keys = shares[0].public();
+        let id = KeyId::new([5; 32], "root").expect("label");
+        let check = KeyCheck::new(&PreparedMpk::new(keys), id.clone());
+        prop_assert_eq!(check.h(), &id.hash());
+        let all: Vec<PartialKey> = shares.iter().map(|sh| partial_key(sh, &id)).collect();
+        let mut pick: Vec<PartialKey> = subset(n, mask, usize::from(t)).into_iter().map(|i| all[i]).collect();
+        if corrupt {
+            pick[0].point = (G1Projective::from(pick[0].point) + G1Projective::generator()).to_affine();
+        }
+        let indices: Vec<u16> = pick.iter().map(|p| p.index).collect();
+        let mut c = Combination::new(&indices).expect("distinct indices");
+        for (k, p) in pick.iter().rev().enumerate() {
+            prop_assert_eq!(c.sum().is_some(), false);
+            prop_assert!(c.add(p));
+            prop_assert!(!c.add(p), "a partial is added once");
+            prop_assert_eq!(c.sum().is_some(), k + 1 == pick.len());
+        }
+        let sum = c.sum().expect("complete");
+        prop_assert_eq!(sum, interpolate(&pick).expect("interpolates"));
+        match check.key(&sum) {
+            Ok(key) => {
+                prop_assert!(!corrupt);
+                prop_assert_eq!(*key.to_bytes(), (id.hash() * s).to_affine().to_compressed());
+            }
+            Err(e) => {
+                prop_assert!(corrupt);
+                prop_assert_eq!(e, ThresholdError::CombinedKeyInvalid);
+            }
+        }
+        prop_assert_eq!(check.combine(keys, &pick).is_ok(), !corrupt);
     }
 
     #[test]
@@ -126,6 +165,22 @@ fn combine_detects_an_unverified_bad_partial() {
     let mut partials: Vec<PartialKey> = shares.iter().map(|sh| partial_key(sh, &id)).collect();
     partials[0].point = partials[1].point;
     assert_eq!(combine(shares[0].public(), &id, &partials).err(), Some(ThresholdError::CombinedKeyInvalid));
+}
+
+#[test]
+fn a_combination_refuses_partials_outside_its_set() {
+    let (_, shares) = setup(2, 4, 79);
+    let id = KeyId::new([9; 32], "root").expect("label");
+    let partials: Vec<PartialKey> = shares.iter().map(|sh| partial_key(sh, &id)).collect();
+    assert!(Combination::new(&[1, 1]).is_none(), "duplicate indices");
+    assert!(Combination::new(&[0, 2]).is_none(), "index zero");
+    let mut c = Combination::new(&[1, 2]).expect("distinct");
+    assert!(!c.add(&partials[2]), "node 3 is not in the set");
+    assert!(c.add(&partials[0]));
+    assert_eq!(c.sum(), None, "incomplete");
+    assert!(c.add(&partials[1]));
+    assert_eq!(c.indices(), &[1, 2]);
+    assert_eq!(c.sum(), Some(interpolate(&partials[..2]).expect("interpolates")));
 }
 
 #[test]
