@@ -109,7 +109,8 @@ impl DescriptorSigner {
 
     fn sign(&self, epoch: u64, package: &[u8]) -> Result<Vec<u8>, String> {
         let (keys, d) = self.ours(epoch)?;
-        let package = frost::SigningPackage::deserialize(package).map_err(|e| e.to_string())?;
+        let package = frost::SigningPackage::deserialize(package)
+            .map_err(|e| format!("malformed signing package: {e}"))?;
         if package.message().as_slice() != d.signing_bytes().as_slice() {
             return Err("signing package is not over this node's descriptor".into());
         }

@@ -7,6 +7,7 @@ mod evidence;
 mod limits;
 mod log;
 mod ops;
+mod p2p;
 mod ports;
 mod reshare;
 mod service;
