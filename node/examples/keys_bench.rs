@@ -1,5 +1,6 @@
 //! Load generator for one node: key requests per second with real RS256 attestation tokens,
-//! latency percentiles, and the crypto floor measured in the same run. With `--dkg N` it instead
+//! latency percentiles, the crypto floor measured in the same run, and where the cores went (load
+//! generator, node, idle; Linux: from each thread's `schedstat`). With `--dkg N` it instead
 //! starts N nodes in this process and reports how long their DKG took (all peers connected →
 //! keys active).
 //!
@@ -186,6 +187,46 @@ fn floor() -> serde_json::Value {
     })
 }
 
+/// Name of the load generator's threads.
+const LOAD_THREAD: &str = "load-gen";
+
+/// CPU time (seconds) of this process's threads so far: `(load generator, everything else)`,
+/// from `/proc/self/task/*/schedstat` (nanoseconds on the CPU); `None` where that is not readable.
+fn cpu_by_thread() -> Option<(f64, f64)> {
+    let mut split = (0.0, 0.0);
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else { continue };
+        let ns: f64 = stat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == LOAD_THREAD {
+            split.0 += ns / 1e9;
+        } else {
+            split.1 += ns / 1e9;
+        }
+    }
+    Some(split)
+}
+
+/// Where the cores went during the timed run: the load generator, the node (every other thread of
+/// the process: its runtime, blocking pool and store), idle; and the node's throughput against the
+/// floor of the cores the load generator left it.
+fn cpu_split(
+    before: Option<(f64, f64)>,
+    after: Option<(f64, f64)>,
+    elapsed: Duration,
+    fraction_of_floor: f64,
+) -> serde_json::Value {
+    let (Some(b), Some(a)) = (before, after) else { return serde_json::Value::Null };
+    let secs = elapsed.as_secs_f64();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let (load, node) = ((a.0 - b.0) / secs, (a.1 - b.1) / secs);
+    json!({
+        "load_generator_cores": load, "node_cores": node, "idle_cores": (cores - load - node).max(0.0),
+        "fraction_of_floor_of_cores_left": fraction_of_floor * cores / (cores - load).max(f64::EPSILON),
+    })
+}
+
 fn keys_bench() {
     let requests = arg("--requests", 20_000);
     let concurrency = arg("--concurrency", 32);
@@ -193,7 +234,13 @@ fn keys_bench() {
     let node_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let specs = start_nodes(tmp.path(), 1, 1, &node_rt);
     let http = specs[0].http;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // Named, so that its CPU time can be told from the node's (`cpu_by_thread`).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(LOAD_THREAD)
+        .enable_all()
+        .build()
+        .unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
     rt.block_on(wait_ready(&client, http));
 
@@ -280,6 +327,7 @@ fn keys_bench() {
     eprintln!("sending {requests} key requests with concurrency {concurrency} ...");
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_by_thread();
     let started = Instant::now();
     let (latencies, failures) = rt.block_on(async {
         let tasks: Vec<_> = (0..concurrency)
@@ -321,6 +369,7 @@ fn keys_bench() {
         (all, failed)
     });
     let elapsed = started.elapsed();
+    let cpu_after = cpu_by_thread();
     let mut lat = latencies;
     lat.sort();
     let pct = |p: f64| {
@@ -339,6 +388,7 @@ fn keys_bench() {
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
         "floor_before": floor_before, "floor_after": floor_after,
         "fraction_of_floor": rps / floor_rps,
+        "cpu": cpu_split(cpu_before, cpu_after, elapsed, rps / floor_rps),
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }
