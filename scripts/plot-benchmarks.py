@@ -15,6 +15,7 @@ Run from the repository root after `cargo build --release -p kms-simnet` and
     python3 scripts/plot-benchmarks.py            # measure, then plot (a few minutes)
     python3 scripts/plot-benchmarks.py --replot   # plot docs/plots/data.json again
     python3 scripts/plot-benchmarks.py --real     # measure only the real-process runs, keep the rest
+    python3 scripts/plot-benchmarks.py --fetch    # measure only the fetch latencies, keep the rest
 """
 import json
 import os
@@ -74,15 +75,20 @@ def measure():
             row[kind] = {"virtual_s": out["virtual_ms"] / 1e3, "cpu_s": out["cpu_seconds"]}
             print(kind, n, row[kind], file=sys.stderr)
         data["ceremony"].append(row)
+    data["fetch_ms"] = measure_fetch()
+    data["real"] = measure_real()
+    return data
+
+
+def measure_fetch():
+    """1000 sequential fetches from five real nodes, t = 3 (`fetch_bench --samples`), in ms."""
     with tempfile.NamedTemporaryFile(suffix=".txt") as f:
         subprocess.run(
             ["target/release/examples/fetch_bench", "--fetches", "1000", "--samples", f.name],
             check=True,
             capture_output=True,
         )
-        data["fetch_ms"] = [float(x) for x in open(f.name).read().split()]
-    data["real"] = measure_real()
-    return data
+        return [float(x) for x in open(f.name).read().split()]
 
 
 def chart(title, xlabel, ylabel, series, xmax, ymax, xticks, yticks):
@@ -162,6 +168,10 @@ def main():
     elif "--real" in sys.argv:
         data = json.load(open(path))
         data["real"] = measure_real()
+        json.dump(data, open(path, "w"), indent=1)
+    elif "--fetch" in sys.argv:
+        data = json.load(open(path))
+        data["fetch_ms"] = measure_fetch()
         json.dump(data, open(path, "w"), indent=1)
     else:
         data = measure()
