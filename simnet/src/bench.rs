@@ -47,10 +47,61 @@ fn client_floor_ms(t: u16) -> f64 {
     started.elapsed().as_secs_f64() * 1e3 / 50.0
 }
 
+/// What the client does with one node's answer, measured now: the strict Ed25519 check of the
+/// signed response, opening its envelope, decoding the partial (with its subgroup check) and its
+/// Lagrange term (`docs/decisions.md` 41).
+pub fn client_answer_floor_ms() -> f64 {
+    use kms_dkg::threshold::{partial_key, Combination, KeyId, PartialKey};
+    let mut rng = kms_dkg::testing::seeded_rng(3);
+    let share = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(1, 1, None, &mut rng).remove(0);
+    let Ok(id) = KeyId::new([1; 32], "root") else { return 0.0 };
+    let secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+    let client = x25519_dalek::PublicKey::from(&secret);
+    let identity = SigningKey::from_bytes(&[3; 32]);
+    let (cluster_id, binding) = ([4; 32], [5; 32]);
+    let partial = partial_key(&share, &id);
+    let Ok(envelope) =
+        kms_dkg::envelope::response::seal(client.as_bytes(), &binding, 1, &partial.to_bytes(), &mut OsRng)
+    else {
+        return 0.0;
+    };
+    let response = kms_proto::api::KeyResponse::signed(&identity, &cluster_id, &binding, 1, 1, &envelope);
+    let vk = identity.verifying_key();
+    let started = Instant::now();
+    for _ in 0..200 {
+        let opened = response
+            .verify(&vk, &cluster_id, &binding)
+            .ok()
+            .and_then(|e| kms_dkg::envelope::response::open(&secret, &binding, 1, &e).ok())
+            .and_then(|plain| PartialKey::from_bytes(1, &plain).ok());
+        if let (Some(p), Some(mut c)) = (opened, Combination::new(&[1, 2, 3])) {
+            std::hint::black_box(c.add(&p));
+        }
+    }
+    started.elapsed().as_secs_f64() * 1e3 / 200.0
+}
+
+/// The client's check once its t-th partial is in, measured now: one Miller loop and one final
+/// exponentiation (`KeyCheck::key`; `H(id)` and its half of the check are made while the evidence
+/// is, `docs/decisions.md` 41).
+pub fn check_floor_ms() -> f64 {
+    use kms_dkg::threshold::{partial_key, KeyCheck, KeyId, PreparedMpk};
+    let mut rng = kms_dkg::testing::seeded_rng(4);
+    let share = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(1, 1, None, &mut rng).remove(0);
+    let Ok(id) = KeyId::new([1; 32], "root") else { return 0.0 };
+    let check = KeyCheck::new(&PreparedMpk::new(share.public()), id.clone());
+    let sigma = partial_key(&share, &id).point;
+    let started = Instant::now();
+    for _ in 0..100 {
+        std::hint::black_box(check.key(&sigma).is_ok());
+    }
+    started.elapsed().as_secs_f64() * 1e3 / 100.0
+}
+
 /// A node's crypto for one partial, measured now: `H(id)` and the multiplication by its share,
 /// the ECIES seal to the client, the Ed25519 signature of the answer (the RS256 check of the
 /// token, ≈ 20 µs, is left out).
-fn node_floor_ms() -> f64 {
+pub fn node_floor_ms() -> f64 {
     use ed25519_dalek::Signer as _;
     use kms_dkg::threshold::{partial_key, KeyId};
     let mut rng = kms_dkg::testing::seeded_rng(2);
