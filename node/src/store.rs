@@ -110,6 +110,12 @@ pub trait Kv: Send + Sync + 'static {
 /// sled-backed storage.
 pub struct SledKv {
     db: sled::Db,
+    /// sled's log (`<dir>/db`, every record it writes). sled 0.34 makes a flush stable on Linux with
+    /// `sync_file_range` alone, which writes the data pages but neither the file's metadata (its new
+    /// length) nor the device's write cache: [`Kv::flush`] follows it with `fdatasync` of this file,
+    /// so that what a flush covered survives a power loss, not only a crash of the process
+    /// (`docs/decisions.md` 42).
+    log: std::fs::File,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -120,7 +126,15 @@ impl SledKv {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
-        Ok(SledKv { db })
+        let io =
+            |what: &str, e: std::io::Error| StoreError::Backend(format!("{what} in {}: {e}", dir.display()));
+        let log = std::fs::File::open(dir.join(SLED_LOG)).map_err(|e| io("opening sled's log file", e))?;
+        // The entries sled may just have created (its log, its config) and what they hold.
+        log.sync_all().map_err(|e| io("syncing sled's log file", e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the store's directory", e))?;
+        Ok(SledKv { db, log })
     }
 
     fn tree(&self, space: Space) -> Result<sled::Tree, StoreError> {
@@ -176,9 +190,13 @@ impl Kv for SledKv {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+        self.db.flush().map_err(backend)?;
+        self.log.sync_data().map_err(|e| StoreError::Backend(format!("syncing sled's log file: {e}")))
     }
 }
+
+/// The file of a sled 0.34 database that holds its log (`Config::db_path`).
+pub const SLED_LOG: &str = "db";
 
 /// In-memory storage for tests.
 #[derive(Default)]

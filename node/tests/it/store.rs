@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kms_dkg::testing::{seeded_rng, trusted_dealer};
 use kms_dkg::{Bls12381G2, Ed25519, Suite};
 use kms_node::seal::SealKey;
-use kms_node::store::{ActiveKeys, NodeStore, SledKv, StoreError};
+use kms_node::store::{ActiveKeys, Kv, NodeStore, SledKv, Space, StoreError, SLED_LOG};
 
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
     let mut stack = vec![dir.to_path_buf()];
@@ -68,6 +68,20 @@ fn sled_files_hold_no_share_in_plaintext() {
         Err(StoreError::Seal { name, .. }) => assert!(name.starts_with("share/"), "{name}"),
         other => panic!("expected a seal error, got {other:?}"),
     }
+}
+
+/// `SledKv::flush` follows sled's flush with an `fdatasync` of the file sled writes its records
+/// to: a record written and flushed is in that file (if sled moved its log elsewhere, the sync
+/// would cover nothing and this fails).
+#[test]
+fn a_flushed_record_is_in_the_file_the_flush_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = SledKv::open(dir.path()).unwrap();
+    let value: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    kv.put(Space::Meta, b"durable-probe", &value).unwrap();
+    kv.flush().unwrap();
+    let log = std::fs::read(dir.path().join(SLED_LOG)).unwrap();
+    assert!(log.windows(value.len()).any(|w| w == value), "the flushed value is not in {SLED_LOG}");
 }
 
 #[test]
