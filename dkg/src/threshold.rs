@@ -260,6 +260,15 @@ impl Combination {
     }
 }
 
+impl Drop for Combination {
+    /// The running sum is the app key once complete: overwritten as `Suite::zeroize_scalar` does
+    /// (docs/dependencies.md, "Zeroizing scalars").
+    fn drop(&mut self) {
+        self.sum = G1Projective::identity();
+        std::hint::black_box(&mut self.sum);
+    }
+}
+
 /// Checks one partial: `e(σ_i, G2) == e(H(id), VK_i)`.
 pub fn verify_partial(
     keys: &BlsPublicKeys,
