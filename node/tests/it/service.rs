@@ -14,7 +14,7 @@ use kms_node::jwks_source::JwksSource;
 use kms_node::seal::SealKey;
 use kms_node::service::KeyService;
 use kms_node::state::Shared;
-use kms_node::store::{ActiveKeys, MemKv, NodeStore};
+use kms_node::store::{ActiveKeys, Entries, Kv, MemKv, NodeStore, Space, StoreError};
 use kms_proto::api::{Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{ImageDigest, Label, Policy, SignedManifest};
 use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
@@ -51,7 +51,11 @@ fn fixture(active: bool) -> Fixture {
 }
 
 fn fixture_with(active: bool, jwks: Arc<JwksSource>) -> Fixture {
-    let store = Arc::new(NodeStore::new(Box::new(MemKv::default()), SealKey::from_bytes([1; 32])));
+    fixture_on(active, jwks, Box::new(MemKv::default()))
+}
+
+fn fixture_on(active: bool, jwks: Arc<JwksSource>, kv: Box<dyn Kv>) -> Fixture {
+    let store = Arc::new(NodeStore::new(kv, SealKey::from_bytes([1; 32])));
     let shared = Shared::new(
         [0; 32],
         kms_node::membership::Membership {
@@ -367,6 +371,66 @@ fn a_low_order_client_key_is_refused_without_using_the_nonce() {
     r.req.client_public_key = good;
     rebind(&mut r);
     assert!(f.send(&r).is_ok(), "the nonce is still unused");
+}
+
+/// Storage whose flush fails while `failing` is set (a full or failing disk).
+struct FailingFlush {
+    inner: MemKv,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Kv for FailingFlush {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(space, key)
+    }
+    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(space, key, value)
+    }
+    fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        self.inner.put_if_absent(space, key, value)
+    }
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError> {
+        self.inner.remove(space, key)
+    }
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError> {
+        self.inner.scan_prefix(space, prefix)
+    }
+    fn scan_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.inner.scan_from(space, prefix, from, limit)
+    }
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.inner.next_id()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected flush failure".into()));
+        }
+        self.inner.flush()
+    }
+}
+
+/// Persist before send: a release whose replay record and audit entry cannot be made durable is
+/// not answered (no partial leaves the node), and its nonce stays used; once the disk recovers,
+/// new requests are served.
+#[test]
+fn a_release_whose_records_cannot_be_flushed_is_not_answered() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
+    let kv = FailingFlush { inner: MemKv::default(), failing: failing.clone() };
+    let f = fixture_on(true, Arc::new(JwksSource::fixed(jwks)), Box::new(kv));
+    let r = f.request();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    refused(f.send(&r), ErrorCode::Internal, "internal error");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    refused(f.send(&r), ErrorCode::RequestReplayed, "already used");
+    let fresh = f.request();
+    assert!(f.send(&fresh).is_ok(), "served again once flushes succeed");
 }
 
 #[test]
