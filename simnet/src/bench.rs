@@ -26,17 +26,22 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
 }
 
+/// `t` shares of a fresh key (of `t` nodes, from a seeded dealer) and the key id the floors use.
+fn floor_shares(
+    t: u16,
+    seed: u64,
+) -> Option<(Vec<kms_dkg::threshold::BlsKeyShare>, kms_dkg::threshold::KeyId)> {
+    let mut rng = kms_dkg::testing::seeded_rng(seed);
+    let shares = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(t, t, None, &mut rng);
+    Some((shares, kms_dkg::threshold::KeyId::new([1; 32], "root").ok()?))
+}
+
 /// The client-side crypto of one fetch with threshold t, measured now: the combination of t
 /// partials and its check against `MPK` (`MPK` prepared once, as the client does; the batch
 /// verification runs only when that check fails). The provider's token is measured separately.
 fn client_floor_ms(t: u16) -> f64 {
-    use kms_dkg::threshold::{partial_key, KeyCheck, KeyId, PreparedMpk};
-    let mut rng = kms_dkg::testing::seeded_rng(1);
-    let shares = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(t, t, None, &mut rng);
-    let id = match KeyId::new([1; 32], "root") {
-        Ok(id) => id,
-        Err(_) => return 0.0,
-    };
+    use kms_dkg::threshold::{partial_key, KeyCheck, PreparedMpk};
+    let Some((shares, id)) = floor_shares(t, 1) else { return 0.0 };
     let partials: Vec<_> = shares.iter().map(|s| partial_key(s, &id)).collect();
     let keys = shares[0].public();
     let mpk = PreparedMpk::new(keys);
@@ -51,15 +56,14 @@ fn client_floor_ms(t: u16) -> f64 {
 /// signed response, opening its envelope, decoding the partial (with its subgroup check) and its
 /// Lagrange term (`docs/decisions.md` 41).
 pub fn client_answer_floor_ms() -> f64 {
-    use kms_dkg::threshold::{partial_key, Combination, KeyId, PartialKey};
-    let mut rng = kms_dkg::testing::seeded_rng(3);
-    let share = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(1, 1, None, &mut rng).remove(0);
-    let Ok(id) = KeyId::new([1; 32], "root") else { return 0.0 };
+    use kms_dkg::threshold::{partial_key, Combination, PartialKey};
+    let Some((shares, id)) = floor_shares(1, 3) else { return 0.0 };
+    let share = &shares[0];
     let secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
     let client = x25519_dalek::PublicKey::from(&secret);
     let identity = SigningKey::from_bytes(&[3; 32]);
     let (cluster_id, binding) = ([4; 32], [5; 32]);
-    let partial = partial_key(&share, &id);
+    let partial = partial_key(share, &id);
     let Ok(envelope) =
         kms_dkg::envelope::response::seal(client.as_bytes(), &binding, 1, &partial.to_bytes(), &mut OsRng)
     else {
@@ -85,12 +89,11 @@ pub fn client_answer_floor_ms() -> f64 {
 /// exponentiation (`KeyCheck::key`; `H(id)` and its half of the check are made while the evidence
 /// is, `docs/decisions.md` 41).
 pub fn check_floor_ms() -> f64 {
-    use kms_dkg::threshold::{partial_key, KeyCheck, KeyId, PreparedMpk};
-    let mut rng = kms_dkg::testing::seeded_rng(4);
-    let share = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(1, 1, None, &mut rng).remove(0);
-    let Ok(id) = KeyId::new([1; 32], "root") else { return 0.0 };
+    use kms_dkg::threshold::{partial_key, KeyCheck, PreparedMpk};
+    let Some((shares, id)) = floor_shares(1, 4) else { return 0.0 };
+    let share = &shares[0];
     let check = KeyCheck::new(&PreparedMpk::new(share.public()), id.clone());
-    let sigma = partial_key(&share, &id).point;
+    let sigma = partial_key(share, &id).point;
     let started = Instant::now();
     for _ in 0..100 {
         std::hint::black_box(check.key(&sigma).is_ok());
@@ -103,16 +106,15 @@ pub fn check_floor_ms() -> f64 {
 /// token, ≈ 20 µs, is left out).
 pub fn node_floor_ms() -> f64 {
     use ed25519_dalek::Signer as _;
-    use kms_dkg::threshold::{partial_key, KeyId};
-    let mut rng = kms_dkg::testing::seeded_rng(2);
-    let share = kms_dkg::testing::trusted_dealer::<kms_dkg::Bls12381G2>(1, 1, None, &mut rng).remove(0);
-    let Ok(id) = KeyId::new([1; 32], "root") else { return 0.0 };
+    use kms_dkg::threshold::partial_key;
+    let Some((shares, id)) = floor_shares(1, 2) else { return 0.0 };
+    let share = &shares[0];
     let client =
         x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng));
     let identity = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
     let started = Instant::now();
     for _ in 0..200 {
-        let p = partial_key(&share, &id);
+        let p = partial_key(share, &id);
         let sealed = kms_dkg::envelope::response::seal(
             client.as_bytes(),
             &[1; 32],
