@@ -64,6 +64,8 @@ fn main() {
         Some(s) if s == "all" => Spread::All,
         _ => Spread::default(),
     };
+    // Requests a fetch makes when every asked node answers in time.
+    let asked = if spread == Spread::All { 5.0 } else { 3.0 };
     let opts = FetchOptions { client: Some(reqwest::Client::new()), spread, ..FetchOptions::default() };
     let label = Label::default();
 
@@ -95,6 +97,8 @@ fn main() {
         sum_count
     };
     let handled_before = handled(&procs);
+    let node_pids: Vec<u32> = procs.nodes.iter().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect();
+    let cpu_before = CpuTimes::read(&node_pids);
     let mut lat = Vec::with_capacity(fetches);
     // Per fetch, when its t-th valid answer was in (from the requests' start, after the token).
     let mut answers = Vec::with_capacity(fetches);
@@ -112,6 +116,7 @@ fn main() {
         first_answers.push(valid.first().copied().unwrap_or_default());
     }
     let total = started.elapsed();
+    let cpu = CpuTimes::read(&node_pids).since(&cpu_before, fetches);
     let handled_after = handled(&procs);
     let node_own_ms =
         (handled_after.0 - handled_before.0) / (handled_after.1 - handled_before.1).max(1.0) * 1e3;
@@ -146,9 +151,75 @@ fn main() {
             "node_request_mean_ms": node_own_ms,
             // The rest of a fetch is the token before the requests and the combination after.
             "first_answer_ms": {"p50": first_answers[first_answers.len() / 2].as_secs_f64() * 1e3},
+            // CPU time a fetch, by process (from /proc, over the timed run): the client, the
+            // five nodes together, everything else on the machine, and the cores left idle.
+            "cpu_ms_per_fetch": {"client": cpu.client, "nodes": cpu.nodes, "other": cpu.other, "idle": cpu.idle,
+                                 "node_per_request": cpu.nodes / asked},
+            // The fetch's critical path with the nodes' measured CPU instead of their cryptography:
+            // the token, the three asked nodes sharing the cores, the last answer, the check.
+            "path_with_measured_node_cpu_ms": provider_ms + cpu.nodes / asked * (3.0 / cores).max(1.0) + answer_ms + check_ms,
             "t_th_answer_ms": {"p50": answers[answers.len() / 2].as_secs_f64() * 1e3,
                                "p99": answers[(answers.len() * 99 / 100).min(answers.len() - 1)].as_secs_f64() * 1e3},
         }))
         .unwrap()
     );
+}
+
+/// CPU time from `/proc` (clock ticks of 10 ms: whole runs only).
+struct CpuTimes {
+    client: f64,
+    nodes: f64,
+    busy: f64,
+    idle: f64,
+}
+
+impl CpuTimes {
+    const TICK_MS: f64 = 10.0;
+
+    fn read(node_pids: &[u32]) -> CpuTimes {
+        let process = |pid: &str| -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) * Self::TICK_MS
+        };
+        let machine = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<f64> = machine
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        let idle = (cpu.get(3).unwrap_or(&0.0) + cpu.get(4).unwrap_or(&0.0)) * Self::TICK_MS;
+        let busy = cpu.iter().sum::<f64>() * Self::TICK_MS - idle;
+        CpuTimes {
+            client: process("self"),
+            nodes: node_pids.iter().map(|p| process(&p.to_string())).sum(),
+            busy,
+            idle,
+        }
+    }
+
+    /// Per fetch since `before`.
+    fn since(&self, before: &CpuTimes, fetches: usize) -> PerFetch {
+        let n = fetches as f64;
+        let client = (self.client - before.client) / n;
+        let nodes = (self.nodes - before.nodes) / n;
+        PerFetch {
+            client,
+            nodes,
+            other: ((self.busy - before.busy) / n - client - nodes).max(0.0),
+            idle: (self.idle - before.idle) / n,
+        }
+    }
+}
+
+struct PerFetch {
+    client: f64,
+    nodes: f64,
+    other: f64,
+    idle: f64,
 }
