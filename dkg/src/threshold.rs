@@ -123,6 +123,58 @@ pub fn partial_key(share: &BlsKeyShare, id: &KeyId) -> PartialKey {
     partial_key_for_hash(share, &id.hash())
 }
 
+/// `H(id)` of the keys a node served lately. Hashing to G1 is about a third of a release's
+/// cryptography and the same for every request of one key, so a node keeps the points (public
+/// values: anyone can compute them from the id). Bounded: when [`KeyHashes::CAPACITY`] ids are
+/// held, the next new one empties the cache first.
+#[derive(Default)]
+pub struct KeyHashes {
+    points: std::sync::Mutex<std::collections::HashMap<KeyId, G1Projective>>,
+}
+
+impl KeyHashes {
+    /// Most ids held at once.
+    pub const CAPACITY: usize = 1024;
+
+    /// `H(id)`, hashed only if it is not held.
+    pub fn hash(&self, id: &KeyId) -> G1Projective {
+        // A poisoned lock only means another thread panicked while holding it; the map of
+        // public points it guards is still consistent (each insert is one call).
+        let held = self.points.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied();
+        if let Some(h) = held {
+            return h;
+        }
+        let h = id.hash();
+        let mut points = self.points.lock().unwrap_or_else(|e| e.into_inner());
+        if points.len() >= Self::CAPACITY {
+            points.clear();
+        }
+        points.insert(id.clone(), h);
+        h
+    }
+
+    /// How many ids are held.
+    pub fn len(&self) -> usize {
+        self.points.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// This node's partial key for `id`, as [`partial_key`] computes it.
+    pub fn partial_key(&self, share: &BlsKeyShare, id: &KeyId) -> PartialKey {
+        partial_key_for_hash(share, &self.hash(id))
+    }
+}
+
+impl std::fmt::Debug for KeyHashes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHashes").field("held", &self.len()).finish()
+    }
+}
+
 /// Computes the partial key for an already hashed identity.
 pub fn partial_key_for_hash(share: &BlsKeyShare, h: &G1Projective) -> PartialKey {
     PartialKey { index: share.index(), point: (h * share.secret()).to_affine() }

@@ -377,6 +377,7 @@ pub async fn run(
             leeway_secs: cfg.attestation.leeway_secs,
             max_skew_secs: cfg.lease.max_clock_skew_secs,
             lease_lock: std::sync::Mutex::new(()),
+            hashes: Default::default(),
         },
         apps,
         store: store.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rand_core::OsRng;
 
 use kms_dkg::envelope::response;
-use kms_dkg::threshold::{partial_key, KeyId};
+use kms_dkg::threshold::{KeyHashes, KeyId};
 use kms_proto::api::{Evidence, KeyRequest, KeyResponse};
 use kms_proto::app::SignedManifest;
 use kms_proto::codec::decode_json;
@@ -43,6 +43,8 @@ pub struct KeyService {
     pub max_skew_secs: u64,
     /// Serializes each lease decision with the write of its record.
     pub lease_lock: std::sync::Mutex<()>,
+    /// `H(id)` of the keys served lately (public points, bounded).
+    pub hashes: KeyHashes,
 }
 
 /// Maps a JSON decode failure to the API refusal.
@@ -280,7 +282,7 @@ impl KeyService {
         }
         let id = KeyId::new(*req.app_id.as_bytes(), req.label.as_str())
             .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.to_string()))?;
-        let partial = partial_key(&keys.bls, &id);
+        let partial = self.hashes.partial_key(&keys.bls, &id);
         let envelope = response::seal(
             req.client_public_key.as_bytes(),
             binding,

@@ -6,8 +6,8 @@ use ff::Field;
 use group::{prime::PrimeCurveAffine, Curve, Group};
 use kms_dkg::testing::trusted_dealer;
 use kms_dkg::threshold::{
-    combine, interpolate, partial_key, verify_partial, verify_partials, Combination, KeyCheck, KeyId,
-    PartialKey, PreparedMpk,
+    combine, interpolate, partial_key, verify_partial, verify_partials, Combination, KeyCheck, KeyHashes,
+    KeyId, PartialKey, PreparedMpk,
 };
 use kms_dkg::{BadPartial, Bls12381G2, PartialFault, ThresholdError};
 use proptest::prelude::*;
@@ -181,6 +181,27 @@ fn a_combination_refuses_partials_outside_its_set() {
     assert!(c.add(&partials[1]));
     assert_eq!(c.indices(), &[1, 2]);
     assert_eq!(c.sum(), Some(interpolate(&partials[..2]).expect("interpolates")));
+}
+
+#[test]
+fn a_held_hash_gives_the_partial_key_of_its_own_id_and_the_cache_stays_bounded() {
+    let (_, shares) = setup(2, 3, 80);
+    let hashes = KeyHashes::default();
+    let root = KeyId::new([9; 32], "root").expect("label");
+    let other = KeyId::new([9; 32], "db").expect("label");
+    for _ in 0..2 {
+        // The first call hashes, the second reads what it held: both the uncached key.
+        assert_eq!(hashes.partial_key(&shares[0], &root), partial_key(&shares[0], &root));
+        assert_eq!(hashes.partial_key(&shares[0], &other), partial_key(&shares[0], &other));
+    }
+    assert_eq!(hashes.len(), 2, "one point per id");
+    assert_ne!(hashes.hash(&root), hashes.hash(&other));
+    for i in 0..KeyHashes::CAPACITY {
+        let id = KeyId::new([9; 32], &format!("l{i}")).expect("label");
+        hashes.hash(&id);
+        assert!(hashes.len() <= KeyHashes::CAPACITY);
+    }
+    assert_eq!(hashes.hash(&root), root.hash(), "emptied and hashed again, still its own");
 }
 
 #[test]

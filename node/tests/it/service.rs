@@ -100,6 +100,7 @@ fn fixture_on(active: bool, jwks: Arc<JwksSource>, kv: Box<dyn Kv>) -> Fixture {
         leeway_secs: 30,
         max_skew_secs: 2,
         lease_lock: std::sync::Mutex::new(()),
+        hashes: Default::default(),
     };
     let identity = service.identity.verifying_key();
     let owner = SigningKey::generate(&mut OsRng);
