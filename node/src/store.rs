@@ -103,19 +103,33 @@ pub trait Kv: Send + Sync + 'static {
     ) -> Result<Entries, StoreError>;
     /// A new, strictly increasing id (for the audit log).
     fn next_id(&self) -> Result<u64, StoreError>;
-    /// Makes every previous write durable.
+    /// Makes every previous write durable. After a failure that may have lost writes (a failed
+    /// device sync), every later call must fail too: what depends on those writes is never sent.
     fn flush(&self) -> Result<(), StoreError>;
 }
 
 /// sled-backed storage.
 pub struct SledKv {
     db: sled::Db,
-    /// sled's log (`<dir>/db`, every record it writes). sled 0.34 makes a flush stable on Linux with
-    /// `sync_file_range` alone, which writes the data pages but neither the file's metadata (its new
-    /// length) nor the device's write cache: [`Kv::flush`] follows it with `fdatasync` of this file,
-    /// so that what a flush covered survives a power loss, not only a crash of the process
-    /// (`docs/decisions.md` 42).
+    /// The sled directory.
+    dir: std::path::PathBuf,
+    /// sled's log (`<sled dir>/db`, where it writes every record of a page smaller than a quarter
+    /// of a segment). sled 0.34 makes a flush stable on Linux with `sync_file_range` alone, which
+    /// writes the data pages but neither the file's metadata (its new length) nor the device's write
+    /// cache: [`Kv::flush`] follows it with `fdatasync` of this file, so that what a flush covered
+    /// survives a power loss, not only a crash of the process (`docs/decisions.md` 42).
     log: std::fs::File,
+    /// The files under `<sled dir>/blobs` already synced. sled writes a larger page to a file of
+    /// its own there and never syncs it or the directory; [`Kv::flush`] syncs each new one.
+    blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    /// The first failure to make writes durable. After it every flush fails: Linux reports a
+    /// failed writeback to one `fsync` only and may drop the dirty pages, so a later sync that
+    /// succeeds would not mean the earlier writes are on disk. Only a restart, which reads back
+    /// what really is on disk, clears it.
+    failed: std::sync::OnceLock<String>,
+    /// Test fault: the next sync fails (`test-faults`, debug builds only).
+    #[cfg(all(feature = "test-faults", debug_assertions))]
+    fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -129,12 +143,78 @@ impl SledKv {
         let io =
             |what: &str, e: std::io::Error| StoreError::Backend(format!("{what} in {}: {e}", dir.display()));
         let log = std::fs::File::open(dir.join(SLED_LOG)).map_err(|e| io("opening sled's log file", e))?;
-        // The entries sled may just have created (its log, its config) and what they hold.
+        // The entries sled may just have created (its log, its config, its blob directory, the
+        // directory itself) and what they hold.
         log.sync_all().map_err(|e| io("syncing sled's log file", e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing the store's directory", e))?;
-        Ok(SledKv { db, log })
+        let kv = SledKv {
+            db,
+            dir: dir.to_path_buf(),
+            log,
+            blobs: Mutex::new(Default::default()),
+            failed: std::sync::OnceLock::new(),
+            #[cfg(all(feature = "test-faults", debug_assertions))]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+        };
+        kv.sync_blobs().map_err(|e| io("syncing sled's blob files", e))?;
+        for d in [Some(dir), dir.parent().filter(|p| !p.as_os_str().is_empty())].into_iter().flatten() {
+            sync_dir(d).map_err(|e| io("syncing the store's directory", e))?;
+        }
+        Ok(kv)
+    }
+
+    /// Syncs the blob files sled wrote since the last call (and the directory, if there are
+    /// any); forgets the ones sled removed.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let dir = self.dir.join(SLED_BLOBS);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = std::collections::HashSet::with_capacity(synced.len());
+        let mut new = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !synced.contains(&name) {
+                match std::fs::File::open(dir.join(&name)) {
+                    Ok(f) => f.sync_all()?,
+                    // Removed by sled since the listing: nothing to keep.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        *synced = present;
+        if new {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// sled's flush, then the syncs it leaves out.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        #[cfg(all(feature = "test-faults", debug_assertions))]
+        if self.fail_next_sync.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("syncing sled's log file: injected failure (test fault)".into()));
+        }
+        self.sync_blobs().map_err(|e| StoreError::Backend(format!("syncing sled's blob files: {e}")))?;
+        self.log.sync_data().map_err(|e| StoreError::Backend(format!("syncing sled's log file: {e}")))
+    }
+
+    /// How many blob files the store knows synced (sled writes one per page larger than a quarter
+    /// of its 512 KiB segments).
+    pub fn synced_blobs(&self) -> usize {
+        self.blobs.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Test fault: the next flush fails as if the device had refused the sync.
+    #[cfg(all(feature = "test-faults", debug_assertions))]
+    pub fn fail_next_sync(&self) {
+        self.fail_next_sync.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn tree(&self, space: Space) -> Result<sled::Tree, StoreError> {
@@ -190,13 +270,28 @@ impl Kv for SledKv {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(backend)?;
-        self.log.sync_data().map_err(|e| StoreError::Backend(format!("syncing sled's log file: {e}")))
+        if let Some(first) = self.failed.get() {
+            return Err(StoreError::Backend(format!(
+                "an earlier flush failed ({first}): nothing written since this node started is known to be \
+                 on disk; restart the node"
+            )));
+        }
+        self.sync().inspect_err(|e| {
+            if self.failed.set(e.to_string()).is_ok() {
+                tracing::error!(error = %e, "the store could not make its writes durable: every later flush fails until the node restarts");
+            }
+        })
     }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The file of a sled 0.34 database that holds its log (`Config::db_path`).
 pub const SLED_LOG: &str = "db";
+/// The directory where sled 0.34 writes each page too large for its log, one file per page.
+pub const SLED_BLOBS: &str = "blobs";
 
 /// In-memory storage for tests.
 #[derive(Default)]
@@ -996,7 +1091,8 @@ impl NodeStore {
                 st.flushed = st.flushed.max(target);
             }
             g.done.notify_all();
-            // A failed flush fails its caller; the others try again.
+            // A failed flush fails its caller; the others try again, and fail too when the
+            // failure may have lost writes (a `Kv` refuses every flush after one: `Kv::flush`).
             flushed?;
         }
     }

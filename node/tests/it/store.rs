@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kms_dkg::testing::{seeded_rng, trusted_dealer};
 use kms_dkg::{Bls12381G2, Ed25519, Suite};
 use kms_node::seal::SealKey;
-use kms_node::store::{ActiveKeys, Kv, NodeStore, SledKv, Space, StoreError, SLED_LOG};
+use kms_node::store::{ActiveKeys, Kv, NodeStore, SledKv, Space, StoreError, SLED_BLOBS, SLED_LOG};
 
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
     let mut stack = vec![dir.to_path_buf()];
@@ -82,6 +82,50 @@ fn a_flushed_record_is_in_the_file_the_flush_syncs() {
     kv.flush().unwrap();
     let log = std::fs::read(dir.path().join(SLED_LOG)).unwrap();
     assert!(log.windows(value.len()).any(|w| w == value), "the flushed value is not in {SLED_LOG}");
+}
+
+/// A sync that failed is not retried into a success: Linux reports a failed writeback to one
+/// `fsync` only, so every later flush of the same store fails until it is opened again (the node
+/// restarts and reads back what is on disk).
+#[test]
+fn after_a_failed_sync_every_flush_fails_until_the_store_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = SledKv::open(dir.path()).unwrap();
+    kv.put(Space::Meta, b"before", b"1").unwrap();
+    kv.flush().unwrap();
+    kv.fail_next_sync();
+    kv.put(Space::Meta, b"lost?", b"2").unwrap();
+    let first = kv.flush().unwrap_err().to_string();
+    assert!(first.contains("syncing sled's log file: injected failure"), "{first}");
+    // The injected fault is gone: a non-sticky store would succeed here.
+    for _ in 0..2 {
+        let later = kv.flush().unwrap_err().to_string();
+        assert!(later.contains("an earlier flush failed") && later.contains("restart the node"), "{later}");
+        kv.put(Space::Meta, b"after", b"3").unwrap();
+    }
+    drop(kv);
+    let kv = SledKv::open(dir.path()).unwrap();
+    kv.flush().unwrap();
+    assert_eq!(kv.get(Space::Meta, b"before").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+/// sled writes a page larger than a quarter of a segment to a file of its own under `blobs/`,
+/// which it never syncs: the store's flush syncs each new one (if sled moved them elsewhere,
+/// this fails).
+#[test]
+fn a_page_too_large_for_the_log_is_a_blob_file_the_flush_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = SledKv::open(dir.path()).unwrap();
+    assert_eq!(kv.synced_blobs(), 0);
+    let value: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    kv.put(Space::Meta, b"large", &value).unwrap();
+    kv.flush().unwrap();
+    let blobs = std::fs::read_dir(dir.path().join(SLED_BLOBS)).unwrap().count();
+    assert!(blobs >= 1, "sled wrote no blob file");
+    assert!(kv.synced_blobs() >= 1 && kv.synced_blobs() <= blobs, "{} synced of {blobs}", kv.synced_blobs());
+    drop(kv);
+    let kv = SledKv::open(dir.path()).unwrap();
+    assert_eq!(kv.get(Space::Meta, b"large").unwrap(), Some(value));
 }
 
 #[test]
