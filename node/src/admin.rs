@@ -55,12 +55,7 @@ pub struct Proposal {
 fn member(node: &NewNode) -> anyhow::Result<Member> {
     let key = identity_of_peer_id(&node.peer_id)
         .with_context(|| format!("{}: not an Ed25519 peer id", node.peer_id))?;
-    node.p2p_addr
-        .parse::<libp2p::Multiaddr>()
-        .with_context(|| format!("{}: not a multiaddress", node.p2p_addr))?;
-    if !(node.http_url.starts_with("http://") || node.http_url.starts_with("https://")) {
-        bail!("{}: the HTTP URL must start with http:// or https://", node.http_url);
-    }
+    crate::reshare::check_addresses(&node.p2p_addr, &node.http_url).map_err(|why| anyhow::anyhow!(why))?;
     Ok(Member {
         identity: HexBytes(key.to_bytes()),
         p2p_addr: node.p2p_addr.clone(),

@@ -576,7 +576,7 @@ async fn log_witnessed(
         let _permit = admit(&s, peer)?;
         let origin =
             q.origin.filter(|o| !o.is_empty() && o.len() <= kms_proto::checkpoint::MAX_NAME_LEN).ok_or_else(
-                || ApiError::new(ErrorCode::MalformedRequest, "origin is required (at most 256 bytes)"),
+                || ApiError::new(ErrorCode::MalformedRequest, "origin is required and at most 256 bytes"),
             )?;
         let held = crate::witness::witnessed(&s.keys, &origin).map_err(ApiError::internal)?;
         Ok(json_value(&serde_json::to_value(&held).map_err(ApiError::internal)?))

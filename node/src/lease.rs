@@ -205,7 +205,10 @@ fn refusal(r: Refusal) -> ApiError {
         ),
         Refusal::StaleFence { highest } => ApiError::new(
             ErrorCode::LeaseFenceStale,
-            format!("the fence must be above {highest}, the highest granted here to another instance"),
+            format!(
+                "the fence must be above {highest}, the highest granted here (at least 1; equal only for the \
+                 holder of that lease while it is not released)"
+            ),
         ),
         Refusal::NotHeld => ApiError::new(
             ErrorCode::LeaseNotHeld,

@@ -73,6 +73,28 @@ fn invalid(why: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::ReshareInvalid, why.to_string())
 }
 
+/// Longest `p2p_addr` or `http_url` a member may have.
+pub const MAX_ADDRESS_LEN: usize = 256;
+
+/// Whether a member's addresses can be used: a libp2p multiaddress and an `http://` or `https://`
+/// URL, each at most [`MAX_ADDRESS_LEN`] bytes without whitespace or control characters. A roster
+/// with an address a node cannot parse would stop it at its next start.
+pub fn check_addresses(p2p_addr: &str, http_url: &str) -> Result<(), String> {
+    for (what, v) in [("p2p_addr", p2p_addr), ("http_url", http_url)] {
+        if v.is_empty() || v.len() > MAX_ADDRESS_LEN || v.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "{what} must be 1..={MAX_ADDRESS_LEN} bytes without whitespace or control characters"
+            ));
+        }
+    }
+    p2p_addr.parse::<libp2p::Multiaddr>().map_err(|_| format!("{p2p_addr}: not a multiaddress"))?;
+    if !(http_url.starts_with("http://") || http_url.starts_with("https://")) {
+        return Err(format!("{http_url}: the HTTP URL must start with http:// or https://"));
+    }
+    Ok(())
+}
+
 impl Reshares {
     /// The coordinator; authorized changes go to `start`.
     pub fn new(
@@ -153,6 +175,10 @@ impl Reshares {
         // epoch): only its new approvals need checking.
         if !self.is_held(session, membership.epoch) {
             change.layout(&committee).map_err(invalid)?;
+            for (j, m) in change.members.iter().enumerate() {
+                check_addresses(&m.p2p_addr, &m.http_url)
+                    .map_err(|why| invalid(format!("member {}: {why}", j + 1)))?;
+            }
         }
         let _guard = self.lock.lock().map_err(|_| ApiError::internal("reshare lock poisoned"))?;
         if let Some(running) = self.authorized()? {

@@ -157,6 +157,31 @@ fn reshares_change_the_committee_and_keep_the_master_key() {
         String::from_utf8_lossy(&body)
     );
 
+    // A member address a node could not parse (it would stop every node at its next start):
+    // refused before any approval counts, with the member and the reason.
+    for (addr, url, why) in [
+        (
+            "not a multiaddr",
+            "http://127.0.0.1:1",
+            "member 2: p2p_addr must be 1..=256 bytes without whitespace",
+        ),
+        (
+            "/ip4/127.0.0.1/tcp/1",
+            "ftp://x",
+            "member 2: ftp://x: the HTTP URL must start with http:// or https://",
+        ),
+        ("/nonsense/1", "http://127.0.0.1:1", "member 2: /nonsense/1: not a multiaddress"),
+    ] {
+        let mut bad = two.clone();
+        bad.members[1].p2p_addr = addr.into();
+        bad.members[1].http_url = url.into();
+        let (code, body) =
+            c.nodes[0].post("/v1/reshare", &encode_json(&admin::approve(&identity.signing, 1, bad)));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((code, v["code"].as_str()), (400, Some("reshare_invalid")), "{v}");
+        assert!(v["reason"].as_str().unwrap().starts_with(why), "{v}");
+    }
+
     // 1. Grow: two new nodes join (5 -> 7), t 3 -> 4.
     let cluster_json = serde_json::to_vec(&d0).unwrap();
     let (p6, peer6, p2p6, http6) = c.add_joiner(Path::new(BIN), &cluster_json);
