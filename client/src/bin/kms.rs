@@ -372,9 +372,21 @@ fn audit_text(r: &kms_client::audit::Report) -> String {
 
 fn out(json_mode: bool, value: serde_json::Value, text: String) {
     if json_mode {
-        println!("{value}");
+        print_line(&value.to_string());
     } else {
-        println!("{text}");
+        print_line(&text);
+    }
+}
+
+/// One line on stdout. A reader that went away (`kms … | head`) ends the output quietly
+/// instead of a panic.
+fn print_line(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("kms: writing the output: {e}");
+        }
     }
 }
 
@@ -392,7 +404,9 @@ fn hex_array<const N: usize>(s: &str, what: &str) -> anyhow::Result<[u8; N]> {
 
 fn load_cluster(args: &ClusterArgs) -> Result<Cluster, Exit> {
     let bytes = std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
-    let pin = match (&args.pin_group_key, &args.pin_mpk) {
+    // An empty value (`KMS_PIN_GROUP_KEY=` in the environment) is no pin.
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    let pin = match (&set(&args.pin_group_key), &set(&args.pin_mpk)) {
         (Some(k), _) => Pin::GroupKey(hex_array(k, "--pin-group-key")?),
         (None, Some(m)) => Pin::Mpk(hex_array(m, "--pin-mpk")?),
         (None, None) if args.tofu => Pin::None,
@@ -536,9 +550,9 @@ async fn fetch(
             if json_mode {
                 // The failure report, as the success output would carry it.
                 if let FetchError::NotEnoughShares { needed, valid, report } = &e {
-                    println!(
-                        "{}",
-                        json!({"error": "not_enough_shares", "needed": needed, "valid": valid, "nodes": report_json(report)})
+                    print_line(
+                        &json!({"error": "not_enough_shares", "needed": needed, "valid": valid, "nodes": report_json(report)})
+                            .to_string(),
                     );
                 }
             }

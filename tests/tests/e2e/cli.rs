@@ -49,6 +49,24 @@ fn kms_cli_end_to_end() {
     assert_eq!(unpinned.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unpinned.stderr).contains("is not pinned"));
     ok(&["cluster", "show", "--cluster", s(&cluster), "--tofu", "--json"]);
+    // An empty pin in the environment is no pin, not a malformed one.
+    let empty = Command::new(binary("kms-client", "kms"))
+        .env("KMS_PIN_GROUP_KEY", "")
+        .args(["cluster", "show", "--cluster", s(&cluster), "--tofu", "--json"])
+        .output()
+        .unwrap();
+    assert!(empty.status.success(), "{}", String::from_utf8_lossy(&empty.stderr));
+    // A reader that stops early (`| head -c 10`) ends the output quietly: no panic, exit 0.
+    let mut child = Command::new(binary("kms-client", "kms"))
+        .args(["cluster", "show", "--cluster", s(&cluster), "--tofu", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(closed.status.success() && !stderr.contains("panicked"), "{}: {stderr}", closed.status);
     ok(&["cluster", "verify", "--cluster", s(&cluster), "--pin-group-key", &group_key, "--json"]);
     PIN.set(group_key.clone()).unwrap();
     let bad = kms(&["cluster", "verify", "--cluster", s(&cluster), "--pin-group-key", &"00".repeat(32)]);
