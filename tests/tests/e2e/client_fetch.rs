@@ -162,11 +162,20 @@ fn encrypt_offline_fetch_attested_decrypt_and_survive_two_failures() {
     }
 }
 
-/// A node that answers with a valid envelope around a wrong partial: named, fetch succeeds.
-#[test]
-fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
-    // Node 2's roster URL points at a liar; the real node 2 listens elsewhere.
-    let mut procs = Procs::prepare(&node_binary(), 5, 3, "");
+/// What the liar in node 2's place does.
+struct Liar {
+    /// Sign with node 2's identity key (node 2's own lie) instead of a key of its own (an
+    /// impostor on the path).
+    signed_by_node2: Arc<std::sync::atomic::AtomicBool>,
+    /// Take requests and never answer.
+    hangs: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// `n` nodes with threshold `t` whose roster URL for node 2 points at a liar; the real node 2
+/// listens elsewhere. The liar answers well-formed responses sealed to the enclave around a
+/// partial for another key, as `Liar` says.
+fn with_a_liar(n: u16, t: u16, rt: &tokio::runtime::Runtime) -> (Procs, Liar) {
+    let procs = Procs::prepare(&node_binary(), n, t, "");
     let liar_addr = procs.nodes[1].http;
     let real = kms_tests::PortReservation::new();
     let cfg = std::fs::read_to_string(&procs.nodes[1].config).unwrap();
@@ -175,26 +184,25 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
         &format!("listen_http = \"{}\"", real.addr()),
         1,
     );
+    let mut procs = procs;
     std::fs::write(&procs.nodes[1].config, cfg).unwrap();
     procs.nodes[1].http = real.addr();
     procs.nodes[1].ports.push(real);
-    let mut procs = procs.start_all();
-    procs.wait_ready(&[0, 1, 2, 3, 4], Duration::from_secs(60));
+    let procs = procs.start_all();
+    let all: Vec<usize> = (0..usize::from(n)).collect();
+    procs.wait_ready(&all, Duration::from_secs(60));
 
-    let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
-    // The roster's port for node 2 stays reserved; the liar listens on it as a node would. It
-    // first answers as an impostor on the path would (signing with a key of its own), then as
-    // node 2 itself lying (signing with node 2's identity key, read from its data directory).
+    // The roster's port for node 2 stays reserved; the liar listens on it as a node would.
     let listener = procs.nodes[1].reserved(liar_addr).listen().unwrap();
     listener.set_nonblocking(true).unwrap();
     let listener = rt.block_on(async { tokio::net::TcpListener::from_std(listener) }).unwrap();
     let node2_key: [u8; 32] =
         std::fs::read(procs.nodes[1].dir.join("data/identity.key")).unwrap().try_into().unwrap();
-    let signed_by_node2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let signer = signed_by_node2.clone();
-    // Last, node 2 takes requests and never answers.
-    let hangs = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hang = hangs.clone();
+    let liar = Liar {
+        signed_by_node2: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        hangs: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let (signer, hang) = (liar.signed_by_node2.clone(), liar.hangs.clone());
     rt.spawn(async move {
         let app = axum::Router::new().route(
             "/v1/keys",
@@ -237,6 +245,15 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
         );
         axum::serve(listener, app).await.unwrap();
     });
+    (procs, liar)
+}
+
+/// A node that answers with a valid envelope around a wrong partial: named, fetch succeeds.
+#[test]
+fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
+    let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
+    let (mut procs, liar) = with_a_liar(5, 3, &rt);
+    let (signed_by_node2, hangs) = (liar.signed_by_node2, liar.hangs);
 
     let (cluster, _) = cluster_of(&procs);
     let img = image(0xaa);
@@ -307,6 +324,34 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
             .expect("fetch with node 2 hanging");
         assert_eq!(&*secrets::decrypt(&f.key, &cluster, &envelope).unwrap(), b"sealed before the fetch");
         assert_eq!(f.report[1].outcome, NodeOutcome::NotNeeded, "{:?}", outcomes(&f.report));
+    }
+}
+
+/// With t = n every fetch asks exactly the set that holds the liar, so the sum the client builds
+/// as answers arrive (`docs/decisions.md` 41) always includes the lie: the check against `MPK`
+/// fails, and each partial is then verified on its own, which names the liar every time.
+#[test]
+fn a_lie_inside_the_asked_set_is_named_from_the_summed_combination() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (procs, liar) = with_a_liar(3, 3, &rt);
+    liar.signed_by_node2.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (cluster, _) = cluster_of(&procs);
+    let img = image(0xaa);
+    let app = register(&procs, "ledger", &img);
+    let provider = issuer(&img);
+    for _ in 0..3 {
+        let err = rt
+            .block_on(fetch_key(&cluster, &app, &Label::default(), &provider, &FetchOptions::default()))
+            .err()
+            .expect("3 of 3 needed, one lies");
+        let FetchError::NotEnoughShares { valid, report, .. } = err else { panic!("{err}") };
+        assert_eq!(valid, 2, "{:?}", outcomes(&report));
+        assert!(
+            matches!(&report[1].outcome, NodeOutcome::InvalidPartial { fault } if fault.contains("PairingCheckFailed")),
+            "node 2 is named: {:?}",
+            outcomes(&report)
+        );
+        assert_eq!((&report[0].outcome, &report[2].outcome), (&NodeOutcome::Valid, &NodeOutcome::Valid));
     }
 }
 
