@@ -545,9 +545,9 @@ async fn fetch_once(
             let summed = combination
                 .as_ref()
                 .filter(|c| first.iter().all(|p| c.indices().contains(&p.index)))
-                .and_then(Combination::sum);
+                .and_then(|c| check.key_of(c));
             let key = match summed {
-                Some(sigma) => check.key(&sigma),
+                Some(key) => key,
                 None => check.combine(cluster.keys(), &first),
             };
             if let Ok(key) = key {

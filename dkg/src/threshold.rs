@@ -262,8 +262,27 @@ impl KeyCheck {
             return Err(ThresholdError::NotEnoughPartials { needed: keys.threshold(), have: chosen.len() });
         }
         debug_assert!(self.mpk == keys.public_key().to_affine(), "check prepared for other keys");
-        self.key(&interpolate(&chosen)?)
+        let mut sigma = interpolate(&chosen)?;
+        let key = self.key(&sigma);
+        forget(&mut sigma);
+        key
     }
+
+    /// [`KeyCheck::key`] of a complete [`Combination`]'s sum (`None` while a partial of its set is
+    /// missing); the sum, a copy of the key, is overwritten once checked.
+    pub fn key_of(&self, combination: &Combination) -> Option<Result<AppKey, ThresholdError>> {
+        let mut sigma = combination.sum()?;
+        let key = self.key(&sigma);
+        forget(&mut sigma);
+        Some(key)
+    }
+}
+
+/// Overwrites a copy of a key (`σ`) that is no longer needed, as `Suite::zeroize_scalar` does for
+/// scalars (docs/dependencies.md, "Zeroizing scalars").
+fn forget(sigma: &mut G1Affine) {
+    *sigma = G1Affine::identity();
+    std::hint::black_box(sigma);
 }
 
 /// The interpolation `Σ λ_i σ_i` of a set of partials known in advance (the nodes a client
@@ -306,7 +325,8 @@ impl Combination {
         &self.indices
     }
 
-    /// `Σ λ_i σ_i` once every partial of the set was added.
+    /// `Σ λ_i σ_i` once every partial of the set was added: the app key itself when the partials
+    /// are right. [`KeyCheck::key_of`] checks it without handing out a copy.
     pub fn sum(&self) -> Option<G1Affine> {
         self.added.iter().all(|&a| a).then(|| self.sum.to_affine())
     }
