@@ -108,6 +108,40 @@ pub trait Kv: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// A store shared with its owner (a test that injects a fault into the store a node uses).
+impl<K: Kv + ?Sized + Send + Sync> Kv for std::sync::Arc<K> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(space, key)
+    }
+    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        (**self).put(space, key, value)
+    }
+    fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        (**self).put_if_absent(space, key, value)
+    }
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError> {
+        (**self).remove(space, key)
+    }
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError> {
+        (**self).scan_prefix(space, prefix)
+    }
+    fn scan_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        (**self).scan_from(space, prefix, from, limit)
+    }
+    fn next_id(&self) -> Result<u64, StoreError> {
+        (**self).next_id()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush()
+    }
+}
+
 /// sled-backed storage.
 pub struct SledKv {
     db: sled::Db,

@@ -14,7 +14,7 @@ use kms_node::jwks_source::JwksSource;
 use kms_node::seal::SealKey;
 use kms_node::service::KeyService;
 use kms_node::state::Shared;
-use kms_node::store::{ActiveKeys, Entries, Kv, MemKv, NodeStore, SledKv, Space, StoreError};
+use kms_node::store::{ActiveKeys, Kv, MemKv, NodeStore, SledKv};
 use kms_proto::api::{Evidence, KeyRequest, KeyResponse, KEY_API_VERSION};
 use kms_proto::app::{ImageDigest, Label, Policy, SignedManifest};
 use kms_proto::attestation::{ConfidentialSpaceVerifier, CsConfig, EvidenceVerifier, Jwks};
@@ -374,106 +374,11 @@ fn a_low_order_client_key_is_refused_without_using_the_nonce() {
     assert!(f.send(&r).is_ok(), "the nonce is still unused");
 }
 
-/// Storage whose flush fails while `failing` is set (a full or failing disk).
-struct FailingFlush {
-    inner: MemKv,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Kv for FailingFlush {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(space, key)
-    }
-    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(space, key, value)
-    }
-    fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        self.inner.put_if_absent(space, key, value)
-    }
-    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError> {
-        self.inner.remove(space, key)
-    }
-    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError> {
-        self.inner.scan_prefix(space, prefix)
-    }
-    fn scan_from(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.inner.scan_from(space, prefix, from, limit)
-    }
-    fn next_id(&self) -> Result<u64, StoreError> {
-        self.inner.next_id()
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Backend("injected flush failure".into()));
-        }
-        self.inner.flush()
-    }
-}
-
-/// Persist before send: a release whose replay record and audit entry cannot be made durable is
-/// not answered (no partial leaves the node), and its nonce stays used. This `Kv`'s failure loses
-/// nothing (like a full disk that is cleared), so new requests are served once its flushes succeed;
-/// the node's own store refuses every flush after a failed sync (next test).
-#[test]
-fn a_release_whose_records_cannot_be_flushed_is_not_answered() {
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let jwks = Jwks::from_json(&std::fs::read(fixtures().join("oidc/jwks.json")).unwrap()).unwrap();
-    let kv = FailingFlush { inner: MemKv::default(), failing: failing.clone() };
-    let f = fixture_on(true, Arc::new(JwksSource::fixed(jwks)), Box::new(kv));
-    let r = f.request();
-    failing.store(true, std::sync::atomic::Ordering::SeqCst);
-    refused(f.send(&r), ErrorCode::Internal, "internal error");
-    failing.store(false, std::sync::atomic::Ordering::SeqCst);
-    refused(f.send(&r), ErrorCode::RequestReplayed, "already used");
-    let fresh = f.request();
-    assert!(f.send(&fresh).is_ok(), "served again once flushes succeed");
-}
-
-/// The node's own store shared with the test, so that it can make a sync fail.
-struct SharedKv(Arc<SledKv>);
-
-impl Kv for SharedKv {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.get(space, key)
-    }
-    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.0.put(space, key, value)
-    }
-    fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        self.0.put_if_absent(space, key, value)
-    }
-    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StoreError> {
-        self.0.remove(space, key)
-    }
-    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Entries, StoreError> {
-        self.0.scan_prefix(space, prefix)
-    }
-    fn scan_from(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.0.scan_from(space, prefix, from, limit)
-    }
-    fn next_id(&self) -> Result<u64, StoreError> {
-        self.0.next_id()
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.0.flush()
-    }
-}
-
-/// On the node's real store: after a failed device sync no release is answered, not even fresh
-/// ones whose own flush would now succeed (the failed writeback may have lost the records of the
-/// releases before), until the node restarts and reads back what is on disk.
+/// Persist before send, on the node's real store: a release whose replay record and audit entry
+/// cannot be made durable is not answered (no partial leaves the node) and its nonce stays used;
+/// after a failed device sync no release is answered, not even fresh ones whose own flush would now
+/// succeed (the failed writeback may have lost the records of the releases before), until the node
+/// restarts and reads back what is on disk.
 #[test]
 fn after_a_failed_sync_the_node_answers_no_release_until_it_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -482,7 +387,7 @@ fn after_a_failed_sync_the_node_answers_no_release_until_it_restarts() {
         Arc::new(JwksSource::fixed(jwks))
     };
     let kv = Arc::new(SledKv::open(dir.path()).unwrap());
-    let f = fixture_on(true, jwks(), Box::new(SharedKv(kv.clone())));
+    let f = fixture_on(true, jwks(), Box::new(kv.clone()));
     assert!(f.send(&f.request()).is_ok(), "served while the disk is healthy");
     kv.fail_next_sync();
     let r = f.request();
@@ -494,7 +399,7 @@ fn after_a_failed_sync_the_node_answers_no_release_until_it_restarts() {
     drop(f);
     drop(kv);
     let kv = Arc::new(SledKv::open(dir.path()).unwrap());
-    let f = fixture_on(true, jwks(), Box::new(SharedKv(kv)));
+    let f = fixture_on(true, jwks(), Box::new(kv));
     assert!(f.send(&f.request()).is_ok(), "served again after the restart");
 }
 

@@ -280,14 +280,7 @@ fn a_lying_node_is_named_and_the_fetch_still_succeeds() {
     // Signed with node 2's identity key, the same wrong partial is node 2's lie.
     signed_by_node2.store(true, std::sync::atomic::Ordering::SeqCst);
     let err = rt.block_on(fetch_key(&cluster, &app, &label, &provider, &opts)).err().expect("2 of 3 needed");
-    let FetchError::NotEnoughShares { valid, report, .. } = err else { panic!("{err}") };
-    assert_eq!(valid, 2, "{:?}", outcomes(&report));
-    assert!(
-        matches!(&report[1].outcome, NodeOutcome::InvalidPartial { fault } if fault.contains("PairingCheckFailed")),
-        "node 2 is named with the failed check: {:?}",
-        outcomes(&report)
-    );
-    assert_eq!((&report[0].outcome, &report[2].outcome), (&NodeOutcome::Valid, &NodeOutcome::Valid));
+    node2_is_named_beside_two_valid(err);
 
     // Node 4 back: the fetch succeeds without the liar, and its key opens the envelope.
     procs.nodes[3].start();
@@ -344,15 +337,21 @@ fn a_lie_inside_the_asked_set_is_named_from_the_summed_combination() {
             .block_on(fetch_key(&cluster, &app, &Label::default(), &provider, &FetchOptions::default()))
             .err()
             .expect("3 of 3 needed, one lies");
-        let FetchError::NotEnoughShares { valid, report, .. } = err else { panic!("{err}") };
-        assert_eq!(valid, 2, "{:?}", outcomes(&report));
-        assert!(
-            matches!(&report[1].outcome, NodeOutcome::InvalidPartial { fault } if fault.contains("PairingCheckFailed")),
-            "node 2 is named: {:?}",
-            outcomes(&report)
-        );
-        assert_eq!((&report[0].outcome, &report[2].outcome), (&NodeOutcome::Valid, &NodeOutcome::Valid));
+        node2_is_named_beside_two_valid(err);
     }
+}
+
+/// A fetch that failed with nodes 1 and 3 valid and node 2 named for a partial that failed its
+/// check.
+fn node2_is_named_beside_two_valid(err: FetchError) {
+    let FetchError::NotEnoughShares { valid, report, .. } = err else { panic!("{err}") };
+    assert_eq!(valid, 2, "{:?}", outcomes(&report));
+    assert!(
+        matches!(&report[1].outcome, NodeOutcome::InvalidPartial { fault } if fault.contains("PairingCheckFailed")),
+        "node 2 is named with the failed check: {:?}",
+        outcomes(&report)
+    );
+    assert_eq!((&report[0].outcome, &report[2].outcome), (&NodeOutcome::Valid, &NodeOutcome::Valid));
 }
 
 /// Runs `kms-node` with `args`; panics with its stderr unless it succeeds; returns stdout.
