@@ -714,6 +714,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             let body = std::fs::read(app_dir_manifest(&dir)).context("reading manifest.json")?;
             let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
             let mut results = Vec::new();
+            let mut refusals = Vec::new();
             let mut ok = 0;
             for n in c.nodes() {
                 let r = client
@@ -727,16 +728,24 @@ async fn run(cli: Cli) -> Result<(), Exit> {
                 };
                 if status == 200 {
                     ok += 1;
+                } else {
+                    // The node's refusal as its ErrorBody says it, else what came back.
+                    let why = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| Some(format!("{}: {}", v["code"].as_str()?, v["reason"].as_str()?)))
+                        .unwrap_or_else(|| if status == 0 { text.clone() } else { format!("HTTP {status}") });
+                    refusals.push(format!("node {}: {why}", n.index));
                 }
                 results.push(json!({"index": n.index, "status": status, "body": text}));
             }
-            out(
-                json_mode,
-                json!({"accepted": ok, "nodes": results}),
-                format!("accepted by {ok} of {} nodes", c.nodes().len()),
-            );
+            let mut text = format!("accepted by {ok} of {} nodes", c.nodes().len());
+            for r in &refusals {
+                text.push_str(&format!("\n  {r}"));
+            }
+            out(json_mode, json!({"accepted": ok, "nodes": results}), text);
             if ok == 0 {
-                return Err(Exit(4, anyhow!("no node accepted the manifest")));
+                let first = refusals.first().map(|r| format!(" ({r})")).unwrap_or_default();
+                return Err(Exit(4, anyhow!("no node accepted the manifest{first}")));
             }
         }
         Cmd::App(AppCmd::Show { app, cluster }) => {

@@ -299,6 +299,13 @@ fn kms_cli_end_to_end() {
     let out = kms(&["app", "publish", "--dir", s(&other_dir), "--cluster", s(&cluster), "--json"]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stdout).contains("instance_policy_invalid"));
+    // Without --json each refusing node is a line with its code and reason, the first one in the error.
+    let text = kms(&["app", "publish", "--dir", s(&other_dir), "--cluster", s(&cluster)]);
+    assert_eq!(text.status.code(), Some(4));
+    let (stdout, stderr) = (String::from_utf8_lossy(&text.stdout), String::from_utf8_lossy(&text.stderr));
+    assert!(stdout.starts_with("accepted by 0 of 5 nodes\n  node 1: instance_policy_invalid: "), "{stdout}");
+    assert_eq!(stdout.matches(": instance_policy_invalid: ").count(), 5, "{stdout}");
+    assert!(stderr.contains("no node accepted the manifest (node 1: instance_policy_invalid: "), "{stderr}");
     ok(&["app", "allow", "--dir", s(&other_dir), "--instances", "single:8", "--json"]);
     assert_eq!(
         ok(&["app", "publish", "--dir", s(&other_dir), "--cluster", s(&cluster), "--json"])["accepted"],
