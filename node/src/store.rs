@@ -161,6 +161,8 @@ pub struct SledKv {
     /// succeeds would not mean the earlier writes are on disk. Only a restart, which reads back
     /// what really is on disk, clears it.
     failed: std::sync::OnceLock<String>,
+    /// Successful syncs of `log` (tests check that a flush makes one).
+    log_syncs: std::sync::atomic::AtomicU64,
     /// Test fault: the next sync fails (`test-faults`, debug builds only).
     #[cfg(all(feature = "test-faults", debug_assertions))]
     fail_next_sync: std::sync::atomic::AtomicBool,
@@ -186,6 +188,7 @@ impl SledKv {
             log,
             blobs: Mutex::new(Default::default()),
             failed: std::sync::OnceLock::new(),
+            log_syncs: std::sync::atomic::AtomicU64::new(0),
             #[cfg(all(feature = "test-faults", debug_assertions))]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         };
@@ -236,7 +239,14 @@ impl SledKv {
             return Err(StoreError::Backend("syncing sled's log file: injected failure (test fault)".into()));
         }
         self.sync_blobs().map_err(|e| StoreError::Backend(format!("syncing sled's blob files: {e}")))?;
-        self.log.sync_data().map_err(|e| StoreError::Backend(format!("syncing sled's log file: {e}")))
+        self.log.sync_data().map_err(|e| StoreError::Backend(format!("syncing sled's log file: {e}")))?;
+        self.log_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many times a flush synced sled's log file since the store was opened.
+    pub fn log_syncs(&self) -> u64 {
+        self.log_syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blob files the store knows synced (sled writes one per page larger than a quarter

@@ -71,15 +71,18 @@ fn sled_files_hold_no_share_in_plaintext() {
 }
 
 /// `SledKv::flush` follows sled's flush with an `fdatasync` of the file sled writes its records
-/// to: a record written and flushed is in that file (if sled moved its log elsewhere, the sync
-/// would cover nothing and this fails).
+/// to: every flush syncs it once, and a record written and flushed is in that file (if sled moved
+/// its log elsewhere, the sync would cover nothing and this fails).
 #[test]
 fn a_flushed_record_is_in_the_file_the_flush_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let kv = SledKv::open(dir.path()).unwrap();
     let value: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
     kv.put(Space::Meta, b"durable-probe", &value).unwrap();
+    assert_eq!(kv.log_syncs(), 0);
     kv.flush().unwrap();
+    kv.flush().unwrap();
+    assert_eq!(kv.log_syncs(), 2, "each flush syncs the log file");
     let log = std::fs::read(dir.path().join(SLED_LOG)).unwrap();
     assert!(log.windows(value.len()).any(|w| w == value), "the flushed value is not in {SLED_LOG}");
 }
