@@ -153,9 +153,11 @@ pub struct SledKv {
     /// cache: [`Kv::flush`] follows it with `fdatasync` of this file, so that what a flush covered
     /// survives a power loss, not only a crash of the process (`docs/decisions.md` 42).
     log: std::fs::File,
-    /// The files under `<sled dir>/blobs` already synced. sled writes a larger page to a file of
-    /// its own there and never syncs it or the directory; [`Kv::flush`] syncs each new one.
-    blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    /// The files under `<sled dir>/blobs` already synced, with their length then. sled writes a
+    /// larger page to a file of its own there (once, never changed after) and never syncs it or
+    /// the directory; [`Kv::flush`] syncs each new one, and again one that grew since (a flush
+    /// that listed it while sled was still writing it).
+    blobs: Mutex<std::collections::HashMap<std::ffi::OsString, u64>>,
     /// The first failure to make writes durable. After it every flush fails: Linux reports a
     /// failed writeback to one `fsync` only and may drop the dirty pages, so a later sync that
     /// succeeds would not mean the earlier writes are on disk. Only a restart, which reads back
@@ -209,20 +211,27 @@ impl SledKv {
             Err(e) => return Err(e),
         };
         let mut synced = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut present = std::collections::HashSet::with_capacity(synced.len());
+        let mut present = std::collections::HashMap::with_capacity(synced.len());
         let mut new = false;
         for entry in entries {
-            let name = entry?.file_name();
-            if !synced.contains(&name) {
+            let entry = entry?;
+            let name = entry.file_name();
+            // A stat per file and flush; a file is opened only to sync it.
+            let len = match entry.metadata() {
+                Ok(m) => m.len(),
+                // Removed by sled since the listing: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if synced.get(&name) != Some(&len) {
                 match std::fs::File::open(dir.join(&name)) {
                     Ok(f) => f.sync_all()?,
-                    // Removed by sled since the listing: nothing to keep.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
                 new = true;
             }
-            present.insert(name);
+            present.insert(name, len);
         }
         *synced = present;
         if new {
@@ -316,7 +325,7 @@ impl Kv for SledKv {
     fn flush(&self) -> Result<(), StoreError> {
         if let Some(first) = self.failed.get() {
             return Err(StoreError::Backend(format!(
-                "an earlier flush failed ({first}): nothing written since this node started is known to be \
+                "an earlier flush failed ({first}): what was written since the last good flush may not be \
                  on disk; restart the node"
             )));
         }
