@@ -198,6 +198,12 @@ pub async fn run(
                     identity.peer_id()
                 );
             }
+            // Every check of the roster that can fail before the store is bound to its cluster,
+            // so that a fixed configuration is not refused as another cluster's.
+            for e in &roster {
+                identity_of_peer_id(&e.peer_id)
+                    .with_context(|| format!("cluster.nodes[{}]: not an Ed25519 peer id", e.index))?;
+            }
             cluster_id(&cfg)
         }
     };

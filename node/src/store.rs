@@ -580,12 +580,21 @@ impl NodeStore {
     pub fn bind_cluster(&self, cluster_id: &[u8; 32]) -> Result<(), StoreError> {
         match self.kv.get(Space::Meta, META_CLUSTER)? {
             Some(held) if held.as_slice() == cluster_id => Ok(()),
-            Some(held) => Err(StoreError::Corrupt(format!(
-                "this data directory belongs to cluster {}, but the configuration defines cluster {}; \
-                 a new roster or threshold for a running cluster is made with a reshare (docs/node-config.md)",
-                hex::encode(held),
-                hex::encode(cluster_id)
-            ))),
+            Some(held) => {
+                let unused = self.dkg_attempt()? == 0 && self.get_u64(META_ACTIVE)?.is_none();
+                Err(StoreError::Corrupt(format!(
+                    "this data directory belongs to cluster {}, but the configuration defines cluster {}; \
+                     a new roster or threshold for a running cluster is made with a reshare (docs/node-config.md){}",
+                    hex::encode(held),
+                    hex::encode(cluster_id),
+                    if unused {
+                        "; no key ceremony ever started with this data directory, so removing its db/ \
+                         directory loses nothing (the identity key stays)"
+                    } else {
+                        ""
+                    }
+                )))
+            }
             None => {
                 self.kv.put(Space::Meta, META_CLUSTER, cluster_id)?;
                 self.kv.flush()

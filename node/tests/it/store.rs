@@ -173,7 +173,16 @@ fn a_store_is_bound_to_its_cluster() {
     store.bind_cluster(&[1; 32]).unwrap();
     store.bind_cluster(&[1; 32]).unwrap();
     match store.bind_cluster(&[2; 32]) {
-        Err(StoreError::Corrupt(why)) => assert!(why.contains("belongs to cluster 0101"), "{why}"),
+        Err(StoreError::Corrupt(why)) => {
+            assert!(why.contains("belongs to cluster 0101"), "{why}");
+            assert!(why.contains("no key ceremony ever started with this data directory"), "{why}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Once a ceremony started, the hint that removing the store loses nothing is gone.
+    store.set_dkg_attempt(1).unwrap();
+    match store.bind_cluster(&[2; 32]) {
+        Err(StoreError::Corrupt(why)) => assert!(!why.contains("loses nothing"), "{why}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
