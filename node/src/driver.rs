@@ -271,6 +271,12 @@ pub async fn run(
         connected: HashSet::new(),
         reshare: None,
     };
+    // Until an engine sets its own roster, the committee's: `connected` (the peers metric, the
+    // status page) then counts the committee's peers on a node that runs no ceremony too (one that
+    // joined by a reshare and restarted since).
+    let membership = driver.shared.membership();
+    driver.roster =
+        membership.members.iter().filter_map(|e| Some((e.peer_id.parse().ok()?, e.index))).collect();
     if let Err(reason) = driver.resume() {
         driver.stop(reason);
     }

@@ -228,6 +228,21 @@ fn reshares_change_the_committee_and_keep_the_master_key() {
     let keys1 = bls_keys(&d1);
     let key1 = fetch(&c, &[3, 4, 5, 6], &app, &image, &keys1);
     assert_eq!(*key1.to_bytes(), *key0.to_bytes(), "same app key after the reshare");
+    // A node that joined by the reshare and restarts runs no ceremony: it still counts the
+    // committee's peers it is connected to (the metric operators alert on).
+    c.nodes[p6].kill9();
+    c.nodes[p6].start();
+    c.wait_ready(&[p6], Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = String::from_utf8(c.nodes[p6].get("/metrics").1).unwrap();
+        let peers = metrics.lines().find_map(|l| l.strip_prefix("kms_peers_connected ")).map(str::to_owned);
+        if peers.as_deref() == Some("6") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a restarted joiner counts {peers:?} connected peers, not 6");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // 2. Node 2's data directory is lost; a fresh node replaces it at index 2.
     c.nodes[1].kill9();
