@@ -184,8 +184,10 @@ pub async fn run(
     let listen_path = cfg.data_dir.join(listen_file::LISTEN_FILE);
     listen_file::remove(&cfg.data_dir).with_context(|| format!("removing {}", listen_path.display()))?;
     let joining = join_descriptor(&cfg)?;
-    let cluster_id = match &joining {
-        Some((signed, _)) => *signed.descriptor.cluster_id.as_bytes(),
+    // The genesis roster's identity keys (none on a joining node), decoded before the store is
+    // bound to its cluster, so that a fixed configuration is not refused as another cluster's.
+    let (cluster_id, roster_keys) = match &joining {
+        Some((signed, _)) => (*signed.descriptor.cluster_id.as_bytes(), None),
         None => {
             let me = cfg.node.index;
             let roster = cfg.roster();
@@ -198,13 +200,14 @@ pub async fn run(
                     identity.peer_id()
                 );
             }
-            // Every check of the roster that can fail before the store is bound to its cluster,
-            // so that a fixed configuration is not refused as another cluster's.
-            for e in &roster {
-                identity_of_peer_id(&e.peer_id)
-                    .with_context(|| format!("cluster.nodes[{}]: not an Ed25519 peer id", e.index))?;
-            }
-            cluster_id(&cfg)
+            let keys = roster
+                .iter()
+                .map(|e| {
+                    identity_of_peer_id(&e.peer_id)
+                        .with_context(|| format!("cluster.nodes[{}]: not an Ed25519 peer id", e.index))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            (cluster_id(&cfg), Some(keys))
         }
     };
     let cs = verifier(&cfg)?;
@@ -301,18 +304,9 @@ pub async fn run(
     let round = Duration::from_millis(cfg.dkg.round_timeout_ms);
     let timeouts = kms_dkg::dkg::Timeouts { deal: round, respond: round, justify: round, confirm: round * 2 };
     let retry_delay = Duration::from_secs(1);
-    let genesis = if joining.is_some() {
-        None
-    } else {
-        let roster = cfg.roster();
-        let mut roster_keys = Vec::new();
-        for e in &roster {
-            roster_keys.push(
-                identity_of_peer_id(&e.peer_id)
-                    .with_context(|| format!("cluster.nodes[{}]: not an Ed25519 peer id", e.index))?,
-            );
-        }
-        Some(kms_dkg::ceremony::Config {
+    let genesis = roster_keys.map(|roster_keys| {
+        let others = roster_keys.len() - 1;
+        kms_dkg::ceremony::Config {
             session: cluster_id,
             me: cfg.node.index,
             threshold: cfg.cluster.threshold,
@@ -320,10 +314,10 @@ pub async fn run(
             roster: roster_keys,
             timeouts,
             retry_delay,
-            min_peers: cfg.dkg.min_peers.map(usize::from).unwrap_or(roster.len() - 1),
+            min_peers: cfg.dkg.min_peers.map(usize::from).unwrap_or(others),
             kind: kms_dkg::ceremony::Kind::Generate,
-        })
-    };
+        }
+    });
     let driver_cfg = DriverConfig {
         genesis,
         identity: identity.signing.clone(),
